@@ -1,0 +1,241 @@
+"""TaskSpec: everything needed to run one experiment, validated with messages a person can act on."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from typing import Any, Union
+
+from packaging.requirements import InvalidRequirement, Requirement
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError
+
+#: a parameter value: what JSON and the command line can both carry
+ParamValue = Union[str, int, float, bool, None]
+
+#: executors a spec may name; the registry in executors/ says which are installed on a worker
+EXECUTORS = ("venv", "local", "docker", "conda")
+
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]+$")
+
+
+class TaskSpec(BaseModel):
+    """One experiment: code (repo, commit, diff), what to run, parameters, environment, resources.
+
+    Unknown fields are rejected (a typo must not be silently ignored). Construct it directly or
+    with :meth:`parse` to get a :class:`~celery_agent.errors.SpecError` instead of pydantic's error.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, description="a label for people; defaults to the entry")
+    repo: str = Field(..., description="git URL or local path of the repository")
+    branch: str | None = Field(None, description="branch to check out when no commit is given")
+    commit: str | None = Field(None, description="commit (or any git revision) to check out")
+    diff: str = Field("", description="uncommitted changes as `git diff` text, new files included")
+    entry: str = Field(..., description="a script path inside the repo, or '-m module'")
+    args: list[str] = Field(default_factory=list, description="arguments after the entry")
+    params: dict[str, ParamValue] = Field(default_factory=dict, description="parameter overrides")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    requirements: list[str] | None = Field(
+        None, description="pip requirements; None means the repo's requirements.txt if any"
+    )
+    index_url: str | None = Field(None, description="package index to install from")
+    find_links: list[str] = Field(default_factory=list, description="local wheel folders / pages")
+    python: str | None = Field(None, description="interpreter version ('3.11') or path")
+    executor: str = Field("venv", description="venv (default), local, docker or conda")
+    queue: str = Field("default", description="Celery queue the run is sent to")
+    gpus: int | str | None = Field(None, description="GPUs wanted: a count, or ids like '0,1'")
+    timeout: float | None = Field(None, description="seconds the whole run may take")
+    grace: float | None = Field(None, description="seconds between TERM and KILL on cancel")
+    workdir: str | None = Field(None, description="working directory inside the repo")
+
+    # -- validators: each message names the problem and the fix --------------------------------
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("repo is empty: give a git URL or a local path to a repository")
+        return v.strip()
+
+    @field_validator("entry")
+    @classmethod
+    def _entry(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("entry is empty: give a script path in the repo or '-m module'")
+        if v.startswith("-m"):
+            module = v[2:].strip()
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module):
+                raise ValueError(f"entry {v!r}: '-m' needs a dotted module name, like '-m pkg.train'")
+            return f"-m {module}"
+        _inside_repo(v, "entry")
+        return v
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str | None) -> str | None:
+        if v is not None:
+            _inside_repo(v, "workdir")
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, ParamValue]) -> dict[str, ParamValue]:
+        for name in v:
+            if not _PARAM_NAME.match(name):
+                raise ValueError(
+                    f"parameter name {name!r} is not valid: use letters, digits, '_', '-' or '.', "
+                    "starting with a letter or '_' (like lr or optim.lr)"
+                )
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"environment variable name {name!r} is not valid (like MY_VAR)")
+        return v
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        out = []
+        for line in v:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                Requirement(line)
+            except InvalidRequirement as exc:
+                raise ValueError(
+                    f"requirement {line!r} is not valid: {exc} (write it as pip would, "
+                    "like 'numpy>=1.26' or 'pyyaml==6.0.1')"
+                ) from None
+            out.append(line)
+        return out
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, v: str) -> str:
+        if v not in EXECUTORS:
+            raise ValueError(f"executor {v!r} is unknown: choose one of {', '.join(EXECUTORS)}")
+        return v
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, v: str) -> str:
+        if not _QUEUE_NAME.match(v):
+            raise ValueError(f"queue name {v!r} is not valid: use letters, digits, '_-.:@'")
+        return v
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("gpus must be a count >= 0 or ids like '0,1'")
+        if isinstance(v, str) and not re.fullmatch(r"(all|\d+(-\d+)?(,\d+(-\d+)?)*)", v):
+            raise ValueError(f"gpus {v!r} is not valid: use a count (2), ids ('0,1'), '0-3' or 'all'")
+        return v
+
+    @field_validator("timeout", "grace")
+    @classmethod
+    def _positive(cls, v: float | None) -> float | None:
+        if v is not None and v < 0:
+            raise ValueError("must be >= 0 seconds")
+        return v
+
+    @model_validator(mode="after")
+    def _commit_or_branch(self) -> TaskSpec:
+        if self.diff and not self.diff.endswith("\n"):
+            object.__setattr__(self, "diff", self.diff + "\n")
+        return self
+
+    # -- helpers --------------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, data: TaskSpec | dict[str, Any]) -> TaskSpec:
+        """Return a TaskSpec from a spec or a dict, raising :class:`SpecError` with readable text."""
+        if isinstance(data, TaskSpec):
+            return data
+        if not isinstance(data, dict):
+            raise SpecError(f"a task spec must be a TaskSpec or a dict, not {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(format_validation_error(exc)) from None
+
+    @property
+    def module(self) -> str | None:
+        """The module name when the entry is '-m module', else None."""
+        return self.entry[3:] if self.entry.startswith("-m ") else None
+
+    @property
+    def display_name(self) -> str:
+        """What people see: the name, or the entry."""
+        return self.name or self.entry
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict with only the fields that differ from their defaults, plus repo/entry."""
+        return self.model_dump(mode="json", exclude_defaults=True) | {
+            "repo": self.repo,
+            "entry": self.entry,
+        }
+
+    def with_changes(self, **changes: Any) -> TaskSpec:
+        """A validated copy with some fields changed."""
+        return TaskSpec.parse(self.model_dump(mode="json") | changes)
+
+
+def _inside_repo(path: str, what: str) -> None:
+    norm = posixpath.normpath(path.replace("\\", "/"))
+    if path.startswith("/") or norm == ".." or norm.startswith("../"):
+        raise ValueError(f"{what} {path!r} points outside the repository: give a path relative to the repo root")
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the field: 'invalid task spec: entry: ...; params: ...'."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "spec"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field; known fields: {', '.join(TaskSpec.model_fields)}"
+        parts.append(f"{loc}: {msg}")
+    return "invalid task spec: " + "; ".join(parts)
+
+
+def parse_param(text: str) -> tuple[str, ParamValue]:
+    """Parse a command-line override 'name=value'; the value is read as JSON when it is JSON."""
+    import json
+
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise SpecError(f"parameter {text!r} is malformed", "write it as name=value, like lr=0.01")
+    if not _PARAM_NAME.match(name):
+        raise SpecError(f"parameter name {name!r} is not valid", "use letters, digits, '_', '-' or '.'")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return name, raw
+    if isinstance(value, (list, dict)):
+        return name, raw
+    return name, value
+
+
+def entry_argv(spec: TaskSpec) -> list[str]:
+    """The argv after the interpreter: ['-m', mod] or [script], then the spec's args."""
+    head = ["-m", spec.module] if spec.module else [spec.entry]
+    return head + list(spec.args)
+
+
+def quote_argv(argv: list[str]) -> str:
+    """An argv as a shell would show it (for logs)."""
+    return shlex.join(argv)
