@@ -24,7 +24,7 @@ class AgentError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.args == self.args  # type: ignore[union-attr]
+        return type(other) is type(self) and other.args == self.args
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.args))

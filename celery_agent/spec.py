@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from typing import Any, Union
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import SpecError
 
 #: a parameter value: what JSON and the command line can both carry
-ParamValue = Union[str, int, float, bool, None]
+ParamValue = str | int | float | bool | None
 
 #: executors a spec may name; the registry in executors/ says which are installed on a worker
 EXECUTORS = ("venv", "local", "docker", "conda")
@@ -71,7 +71,9 @@ class TaskSpec(BaseModel):
         if v.startswith("-m"):
             module = v[2:].strip()
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", module):
-                raise ValueError(f"entry {v!r}: '-m' needs a dotted module name, like '-m pkg.train'")
+                raise ValueError(
+                    f"entry {v!r}: '-m' needs a dotted module name, like '-m pkg.train'"
+                )
             return f"-m {module}"
         _inside_repo(v, "entry")
         return v
@@ -142,7 +144,9 @@ class TaskSpec(BaseModel):
         if isinstance(v, int) and v < 0:
             raise ValueError("gpus must be a count >= 0 or ids like '0,1'")
         if isinstance(v, str) and not re.fullmatch(r"(all|\d+(-\d+)?(,\d+(-\d+)?)*)", v):
-            raise ValueError(f"gpus {v!r} is not valid: use a count (2), ids ('0,1'), '0-3' or 'all'")
+            raise ValueError(
+                f"gpus {v!r} is not valid: use a count (2), ids ('0,1'), '0-3' or 'all'"
+            )
         return v
 
     @field_validator("timeout", "grace")
@@ -196,7 +200,9 @@ class TaskSpec(BaseModel):
 def _inside_repo(path: str, what: str) -> None:
     norm = posixpath.normpath(path.replace("\\", "/"))
     if path.startswith("/") or norm == ".." or norm.startswith("../"):
-        raise ValueError(f"{what} {path!r} points outside the repository: give a path relative to the repo root")
+        raise ValueError(
+            f"{what} {path!r} points outside the repository: give a path relative to the repo root"
+        )
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -220,7 +226,9 @@ def parse_param(text: str) -> tuple[str, ParamValue]:
     if not sep or not name:
         raise SpecError(f"parameter {text!r} is malformed", "write it as name=value, like lr=0.01")
     if not _PARAM_NAME.match(name):
-        raise SpecError(f"parameter name {name!r} is not valid", "use letters, digits, '_', '-' or '.'")
+        raise SpecError(
+            f"parameter name {name!r} is not valid", "use letters, digits, '_', '-' or '.'"
+        )
     try:
         value = json.loads(raw)
     except ValueError:

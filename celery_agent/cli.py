@@ -1,0 +1,299 @@
+"""The celery-agent command: a thin shell over the library (``main(argv) -> int``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import AgentError
+from .spec import TaskSpec, parse_param
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_TIMED_OUT, EXIT_ABORTED = 124, 130
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code instead of exiting."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    traceback = "--traceback" in args
+    args = [a for a in args if a != "--traceback"]
+    try:
+        result = cli.main(args=args, prog_name="celery-agent", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return int(done.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except click.exceptions.Abort:
+        return EXIT_ABORTED
+    except AgentError as exc:
+        if traceback:
+            raise
+        err_console.print(f"error: {exc}", markup=False)
+        return EXIT_ERROR
+    return int(result or 0)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+@click.group(
+    help="Run ML experiments on Celery workers. Add --traceback to any command to debug it."
+)
+def cli() -> None:
+    pass
+
+
+def _params(values: Sequence[str]) -> dict[str, Any]:
+    return dict(parse_param(v) for v in values)
+
+
+def _env(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r}: write it as NAME=value", param_hint="--env")
+        out[name] = value
+    return out
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("entry")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "--queue", "-q", default="default", show_default=True, help="Celery queue to send it to"
+)
+@click.option("--param", "-p", "params", multiple=True, help="override a parameter: name=value")
+@click.option(
+    "--req", "requirements", multiple=True, help="a requirement (repeat); default: requirements.txt"
+)
+@click.option("--python", default=None, help="interpreter version or path for the env")
+@click.option("--executor", default="venv", show_default=True)
+@click.option("--name", default=None, help="a label for the run")
+@click.option("--env", "env", multiple=True, help="an environment variable for the run: NAME=value")
+@click.option("--timeout", type=float, default=None, help="seconds the run may take")
+@click.option("--repo", default=None, help="repo URL or path (default: the checkout you are in)")
+@click.option(
+    "--commit", default=None, help="revision to run (default: HEAD plus your uncommitted changes)"
+)
+@click.option("--no-diff", is_flag=True, help="run the commit without your uncommitted changes")
+@click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
+def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], requirements: tuple[str, ...],
+           python: str | None, executor: str, name: str | None, env: tuple[str, ...], timeout: float | None,
+           repo: str | None, commit: str | None, no_diff: bool, wait: bool) -> int:  # fmt: skip
+    """Submit ENTRY (a script in this repo, or '-m module') with ARGS; print the run id."""
+    from .handle import submit as submit_spec
+
+    fields = _source_fields(repo, commit, no_diff, entry)
+    spec = TaskSpec.parse(
+        fields
+        | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
+        | {"executor": executor, "name": name, "env": _env(env), "timeout": timeout}
+        | ({"requirements": list(requirements)} if requirements else {})
+    )
+    run = submit_spec(spec)
+    err_console.print(f"submitted run {run.id} to queue {spec.queue}", markup=False)
+    console.print(run.id, markup=False) if not wait else None
+    return _follow(run.id) if wait else EXIT_OK
+
+
+def _source_fields(
+    repo: str | None, commit: str | None, no_diff: bool, entry: str
+) -> dict[str, Any]:
+    from .source import capture
+
+    if repo is not None:
+        return {"repo": repo, "commit": commit, "entry": entry}
+    captured = capture(Path.cwd())
+    entry = _relative_entry(entry, captured.root)
+    diff = "" if (no_diff or commit) else captured.diff
+    return {
+        "repo": captured.repo,
+        "commit": commit or captured.commit,
+        "diff": diff,
+        "entry": entry,
+    }
+
+
+def _relative_entry(entry: str, root: Path) -> str:
+    """A script given relative to the current directory, as a path from the repo root."""
+    if entry.startswith("-m"):
+        return entry
+    path = (Path.cwd() / entry).resolve()
+    try:
+        return path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise AgentError(
+            f"entry {entry!r} is outside the repository {root}", "give a script inside it"
+        ) from None
+
+
+def _follow(run_id: str) -> int:
+    from .handle import get_run
+
+    run = get_run(run_id)
+    for line in run.logs(follow=True):
+        console.print(line, markup=False, soft_wrap=True)
+    record = run.info()
+    return exit_code_of(record)
+
+
+def exit_code_of(record: dict[str, Any]) -> int:
+    """The shell exit code that stands for a run's outcome."""
+    state = record.get("state")
+    if state == "succeeded":
+        return EXIT_OK
+    if state == "timed_out":
+        return EXIT_TIMED_OUT
+    if state == "aborted":
+        return EXIT_ABORTED
+    code = record.get("exit_code")
+    return code if isinstance(code, int) and 0 < code < 256 else EXIT_ERROR
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="keep following until the run ends")
+def logs(run_id: str, follow: bool) -> int:
+    """Print a run's log."""
+    from .handle import get_run
+
+    for line in get_run(run_id).logs(follow=follow):
+        console.print(line, markup=False, soft_wrap=True)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="print the whole record as JSON")
+def show(run_id: str, as_json: bool) -> int:
+    """Show a run's record: state, spec, outcome, timings."""
+    from .handle import get_run
+
+    record = get_run(run_id).info()
+    if as_json:
+        console.print_json(json.dumps(record, default=str))
+        return EXIT_OK
+    table = Table(show_header=False, box=None)
+    for key in ("run_id", "name", "state", "queue", "worker", "attempt", "commit", "exit_code",
+                "error", "output_dir"):  # fmt: skip
+        if record.get(key) not in (None, ""):
+            table.add_row(key, str(record[key]))
+    for key in ("submitted_at", "preparing_at", "running_at", "finished_at"):
+        if record.get(key):
+            table.add_row(key, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record[key])))
+    for key in ("timings", "params", "usage"):
+        if record.get(key):
+            table.add_row(key, json.dumps(record[key]))
+    if record.get("freeze"):
+        table.add_row("packages", f"{len(record['freeze'])} pinned (see --json)")
+    console.print(table)
+    return EXIT_OK
+
+
+@cli.command(name="ls")
+@click.option("--limit", "-n", default=20, show_default=True)
+@click.option("--state", default=None, help="only runs in this state")
+def list_runs(limit: int, state: str | None) -> int:
+    """List recent runs, newest first."""
+    from .app import get_store
+
+    table = Table("run id", "name", "state", "queue", "worker", "submitted", "exit")
+    for row in get_store().list_runs(limit, state):
+        when = time.strftime("%m-%d %H:%M:%S", time.localtime(row.get("submitted_at") or 0))
+        table.add_row(row["run_id"], str(row.get("name", "")), str(row.get("state", "")),
+                      str(row.get("queue", "")), str(row.get("worker", "")), when,
+                      "" if row.get("exit_code") is None else str(row["exit_code"]))  # fmt: skip
+    console.print(table)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("run_id")
+def cancel(run_id: str) -> int:
+    """Cancel a run: a queued one never starts, a running one is stopped (TERM, grace, KILL)."""
+    from .handle import get_run
+
+    run = get_run(run_id)
+    was = run.cancel()
+    console.print(f"cancel requested for {run.id} (it was {was})", markup=False)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--param", "-p", "params", multiple=True, help="change a parameter: name=value")
+@click.option("--queue", "-q", default=None, help="send it to another queue")
+@click.option(
+    "--no-pin", is_flag=True, help="resolve requirements again instead of the recorded versions"
+)
+@click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
+def rerun(run_id: str, params: tuple[str, ...], queue: str | None, no_pin: bool, wait: bool) -> int:
+    """Run a past run again: same commit, diff and package versions, with edits."""
+    from .handle import get_run
+    from .handle import submit as submit_spec
+    from .rerun import respec
+
+    record = get_run(run_id).info()
+    spec = respec(record, _params(params), queue=queue, pin=not no_pin)
+    run = submit_spec(spec)
+    err_console.print(f"submitted run {run.id} (rerun of {record['run_id']})", markup=False)
+    console.print(run.id, markup=False) if not wait else None
+    return _follow(run.id) if wait else EXIT_OK
+
+
+@cli.command()
+@click.option("--port", default=6379, show_default=True, help="port of the embedded Redis")
+@click.option(
+    "--queues", "-Q", default="default", show_default=True, help="queues the worker serves"
+)
+@click.option("--concurrency", "-c", default=1, show_default=True, help="runs at a time")
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="data dir (default: the agent's home)",
+)
+def up(port: int, queues: str, concurrency: int, home: Path | None) -> int:
+    """Run Redis (embedded), a worker and beat on this machine until Ctrl+C."""
+    from .app import get_settings
+    from .up import Stack, run_up
+
+    settings = get_settings()
+    stack = Stack(home=home or settings.home, port=port, queues=queues, concurrency=concurrency,
+                  redis_url=settings.redis_url if "redis_url" in settings.sources else None)  # fmt: skip
+    return run_up(stack, _announce)
+
+
+def _announce(url: str) -> None:
+    err_console.print(
+        f"celery-agent is up: Redis at {url}\n"
+        f"  submit from a git checkout:  CELERY_AGENT_REDIS_URL={url} celery-agent submit train.py --wait\n"
+        "  stop with Ctrl+C",
+        markup=False,
+    )
+
+
+@cli.command()
+def config() -> int:
+    """Show the agent settings in force and where each came from."""
+    from .settings import Settings
+
+    table = Table("setting", "value", "from")
+    for name, value, source in Settings.load().describe():
+        table.add_row(name, str(value), source)
+    console.print(table)
+    return EXIT_OK

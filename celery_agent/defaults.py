@@ -1,0 +1,49 @@
+"""Celery settings that fit long GPU jobs; the app loads these first, the user's config after.
+
+Each value is overridable from a config module (``CELERY_AGENT_CONFIG``, see config/).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .settings import Settings
+
+#: seconds a message may stay unacknowledged before Redis hands it to another worker. Long runs
+#: outlive it; the run's claim key in Redis drops such a redelivery, so it is never run twice.
+VISIBILITY_TIMEOUT = 6 * 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration for ``settings``."""
+    return {
+        "broker_url": settings.broker,
+        "result_backend": settings.backend,
+        # A run is acknowledged when it ends, and a worker that dies puts it back.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One run at a time per pool slot: never reserve a GPU job behind another one.
+        "worker_prefetch_multiplier": 1,
+        # Queues listed in -Q are served in that order of priority.
+        "broker_transport_options": {
+            "queue_order_strategy": "priority",
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+        },
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        # Events for Flower and `celery events`: queued, started, done.
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "result_expires": 7 * 86400,
+        "result_extended": True,
+        # JSON only: no pickle from the network.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_default_queue": "default",
+        # The worker's own long-lived connection must survive Redis restarts.
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_hijack_root_logger": False,
+    }

@@ -1,0 +1,332 @@
+"""Content-addressed cache of built environments (venvs now; conda prefixes and images later).
+
+One entry per key, built once and reused in place::
+
+    root/<key>/env/         the environment itself (its path never changes: venvs are not relocatable)
+    root/<key>/meta.json    what the builder returned
+    root/<key>/entry.json   label, size and build time, for listing and eviction
+    root/<key>/ready        written last: an entry without it is a partial build
+    root/<key>/last_used    touched on every hit; its mtime orders eviction (least recently used first)
+    root/<key>.lock         per-key lock held while building or removing
+    root/<key>.failed       a cached build failure, re-raised until it is older than the failure ttl
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .errors import EnvBuildError, StateError
+
+logger = logging.getLogger(__name__)
+
+#: keys name directories; no '.' so the lock, failure and trash siblings never look like entries
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
+
+#: a builder: gets the final env path (to create), returns metadata stored as meta.json
+Builder = Callable[[Path], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CachedEnv:
+    """A ready cache entry.
+
+    ``seconds`` is the time spent in :meth:`EnvCache.get_or_build`: validating a hit, or building.
+    """
+
+    key: str
+    path: Path
+    hit: bool
+    seconds: float
+    meta: dict[str, Any]
+
+
+class EnvCache:
+    """Environments keyed by content, built once under a per-key lock and evicted least recently used."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_entries: int = 20,
+        max_bytes: int | None = None,
+        failure_ttl: float = 600.0,
+        lock_timeout: float = 3600.0,
+    ) -> None:
+        self.root = Path(root)
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.failure_ttl = failure_ttl
+        self.lock_timeout = lock_timeout
+
+    # -- keys and paths ---------------------------------------------------------------------------
+    @staticmethod
+    def key(parts: Mapping[str, Any]) -> str:
+        """The key of an environment: sha256 of its parts as canonical JSON, first 24 hex digits."""
+        text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def _dir(self, key: str) -> Path:
+        if not _KEY.match(key):
+            raise ValueError(
+                f"env cache key {key!r} is not valid: use letters, digits, '_', '-', '.'"
+            )
+        return self.root / key
+
+    def _lock(self, key: str, timeout: float) -> FileLock:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.root / f"{key}.lock", timeout=timeout)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def lookup(self, key: str) -> CachedEnv | None:
+        """The ready entry for ``key``, or None; takes no lock and does not count as a use."""
+        start = time.perf_counter()
+        entry = self._dir(key)
+        if not (entry / "ready").exists():
+            return None
+        meta = _read_json(entry / "meta.json")
+        return CachedEnv(key, entry / "env", True, time.perf_counter() - start, meta)
+
+    def _hit(self, key: str, start: float) -> CachedEnv | None:
+        found = self.lookup(key)
+        if found is None:
+            return None
+        _touch(self._dir(key) / "last_used")
+        seconds = time.perf_counter() - start
+        logger.debug("env cache hit %s in %.2f ms", key, seconds * 1000)
+        return CachedEnv(key, found.path, True, seconds, found.meta)
+
+    # -- building ---------------------------------------------------------------------------------
+    def get_or_build(self, key: str, build: Builder, *, label: str = "") -> CachedEnv:
+        """The entry for ``key``: reused in place when ready, else built once by ``build(env_path)``.
+
+        Concurrent callers (threads or processes) wait on a per-key lock, and all but the first
+        find the entry ready. A build that raises :class:`EnvBuildError` is remembered for
+        ``failure_ttl`` seconds: calls in that window re-raise it without building again.
+        """
+        start = time.perf_counter()
+        found = self._hit(key, start)
+        if found is not None:
+            return found
+        self._raise_cached_failure(key)
+        try:
+            with self._lock(key, self.lock_timeout):
+                result = self._build_locked(key, build, label, start)
+        except Timeout:
+            raise StateError(
+                f"env cache entry {key} stayed locked for {self.lock_timeout:.0f}s",
+                "another worker may be stuck building it; remove the lock file "
+                f"{self.root / (key + '.lock')} if no build is running",
+            ) from None
+        if not result.hit:
+            self._evict_after_build(key)
+        return result
+
+    def _build_locked(self, key: str, build: Builder, label: str, start: float) -> CachedEnv:
+        found = self._hit(key, start)
+        if found is not None:
+            return found
+        self._raise_cached_failure(key)
+        entry = self._dir(key)
+        _remove_tree(entry)  # a partial build left by a crash
+        entry.mkdir(parents=True)
+        logger.info("building env %s %s", key, label)
+        meta = self._run_builder(key, build, entry)
+        self._finish(entry, meta, label, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        logger.info("built env %s in %.1fs", key, seconds)
+        return CachedEnv(key, entry / "env", False, seconds, meta)
+
+    def _run_builder(self, key: str, build: Builder, entry: Path) -> dict[str, Any]:
+        try:
+            meta = build(entry / "env")
+        except EnvBuildError as exc:
+            _remove_tree(entry)
+            self._record_failure(key, exc)
+            raise
+        except BaseException:
+            _remove_tree(entry)
+            raise
+        return dict(meta or {})
+
+    def _finish(self, entry: Path, meta: dict[str, Any], label: str, seconds: float) -> None:
+        _write_json(entry / "meta.json", meta)
+        info = {"label": label, "bytes": _tree_bytes(entry), "built_at": time.time()}
+        _write_json(entry / "entry.json", info | {"build_seconds": round(seconds, 3)})
+        _touch(entry / "last_used")
+        _write_json(entry / "ready", {"at": time.time()})
+
+    def _evict_after_build(self, key: str) -> None:
+        try:
+            self.evict(keep={key})
+        except OSError as exc:
+            logger.warning("env cache eviction failed: %s", exc)
+
+    # -- failures ---------------------------------------------------------------------------------
+    def _record_failure(self, key: str, exc: EnvBuildError) -> None:
+        if self.failure_ttl <= 0:
+            return
+        record = {"message": exc.message, "hint": exc.hint, "time": time.time()}
+        _write_json(self.root / f"{key}.failed", record)
+
+    def _raise_cached_failure(self, key: str) -> None:
+        path = self.root / f"{key}.failed"
+        try:
+            record = _read_json(path)
+        except (OSError, ValueError):
+            return
+        age = time.time() - float(record.get("time", 0))
+        if age >= self.failure_ttl:
+            path.unlink(missing_ok=True)
+            return
+        raise EnvBuildError(
+            f"cached failure from {age:.0f}s ago: {record.get('message', '')}",
+            f"{record['hint'] + '; then ' if record.get('hint') else ''}change the requirements or "
+            f"clear the cache entry {key} (it is retried after {self.failure_ttl:.0f}s)",
+        )
+
+    # -- listing and eviction ---------------------------------------------------------------------
+    def entries(self) -> list[dict[str, Any]]:
+        """Ready entries, least recently used first: key, path, bytes, last_used, label."""
+        rows = []
+        for entry in self._ready_dirs():
+            info = _read_json_or_empty(entry / "entry.json")
+            nbytes = info.get("bytes")
+            rows.append(
+                {
+                    "key": entry.name,
+                    "path": entry / "env",
+                    "bytes": int(nbytes) if nbytes is not None else _tree_bytes(entry),
+                    "last_used": _mtime(entry / "last_used") or _mtime(entry / "ready"),
+                    "label": info.get("label", ""),
+                }
+            )
+        return sorted(rows, key=lambda row: row["last_used"])
+
+    def _ready_dirs(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [p for p in self.root.iterdir() if _KEY.match(p.name) and (p / "ready").exists()]
+
+    def evict(self, keep: Collection[str] = ()) -> list[str]:
+        """Remove least recently used entries until ``max_entries`` and ``max_bytes`` hold.
+
+        Never removes an entry named in ``keep`` or one whose lock a builder holds. Returns the
+        evicted keys, oldest first.
+        """
+        self._sweep()
+        rows = self.entries()
+        count, total = len(rows), sum(row["bytes"] for row in rows)
+        evicted: list[str] = []
+        for row in rows:
+            if not self._over_limits(count, total):
+                break
+            if row["key"] in keep or not self.remove(row["key"], wait=False):
+                continue
+            evicted.append(row["key"])
+            count, total = count - 1, total - row["bytes"]
+        if evicted:
+            logger.info("evicted envs %s", ", ".join(evicted))
+        return evicted
+
+    def _sweep(self) -> None:
+        """Remove what crashed processes left: half-removed trees and unlocked partial builds."""
+        if not self.root.is_dir():
+            return
+        for path in self.root.iterdir():
+            if ".trash-" in path.name:
+                shutil.rmtree(path, ignore_errors=True)
+            elif _KEY.match(path.name) and not (path / "ready").exists():
+                self._remove_partial(path.name)
+
+    def _remove_partial(self, key: str) -> None:
+        try:
+            with self._lock(key, 0):
+                if not (self._dir(key) / "ready").exists():
+                    _remove_tree(self._dir(key))
+        except Timeout:
+            return  # a builder is at work on it
+
+    def _over_limits(self, count: int, total: int) -> bool:
+        return count > self.max_entries or (self.max_bytes is not None and total > self.max_bytes)
+
+    def remove(self, key: str, *, wait: bool = True) -> bool:
+        """Remove the entry and any cached failure for ``key``; False when a builder holds it.
+
+        With ``wait`` the call waits for a running build (up to the lock timeout) first.
+        """
+        entry = self._dir(key)
+        try:
+            with self._lock(key, self.lock_timeout if wait else 0):
+                (self.root / f"{key}.failed").unlink(missing_ok=True)
+                _remove_tree(entry)
+        except Timeout:
+            return False
+        return True
+
+
+# -- small file helpers ---------------------------------------------------------------------------
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically: a temporary sibling renamed over the target."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+def _read_json_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        return _read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        path.touch()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory: renamed aside first, so no reader sees a half-removed entry."""
+    if not path.exists():
+        return
+    trash = path.with_name(f"{path.name}.trash-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _tree_bytes(path: Path) -> int:
+    """Apparent size of the files under ``path`` (symlinks counted, not followed)."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total

@@ -1,0 +1,357 @@
+"""The venv executor: a cached virtualenv per (interpreter, requirements, index), built with uv or pip."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
+from ..errors import EnvBuildError, ExecutorUnavailable, StageTimeout
+from ..spec import TaskSpec
+from .base import Executor, Interpreter, LogFn, PreparedEnv, clean_env, find_interpreter
+
+logger = logging.getLogger(__name__)
+
+#: installer output lines kept for the error message when a build fails
+TAIL_LINES = 30
+
+_INSTALL_HINT = "check the requirement names and versions, or the index"
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What to install: normalized requirement lines, or a requirements file passed through."""
+
+    lines: tuple[str, ...] = ()
+    file: Path | None = None  #: a requirements file with options (-e, -r, --...) used as is
+    file_sha256: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.lines) or self.file is not None
+
+
+def read_requirements(spec: TaskSpec, source_dir: Path) -> Requirements:
+    """The spec's requirements, else the repo's requirements.txt, else nothing."""
+    if spec.requirements is not None:
+        return Requirements(lines=normalize(spec.requirements))
+    path = Path(source_dir) / "requirements.txt"
+    if not path.is_file():
+        return Requirements()
+    text = path.read_text()
+    lines = [_strip_comment(line) for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    try:
+        return Requirements(lines=normalize(lines))
+    except InvalidRequirement:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        return Requirements(file=path.resolve(), file_sha256=digest)
+
+
+def _strip_comment(line: str) -> str:
+    line = line.strip()
+    if line.startswith("#"):
+        return ""
+    return line.split(" #", 1)[0].strip()
+
+
+def normalize(lines: list[str]) -> tuple[str, ...]:
+    """Requirements with canonical names, sorted and deduplicated (order and case do not matter).
+
+    Raises InvalidRequirement for a line that is not a plain requirement (an option, a path).
+    """
+    out = set()
+    for line in lines:
+        req = Requirement(line)
+        req.name = canonicalize_name(req.name)
+        req.extras = {canonicalize_name(extra) for extra in req.extras}
+        out.add(str(req))
+    return tuple(sorted(out))
+
+
+def find_links_fingerprint(links: list[str], source_dir: Path) -> list[dict[str, Any]]:
+    """Each find-links entry, with a hash of a local folder's listing so new wheels change the key.
+
+    A relative folder is read from ``source_dir``, where the installer runs.
+    """
+    out = []
+    for link in links:
+        folder = Path(source_dir) / Path(link.removeprefix("file://")).expanduser()
+        entry: dict[str, Any] = {"link": link}
+        if folder.is_dir():
+            listing = sorted(
+                (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
+            )
+            entry["listing"] = hashlib.sha256(repr(listing).encode()).hexdigest()
+        out.append(entry)
+    return out
+
+
+@functools.cache
+def uv_binary() -> str | None:
+    """The uv executable: the one shipped with the ``uv`` package, else ``uv`` on PATH (looked up once)."""
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def _has_virtualenv() -> bool:
+    return importlib.util.find_spec("virtualenv") is not None
+
+
+class VenvExecutor(Executor):
+    """Runs a spec in a virtualenv built for its interpreter and requirements, cached by content."""
+
+    name = "venv"
+
+    def unavailable_reason(self) -> str | None:
+        """None when the configured installer is present."""
+        wanted = self.settings.installer
+        if wanted == "uv" and uv_binary() is None:
+            return "installer 'uv' is not installed (pip install uv)"
+        if wanted == "pip" and not _has_virtualenv():
+            return "installer 'pip' needs the virtualenv package (pip install virtualenv)"
+        if uv_binary() is None and not _has_virtualenv():
+            return "neither uv nor virtualenv is installed (pip install uv)"
+        return None
+
+    def installer(self) -> str:
+        """The installer builds use: 'uv' or 'pip' (raises ExecutorUnavailable when missing)."""
+        reason = self.unavailable_reason()
+        if reason is not None:
+            raise ExecutorUnavailable(f"venv executor: {reason}", "install it, or set installer")
+        if self.settings.installer in ("uv", "pip"):
+            return self.settings.installer
+        return "uv" if uv_binary() is not None else "pip"
+
+    def prepare(self, spec: TaskSpec, source_dir: Path, log: LogFn) -> PreparedEnv:
+        """Reuse the cached venv for this spec, or build it (logging the installer's output)."""
+        start = time.perf_counter()
+        installer = self.installer()
+        python = find_interpreter(spec.python, uv=uv_binary() if installer == "uv" else None)
+        reqs = read_requirements(spec, source_dir)
+        parts = key_parts(python, installer, reqs, spec, source_dir)
+        key = self.env_cache().key(parts)
+        build = _Build(self, installer, python, reqs, spec, source_dir, log)
+        cached = self.env_cache().get_or_build(key, build, label=_label(python, reqs))
+        how = "reused" if cached.hit else "built"
+        log(f"env: {how} venv {key} ({cached.path}) in {cached.seconds:.3f}s")
+        return _prepared(cached.path, cached.meta, key, cached.hit, start, installer)
+
+
+def key_parts(
+    python: Interpreter, installer: str, reqs: Requirements, spec: TaskSpec, source_dir: Path
+) -> dict[str, Any]:
+    """Everything that decides what a venv contains; its hash is the cache key."""
+    return {
+        "executor": "venv",
+        "python": python.path,
+        "python_version": python.version,
+        "installer": installer,
+        "requirements": list(reqs.lines),
+        "requirements_file": reqs.file_sha256,
+        "index_url": spec.index_url,
+        "find_links": find_links_fingerprint(list(spec.find_links), source_dir),
+    }
+
+
+def _label(python: Interpreter, reqs: Requirements) -> str:
+    names = ", ".join(reqs.lines[:4]) + (" ..." if len(reqs.lines) > 4 else "")
+    return f"python {python.short_version}: {names or ('requirements.txt' if reqs.file else '-')}"
+
+
+def _prepared(
+    env: Path, meta: dict[str, Any], key: str, hit: bool, start: float, installer: str
+) -> PreparedEnv:
+    bin_dir = env / "bin"
+    return PreparedEnv(
+        python=str(bin_dir / "python"),
+        env={"VIRTUAL_ENV": str(env)},
+        path_prefix=[str(bin_dir)],
+        freeze=list(meta.get("freeze", [])),
+        cache_key=key,
+        cache_hit=hit,
+        seconds=time.perf_counter() - start,
+        installer=installer,
+    )
+
+
+class _Build:
+    """One venv build: create, install, freeze; called by the env cache with the final env path."""
+
+    def __init__(
+        self,
+        executor: VenvExecutor,
+        installer: str,
+        python: Interpreter,
+        reqs: Requirements,
+        spec: TaskSpec,
+        source_dir: Path,
+        log: LogFn,
+    ) -> None:
+        self.installer, self.python, self.reqs, self.spec = installer, python, reqs, spec
+        self.source_dir, self.log = Path(source_dir), log
+        timeout = executor.settings.build_timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.timeout = timeout
+        self.env = clean_env() | {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+
+    def __call__(self, env_dir: Path) -> dict[str, Any]:
+        self.log(f"env: building venv with {self.installer} for python {self.python.short_version}")
+        self._run(self._create_argv(env_dir), "venv creation", "check the interpreter")
+        if self.reqs:
+            self._run(self._install_argv(env_dir), f"{self.installer} install", _INSTALL_HINT)
+        freeze = self._run(self._freeze_argv(env_dir), "freeze", _INSTALL_HINT, quiet=True)
+        return {
+            "python": self.python.path,
+            "python_version": self.python.version,
+            "installer": self.installer,
+            "requirements": list(self.reqs.lines),
+            "freeze": sorted(line for line in freeze if _is_pin(line)),
+        }
+
+    # -- argv ---------------------------------------------------------------------------------------
+    def _create_argv(self, env_dir: Path) -> list[str]:
+        if self.installer == "uv":
+            return [_uv(), "venv", "--no-config", "--python", self.python.path, str(env_dir)]
+        return [
+            sys.executable,
+            "-m",
+            "virtualenv",
+            "--no-download",
+            "--python",
+            self.python.path,
+            str(env_dir),
+        ]
+
+    def _install_argv(self, env_dir: Path) -> list[str]:
+        env_python = str(env_dir / "bin" / "python")
+        if self.installer == "uv":
+            head = [
+                _uv(),
+                "pip",
+                "install",
+                "--no-config",
+                "--python",
+                env_python,
+                "--compile-bytecode",
+            ]
+        else:
+            head = [env_python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+        return head + self._index_args() + self._requirement_args()
+
+    def _index_args(self) -> list[str]:
+        args = ["--index-url", self.spec.index_url] if self.spec.index_url else []
+        for link in self.spec.find_links:
+            args += ["--find-links", link]
+        if self.spec.find_links and not self.spec.index_url:
+            args.append("--no-index")
+        return args
+
+    def _requirement_args(self) -> list[str]:
+        return ["-r", str(self.reqs.file)] if self.reqs.file else list(self.reqs.lines)
+
+    def _freeze_argv(self, env_dir: Path) -> list[str]:
+        env_python = str(env_dir / "bin" / "python")
+        if self.installer == "uv":
+            return [_uv(), "pip", "freeze", "--quiet", "--no-config", "--python", env_python]
+        return [env_python, "-m", "pip", "freeze", "--all", "--disable-pip-version-check"]
+
+    # -- running ------------------------------------------------------------------------------------
+    def _run(self, argv: list[str], what: str, hint: str, *, quiet: bool = False) -> list[str]:
+        """Run one installer step, passing its output to the log; its output lines are returned."""
+        self.log(f"$ {shlex.join(argv)}")
+        logger.info("env: %s", shlex.join(argv))
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env=self.env,
+            cwd=self.source_dir if self.source_dir.is_dir() else None,
+            start_new_session=True,
+        )
+        lines, expired = self._pump(proc, quiet)
+        if expired.is_set():
+            raise StageTimeout(
+                f"env stage timed out after {self.timeout:g}s during {what}",
+                "raise the build timeout, or pre-build the env on this worker",
+            )
+        if proc.returncode != 0:
+            tail = "\n".join(collections.deque(lines, maxlen=TAIL_LINES))
+            raise EnvBuildError(f"{what} failed (exit {proc.returncode}):\n{tail}", hint)
+        return lines
+
+    def _pump(self, proc: subprocess.Popen[str], quiet: bool) -> tuple[list[str], threading.Event]:
+        expired = threading.Event()
+        timer = self._watchdog(proc, expired)
+        lines: list[str] = []
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                lines.append(line)
+                if not quiet:
+                    self.log(line)
+            proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if proc.poll() is None:
+                _kill_group(proc)
+        return lines, expired
+
+    def _watchdog(
+        self, proc: subprocess.Popen[str], expired: threading.Event
+    ) -> threading.Timer | None:
+        if self.deadline is None:
+            return None
+
+        def fire() -> None:
+            expired.set()
+            _kill_group(proc)
+
+        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), fire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+
+def _is_pin(line: str) -> bool:
+    """A freeze line naming an installed package ('name==1.0', 'name @ url', '-e path')."""
+    return "==" in line or " @ " in line or line.startswith("-e ")
+
+
+def _uv() -> str:
+    found = uv_binary()
+    if found is None:
+        raise ExecutorUnavailable("uv is not installed", "pip install uv, or set installer to pip")
+    return found
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Kill the installer and everything it started; a gone process is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -1,0 +1,182 @@
+"""The agent's own settings, layered: defaults < config file < environment < explicit overrides.
+
+Each value remembers where it came from (``Settings.sources``), so ``celery-agent config`` and error
+messages can say which layer set it. The environment is passed in, never read at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+ENV_PREFIX = "CELERY_AGENT_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings of one agent process (worker, CLI or library caller)."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    broker_url: str | None = None  # CELERY_BROKER_URL overrides redis_url for the broker
+    result_backend: str | None = None  # CELERY_RESULT_BACKEND likewise
+    prefix: str = "ca"
+    home: Path = field(default_factory=lambda: Path.home() / ".celery-agent")
+    installer: str = "auto"
+    max_envs: int = 20
+    max_env_gb: float | None = None
+    env_failure_ttl: float = 600.0
+    grace: float = 10.0
+    claim_ttl: float = 60.0
+    abort_poll: float = 0.2
+    log_maxlen: int = 100_000
+    keep_source: bool = False
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where each run's folder (log file, output, resolved params) lives."""
+        return self.home / "runs"
+
+    @property
+    def git_cache(self) -> Path:
+        """The clone cache: one clone per repo on this machine."""
+        return self.home / "cache" / "git"
+
+    @property
+    def env_cache(self) -> Path:
+        """The environment cache root; each executor has a folder under it."""
+        return self.home / "cache" / "envs"
+
+    @property
+    def broker(self) -> str:
+        """The broker URL in force."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def backend(self) -> str:
+        """The result backend URL in force."""
+        return self.result_backend or self.redis_url
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        config_file: Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Build settings from the layers; ``environ`` defaults to the process environment now."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        path = config_file or _config_path(environ)
+        if path is not None:
+            _layer(values, sources, _read_file(path), f"file {path}")
+        _layer(values, sources, _from_env(environ), "environment")
+        _layer(values, sources, dict(overrides or {}), "command line")
+        return cls(**_coerce(values), sources=sources)
+
+    def describe(self) -> list[tuple[str, Any, str]]:
+        """(name, value, source) for every setting, for people."""
+        return [
+            (f.name, getattr(self, f.name), self.sources.get(f.name, "default"))
+            for f in dataclasses.fields(self)
+            if f.name != "sources"
+        ]
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "sources"}
+_SPECIAL_ENV = {"CELERY_BROKER_URL": "broker_url", "CELERY_RESULT_BACKEND": "result_backend"}
+
+
+def _config_path(environ: Mapping[str, str]) -> Path | None:
+    explicit = environ.get(ENV_PREFIX + "CONFIG_FILE")
+    if explicit:
+        return Path(explicit)
+    default = Path(environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "celery-agent.toml"
+    return default if default.is_file() else None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist", "create it or unset CELERY_AGENT_CONFIG_FILE"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid TOML: {exc}", "fix the line it names"
+        ) from None
+    table = data.get("agent", data)
+    unknown = sorted(set(table) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting(s) {', '.join(unknown)}",
+            f"known settings: {', '.join(sorted(_FIELDS))}",
+        )
+    return dict(table)
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw not in (None, ""):
+            out[name] = raw
+    for var, name in _SPECIAL_ENV.items():
+        if environ.get(var):
+            out[name] = environ[var]
+    return out
+
+
+def _layer(
+    values: dict[str, Any], sources: dict[str, str], layer: dict[str, Any], where: str
+) -> None:
+    for name, value in layer.items():
+        if value is None:
+            continue
+        values[name] = value
+        sources[name] = where
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        kind = str(_FIELDS[name].type)
+        try:
+            out[name] = _convert(kind, value)
+        except ValueError:
+            raise ConfigError(
+                f"setting {name}={value!r} is not valid",
+                f"it must be of type {kind}; set {ENV_PREFIX}{name.upper()} accordingly",
+            ) from None
+    return out
+
+
+def _convert(kind: str, value: Any) -> Any:
+    if kind.startswith("Path"):
+        return Path(value).expanduser()
+    if kind.startswith("bool"):
+        return value if isinstance(value, bool) else _parse_bool(str(value))
+    if kind.startswith("int"):
+        return int(value)
+    if kind.startswith("float"):
+        return float(value)
+    return str(value)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)

@@ -1,0 +1,314 @@
+"""The run store: the only module that knows Redis key names.
+
+Keys (``{p}`` is the configured prefix, ``ca`` by default):
+
+- ``{p}:run:{id}`` hash: the run record (state, spec, timestamps, outcome)
+- ``{p}:runs`` sorted set of run ids by submit time
+- ``{p}:run:{id}:log`` stream; one entry carries a chunk of lines (field ``l``)
+- ``{p}:run:{id}:claim`` the worker running it, with a TTL renewed while it runs
+- ``{p}:run:{id}:abort`` set when someone asked to cancel; ``{p}:abort`` pub/sub channel nudges runners
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import redis
+
+from .errors import StateError, UnknownRunError
+
+logger = logging.getLogger(__name__)
+
+QUEUED, PREPARING, RUNNING = "queued", "preparing", "running"
+SUCCEEDED, FAILED, ABORTED, TIMED_OUT, LOST = "succeeded", "failed", "aborted", "timed_out", "lost"
+TERMINAL = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, LOST})
+ACTIVE = frozenset({PREPARING, RUNNING})
+_JSON_FIELDS = ("spec", "params", "usage", "freeze", "timings", "log_tail")
+
+# Move a run to a new state unless it already ended; returns the state it had ("" if none).
+_TRANSITION = """
+local old = redis.call('HGET', KEYS[1], 'state') or ''
+if old == '' and ARGV[2] ~= '1' then return '' end
+if ARGV[3] ~= '1' and (old == 'succeeded' or old == 'failed' or old == 'aborted'
+    or old == 'timed_out' or old == 'lost') then return old end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(ARGV, 4))
+return old
+"""
+# Renew or release a claim only when it is still ours.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RunStore:
+    """Run records, logs, claims and abort flags in Redis."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "ca", log_maxlen: int = 100_000) -> None:
+        self.r: Any = client  # decode_responses=True: str in, str out (redis-py's types cannot say so)
+        self.prefix = prefix
+        self.log_maxlen = log_maxlen
+        self._transition = client.register_script(_TRANSITION)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "ca", log_maxlen: int = 100_000) -> RunStore:
+        """A store on a new connection pool to ``url``."""
+        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        return cls(client, prefix, log_maxlen)
+
+    # -- keys -----------------------------------------------------------------------------------
+    def key(self, *parts: str) -> str:
+        """A prefixed key: key('run', id) -> 'ca:run:<id>'."""
+        return ":".join((self.prefix, *parts))
+
+    # -- records --------------------------------------------------------------------------------
+    def create_run(self, run_id: str, spec: Mapping[str, Any], queue: str, **fields: Any) -> bool:
+        """Record a queued run; False (and nothing changed) when the id is already recorded."""
+        now = time.time()
+        record = {"state": QUEUED, "spec": spec, "queue": queue, "submitted_at": now, "attempt": 0}
+        record["name"] = spec.get("name") or spec.get("entry", "")
+        with _errors(self):
+            if not self.r.hsetnx(self.key("run", run_id), "state", QUEUED):
+                return False
+            pipe = self.r.pipeline()
+            pipe.hset(self.key("run", run_id), mapping=_encode(record | fields))
+            pipe.zadd(self.key("runs"), {run_id: now})
+            pipe.execute()
+        return True
+
+    def transition(self, run_id: str, state: str, *, force: bool = False, **fields: Any) -> str:
+        """Set ``state`` (and ``<state>_at``) unless the run already ended; returns the old state.
+
+        A run that ended keeps its terminal state (a late 'running' never overwrites 'aborted')
+        unless ``force`` is given.
+        """
+        fields = {f"{state}_at": time.time()} | fields
+        flat = [x for kv in _encode(fields).items() for x in kv]
+        with _errors(self):
+            old = self._transition(
+                keys=[self.key("run", run_id)], args=[state, "1", "1" if force else "0", *flat]
+            )
+        return str(old or "")
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        """Set fields on the run record without changing its state."""
+        with _errors(self):
+            self.r.hset(self.key("run", run_id), mapping=_encode(fields))
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        """The run record, JSON fields decoded; raises UnknownRunError."""
+        with _errors(self):
+            raw = self.r.hgetall(self.key("run", run_id))
+        if not raw:
+            raise UnknownRunError(
+                f"no run {run_id!r} is recorded", "check the id with `celery-agent ls`"
+            )
+        return _decode(run_id, raw)
+
+    def find(self, prefix: str) -> str:
+        """The full id of the one run whose id starts with ``prefix``."""
+        with _errors(self):
+            if self.r.exists(self.key("run", prefix)):
+                return prefix
+            matches = [
+                m for m in self.r.zrevrange(self.key("runs"), 0, 4999) if m.startswith(prefix)
+            ]
+        if len(matches) == 1:
+            return str(matches[0])
+        hint = (
+            "give more characters of the id" if matches else "check the id with `celery-agent ls`"
+        )
+        raise UnknownRunError(f"{len(matches)} runs match {prefix!r}", hint)
+
+    def list_runs(self, limit: int = 20, state: str | None = None) -> list[dict[str, Any]]:
+        """The newest runs first, optionally only those in ``state``."""
+        with _errors(self):
+            ids = self.r.zrevrange(self.key("runs"), 0, max(limit * 5, 200) - 1)
+            pipe = self.r.pipeline()
+            for run_id in ids:
+                pipe.hgetall(self.key("run", run_id))
+            rows = [_decode(i, raw) for i, raw in zip(ids, pipe.execute(), strict=True) if raw]
+        if state:
+            rows = [row for row in rows if row.get("state") == state]
+        return rows[:limit]
+
+    # -- logs -----------------------------------------------------------------------------------
+    def append_log(self, run_id: str, lines: list[str]) -> None:
+        """Append a chunk of lines as one stream entry (one round trip per chunk, not per line)."""
+        if lines:
+            self.r.xadd(
+                self.key("run", run_id, "log"),
+                {"l": "\n".join(lines)},
+                maxlen=self.log_maxlen,
+                approximate=True,
+            )
+
+    def read_log(
+        self, run_id: str, after: str = "0-0", block: float | None = None
+    ) -> tuple[str, list[str]]:
+        """Lines after stream id ``after``; returns (last id, lines). ``block`` waits up to N s."""
+        key = self.key("run", run_id, "log")
+        with _errors(self):
+            if block:
+                got = self.r.xread({key: after}, count=1000, block=int(block * 1000))
+                entries = got[0][1] if got else []
+            else:
+                entries = self.r.xrange(
+                    key, min=f"({after}" if after != "0-0" else "-", count=10_000
+                )
+        lines = [line for _, data in entries for line in data.get("l", "").split("\n")]
+        return (entries[-1][0] if entries else after), lines
+
+    def follow_log(self, run_id: str, poll: float = 1.0) -> Iterator[str]:
+        """Every line of the run's log, waiting for more until the run ends."""
+        after = "0-0"
+        while True:
+            after, lines = self.read_log(run_id, after, block=poll)
+            yield from lines
+            if not lines and self.get(run_id).get("state") in TERMINAL:
+                after, lines = self.read_log(run_id, after)
+                yield from lines
+                if not lines:
+                    return
+
+    # -- claims and aborts ----------------------------------------------------------------------
+    def claim(self, run_id: str, worker: str, ttl: float) -> str | None:
+        """Claim the run for ``worker``; returns None on success, else the current holder."""
+        key = self.key("run", run_id, "claim")
+        with _errors(self):
+            if self.r.set(key, worker, nx=True, px=int(ttl * 1000)):
+                return None
+            return str(self.r.get(key) or "")
+
+    def renew_claim(self, run_id: str, worker: str, ttl: float) -> bool:
+        """Extend our claim; False when it expired or someone else holds it."""
+        return bool(
+            self._renew(keys=[self.key("run", run_id, "claim")], args=[worker, int(ttl * 1000)])
+        )
+
+    def release_claim(self, run_id: str, worker: str) -> None:
+        """Drop our claim (a no-op when it is not ours)."""
+        self._release(keys=[self.key("run", run_id, "claim")], args=[worker])
+
+    def request_abort(self, run_id: str, ttl: float = 7 * 86400) -> str:
+        """Ask for the run to stop; a queued run is marked aborted at once. Returns its state."""
+        record = self.get(run_id)
+        with _errors(self):
+            self.r.set(self.key("run", run_id, "abort"), "1", ex=int(ttl))
+            self.r.publish(self.key("abort"), run_id)
+        if record.get("state") == QUEUED:
+            self.transition(run_id, ABORTED, error="cancelled before it started")
+            return ABORTED
+        return str(record.get("state", ""))
+
+    def is_aborted(self, run_id: str) -> bool:
+        """Whether someone asked to cancel the run."""
+        return bool(self.r.exists(self.key("run", run_id, "abort")))
+
+    def ping(self) -> None:
+        """Raise StateError when Redis cannot be reached."""
+        with _errors(self):
+            self.r.ping()
+
+
+class ClaimKeeper:
+    """Renews a run's claim from a daemon thread while the run lives."""
+
+    def __init__(self, store: RunStore, run_id: str, worker: str, ttl: float) -> None:
+        self.store, self.run_id, self.worker, self.ttl = store, run_id, worker, ttl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"claim-{run_id[:8]}", daemon=True)
+
+    def __enter__(self) -> ClaimKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.store.release_claim(self.run_id, self.worker)
+        except redis.RedisError as err:
+            logger.warning("could not release the claim on %s: %s", self.run_id, err)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                if not self.store.renew_claim(self.run_id, self.worker, self.ttl):
+                    logger.warning("claim on run %s was lost; re-claiming it", self.run_id)
+                    self.store.claim(self.run_id, self.worker, self.ttl)
+            except (redis.RedisError, StateError) as err:
+                logger.warning("could not renew the claim on %s: %s", self.run_id, err)
+
+
+class _errors:
+    """Turn redis connection errors into a StateError that says where Redis was expected."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            where = _describe(self.store.r)
+            raise StateError(
+                f"Redis is unreachable at {where}: {exc}",
+                "start redis-server (or `celery-agent up`), or set CELERY_AGENT_REDIS_URL",
+            ) from None
+
+
+def _describe(client: redis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix://{kw['path']}"
+    return f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def _encode(fields: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for name, value in fields.items():
+        if name in _JSON_FIELDS or isinstance(value, dict | list):
+            out[name] = json.dumps(value)
+        elif isinstance(value, bool):
+            out[name] = "1" if value else "0"
+        else:
+            out[name] = "" if value is None else str(value)
+    return out
+
+
+def _decode(run_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"run_id": run_id}
+    for name, value in raw.items():
+        if name in _JSON_FIELDS and value:
+            try:
+                out[name] = json.loads(value)
+                continue
+            except ValueError:
+                pass
+        out[name] = _number(name, value)
+    return out
+
+
+def _number(name: str, value: str) -> Any:
+    if name.endswith("_at") or name in ("exit_code", "attempt", "log_lines"):
+        try:
+            return float(value) if name.endswith("_at") else int(value)
+        except ValueError:
+            return None
+    return value

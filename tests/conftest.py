@@ -1,0 +1,212 @@
+"""Shared fixtures: a real redis-server, real worker processes, real git repos, a local wheelhouse.
+
+Integration tests talk to services the fixtures start on loopback; nothing is faked there.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_fixture_pids: set[int] = set()
+
+
+# -- leak check ---------------------------------------------------------------------------------
+def _ours(proc: psutil.Process) -> bool:
+    try:
+        chain = [proc, *proc.parents()]
+    except psutil.Error:
+        return True
+    return any(p.pid in _fixture_pids for p in chain)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """Fail any test that leaves a child process of its own running."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 3
+    while True:
+        left = [
+            p
+            for p in psutil.Process().children(recursive=True)
+            if p.pid not in before and not _ours(p) and p.status() != psutil.STATUS_ZOMBIE
+        ]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for proc in left:
+        proc.kill()
+    assert not left, f"test leaked processes: {[(p.pid, p.cmdline()) for p in left]}"
+
+
+# -- redis --------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port; the client app is pointed at it."""
+    from celery_agent.app import use_environment
+    from celery_agent.embedded import EmbeddedRedis, free_port
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port()).start()
+    assert server.proc is not None
+    _fixture_pids.add(server.proc.pid)
+    os.environ["CELERY_AGENT_REDIS_URL"] = server.url
+    os.environ["CELERY_AGENT_HOME"] = str(tmp_path_factory.mktemp("client-home"))
+    use_environment()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture()
+def store(redis_url: str):
+    """The run store on the test Redis."""
+    from celery_agent.app import get_store
+
+    return get_store()
+
+
+# -- workers ------------------------------------------------------------------------------------
+class Worker:
+    """A real `celery -A celery_agent worker` process."""
+
+    def __init__(self, home: Path, url: str, queues: str, concurrency: int = 2, **env: str) -> None:
+        self.home, self.url, self.queues = home, url, queues
+        self.name = f"w{uuid.uuid4().hex[:6]}"
+        self.log = home / f"{self.name}.log"
+        self.env = dict(os.environ, CELERY_AGENT_REDIS_URL=url, CELERY_AGENT_HOME=str(home), **env)
+        self.argv = [
+            sys.executable, "-m", "celery", "-A", "celery_agent", "worker", "-Q", queues,
+            "-c", str(concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO",
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> Worker:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home,
+            )  # fmt: skip
+        _fixture_pids.add(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        while b" ready." not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """One real worker for the session, on its own queue."""
+    w = Worker(tmp_path_factory.mktemp("worker-home"), redis_url, f"it-{uuid.uuid4().hex[:8]}")
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture()
+def make_worker(redis_url: str, tmp_path: Path) -> Iterator[object]:
+    """Start extra workers for one test; they are stopped after it."""
+    started: list[Worker] = []
+
+    def factory(queues: str, **kw: object) -> Worker:
+        w = Worker(tmp_path / f"home-{len(started)}", redis_url, queues, **kw).start()  # type: ignore[arg-type]
+        started.append(w)
+        return w
+
+    yield factory
+    for w in started:
+        w.stop()
+
+
+# -- git ----------------------------------------------------------------------------------------
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
+}  # fmt: skip
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in ``cwd`` and return its stdout."""
+    env = dict(os.environ, **GIT_ENV)
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+@pytest.fixture()
+def make_repo(tmp_path: Path):
+    """make_repo({'train.py': '...'}) -> path of a new git repo with those files committed."""
+
+    def factory(files: dict[str, str], name: str = "repo") -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        git(path, "init", "-q", "-b", "main")
+        for rel, text in files.items():
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (path / rel).write_text(text)
+        git(path, "add", "-A")
+        git(path, "commit", "-q", "-m", "initial")
+        return path
+
+    return factory
+
+
+# -- a wheelhouse made on the spot (no index needed) ---------------------------------------------
+def write_wheel(folder: Path, name: str, version: str, code: str) -> Path:
+    """Write a pure-Python wheel ``name-version`` holding module ``name`` with ``code``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": code,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for arc, text in files.items():
+            data = text.encode()
+            zf.writestr(arc, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{arc},sha256={digest},{len(data)}")
+        record.append(f"{dist}/RECORD,,")
+        zf.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+@pytest.fixture()
+def wheelhouse(tmp_path: Path) -> Path:
+    """A folder with wheel 'cademo' 1.0 (module cademo, VERSION = '1.0')."""
+    folder = tmp_path / "wheels"
+    write_wheel(folder, "cademo", "1.0", "VERSION = '1.0'\n")
+    return folder

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from celery_agent.errors import StateError, UnknownRunError
+from celery_agent.state import ClaimKeeper, RunStore
+
+pytestmark = pytest.mark.integration
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def test_run_record_moves_through_states_with_timestamps(store: RunStore):
+    rid = new_id()
+    assert store.create_run(rid, {"repo": "/r", "entry": "t.py", "name": "exp"}, "q")
+    assert not store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q"), "ids are recorded once"
+    assert store.transition(rid, "preparing", worker="w1") == "queued"
+    store.transition(rid, "running")
+    store.transition(rid, "succeeded", exit_code=0, params={"lr": 0.5})
+    rec = store.get(rid)
+    assert rec["state"] == "succeeded" and rec["exit_code"] == 0 and rec["params"] == {"lr": 0.5}
+    assert rec["submitted_at"] <= rec["preparing_at"] <= rec["running_at"] <= rec["succeeded_at"]
+    assert rec["name"] == "exp" and rec["spec"]["entry"] == "t.py"
+
+
+def test_terminal_state_is_not_overwritten_by_a_late_transition(store: RunStore):
+    rid = new_id()
+    store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
+    assert store.request_abort(rid) == "aborted"
+    assert store.transition(rid, "preparing") == "aborted"
+    assert store.get(rid)["state"] == "aborted"
+    store.transition(rid, "failed", force=True)
+    assert store.get(rid)["state"] == "failed"
+
+
+def test_log_chunks_come_back_in_order_and_follow_stops_at_the_end(store: RunStore):
+    rid = new_id()
+    store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
+    store.append_log(rid, [f"a{i}" for i in range(1500)])
+    store.append_log(rid, ["b"])
+    last, lines = store.read_log(rid)
+    assert lines == [f"a{i}" for i in range(1500)] + ["b"]
+    assert store.read_log(rid, last) == (last, [])
+
+    def finish_later():
+        time.sleep(0.3)
+        store.append_log(rid, ["c"])
+        store.transition(rid, "succeeded")
+
+    threading.Thread(target=finish_later).start()
+    assert list(store.follow_log(rid, poll=0.1))[-2:] == ["b", "c"]
+
+
+def test_claim_is_exclusive_renewable_and_released(store: RunStore):
+    rid = new_id()
+    assert store.claim(rid, "w1", ttl=5) is None
+    assert store.claim(rid, "w2", ttl=5) == "w1"
+    assert store.renew_claim(rid, "w1", 5) and not store.renew_claim(rid, "w2", 5)
+    store.release_claim(rid, "w2")
+    assert store.claim(rid, "w3", 5) == "w1", "only the holder can release"
+    store.release_claim(rid, "w1")
+    assert store.claim(rid, "w3", 5) is None
+
+
+def test_claim_keeper_keeps_a_short_claim_alive(store: RunStore):
+    rid = new_id()
+    store.claim(rid, "w1", ttl=0.6)
+    with ClaimKeeper(store, rid, "w1", ttl=0.6):
+        time.sleep(1.5)
+        assert store.claim(rid, "w2", 0.6) == "w1"
+    assert store.claim(rid, "w2", 0.6) is None
+
+
+def test_find_accepts_a_unique_prefix(store: RunStore):
+    rid = "ffee" + new_id()
+    store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
+    assert store.find(rid[:10]) == rid
+    with pytest.raises(UnknownRunError):
+        store.find("no-such-run")
+    with pytest.raises(UnknownRunError, match="celery-agent ls"):
+        store.get("no-such-run")
+
+
+def test_unreachable_redis_is_a_clear_state_error():
+    from celery_agent.embedded import free_port
+
+    dead = RunStore(redis.Redis(port=free_port(), socket_connect_timeout=0.5), "ca")
+    with pytest.raises(StateError, match=r"Redis is unreachable at redis://localhost:\d+/0"):
+        dead.create_run("x", {"repo": "/r", "entry": "t.py"}, "q")

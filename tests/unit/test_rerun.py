@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from celery_agent.rerun import respec
+
+
+def test_rerun_pins_commit_and_versions_and_applies_edits():
+    record = {
+        "run_id": "r1",
+        "spec": {"repo": "/r", "entry": "t.py", "branch": "main", "params": {"lr": 0.1, "bs": 8},
+                 "requirements": ["cademo"]},
+        "commit": "a" * 40,
+        "freeze": ["cademo==1.0", "-e file:///x"],
+    }  # fmt: skip
+    spec = respec(record, {"lr": 0.5}, queue="q2")
+    assert spec.commit == "a" * 40 and spec.branch is None
+    assert spec.params == {"lr": 0.5, "bs": 8} and spec.queue == "q2"
+    assert spec.requirements == ["cademo==1.0"]
+    assert respec(record, pin=False).requirements == ["cademo"]

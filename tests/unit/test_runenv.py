@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from celery_agent import runenv
+
+
+def test_worker_secrets_and_python_flags_do_not_reach_the_run():
+    base = {"PATH": "/usr/bin", "HOME": "/root", "CELERY_AGENT_GIT_TOKEN": "s3cret",
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": "/worker", "LC_ALL": "C"}  # fmt: skip
+    env = runenv.build(base=base, spec_env={}, agent={"CELERY_AGENT_RUN_ID": "r1"})
+    assert "CELERY_AGENT_GIT_TOKEN" not in env and "PYTHONDONTWRITEBYTECODE" not in env
+    assert "PYTHONPATH" not in env
+    assert env["LC_ALL"] == "C" and env["CELERY_AGENT_RUN_ID"] == "r1"
+
+
+def test_spec_env_wins_and_path_prefix_goes_first():
+    env = runenv.build(
+        base={"PATH": "/usr/bin"},
+        spec_env={"OMP_NUM_THREADS": "8", "PYTHONDONTWRITEBYTECODE": "1"},
+        agent={},
+        path_prefix=["/env/bin"],
+        threads=2,
+    )
+    assert env["PATH"] == "/env/bin:/usr/bin"
+    assert env["OMP_NUM_THREADS"] == "8" and env["MKL_NUM_THREADS"] == "2"
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_cpu_share_divides_cores_by_pool_size():
+    cores = runenv.cpu_share({runenv.CONCURRENCY_ENV: "1"})
+    assert cores >= 1
+    assert runenv.cpu_share({runenv.CONCURRENCY_ENV: "1000"}) == 1
+    assert runenv.cpu_share({runenv.CONCURRENCY_ENV: "x"}) >= 1

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from celery_agent.errors import SpecError
+from celery_agent.spec import TaskSpec, parse_param
+
+
+def make(**kw):
+    return TaskSpec.parse({"repo": "/tmp/r", "entry": "train.py"} | kw)
+
+
+def test_minimal_spec_has_documented_defaults():
+    spec = make()
+    assert spec.executor == "venv" and spec.queue == "default" and spec.params == {}
+    assert spec.requirements is None and spec.display_name == "train.py"
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"repo": ""}, "repo is empty"),
+        ({"entry": "../x.py"}, "outside the repository"),
+        ({"entry": "/etc/passwd"}, "outside the repository"),
+        ({"entry": "-m not valid"}, "dotted module name"),
+        ({"executor": "kube"}, "executor 'kube' is unknown"),
+        ({"params": {"bad name": 1}}, "parameter name 'bad name'"),
+        ({"requirements": ["numpy>>1"]}, "requirement 'numpy>>1' is not valid"),
+        ({"gpus": "zero"}, "gpus 'zero'"),
+        ({"timeout": -1}, "must be >= 0"),
+        ({"epochs": 3}, "unknown field"),
+        ({"env": {"1BAD": "x"}}, "environment variable name"),
+    ],
+)
+def test_invalid_spec_names_the_field_and_the_fix(fields, words):
+    with pytest.raises(SpecError) as info:
+        make(**fields)
+    assert words in str(info.value)
+    assert str(info.value).startswith("invalid task spec: ")
+
+
+def test_missing_repo_is_named():
+    with pytest.raises(SpecError, match="repo: Field required"):
+        TaskSpec.parse({"entry": "x.py"})
+
+
+def test_module_entry_is_normalized():
+    spec = make(entry="-m  pkg.train")
+    assert spec.entry == "-m pkg.train" and spec.module == "pkg.train"
+
+
+def test_spec_round_trips_through_json():
+    spec = make(params={"lr": 0.5, "name": "x", "flag": True}, requirements=["pyyaml"], diff="d")
+    again = TaskSpec.parse(json.loads(json.dumps(spec.to_json())))
+    assert again == spec
+    assert again.diff == "d\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("lr=0.5", ("lr", 0.5)), ("epochs=3", ("epochs", 3)), ("name=abc", ("name", "abc")),
+     ("flag=true", ("flag", True)), ("opt=[1,2]", ("opt", "[1,2]")), ("empty=", ("empty", ""))],
+)  # fmt: skip
+def test_parse_param_reads_json_scalars(text, expected):
+    assert parse_param(text) == expected
+
+
+def test_parse_param_without_equals_says_how():
+    with pytest.raises(SpecError, match="name=value"):
+        parse_param("lr")
+
+
+@given(
+    st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=5), st.integers()), max_size=6)
+)
+def test_any_dict_either_validates_or_raises_spec_error(data):
+    try:
+        TaskSpec.parse(data)
+    except SpecError as err:
+        assert str(err).startswith("invalid task spec")
