@@ -70,7 +70,7 @@ def _env(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@cli.command()
 @click.argument("entry")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option(
@@ -80,6 +80,8 @@ def _env(values: Sequence[str]) -> dict[str, str]:
 @click.option(
     "--req", "requirements", multiple=True, help="a requirement (repeat); default: requirements.txt"
 )
+@click.option("--find-links", "find_links", multiple=True, help="a local wheel folder or page (repeat)")
+@click.option("--index-url", default=None, help="package index to install from")
 @click.option("--python", default=None, help="interpreter version or path for the env")
 @click.option("--executor", default="venv", show_default=True)
 @click.option("--name", default=None, help="a label for the run")
@@ -92,9 +94,13 @@ def _env(values: Sequence[str]) -> dict[str, str]:
 @click.option("--no-diff", is_flag=True, help="run the commit without your uncommitted changes")
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
 def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], requirements: tuple[str, ...],
-           python: str | None, executor: str, name: str | None, env: tuple[str, ...], timeout: float | None,
+           find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...], timeout: float | None,
            repo: str | None, commit: str | None, no_diff: bool, wait: bool) -> int:  # fmt: skip
-    """Submit ENTRY (a script in this repo, or '-m module') with ARGS; print the run id."""
+    """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
+
+    \b
+    celery-agent submit train.py --queue gpu0 -p lr=0.5 --wait -- --epochs 3
+    """
     from .handle import submit as submit_spec
 
     fields = _source_fields(repo, commit, no_diff, entry)
@@ -102,6 +108,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         fields
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
         | {"executor": executor, "name": name, "env": _env(env), "timeout": timeout}
+        | {"find_links": list(find_links), "index_url": index_url}
         | ({"requirements": list(requirements)} if requirements else {})
     )
     run = submit_spec(spec)
@@ -267,13 +274,14 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, no_pin: bool,
     default=None,
     help="data dir (default: the agent's home)",
 )
-def up(port: int, queues: str, concurrency: int, home: Path | None) -> int:
+@click.option("--loglevel", default="INFO", show_default=True, help="the worker's log level")
+def up(port: int, queues: str, concurrency: int, home: Path | None, loglevel: str) -> int:
     """Run Redis (embedded), a worker and beat on this machine until Ctrl+C."""
     from .app import get_settings
     from .up import Stack, run_up
 
     settings = get_settings()
-    stack = Stack(home=home or settings.home, port=port, queues=queues, concurrency=concurrency,
+    stack = Stack(home=home or settings.home, port=port, queues=queues, concurrency=concurrency, loglevel=loglevel,
                   redis_url=settings.redis_url if "redis_url" in settings.sources else None)  # fmt: skip
     return run_up(stack, _announce)
 

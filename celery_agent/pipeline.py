@@ -196,7 +196,8 @@ class Job:
         )
         self.timing("run", t0)
         if outcome.first_line_at:
-            self.summary["timings"]["first_line_at"] = outcome.first_line_at
+            submitted = self.store.get(self.run_id).get("submitted_at") or self.started
+            self.summary["timings"]["first_line"] = round(outcome.first_line_at - submitted, 3)
         return outcome
 
     def collect(self, outcome: ProcessOutcome) -> dict[str, Any]:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import logging
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +22,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..envcache import EnvCache
-from ..errors import EnvBuildError
+from ..errors import EnvBuildError, StageTimeout
 from ..spec import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -180,6 +186,91 @@ def _uv_find(uv: str, version: str) -> str | None:
         return None
     path = done.stdout.strip()
     return path if done.returncode == 0 and os.path.isabs(path) else None
+
+
+# -- installer steps ------------------------------------------------------------------------------
+#: installer output lines kept in the error message when a step fails
+TAIL_LINES = 30
+
+
+class Steps:
+    """Runs the commands of one environment build: output to the run's log, one shared deadline.
+
+    A step that exits non-zero raises :class:`EnvBuildError` with its last output lines; a build
+    past ``timeout`` seconds has its step's process group killed and raises :class:`StageTimeout`.
+    """
+
+    def __init__(
+        self, env: dict[str, str], log: LogFn, *, timeout: float | None, cwd: Path | None = None
+    ) -> None:
+        self.env, self.log, self.timeout, self.cwd = env, log, timeout, cwd
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def run(self, argv: list[str], what: str, hint: str, *, quiet: bool = False) -> list[str]:
+        """Run one step; its output lines are logged (unless ``quiet``) and returned."""
+        self.log(f"$ {shlex.join(argv)}")
+        logger.info("env: %s", shlex.join(argv))
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+        lines, expired = self._pump(proc, quiet)
+        if expired.is_set():
+            raise StageTimeout(
+                f"env stage timed out after {self.timeout:g}s during {what}",
+                "raise the build timeout, or pre-build the env on this worker",
+            )
+        if proc.returncode != 0:
+            tail = "\n".join(collections.deque(lines, maxlen=TAIL_LINES))
+            raise EnvBuildError(f"{what} failed (exit {proc.returncode}):\n{tail}", hint)
+        return lines
+
+    def _pump(self, proc: subprocess.Popen[str], quiet: bool) -> tuple[list[str], threading.Event]:
+        expired = threading.Event()
+        timer = self._watchdog(proc, expired)
+        lines: list[str] = []
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                lines.append(raw.rstrip("\n"))
+                if not quiet:
+                    self.log(lines[-1])
+            proc.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if proc.poll() is None:
+                kill_group(proc)
+        return lines, expired
+
+    def _watchdog(
+        self, proc: subprocess.Popen[str], expired: threading.Event
+    ) -> threading.Timer | None:
+        if self.deadline is None:
+            return None
+
+        def fire() -> None:
+            expired.set()
+            kill_group(proc)
+
+        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), fire)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    """Kill a process started in its own session and everything it started; gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 # -- the environment given to installers ----------------------------------------------------------

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import functools
 import hashlib
 import importlib.util
 import logging
-import os
-import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +16,11 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from ..errors import EnvBuildError, ExecutorUnavailable, StageTimeout
+from ..errors import ExecutorUnavailable
 from ..spec import TaskSpec
-from .base import Executor, Interpreter, LogFn, PreparedEnv, clean_env, find_interpreter
+from .base import Executor, Interpreter, LogFn, PreparedEnv, Steps, clean_env, find_interpreter
 
 logger = logging.getLogger(__name__)
-
-#: installer output lines kept for the error message when a build fails
-TAIL_LINES = 30
 
 _INSTALL_HINT = "check the requirement names and versions, or the index"
 
@@ -210,17 +200,17 @@ class _Build:
     ) -> None:
         self.installer, self.python, self.reqs, self.spec = installer, python, reqs, spec
         self.source_dir, self.log = Path(source_dir), log
-        timeout = executor.settings.build_timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.timeout = timeout
-        self.env = clean_env() | {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+        self.timeout = executor.settings.build_timeout
 
     def __call__(self, env_dir: Path) -> dict[str, Any]:
+        env = clean_env() | {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+        cwd = self.source_dir if self.source_dir.is_dir() else None
+        self.steps = Steps(env, self.log, timeout=self.timeout, cwd=cwd)  # the clock starts now
         self.log(f"env: building venv with {self.installer} for python {self.python.short_version}")
-        self._run(self._create_argv(env_dir), "venv creation", "check the interpreter")
+        self.steps.run(self._create_argv(env_dir), "venv creation", "check the interpreter")
         if self.reqs:
-            self._run(self._install_argv(env_dir), f"{self.installer} install", _INSTALL_HINT)
-        freeze = self._run(self._freeze_argv(env_dir), "freeze", _INSTALL_HINT, quiet=True)
+            self.steps.run(self._install_argv(env_dir), f"{self.installer} install", _INSTALL_HINT)
+        freeze = self.steps.run(self._freeze_argv(env_dir), "freeze", _INSTALL_HINT, quiet=True)
         return {
             "python": self.python.path,
             "python_version": self.python.version,
@@ -276,67 +266,6 @@ class _Build:
             return [_uv(), "pip", "freeze", "--quiet", "--no-config", "--python", env_python]
         return [env_python, "-m", "pip", "freeze", "--all", "--disable-pip-version-check"]
 
-    # -- running ------------------------------------------------------------------------------------
-    def _run(self, argv: list[str], what: str, hint: str, *, quiet: bool = False) -> list[str]:
-        """Run one installer step, passing its output to the log; its output lines are returned."""
-        self.log(f"$ {shlex.join(argv)}")
-        logger.info("env: %s", shlex.join(argv))
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            env=self.env,
-            cwd=self.source_dir if self.source_dir.is_dir() else None,
-            start_new_session=True,
-        )
-        lines, expired = self._pump(proc, quiet)
-        if expired.is_set():
-            raise StageTimeout(
-                f"env stage timed out after {self.timeout:g}s during {what}",
-                "raise the build timeout, or pre-build the env on this worker",
-            )
-        if proc.returncode != 0:
-            tail = "\n".join(collections.deque(lines, maxlen=TAIL_LINES))
-            raise EnvBuildError(f"{what} failed (exit {proc.returncode}):\n{tail}", hint)
-        return lines
-
-    def _pump(self, proc: subprocess.Popen[str], quiet: bool) -> tuple[list[str], threading.Event]:
-        expired = threading.Event()
-        timer = self._watchdog(proc, expired)
-        lines: list[str] = []
-        try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip("\n")
-                lines.append(line)
-                if not quiet:
-                    self.log(line)
-            proc.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if proc.poll() is None:
-                _kill_group(proc)
-        return lines, expired
-
-    def _watchdog(
-        self, proc: subprocess.Popen[str], expired: threading.Event
-    ) -> threading.Timer | None:
-        if self.deadline is None:
-            return None
-
-        def fire() -> None:
-            expired.set()
-            _kill_group(proc)
-
-        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), fire)
-        timer.daemon = True
-        timer.start()
-        return timer
-
 
 def _is_pin(line: str) -> bool:
     """A freeze line naming an installed package ('name==1.0', 'name @ url', '-e path')."""
@@ -348,10 +277,3 @@ def _uv() -> str:
     if found is None:
         raise ExecutorUnavailable("uv is not installed", "pip install uv, or set installer to pip")
     return found
-
-
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    """Kill the installer and everything it started; a gone process is fine."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()

@@ -13,12 +13,18 @@ from celery_agent import executors
 from celery_agent.envcache import EnvCache
 from celery_agent.errors import EnvBuildError, ExecutorUnavailable, StageTimeout
 from celery_agent.executors import ExecutorSettings, available, get_executor
-from celery_agent.executors.base import Executor, Interpreter, PreparedEnv, find_interpreter
+from celery_agent.executors.base import (
+    Executor,
+    Interpreter,
+    PreparedEnv,
+    Steps,
+    clean_env,
+    find_interpreter,
+)
 from celery_agent.executors.local import LocalExecutor
 from celery_agent.executors.venv import (
     Requirements,
     VenvExecutor,
-    _Build,
     key_parts,
     normalize,
     read_requirements,
@@ -219,18 +225,15 @@ def test_venv_executor_prefers_uv_when_auto(settings: ExecutorSettings) -> None:
     assert executor.env_cache().root == settings.cache_root / "venv"
 
 
-def _build(tmp_path: Path, timeout: float | None, lines: list[str]) -> _Build:
-    settings = ExecutorSettings(cache_root=tmp_path, build_timeout=timeout)
-    python = find_interpreter(None)
-    s = spec()
-    return _Build(VenvExecutor(settings), "pip", python, Requirements(), s, tmp_path, lines.append)
+def _steps(tmp_path: Path, timeout: float | None, lines: list[str]) -> Steps:
+    return Steps(clean_env(), lines.append, timeout=timeout, cwd=tmp_path)
 
 
 def test_installer_failure_message_carries_the_last_output_lines(tmp_path: Path) -> None:
     lines: list[str] = []
     code = "import sys\nfor i in range(100): print('line', i)\nsys.exit(3)"
     with pytest.raises(EnvBuildError) as caught:
-        _build(tmp_path, None, lines)._run([sys.executable, "-c", code], "pip install", "fix it")
+        _steps(tmp_path, None, lines).run([sys.executable, "-c", code], "pip install", "fix it")
     assert caught.value.message.startswith("pip install failed (exit 3):\nline 70\n")
     assert caught.value.message.endswith("line 99") and caught.value.hint == "fix it"
     assert "line 0" in lines and lines[0].startswith("$ ")
@@ -240,7 +243,7 @@ def test_build_over_its_timeout_is_killed_and_raises_stage_timeout(tmp_path: Pat
     code = "import time; print('working', flush=True); time.sleep(30)"
     start = time.monotonic()
     with pytest.raises(StageTimeout) as caught:
-        _build(tmp_path, 0.5, [])._run([sys.executable, "-c", code], "pip install", "")
+        _steps(tmp_path, 0.5, []).run([sys.executable, "-c", code], "pip install", "")
     assert time.monotonic() - start < 10
     assert "env stage timed out after 0.5s" in caught.value.message
 
@@ -250,8 +253,8 @@ def test_installer_gets_an_explicit_env_without_virtualenv_or_pythonpath(
 ) -> None:
     monkeypatch.setenv("VIRTUAL_ENV", "/somewhere/else")
     monkeypatch.setenv("PYTHONPATH", "/injected")
-    build = _build(tmp_path, None, [])
+    steps = _steps(tmp_path, None, [])
     code = "import os; print(sorted(k for k in os.environ if k in ('VIRTUAL_ENV', 'PYTHONPATH')))"
-    assert build._run([sys.executable, "-c", code], "probe", "")[-1] == "[]"
-    assert build.env["UV_PYTHON_DOWNLOADS"] == "never" and "PATH" in build.env
+    assert steps.run([sys.executable, "-c", code], "probe", "")[-1] == "[]"
+    assert "PATH" in steps.env and "HOME" in steps.env
     assert os.environ["PYTHONPATH"] == "/injected"

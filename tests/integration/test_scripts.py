@@ -1,0 +1,28 @@
+"""Every script in scripts/ is run by a test (scripts/test is what CI runs, so it is not run here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from celery_agent.embedded import free_port
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_quickstart_runs_the_example_end_to_end_and_exits_with_its_code(tmp_path):
+    env = dict(os.environ, CELERY_AGENT_PORT=str(free_port()), CELERY_AGENT_HOME=str(tmp_path / "home"))
+    env.pop("CELERY_AGENT_REDIS_URL", None)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "quickstart")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "epoch 10 loss" in done.stdout
+    assert "accuracy" in done.stdout
+    results = list((tmp_path / "home" / "runs").glob("*/output/result.yaml"))
+    assert len(results) == 1 and "accuracy" in results[0].read_text()
+    assert "the run finished with exit code 0" in done.stderr
