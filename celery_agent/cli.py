@@ -80,7 +80,9 @@ def _env(values: Sequence[str]) -> dict[str, str]:
 @click.option(
     "--req", "requirements", multiple=True, help="a requirement (repeat); default: requirements.txt"
 )
-@click.option("--find-links", "find_links", multiple=True, help="a local wheel folder or page (repeat)")
+@click.option(
+    "--find-links", "find_links", multiple=True, help="a local wheel folder or page (repeat)"
+)
 @click.option("--index-url", default=None, help="package index to install from")
 @click.option("--python", default=None, help="interpreter version or path for the env")
 @click.option("--executor", default="venv", show_default=True)

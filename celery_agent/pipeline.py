@@ -19,8 +19,8 @@ from . import params as params_mod
 from . import runenv, state
 from .errors import AgentError, Cancelled, RunError, SpecError, StageTimeout
 from .executors import get_executor
-from .executors.base import ExecutorSettings, PreparedEnv
-from .runner import ProcessOutcome, run_process
+from .executors.base import ExecutorSettings, PreparedEnv, RunRequest
+from .runner import ProcessOutcome
 from .settings import Settings
 from .source import Checkout, SourceCache
 from .spec import TaskSpec, quote_argv
@@ -171,7 +171,8 @@ class Job:
             spec.args, spec.params, self.run_dir / "params.json", spec.env.get("PYTHONPATH")
         )
         executor = get_executor(spec.executor, self.ctx.executor_settings)
-        argv = executor.command(prepared, [*entry_head(spec, co), *args])
+        interp_args = [*entry_head(spec, co), *args]
+        argv = executor.command(prepared, interp_args)
         env = runenv.build(
             base=os.environ,
             spec_env=spec.env,
@@ -182,9 +183,7 @@ class Job:
         )
         self.note(f"$ {quote_argv(argv)}")
         self.store.transition(self.run_id, state.RUNNING)
-        t0 = time.time()
-        outcome = run_process(
-            argv,
+        request = RunRequest(
             env=env,
             cwd=self._workdir(spec, co),
             sink=lambda lines: self.store.append_log(self.run_id, lines),
@@ -193,7 +192,12 @@ class Job:
             grace=spec.grace if spec.grace is not None else self.ctx.settings.grace,
             should_abort=lambda: self.store.is_aborted(self.run_id),
             poll_interval=self.ctx.settings.abort_poll,
+            source_dir=co.path,
+            output_dir=self.output_dir,
+            labels={"run_id": self.run_id, "worker": self.ctx.worker, "queue": spec.queue},
         )
+        t0 = time.time()
+        outcome = executor.run(prepared, interp_args, request)
         self.timing("run", t0)
         if outcome.first_line_at:
             submitted = self.store.get(self.run_id).get("submitted_at") or self.started

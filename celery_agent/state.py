@@ -55,7 +55,9 @@ class RunStore:
     """Run records, logs, claims and abort flags in Redis."""
 
     def __init__(self, client: redis.Redis, prefix: str = "ca", log_maxlen: int = 100_000) -> None:
-        self.r: Any = client  # decode_responses=True: str in, str out (redis-py's types cannot say so)
+        self.r: Any = (
+            client  # decode_responses=True: str in, str out (redis-py's types cannot say so)
+        )
         self.prefix = prefix
         self.log_maxlen = log_maxlen
         self._transition = client.register_script(_TRANSITION)

@@ -33,6 +33,13 @@ def _ours(proc: psutil.Process) -> bool:
     return any(p.pid in _fixture_pids for p in chain)
 
 
+def _status(proc: psutil.Process) -> str:
+    try:
+        return str(proc.status())
+    except psutil.Error:
+        return psutil.STATUS_ZOMBIE
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
     """Fail any test that leaves a child process of its own running."""
@@ -43,7 +50,7 @@ def no_leaked_processes() -> Iterator[None]:
         left = [
             p
             for p in psutil.Process().children(recursive=True)
-            if p.pid not in before and not _ours(p) and p.status() != psutil.STATUS_ZOMBIE
+            if p.pid not in before and not _ours(p) and _status(p) != psutil.STATUS_ZOMBIE
         ]
         if not left or time.monotonic() > deadline:
             break

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from ..errors import EnvBuildError
 from ..spec import TaskSpec
-from .base import Executor, LogFn, PreparedEnv, find_interpreter
+from .base import Executor, PreparedEnv
+from .interpreters import find_interpreter
+from .steps import LogFn
 
 logger = logging.getLogger(__name__)
 

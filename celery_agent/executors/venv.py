@@ -18,7 +18,9 @@ from packaging.utils import canonicalize_name
 
 from ..errors import ExecutorUnavailable
 from ..spec import TaskSpec
-from .base import Executor, Interpreter, LogFn, PreparedEnv, Steps, clean_env, find_interpreter
+from .base import Executor, PreparedEnv
+from .interpreters import Interpreter, find_interpreter
+from .steps import LogFn, Steps, clean_env
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import git, write_wheel
 
 from celery_agent.cli import main
-
-from conftest import git, write_wheel
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +27,14 @@ print("committed version" if False else "working copy", a.lr, a.epochs, cademo.V
 
 def cli(*argv: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("celery-agent")
-    return subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=300, env=os.environ)
+    return subprocess.run(
+        [str(exe), *argv], capture_output=True, text=True, timeout=300, env=os.environ
+    )
 
 
-def test_submit_from_checkout_runs_what_is_on_disk_and_exits_with_its_code(worker, make_repo, tmp_path, store):
+def test_submit_from_checkout_runs_what_is_on_disk_and_exits_with_its_code(
+    worker, make_repo, tmp_path, store
+):
     wheels = tmp_path / "wh"
     write_wheel(wheels, "cademo", "1.0", "VERSION = '1.0'\n")
     repo = make_repo({"train.py": "print('committed version')\n", "sub/keep.txt": "x"})
@@ -87,7 +90,9 @@ def test_rerun_keeps_pinned_versions_and_applies_new_params(finished_run, worker
     from celery_agent import get_run, submit
     from celery_agent.rerun import respec
 
-    base = submit(respec(first, {"lr": 0.75}).with_changes(find_links=[str(wheels)], requirements=["cademo"]))
+    base = submit(
+        respec(first, {"lr": 0.75}).with_changes(find_links=[str(wheels)], requirements=["cademo"])
+    )
     assert base.wait(timeout=180)["state"] == "succeeded"
     write_wheel(wheels, "cademo", "2.0", "VERSION = '2.0'\n")
     assert main(["rerun", base.id, "-p", "epochs=9", "--wait"]) == 0

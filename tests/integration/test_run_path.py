@@ -8,11 +8,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import git, write_wheel
 
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.errors import SpecError, StateError
-
-from conftest import git, write_wheel
 
 pytestmark = pytest.mark.integration
 
@@ -97,11 +96,15 @@ def test_failed_run_returns_its_outcome_instead_of_raising(worker, make_repo):
                              "executor": "venv"}, "no-such-package-xyz-123"),
     ],
 )  # fmt: skip
-def test_bad_runs_end_failed_with_a_clear_error(worker, make_repo, wheelhouse, files, fields, words):
+def test_bad_runs_end_failed_with_a_clear_error(
+    worker, make_repo, wheelhouse, files, fields, words
+):
     repo = make_repo(files)
     fields = {k: ([str(wheelhouse)] if v == ["{wheels}"] else v) for k, v in fields.items()}
     repo = fields.pop("repo", repo)
-    out = submit_task.delay(spec_for(repo, worker, **({"executor": "local"} | fields))).get(timeout=180)
+    out = submit_task.delay(spec_for(repo, worker, **({"executor": "local"} | fields))).get(
+        timeout=180
+    )
     assert out["status"] == "failed", out
     assert words in out["error"], out["error"]
 
@@ -195,7 +198,9 @@ def test_handle_waits_and_reads_logs(worker, make_repo):
 def test_requirements_txt_in_repo_is_used_when_spec_has_none(worker, make_repo, tmp_path, store):
     wheels = tmp_path / "wh2"
     write_wheel(wheels, "cademo", "1.0", "VERSION = 'txt'\n")
-    repo = make_repo({"train.py": "import cademo; print('v', cademo.VERSION)\n", "requirements.txt": "cademo\n"})
+    repo = make_repo(
+        {"train.py": "import cademo; print('v', cademo.VERSION)\n", "requirements.txt": "cademo\n"}
+    )
     out = submit_task.delay(spec_for(repo, worker, find_links=[str(wheels)])).get(timeout=180)
     assert out["status"] == "succeeded", out
     assert "v txt" in out["log_tail"]

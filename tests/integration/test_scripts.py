@@ -6,16 +6,17 @@ import os
 import subprocess
 
 import pytest
+from conftest import ROOT
 
 from celery_agent.embedded import free_port
-
-from conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
 
 def test_quickstart_runs_the_example_end_to_end_and_exits_with_its_code(tmp_path):
-    env = dict(os.environ, CELERY_AGENT_PORT=str(free_port()), CELERY_AGENT_HOME=str(tmp_path / "home"))
+    env = dict(
+        os.environ, CELERY_AGENT_PORT=str(free_port()), CELERY_AGENT_HOME=str(tmp_path / "home")
+    )
     env.pop("CELERY_AGENT_REDIS_URL", None)
     done = subprocess.run(
         [str(ROOT / "scripts" / "quickstart")], env=env, capture_output=True, text=True, timeout=600

@@ -90,7 +90,7 @@ def test_relative_path_is_resolved_against_cwd(cache, origin, tmp_path, monkeypa
 
 
 def test_present_commit_is_checked_out_without_fetching(cache, origin, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="celery_agent.source")
+    caplog.set_level(logging.DEBUG, logger="celery_agent.gitcmd")
     sha = cache.checkout(str(origin), tmp_path / "run1").commit
     assert fetches(caplog) == 1
     origin.rename(tmp_path / "moved")  # the origin is unreachable from now on
@@ -292,3 +292,8 @@ def test_stripped_binary_diff_still_applies_every_file(cache, origin, tmp_path):
     done = cache.checkout(str(origin), tmp_path / "run1", diff=diff)
     assert (done.path / "weights.bin").read_bytes() == BINARY[:100]
     assert (done.path / "train.py").read_text() == "lr = 0.2\n"
+
+
+def test_capture_keeps_credentials_of_a_remote_url_out_of_the_record(origin):
+    git(origin, "remote", "add", "origin", "https://bot:s3cret@example.com/org/repo.git")
+    assert capture(origin).repo == "https://example.com/org/repo.git"

@@ -13,15 +13,10 @@ from celery_agent import executors
 from celery_agent.envcache import EnvCache
 from celery_agent.errors import EnvBuildError, ExecutorUnavailable, StageTimeout
 from celery_agent.executors import ExecutorSettings, available, get_executor
-from celery_agent.executors.base import (
-    Executor,
-    Interpreter,
-    PreparedEnv,
-    Steps,
-    clean_env,
-    find_interpreter,
-)
+from celery_agent.executors.base import Executor, PreparedEnv
+from celery_agent.executors.interpreters import Interpreter, find_interpreter
 from celery_agent.executors.local import LocalExecutor
+from celery_agent.executors.steps import Steps, clean_env
 from celery_agent.executors.venv import (
     Requirements,
     VenvExecutor,

@@ -1,4 +1,4 @@
-"""source.py without real repositories: URLs, environments, credentials, timeouts, locks."""
+"""source.py without real repositories: URLs, credentials, timeouts, locks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from celery_agent.errors import SourceError, StageTimeout
-from celery_agent.source import SourceCache, _Git, _Repo, capture, git_env, redact
+from celery_agent.source import SourceCache, _Repo
 
 TOKEN = "ghp_unit-test-TOKEN"
 
@@ -26,25 +26,6 @@ def fake_git(tmp_path: Path, body: str) -> dict[str, str]:
     script.write_text(f"#!/bin/sh\n{body}\n")
     script.chmod(0o755)
     return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("https://user:secret@github.com/org/repo.git", "https://github.com/org/repo.git"),
-        ("https://ghp_token@github.com/org/repo", "https://github.com/org/repo"),
-        ("ssh://git@host/org/repo.git", "ssh://git@host/org/repo.git"),
-        ("ssh://git:pw@host/org/repo.git", "ssh://host/org/repo.git"),
-        ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),
-        ("/srv/repos/project", "/srv/repos/project"),
-        (
-            "fatal: unable to access 'https://u:p@h/x/': 403",
-            "fatal: unable to access 'https://h/x/': 403",
-        ),
-    ],
-)
-def test_redact_strips_credentials_from_urls(url, expected):
-    assert redact(url) == expected
 
 
 def test_cache_name_ignores_credentials_and_git_suffix():
@@ -72,15 +53,6 @@ def test_missing_local_repo_raises_naming_the_path(tmp_path):
 def test_repo_that_looks_like_an_option_is_refused():
     with pytest.raises(SourceError, match="not a git URL"):
         _Repo.parse("--upload-pack=touch /tmp/x")
-
-
-def test_git_env_inherits_only_what_git_needs_and_never_prompts():
-    env = git_env({"PATH": "/bin", "HOME": "/home/u", "AWS_SECRET_ACCESS_KEY": "x", "LANG": "de"})
-    assert env["PATH"] == "/bin" and env["HOME"] == "/home/u"
-    assert "AWS_SECRET_ACCESS_KEY" not in env and "LANG" not in env
-    assert env["GIT_TERMINAL_PROMPT"] == "0" and env["LC_ALL"] == "C"
-    assert "BatchMode=yes" in env["GIT_SSH_COMMAND"]
-    assert git_env({"GIT_SSH_COMMAND": "ssh -i key"})["GIT_SSH_COMMAND"] == "ssh -i key"
 
 
 def test_askpass_script_answers_user_and_password_prompts(tmp_path):
@@ -112,12 +84,6 @@ def test_token_goes_only_to_http_repositories(tmp_path):
     assert cache._auth(_Repo.parse("git@example.com:r.git")) == {}
     assert cache._auth(_Repo.parse(str(tmp_path))) == {}
     assert TOKEN not in cache._git(_Repo.parse("https://example.com/r"), None).env.values()
-
-
-def test_scrub_hides_token_and_url_credentials():
-    git = _Git({}, secrets=(TOKEN,))
-    text = git.scrub(f"token {TOKEN} at https://x:{TOKEN}@h/r")
-    assert TOKEN not in text and text == "token *** at https://h/r"
 
 
 def test_missing_git_raises_source_error_with_hint(tmp_path):
@@ -173,8 +139,3 @@ def test_non_empty_destination_is_refused_before_any_git(tmp_path):
     cache = SourceCache(tmp_path / "cache", env={"PATH": str(tmp_path / "nothing")})
     with pytest.raises(SourceError, match="exists and is not empty"):
         cache.checkout(str(tmp_path), tmp_path / "run")
-
-
-def test_capture_of_a_missing_path_raises(tmp_path):
-    with pytest.raises(SourceError, match="does not exist"):
-        capture(tmp_path / "missing")

@@ -1,0 +1,74 @@
+"""Process trees: kill_tree stops a child, its group and descendants that left the group."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import psutil
+
+from celery_agent.proctree import kill_tree
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+SLEEPER = "import time; time.sleep(60)"
+
+#: child that starts a sleeping grandchild (optionally in its own session) and prints its pid
+SPAWN_GRANDCHILD = """
+import subprocess, sys, time
+gc = subprocess.Popen([sys.executable, "-c", {sleeper!r}], start_new_session={setsid})
+print(gc.pid, flush=True)
+time.sleep({then})
+"""
+
+
+def gone(pid: int, within: float = 2.0) -> bool:
+    """True when ``pid`` has ended (a zombie counts as ended) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
+# -- kill_tree ------------------------------------------------------------------------------------
+def _spawn_with_grandchild(setsid: bool) -> tuple[psutil.Popen, int]:
+    code = SPAWN_GRANDCHILD.format(sleeper=SLEEPER, setsid=setsid, then=60)
+    child = psutil.Popen(
+        [sys.executable, "-c", code], stdout=-1, env=ENV, start_new_session=True, text=True
+    )
+    assert child.stdout is not None
+    return child, int(child.stdout.readline())
+
+
+def test_kill_tree_kills_grandchild_that_left_the_group() -> None:
+    child, grandchild = _spawn_with_grandchild(setsid=True)
+    assert os.getpgid(grandchild) != child.pid
+    kill_tree(child.pid, grace=0.5)
+    assert child.wait(2) == -15
+    assert gone(grandchild)
+    child.stdout.close()
+
+
+def test_kill_tree_without_grace_is_fast() -> None:
+    child, grandchild = _spawn_with_grandchild(setsid=False)
+    t0 = time.monotonic()
+    kill_tree(child.pid, grace=0.0)
+    elapsed = time.monotonic() - t0
+    assert gone(child.pid, within=0) and gone(grandchild, within=0)
+    assert elapsed < 0.5
+    child.wait(2)
+    child.stdout.close()
+
+
+def test_kill_tree_of_a_finished_process_is_a_no_op() -> None:
+    child = psutil.Popen([sys.executable, "-c", "pass"], env=ENV, start_new_session=True)
+    child.wait(5)
+    kill_tree(child.pid, grace=1.0)
+    assert gone(child.pid, within=0)
