@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
-from typing import Any
+from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +21,58 @@ EXECUTORS = ("venv", "local", "docker", "conda")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]+$")
+
+
+class DockerOptions(BaseModel):
+    """How the docker executor runs a spec (see executors/docker.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str = Field(..., description="image to run, e.g. 'python:3.11-slim'")
+    install: bool = Field(True, description="install the spec's requirements in the container")
+    python: str = Field("python3", description="interpreter inside the image")
+    env: dict[str, str] = Field(default_factory=dict, description="extra container variables")
+    volumes: list[str] = Field(
+        default_factory=list, description="'host:container[:rw|ro]' (ro default)"
+    )
+    shm_size: str | None = Field(None, description="e.g. '8g'")
+    network: str | None = Field(None, description="network mode, e.g. 'host' or 'none'")
+    user: str | None = Field(None, description="user[:group] inside the container")
+    workdir: str | None = Field(None, description="working directory inside the container")
+    entrypoint: list[str] | None = Field(None, description="override the image's entrypoint")
+    pull: Literal["never", "if-missing", "always"] = Field("if-missing", description="pull policy")
+
+
+class CondaOptions(BaseModel):
+    """What the conda executor installs (see executors/conda.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str | None = Field(None, description="environment.yml in the repo")
+    lock: str | None = Field(None, description="conda-lock.yml or pixi.lock in the repo")
+    specs: list[str] = Field(
+        default_factory=list, description="inline match specs, e.g. 'numpy>=1.26'"
+    )
+    channels: list[str] = Field(default_factory=list, description="channels for inline specs")
+    pip: list[str] = Field(default_factory=list, description="pip requirements installed after")
+    tool: Literal["auto", "rattler", "micromamba", "mamba", "conda"] = Field(
+        "rattler", description="installer; 'auto' uses micromamba/mamba/conda when on PATH"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CondaOptions:
+        given = [name for name in ("file", "lock") if getattr(self, name)] + (
+            ["specs"] if self.specs else []
+        )
+        if len(given) != 1:
+            raise ValueError(
+                "conda needs exactly one of file (environment.yml), lock (a lock file) or specs "
+                f"(inline list); got {', '.join(given) or 'none'}"
+            )
+        for path in (self.file, self.lock):
+            if path:
+                _inside_repo(path, "conda file")
+        return self
 
 
 class TaskSpec(BaseModel):
@@ -53,6 +105,8 @@ class TaskSpec(BaseModel):
     timeout: float | None = Field(None, description="seconds the whole run may take")
     grace: float | None = Field(None, description="seconds between TERM and KILL on cancel")
     workdir: str | None = Field(None, description="working directory inside the repo")
+    docker: DockerOptions | None = Field(None, description="options of the docker executor")
+    conda: CondaOptions | None = Field(None, description="options of the conda executor")
 
     # -- validators: each message names the problem and the fix --------------------------------
     @field_validator("repo")
@@ -157,9 +211,17 @@ class TaskSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _commit_or_branch(self) -> TaskSpec:
+    def _consistent(self) -> TaskSpec:
         if self.diff and not self.diff.endswith("\n"):
             object.__setattr__(self, "diff", self.diff + "\n")
+        if self.executor == "docker" and self.docker is None:
+            raise ValueError(
+                "executor 'docker' needs docker options: docker={'image': 'python:3.11-slim'}"
+            )
+        if self.executor == "conda" and self.conda is None:
+            raise ValueError(
+                "executor 'conda' needs conda options: conda={'file': 'environment.yml'}"
+            )
         return self
 
     # -- helpers --------------------------------------------------------------------------------

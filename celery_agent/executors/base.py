@@ -44,6 +44,7 @@ class RunRequest:
     source_dir: Path | None = None  #: the checkout root (mounted by container executors)
     output_dir: Path | None = None  #: the run's output folder (mounted by container executors)
     labels: dict[str, str] = field(default_factory=dict)  #: run id, worker, queue
+    gpus: list[str] = field(default_factory=list)  #: GPU ids (UUIDs or indices) the run may use
 
 
 @dataclass

@@ -82,3 +82,18 @@ def test_any_dict_either_validates_or_raises_spec_error(data):
         TaskSpec.parse(data)
     except SpecError as err:
         assert str(err).startswith("invalid task spec")
+
+
+def test_docker_and_conda_executors_need_their_options():
+    with pytest.raises(SpecError, match="docker=\\{'image'"):
+        make(executor="docker")
+    with pytest.raises(SpecError, match="conda=\\{'file'"):
+        make(executor="conda")
+    assert make(executor="docker", docker={"image": "img"}).docker.pull == "if-missing"
+
+
+def test_conda_options_need_exactly_one_source():
+    with pytest.raises(SpecError, match="exactly one of"):
+        make(executor="conda", conda={"file": "environment.yml", "specs": ["numpy"]})
+    with pytest.raises(SpecError, match="outside the repository"):
+        make(executor="conda", conda={"file": "../environment.yml"})
