@@ -9,6 +9,11 @@ from .errors import SpecError
 from .spec import ParamValue, TaskSpec
 
 
+#: executors whose environment comes from ``requirements``, so a freeze pins it (a conda env is
+#: pinned by its lock file instead)
+PINNABLE = ("venv", "docker")
+
+
 def respec(
     record: Mapping[str, Any],
     params: Mapping[str, ParamValue] | None = None,
@@ -30,6 +35,6 @@ def respec(
     if queue:
         changes["queue"] = queue
     freeze = [line for line in record.get("freeze") or [] if line and not line.startswith("-e")]
-    if pin and freeze:
+    if pin and freeze and spec.get("executor", "venv") in PINNABLE:
         changes["requirements"] = freeze
     return TaskSpec.parse(spec | changes)

@@ -21,7 +21,7 @@ EXECUTORS: dict[str, str] = {
 }
 
 #: executor name -> the package extra that brings its dependencies
-EXTRAS: dict[str, str] = {"docker": "docker"}
+EXTRAS: dict[str, str] = {"docker": "docker", "conda": "conda"}
 
 
 def get_executor(name: str, settings: ExecutorSettings) -> Executor:

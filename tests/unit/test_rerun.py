@@ -16,3 +16,9 @@ def test_rerun_pins_commit_and_versions_and_applies_edits():
     assert spec.params == {"lr": 0.5, "bs": 8} and spec.queue == "q2"
     assert spec.requirements == ["cademo==1.0"]
     assert respec(record, pin=False).requirements == ["cademo"]
+
+
+def test_rerun_of_a_conda_run_does_not_turn_its_freeze_into_pip_requirements():
+    record = {"run_id": "r2", "spec": {"repo": "/r", "entry": "t.py", "executor": "conda",
+              "conda": {"specs": ["python"]}}, "freeze": ["numpy==2.0"]}  # fmt: skip
+    assert respec(record).requirements is None
