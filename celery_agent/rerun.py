@@ -8,7 +8,6 @@ from typing import Any
 from .errors import SpecError
 from .spec import ParamValue, TaskSpec
 
-
 #: executors whose environment comes from ``requirements``, so a freeze pins it (a conda env is
 #: pinned by its lock file instead)
 PINNABLE = ("venv", "docker")

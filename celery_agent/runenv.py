@@ -59,7 +59,8 @@ def build(
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     env.update(agent)
-    env.update(spec_env)
+    # the agent's PYTHONPATH already merges the spec's (the argparse hook must stay first on it)
+    env.update({k: v for k, v in spec_env.items() if not (k == "PYTHONPATH" and k in agent)})
     if path_prefix:
         env["PATH"] = os.pathsep.join([*path_prefix, env["PATH"]])
     return env

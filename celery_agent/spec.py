@@ -42,6 +42,15 @@ class DockerOptions(BaseModel):
     entrypoint: list[str] | None = Field(None, description="override the image's entrypoint")
     pull: Literal["never", "if-missing", "always"] = Field("if-missing", description="pull policy")
 
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, v: list[str]) -> list[str]:
+        from .executors.docker_options import parse_volume  # lazy: executors import this module
+
+        for item in v:
+            parse_volume(item)
+        return v
+
 
 class CondaOptions(BaseModel):
     """What the conda executor installs (see executors/conda.py)."""

@@ -30,3 +30,10 @@ def test_cpu_share_divides_cores_by_pool_size():
     assert cores >= 1
     assert runenv.cpu_share({runenv.CONCURRENCY_ENV: "1000"}) == 1
     assert runenv.cpu_share({runenv.CONCURRENCY_ENV: "x"}) >= 1
+
+
+def test_spec_pythonpath_does_not_displace_the_hook_path_the_agent_merged():
+    env = runenv.build(
+        base={}, spec_env={"PYTHONPATH": "/mine"}, agent={"PYTHONPATH": "/hook:/mine"}
+    )
+    assert env["PYTHONPATH"] == "/hook:/mine"

@@ -97,3 +97,9 @@ def test_conda_options_need_exactly_one_source():
         make(executor="conda", conda={"file": "environment.yml", "specs": ["numpy"]})
     with pytest.raises(SpecError, match="outside the repository"):
         make(executor="conda", conda={"file": "../environment.yml"})
+
+
+def test_bad_docker_volume_is_rejected_at_submit():
+    with pytest.raises(SpecError, match="docker.volumes: docker volume 'data' is malformed"):
+        make(executor="docker", docker={"image": "img", "volumes": ["data"]})
+    assert make(executor="docker", docker={"image": "i", "volumes": ["/d:/data:rw"]}).docker.volumes

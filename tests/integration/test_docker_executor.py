@@ -1,0 +1,197 @@
+"""The docker executor against a real Docker engine, through a real worker process.
+
+The image is ``celery-agent-test:py3``, built with no registry by ``scripts/build-test-image``
+(run here; it does nothing when the image is current). Tests skip only when no engine answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT
+
+from celery_agent import TaskSpec, submit, submit_task
+from celery_agent.errors import ExecutorUnavailable
+from celery_agent.executors.docker import reap_stale_containers
+from celery_agent.executors.docker_engine import connect
+from celery_agent.executors.docker_options import CACHE_VOLUME, LABEL_PREFIX, MANAGED_LABEL
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "celery-agent-test:py3"
+
+TRAIN = """\
+import argparse, os
+p = argparse.ArgumentParser()
+p.add_argument("--lr", type=float, default=0.1)
+p.add_argument("--epochs", type=int, default=1)
+a = p.parse_args()
+print("lr", a.lr, "epochs", a.epochs)
+print("PATH", os.environ["PATH"])
+print("vars", " ".join(sorted(os.environ)))
+print("from", os.environ.get("FROM_SPEC"), os.environ.get("FROM_DOCKER"))
+open(os.path.join(os.environ["CELERY_AGENT_OUTPUT_DIR"], "out.txt"), "w").write("done")
+"""
+
+SLEEPER = """\
+import time
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """A client of the local engine, with the test image built; skips when no engine answers."""
+    try:
+        client = connect()
+    except ExecutorUnavailable as exc:
+        pytest.skip(f"no Docker engine reachable, docker executor not tested: {exc}")
+    script = ROOT / "scripts" / "build-test-image"
+    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "build-test-image:" in done.stdout
+    yield client
+    client.close()
+
+
+def docker_spec(repo: Path, worker: Any, **kw: Any) -> TaskSpec:
+    docker = {"image": IMAGE} | kw.pop("docker", {})
+    fields = {"repo": str(repo), "entry": "train.py", "queue": worker.queues, "executor": "docker"}
+    return TaskSpec.parse(fields | {"requirements": [], "docker": docker} | kw)
+
+
+def containers_of(client: Any, run_id: str) -> list[Any]:
+    return list(
+        client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}run-id={run_id}"})
+    )
+
+
+def wait_for_line(store: Any, run_id: str, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in line for line in store.read_log(run_id)[1]):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in the log of {run_id}: {store.get(run_id)}")
+
+
+def test_run_in_a_container_gets_params_output_dir_and_its_own_env(
+    docker_client, worker, make_repo, store
+):
+    repo = make_repo({"train.py": TRAIN})
+    spec = docker_spec(
+        repo, worker, params={"lr": 0.5}, args=["--epochs", "3"], env={"FROM_SPEC": "s"},
+        docker={"env": {"FROM_DOCKER": "d"}},
+    )  # fmt: skip
+    out = submit_task.delay(spec).get(timeout=180)
+    assert out["status"] == "succeeded", out
+    assert out["params"] == {"lr": 0.5, "epochs": 3}
+    _, lines = store.read_log(out["run_id"])
+    assert "lr 0.5 epochs 3" in lines and "from s d" in lines
+    assert "PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in lines
+    names = next(line for line in lines if line.startswith("vars ")).split()[1:]
+    assert "CELERY_AGENT_RUN_ID" in names and "OMP_NUM_THREADS" in names
+    assert not [n for n in names if "REDIS" in n or n in ("VIRTUAL_ENV", "SHELL")]
+    assert Path(out["output_dir"], "out.txt").read_text() == "done"
+    record = store.get(out["run_id"])
+    assert record["env_key"] == docker_client.images.get(IMAGE).short_id.split(":")[1][:12]
+    assert containers_of(docker_client, out["run_id"]) == []
+
+
+def test_requirements_install_in_the_container_from_a_local_wheelhouse(
+    docker_client, worker, make_repo, wheelhouse, store
+):
+    repo = make_repo({"train.py": "import cademo\nprint('cademo', cademo.VERSION)\n"})
+    spec = docker_spec(repo, worker, requirements=["cademo"], find_links=[str(wheelhouse)])
+    out = submit_task.delay(spec).get(timeout=180)
+    assert out["status"] == "succeeded", out
+    _, lines = store.read_log(out["run_id"])
+    assert "[celery-agent] installing requirements with pip" in lines
+    assert "cademo 1.0" in lines
+    assert any("Successfully installed cademo-1.0" in line for line in lines)
+    assert docker_client.volumes.get(CACHE_VOLUME).name == CACHE_VOLUME
+
+
+def test_cancel_stops_and_removes_the_container(docker_client, worker, make_repo, store):
+    run = submit(docker_spec(make_repo({"train.py": SLEEPER}), worker, grace=2))
+    wait_for_line(store, run.id, "started")
+    assert len(containers_of(docker_client, run.id)) == 1
+    t0 = time.monotonic()
+    assert run.cancel() == "running"
+    out = run.result.get(timeout=60)
+    assert out["status"] == "aborted" and time.monotonic() - t0 < 30
+    assert containers_of(docker_client, run.id) == []
+
+
+def test_timeout_stops_the_container_and_ends_timed_out(docker_client, worker, make_repo, store):
+    run = submit(docker_spec(make_repo({"train.py": SLEEPER}), worker, timeout=5, grace=0))
+    out = run.result.get(timeout=90)
+    assert out["status"] == "timed_out" and "timed out" in out["error"]
+    assert "started" in out["log_tail"]
+    assert out["usage"]["max_rss_bytes"] > 0, "a run of seconds has its memory sampled"
+    assert containers_of(docker_client, run.id) == []
+
+
+def test_missing_image_with_pull_never_fails_naming_the_image(docker_client, worker, make_repo):
+    spec = docker_spec(
+        make_repo({"train.py": "print(1)\n"}), worker,
+        docker={"image": "celery-agent-absent:1", "pull": "never"},
+    )  # fmt: skip
+    out = submit_task.delay(spec).get(timeout=60)
+    assert out["status"] == "failed" and out["error_stage"] == "env"
+    assert "image 'celery-agent-absent:1' is not on this worker" in out["error"]
+    assert "pull policy is 'never'" in out["error"]
+
+
+def test_missing_image_that_cannot_be_pulled_fails_quickly(docker_client, worker, make_repo):
+    spec = docker_spec(
+        make_repo({"train.py": "print(1)\n"}), worker,
+        docker={"image": "localhost:1/celery-agent-absent:1", "pull": "if-missing"},
+    )  # fmt: skip
+    t0 = time.monotonic()
+    out = submit_task.delay(spec).get(timeout=180)
+    assert out["status"] == "failed" and time.monotonic() - t0 < 150
+    assert "cannot pull image 'localhost:1/celery-agent-absent:1'" in out["error"]
+
+
+def test_unreachable_engine_fails_the_run_and_the_worker_keeps_working(make_worker, make_repo):
+    queue = f"nodocker-{uuid.uuid4().hex[:6]}"
+    make_worker(queue, DOCKER_HOST="unix:///nonexistent/docker.sock")
+    repo = make_repo({"train.py": "print('ran here')\n"})
+    spec = {"repo": str(repo), "entry": "train.py", "queue": queue, "requirements": []}
+    out = submit_task.delay(spec | {"executor": "docker", "docker": {"image": IMAGE}}).get(60)
+    assert out["status"] == "failed" and out["error_stage"] == "env"
+    assert "no Docker engine reachable at unix:///nonexistent/docker.sock" in out["error"]
+    assert "DOCKER_HOST" in out["error"]
+    after = submit_task.delay(spec | {"executor": "local"}).get(timeout=60)
+    assert after["status"] == "succeeded" and "ran here" in after["log_tail"]
+
+
+def test_reaping_removes_only_the_named_workers_containers(docker_client):
+    worker = f"dead-{uuid.uuid4().hex[:6]}@host"
+    other = f"alive-{uuid.uuid4().hex[:6]}@host"
+    made = [
+        docker_client.containers.create(
+            IMAGE, ["sleep", "600"], labels={MANAGED_LABEL: "true", f"{LABEL_PREFIX}worker": name}
+        )
+        for name in (worker, worker, other)
+    ]
+    made[0].start()
+    try:
+        assert reap_stale_containers(worker) == 2
+        assert reap_stale_containers(worker) == 0
+        left = docker_client.containers.list(all=True, filters={"label": MANAGED_LABEL})
+        assert made[2].id in [c.id for c in left]
+        assert not {made[0].id, made[1].id} & {c.id for c in left}
+    finally:
+        for container in made:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
