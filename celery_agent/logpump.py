@@ -37,8 +37,10 @@ class LogPump:
     A reader thread splits; a flusher thread writes each batch to the log file and delivers it.
     Lines the sink refused stay queued, in order, and go out with the next flush.
 
-    ``fd`` is the pipe's read end; ``log`` (closed by :meth:`finish`) gets every line; a batch
-    goes out once it holds ``batch`` lines or its first line is ``interval`` seconds old. After
+    ``fd`` is the pipe's read end; ``log`` (closed by :meth:`finish`) gets every line. A batch
+    goes out once it holds ``batch`` lines, or at most every ``interval`` seconds: a line that
+    follows a quiet spell goes out at once (low latency), lines that keep coming are gathered
+    (few round trips). After
     :meth:`finish`, ``lines`` is the number of lines read, ``tail`` the last ``tail`` of them and
     ``first_line_at`` the wall-clock time the first one arrived (None without output).
     """
@@ -50,7 +52,7 @@ class LogPump:
         self._batch, self._interval = max(1, batch), interval
         self._cond = threading.Condition()
         self._pending: list[str] = []
-        self._pending_since = 0.0
+        self._last_flush = 0.0
         self._eof = False
         self._stop = threading.Event()
         self._unsent: list[str] = []
@@ -122,7 +124,6 @@ class LogPump:
             if lines and self.first_line_at is None:
                 self.first_line_at = time.time()
             if lines and not self._pending:
-                self._pending_since = time.monotonic()
                 self._cond.notify()
             self._pending.extend(lines)
             if eof or len(self._pending) >= self._batch:
@@ -137,6 +138,7 @@ class LogPump:
                 while not self._due():
                     self._cond.wait(self._wait_time())
                 batch, self._pending, eof = self._pending, [], self._eof
+                self._last_flush = time.monotonic()
             self._deliver(batch)
 
     def _due(self) -> bool:
@@ -144,12 +146,12 @@ class LogPump:
         return (
             self._eof
             or len(self._pending) >= self._batch
-            or (bool(self._pending) and now >= self._pending_since + self._interval)
+            or (bool(self._pending) and now >= self._last_flush + self._interval)
             or (bool(self._unsent) and now >= self._retry_at)
         )
 
     def _wait_time(self) -> float | None:
-        deadlines = [self._pending_since + self._interval] if self._pending else []
+        deadlines = [self._last_flush + self._interval] if self._pending else []
         if self._unsent:
             deadlines.append(self._retry_at)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None

@@ -32,6 +32,7 @@ __all__ = ["MAX_LINE", "LineSink", "ProcessOutcome", "Status", "Usage", "kill_tr
 Status = Literal["succeeded", "failed", "aborted", "timed_out"]
 
 _LEFTOVER_GRACE = 1.0  # longest TERM -> KILL wait for processes left behind by a finished run
+_EVENT_SLICE = 0.02  # seconds between looks at an abort event while waiting for the child
 _PIPE_DRAIN = 2.0  # how long the pipe may stay open after the run's processes are gone
 _REAP_TIMEOUT = 5.0  # how long to wait for the direct child's exit status after a KILL
 
@@ -192,20 +193,25 @@ class _Watch:
             self.warned = True
             return False
 
-    def sleep(self, now: float) -> None:
+    def sleep(self, now: float, exited: threading.Event) -> None:
+        """Wait one poll interval, waking at once when the child exits (or the abort event fires)."""
         wait = self.poll_interval
         if self.timeout is not None:
             wait = max(0.0, min(wait, self.started + self.timeout - now))
-        if self.abort_event is not None:
-            self.abort_event.wait(wait)
-        else:
-            time.sleep(wait)
+        if self.abort_event is None:
+            exited.wait(wait)
+            return
+        deadline = now + wait
+        while not exited.wait(min(_EVENT_SLICE, max(0.0, deadline - time.monotonic()))):
+            if self.abort_event.is_set() or time.monotonic() >= deadline:
+                return
 
 
 def _supervise(
     proc: subprocess.Popen[bytes], watch: _Watch, sampler: TreeSampler, grace: float
 ) -> tuple[Status | None, str]:
     """Wait for the process to exit, or stop it; return (None, "") or (status, reason)."""
+    exited = _exit_event(proc)
     while not _exited(proc):
         now = time.monotonic()
         sampler.maybe_sample(now)
@@ -213,8 +219,25 @@ def _supervise(
             return _stop(proc, sampler, grace, "timed_out", f"timeout after {watch.timeout:g}s")
         if watch.aborted():
             return _stop(proc, sampler, grace, "aborted", "cancelled")
-        watch.sleep(now)
+        watch.sleep(now, exited)
     return None, ""
+
+
+def _exit_event(proc: subprocess.Popen[bytes]) -> threading.Event:
+    """An event set the moment the child exits, so the run ends without waiting out a poll."""
+    event = threading.Event()
+
+    def wait() -> None:
+        try:
+            if hasattr(os, "waitid"):
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
+        event.set()
+
+    if hasattr(os, "waitid"):
+        threading.Thread(target=wait, name=f"exit-{proc.pid}", daemon=True).start()
+    return event
 
 
 def _stop(

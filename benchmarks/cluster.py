@@ -1,0 +1,168 @@
+"""The services a benchmark talks to, on loopback: one redis-server and real Celery workers.
+
+Everything started here is stopped by :meth:`Cluster.close`, and any process left under this one
+afterwards is killed (and named on stderr), so a benchmark run leaves nothing behind. Redis and the
+workers also get SIGTERM from the kernel when this process dies without cleaning up (SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import redis
+
+from celery_agent.embedded import EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: get SIGTERM when this process dies, even by SIGKILL."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_redis(server: EmbeddedRedis, timeout: float = 15.0) -> None:
+    """Start ``server`` like :meth:`EmbeddedRedis.start`, but tied to this process's life."""
+    server.data_dir.mkdir(parents=True, exist_ok=True)
+    server.proc = subprocess.Popen(
+        server.argv(), stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
+    )
+    client = redis.Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(redis.RedisError):
+            if client.ping():
+                return
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"redis-server did not start on {server.url}")
+        time.sleep(0.05)
+
+
+class Worker:
+    """A ``celery -A <app> worker`` process with its own home and log file."""
+
+    def __init__(self, app: str, queue: str, home: Path, url: str, concurrency: int = 2) -> None:
+        self.app, self.queue, self.home = app, queue, home
+        self.log = home / "worker.log"
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        self.env = dict(
+            os.environ, CELERY_AGENT_REDIS_URL=url, CELERY_AGENT_HOME=str(home), PYTHONPATH=path
+        )
+        self.argv = [
+            sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
+            "-c", str(concurrency), "-n", f"{queue}@%h", "--loglevel", "INFO",
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> Worker:
+        """Start the worker and wait until it says it is ready."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home,
+                preexec_fn=die_with_parent,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while b" ready." not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"worker {self.queue} did not start:\n{self.tail()}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL to the whole group."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def tail(self, chars: int = 3000) -> str:
+        """The end of the worker's log."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+class Cluster:
+    """One redis-server and the workers started on it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.redis = EmbeddedRedis(root / "redis", port=free_port())
+        self.workers: list[Worker] = []
+        self.strays: set[int] = set()  #: pids that may outlive their parent (checked at close)
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL of the server."""
+        return self.redis.url
+
+    def start(self) -> Cluster:
+        """Start the Redis server."""
+        start_redis(self.redis)
+        return self
+
+    def worker(self, app: str, queue: str, concurrency: int = 2) -> Worker:
+        """Start a worker of ``app`` serving ``queue``."""
+        home = self.root / f"home-{queue}"
+        worker = Worker(app, queue, home, self.url, concurrency)
+        self.workers.append(worker)
+        return worker.start()
+
+    def close(self) -> list[str]:
+        """Stop workers and Redis; kill anything of ours still running. Returns what was killed."""
+        for worker in self.workers:
+            worker.stop()
+        self.redis.stop()
+        return kill_leftovers(self.strays)
+
+
+def kill_leftovers(strays: set[int], wait: float = 3.0) -> list[str]:
+    """Kill this process's remaining descendants and the given pids; describe each one killed."""
+    deadline = time.monotonic() + wait
+    left = _alive(strays)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = _alive(strays)
+    killed = []
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            killed.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+            proc.kill()
+    return killed
+
+
+def _alive(strays: set[int]) -> list[psutil.Process]:
+    procs = {p.pid: p for p in psutil.Process().children(recursive=True)}
+    for pid in strays:
+        with contextlib.suppress(psutil.Error):
+            procs.setdefault(pid, psutil.Process(pid))
+    return [p for p in procs.values() if not gone(p.pid)]
+
+
+def gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (exited, or a zombie waiting to be reaped)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False

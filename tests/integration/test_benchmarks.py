@@ -1,0 +1,52 @@
+"""The benchmark entry point runs end to end in --quick mode and prints its table."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+ROWS = (
+    "env cache hit",
+    "dispatch p50",
+    "log volume",
+    "log latency",
+    "cancel",
+    "throughput",
+    "cold env",
+)
+
+
+def run_quick(timeout: float = 240) -> tuple[int, str, str]:
+    """``python -m benchmarks --quick``; on timeout it gets SIGTERM, so it stops what it started."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", "--quick"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"--quick ran past {timeout}s:\n{out[-3000:]}\n{err[-5000:]}")
+    return proc.returncode, out, err
+
+
+def test_quick_benchmarks_run_and_print_the_table():
+    code, out, err = run_quick()
+    assert code == 0, out[-3000:] + err[-5000:]
+    lines = out.splitlines()
+    assert lines[0].startswith("celery-agent benchmarks (quick")
+    assert lines[1].split()[:3] == ["benchmark", "measured", "baseline"]
+    for name in ROWS:
+        assert any(line.startswith(name) for line in lines), name
+    assert "ERROR" not in out
+    assert "leftover" not in err
