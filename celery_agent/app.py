@@ -6,10 +6,14 @@
   (default ``redis://localhost:6379/0``);
 - ``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND``: override each (Celery reads them itself);
 - ``CELERY_AGENT_CONFIG``: an importable module of Celery settings (see ``config/``).
+
+The worker command gains ``--gpus``, ``--dynamic`` and ``--cpu-only`` and a bootstep that sends
+heartbeats (see :mod:`.worker`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -19,10 +23,11 @@ from celery import Celery
 from kombu.utils.json import register_type
 from pydantic import ValidationError
 
-from . import defaults
+from . import defaults, worker
 from .settings import Settings
 from .spec import TaskSpec
 from .state import RunStore
+from .workers import WorkerRegistry
 
 CONFIG_MODULE_ENV = "CELERY_AGENT_CONFIG"
 
@@ -32,10 +37,13 @@ def create_app(environ: Mapping[str, str] | None = None) -> Celery:
     environ = os.environ if environ is None else environ
     settings = Settings.load(environ)
     app = Celery("celery_agent", include=["celery_agent.tasks"])
-    app.add_defaults(defaults.celery_config(settings))
     module = environ.get(CONFIG_MODULE_ENV)
+    # Celery ranks added defaults above a config module, so leave out what the module sets.
+    named = set(vars(importlib.import_module(module))) if module else set()
+    app.add_defaults({k: v for k, v in defaults.celery_config(settings).items() if k not in named})
     if module:
         app.config_from_object(module)
+    worker.install(app)
     return app
 
 
@@ -77,6 +85,12 @@ def get_store() -> RunStore:
         _stores.clear()
         _stores[pid] = RunStore.from_url(s.redis_url, s.prefix, s.log_maxlen)
     return _stores[pid]
+
+
+def get_registry() -> WorkerRegistry:
+    """The worker registry on this process's store."""
+    store = get_store()
+    return WorkerRegistry(store.r, store.keys)
 
 
 def use_environment() -> Settings:

@@ -204,13 +204,25 @@ def show(run_id: str, as_json: bool) -> int:
     for key in ("submitted_at", "preparing_at", "running_at", "finished_at"):
         if record.get(key):
             table.add_row(key, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record[key])))
-    for key in ("timings", "params", "usage"):
+    for key in ("timings", "params", "usage", "gpus"):
         if record.get(key):
             table.add_row(key, json.dumps(record[key]))
+    if (record.get("usage") or {}).get("gpu_memory_peak_bytes") is not None:
+        table.add_row("gpu memory", gpu_memory_line(record["usage"]))
     if record.get("freeze"):
         table.add_row("packages", f"{len(record['freeze'])} pinned (see --json)")
     console.print(table)
     return EXIT_OK
+
+
+def gpu_memory_line(usage: dict[str, Any]) -> str:
+    """'peak 1.50 GiB, mean 1.20 GiB (12 samples)' from a run's usage summary."""
+    gib = 2**30
+    return (
+        f"peak {usage['gpu_memory_peak_bytes'] / gib:.2f} GiB, "
+        f"mean {usage.get('gpu_memory_mean_bytes', 0) / gib:.2f} GiB "
+        f"({usage.get('gpu_samples', 0)} samples)"
+    )
 
 
 @cli.command(name="ls")
@@ -307,3 +319,12 @@ def config() -> int:
         table.add_row(name, str(value), source)
     console.print(table)
     return EXIT_OK
+
+
+def _register_status() -> None:
+    from .cli_status import status
+
+    cli.add_command(status)
+
+
+_register_status()

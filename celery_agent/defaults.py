@@ -12,6 +12,7 @@ from .settings import Settings
 #: seconds a message may stay unacknowledged before Redis hands it to another worker. Long runs
 #: outlive it; the run's claim key in Redis drops such a redelivery, so it is never run twice.
 VISIBILITY_TIMEOUT = 6 * 3600
+SWEEP_TASK = "celery_agent.sweep"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -46,4 +47,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
+        # `celery -A celery_agent beat` sweeps the cluster: lost workers and runs, old records.
+        # Every worker consumes the sweep queue; a sweep nobody took within an interval expires.
+        "task_routes": {SWEEP_TASK: {"queue": settings.sweep_queue}},
+        "beat_schedule": {
+            "celery-agent-sweep": {
+                "task": SWEEP_TASK,
+                "schedule": settings.sweep_interval,
+                "options": {"queue": settings.sweep_queue, "expires": settings.sweep_interval},
+            }
+        },
     }

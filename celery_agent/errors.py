@@ -76,6 +76,12 @@ class RunError(AgentError):
     stage = "run"
 
 
+class GpuUnavailable(AgentError):
+    """The run's GPU request cannot be met on this worker (never, or not within the wait)."""
+
+    stage = "gpu"
+
+
 class StageTimeout(AgentError):
     """A stage (source, env, run) took longer than its timeout."""
 
@@ -95,6 +101,7 @@ ALL_ERRORS: tuple[type[AgentError], ...] = (
     EnvBuildError,
     ExecutorUnavailable,
     RunError,
+    GpuUnavailable,
     StageTimeout,
     Cancelled,
 )

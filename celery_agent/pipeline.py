@@ -10,21 +10,27 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import leases as leases_mod
 from . import params as params_mod
 from . import runenv, state
 from .errors import AgentError, Cancelled, RunError, SpecError, StageTimeout
 from .executors import get_executor
 from .executors.base import ExecutorSettings, PreparedEnv, RunRequest
+from .gpus import DYNAMIC, WorkerGpus, gpu_ids, pin_env
+from .monitoring.gpu import GpuDevice
+from .monitoring.sampler import RunGpuSampler
 from .runner import ProcessOutcome
 from .settings import Settings
 from .source import Checkout, SourceCache
 from .spec import TaskSpec, quote_argv
 from .state import RunStore
+from .workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 TAG = "[celery-agent]"
@@ -44,6 +50,13 @@ class WorkerContext:
 
     def __post_init__(self) -> None:
         self.sources = SourceCache(self.settings.git_cache)
+        self.registry = WorkerRegistry(self.store.r, self.store.keys)
+        self.gpus = WorkerGpus.from_env()  # published by the worker's main process
+        self.leases = (
+            leases_mod.GpuLeases(self.store.r, self.store.keys, socket.gethostname())
+            if self.gpus.mode == DYNAMIC
+            else None
+        )
         self.executor_settings = ExecutorSettings(
             cache_root=self.settings.env_cache,
             installer=self.settings.installer,
@@ -52,6 +65,7 @@ class WorkerContext:
             if self.settings.max_env_gb
             else None,
             failure_ttl=self.settings.env_failure_ttl,
+            build_timeout=self.settings.env_build_timeout,
         )
 
 
@@ -71,6 +85,8 @@ class Job:
         self.started = time.time()
         self.deadline: float | None = None
         self.checkout: Checkout | None = None
+        self.want: list[GpuDevice] | int = []
+        self.gpu_usage: dict[str, Any] = {}
         self.summary: dict[str, Any] = {"run_id": run_id, "worker": ctx.worker, "timings": {}}
 
     # -- the algorithm --------------------------------------------------------------------------
@@ -85,10 +101,14 @@ class Job:
         holder = self.store.claim(self.run_id, self.ctx.worker, self.ctx.settings.claim_ttl)
         if holder is not None:
             raise DuplicateRun(f"run {self.run_id} is already held by {holder}")
-        with state.ClaimKeeper(
-            self.store, self.run_id, self.ctx.worker, self.ctx.settings.claim_ttl
-        ):
-            return self._claimed(spec)
+        self.ctx.registry.add_run(self.ctx.worker, self.run_id)
+        try:
+            with state.ClaimKeeper(
+                self.store, self.run_id, self.ctx.worker, self.ctx.settings.claim_ttl
+            ):
+                return self._claimed(spec)
+        finally:
+            self.ctx.registry.remove_run(self.ctx.worker, self.run_id)
 
     def _claimed(self, spec: TaskSpec) -> dict[str, Any]:
         self.deadline = self.started + spec.timeout if spec.timeout else None
@@ -127,6 +147,7 @@ class Job:
         if old in state.TERMINAL:
             raise Cancelled(f"run already ended as {old}")
         self.note(f"run {self.run_id} on {self.ctx.worker} (attempt {attempt})")
+        self.want = self.ctx.gpus.request(spec.gpus)  # a request it can never meet fails now
 
     def materialize(self, spec: TaskSpec) -> Checkout:
         """Check out the code at the commit and apply the diff."""
@@ -166,7 +187,24 @@ class Job:
         return prepared
 
     def execute(self, spec: TaskSpec, co: Checkout, prepared: PreparedEnv) -> ProcessOutcome:
-        """Run the entry under supervision, its log streaming into Redis."""
+        """Take the run's GPUs (leased on a dynamic worker), then run it on them."""
+        s = self.ctx.settings
+        wait = min(s.gpu_wait, self.remaining("gpu") or s.gpu_wait)
+        with leases_mod.held(self.ctx.leases, self.ctx.gpus.devices, self.want, self.run_id,
+                             ttl=s.gpu_lease_ttl, wait=wait,
+                             should_abort=lambda: self.store.is_aborted(self.run_id)) as gpus:  # fmt: skip
+            if self.ctx.gpus.mode != "unbound":
+                self.store.update(self.run_id, gpus=gpu_ids(gpus))
+                self.note(f"GPUs ({self.ctx.gpus.mode}): {', '.join(gpu_ids(gpus)) or 'none'}")
+            with RunGpuSampler(s.gpu_sample_interval) as sampler:
+                outcome = self.supervise(spec, co, prepared, gpus)
+            self.gpu_usage = sampler.summary()
+            return outcome
+
+    def supervise(
+        self, spec: TaskSpec, co: Checkout, prepared: PreparedEnv, gpus: list[GpuDevice]
+    ) -> ProcessOutcome:
+        """Run the entry under supervision on ``gpus``, its log streaming into Redis."""
         args, hook = params_mod.resolve(
             spec.args, spec.params, self.run_dir / "params.json", spec.env.get("PYTHONPATH")
         )
@@ -180,7 +218,7 @@ class Job:
             path_prefix=prepared.path_prefix,
             extra=prepared.env,
             threads=runenv.cpu_share(),
-        )
+        ) | pin_env(self.ctx.gpus.mode, gpus)
         self.note(f"$ {quote_argv(argv)}")
         self.store.transition(self.run_id, state.RUNNING)
         request = RunRequest(
@@ -195,6 +233,7 @@ class Job:
             source_dir=co.path,
             output_dir=self.output_dir,
             labels={"run_id": self.run_id, "worker": self.ctx.worker, "queue": spec.queue},
+            gpus=gpu_ids(gpus),
         )
         t0 = time.time()
         outcome = executor.run(prepared, interp_args, request)
@@ -210,7 +249,7 @@ class Job:
         self.summary["usage"] = {
             "cpu_seconds": outcome.usage.cpu_seconds,
             "max_rss_bytes": outcome.usage.max_rss_bytes,
-        }
+        } | self.gpu_usage
         self.summary["log_tail"] = outcome.tail
         self.summary["log_lines"] = outcome.lines
         error = None

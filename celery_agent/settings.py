@@ -33,11 +33,19 @@ class Settings:
     max_envs: int = 20
     max_env_gb: float | None = None
     env_failure_ttl: float = 600.0
+    env_build_timeout: float | None = 3600.0  # seconds an environment build may take
     grace: float = 10.0
     claim_ttl: float = 60.0
     abort_poll: float = 0.2
     log_maxlen: int = 100_000
     keep_source: bool = False
+    heartbeat_interval: float = 5.0  # seconds between a worker's heartbeats
+    heartbeat_history: int = 720  # hardware snapshots kept per worker (1 h at 5 s)
+    sweep_interval: float = 30.0  # seconds between cluster sweeps (celery beat)
+    sweep_queue: str = "celery-agent.sweep"  # every worker also consumes this queue
+    gpu_wait: float = 300.0  # seconds a dynamic run waits for free GPUs before it fails
+    gpu_lease_ttl: float = 60.0  # seconds a crashed worker's GPU lease survives
+    gpu_sample_interval: float = 2.0  # seconds between samples of a run's GPU memory
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property

@@ -1,12 +1,7 @@
-"""The run store: the only module that knows Redis key names.
+"""The run store: run records, logs, claims and cancel flags in Redis.
 
-Keys (``{p}`` is the configured prefix, ``ca`` by default):
-
-- ``{p}:run:{id}`` hash: the run record (state, spec, timestamps, outcome)
-- ``{p}:runs`` sorted set of run ids by submit time
-- ``{p}:run:{id}:log`` stream; one entry carries a chunk of lines (field ``l``)
-- ``{p}:run:{id}:claim`` the worker running it, with a TTL renewed while it runs
-- ``{p}:run:{id}:abort`` set when someone asked to cancel; ``{p}:abort`` pub/sub channel nudges runners
+Key names live in :mod:`.keys` (the one place that knows them). A log stream entry carries a chunk
+of lines (field ``l``); a claim is the worker running the run, with a TTL renewed while it runs.
 """
 
 from __future__ import annotations
@@ -21,6 +16,7 @@ from typing import Any
 import redis
 
 from .errors import StateError, UnknownRunError
+from .keys import Keys
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +24,7 @@ QUEUED, PREPARING, RUNNING = "queued", "preparing", "running"
 SUCCEEDED, FAILED, ABORTED, TIMED_OUT, LOST = "succeeded", "failed", "aborted", "timed_out", "lost"
 TERMINAL = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, LOST})
 ACTIVE = frozenset({PREPARING, RUNNING})
-_JSON_FIELDS = ("spec", "params", "usage", "freeze", "timings", "log_tail")
+_JSON_FIELDS = ("spec", "params", "usage", "freeze", "timings", "log_tail", "gpus")
 
 # Move a run to a new state unless it already ended; returns the state it had ("" if none).
 _TRANSITION = """
@@ -59,6 +55,7 @@ class RunStore:
             client  # decode_responses=True: str in, str out (redis-py's types cannot say so)
         )
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.log_maxlen = log_maxlen
         self._transition = client.register_script(_TRANSITION)
         self._renew = client.register_script(_RENEW)
@@ -73,7 +70,7 @@ class RunStore:
     # -- keys -----------------------------------------------------------------------------------
     def key(self, *parts: str) -> str:
         """A prefixed key: key('run', id) -> 'ca:run:<id>'."""
-        return ":".join((self.prefix, *parts))
+        return self.keys.join(*parts)
 
     # -- records --------------------------------------------------------------------------------
     def create_run(self, run_id: str, spec: Mapping[str, Any], queue: str, **fields: Any) -> bool:
@@ -82,11 +79,11 @@ class RunStore:
         record = {"state": QUEUED, "spec": spec, "queue": queue, "submitted_at": now, "attempt": 0}
         record["name"] = spec.get("name") or spec.get("entry", "")
         with _errors(self):
-            if not self.r.hsetnx(self.key("run", run_id), "state", QUEUED):
+            if not self.r.hsetnx(self.keys.run(run_id), "state", QUEUED):
                 return False
             pipe = self.r.pipeline()
-            pipe.hset(self.key("run", run_id), mapping=_encode(record | fields))
-            pipe.zadd(self.key("runs"), {run_id: now})
+            pipe.hset(self.keys.run(run_id), mapping=_encode(record | fields))
+            pipe.zadd(self.keys.runs(), {run_id: now})
             pipe.execute()
         return True
 
@@ -100,19 +97,19 @@ class RunStore:
         flat = [x for kv in _encode(fields).items() for x in kv]
         with _errors(self):
             old = self._transition(
-                keys=[self.key("run", run_id)], args=[state, "1", "1" if force else "0", *flat]
+                keys=[self.keys.run(run_id)], args=[state, "1", "1" if force else "0", *flat]
             )
         return str(old or "")
 
     def update(self, run_id: str, **fields: Any) -> None:
         """Set fields on the run record without changing its state."""
         with _errors(self):
-            self.r.hset(self.key("run", run_id), mapping=_encode(fields))
+            self.r.hset(self.keys.run(run_id), mapping=_encode(fields))
 
     def get(self, run_id: str) -> dict[str, Any]:
         """The run record, JSON fields decoded; raises UnknownRunError."""
         with _errors(self):
-            raw = self.r.hgetall(self.key("run", run_id))
+            raw = self.r.hgetall(self.keys.run(run_id))
         if not raw:
             raise UnknownRunError(
                 f"no run {run_id!r} is recorded", "check the id with `celery-agent ls`"
@@ -122,10 +119,10 @@ class RunStore:
     def find(self, prefix: str) -> str:
         """The full id of the one run whose id starts with ``prefix``."""
         with _errors(self):
-            if self.r.exists(self.key("run", prefix)):
+            if self.r.exists(self.keys.run(prefix)):
                 return prefix
             matches = [
-                m for m in self.r.zrevrange(self.key("runs"), 0, 4999) if m.startswith(prefix)
+                m for m in self.r.zrevrange(self.keys.runs(), 0, 4999) if m.startswith(prefix)
             ]
         if len(matches) == 1:
             return str(matches[0])
@@ -137,10 +134,10 @@ class RunStore:
     def list_runs(self, limit: int = 20, state: str | None = None) -> list[dict[str, Any]]:
         """The newest runs first, optionally only those in ``state``."""
         with _errors(self):
-            ids = self.r.zrevrange(self.key("runs"), 0, max(limit * 5, 200) - 1)
+            ids = self.r.zrevrange(self.keys.runs(), 0, max(limit * 5, 200) - 1)
             pipe = self.r.pipeline()
             for run_id in ids:
-                pipe.hgetall(self.key("run", run_id))
+                pipe.hgetall(self.keys.run(run_id))
             rows = [_decode(i, raw) for i, raw in zip(ids, pipe.execute(), strict=True) if raw]
         if state:
             rows = [row for row in rows if row.get("state") == state]
@@ -151,7 +148,7 @@ class RunStore:
         """Append a chunk of lines as one stream entry (one round trip per chunk, not per line)."""
         if lines:
             self.r.xadd(
-                self.key("run", run_id, "log"),
+                self.keys.log(run_id),
                 {"l": "\n".join(lines)},
                 maxlen=self.log_maxlen,
                 approximate=True,
@@ -161,7 +158,7 @@ class RunStore:
         self, run_id: str, after: str = "0-0", block: float | None = None
     ) -> tuple[str, list[str]]:
         """Lines after stream id ``after``; returns (last id, lines). ``block`` waits up to N s."""
-        key = self.key("run", run_id, "log")
+        key = self.keys.log(run_id)
         with _errors(self):
             if block:
                 got = self.r.xread({key: after}, count=1000, block=int(block * 1000))
@@ -188,7 +185,7 @@ class RunStore:
     # -- claims and aborts ----------------------------------------------------------------------
     def claim(self, run_id: str, worker: str, ttl: float) -> str | None:
         """Claim the run for ``worker``; returns None on success, else the current holder."""
-        key = self.key("run", run_id, "claim")
+        key = self.keys.claim(run_id)
         with _errors(self):
             if self.r.set(key, worker, nx=True, px=int(ttl * 1000)):
                 return None
@@ -196,20 +193,18 @@ class RunStore:
 
     def renew_claim(self, run_id: str, worker: str, ttl: float) -> bool:
         """Extend our claim; False when it expired or someone else holds it."""
-        return bool(
-            self._renew(keys=[self.key("run", run_id, "claim")], args=[worker, int(ttl * 1000)])
-        )
+        return bool(self._renew(keys=[self.keys.claim(run_id)], args=[worker, int(ttl * 1000)]))
 
     def release_claim(self, run_id: str, worker: str) -> None:
         """Drop our claim (a no-op when it is not ours)."""
-        self._release(keys=[self.key("run", run_id, "claim")], args=[worker])
+        self._release(keys=[self.keys.claim(run_id)], args=[worker])
 
     def request_abort(self, run_id: str, ttl: float = 7 * 86400) -> str:
         """Ask for the run to stop; a queued run is marked aborted at once. Returns its state."""
         record = self.get(run_id)
         with _errors(self):
-            self.r.set(self.key("run", run_id, "abort"), "1", ex=int(ttl))
-            self.r.publish(self.key("abort"), run_id)
+            self.r.set(self.keys.abort(run_id), "1", ex=int(ttl))
+            self.r.publish(self.keys.abort_channel(), run_id)
         if record.get("state") == QUEUED:
             self.transition(run_id, ABORTED, error="cancelled before it started")
             return ABORTED
@@ -217,7 +212,7 @@ class RunStore:
 
     def is_aborted(self, run_id: str) -> bool:
         """Whether someone asked to cancel the run."""
-        return bool(self.r.exists(self.key("run", run_id, "abort")))
+        return bool(self.r.exists(self.keys.abort(run_id)))
 
     def ping(self) -> None:
         """Raise StateError when Redis cannot be reached."""

@@ -18,7 +18,9 @@ from celery.signals import celeryd_init
 from celery.utils import uuid
 
 from . import pipeline, runenv
-from .app import app, get_settings, get_store
+from . import sweep as sweep_mod
+from .app import app, get_registry, get_settings, get_store
+from .defaults import SWEEP_TASK
 from .spec import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,17 @@ def run_task(self: Task, spec: Any) -> dict[str, Any]:
 
 
 submit_task = run_task
+
+
+@app.task(name=SWEEP_TASK, ignore_result=True)
+def sweep() -> dict[str, Any]:
+    """Mark lost workers and the runs they held; forget long-gone workers (scheduled by beat)."""
+    result = sweep_mod.sweep(
+        get_store(), get_registry(), lock_ttl=get_settings().sweep_interval / 2
+    )
+    if result.get("lost_workers") or result.get("lost_runs"):
+        logger.warning("sweep: %s", result)
+    return result
 
 
 def _context(hostname: str | None) -> pipeline.WorkerContext:

@@ -89,7 +89,15 @@ def store(redis_url: str):
 class Worker:
     """A real `celery -A celery_agent worker` process."""
 
-    def __init__(self, home: Path, url: str, queues: str, concurrency: int = 2, **env: str) -> None:
+    def __init__(
+        self,
+        home: Path,
+        url: str,
+        queues: str,
+        concurrency: int = 2,
+        args: tuple[str, ...] = (),
+        **env: str,
+    ) -> None:
         self.home, self.url, self.queues = home, url, queues
         self.name = f"w{uuid.uuid4().hex[:6]}"
         self.log = home / f"{self.name}.log"
@@ -97,7 +105,7 @@ class Worker:
         self.argv = [
             sys.executable, "-m", "celery", "-A", "celery_agent", "worker", "-Q", queues,
             "-c", str(concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO",
-            "--without-mingle", "--without-gossip",
+            "--without-mingle", "--without-gossip", *args,
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -141,7 +149,11 @@ def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture()
 def make_worker(redis_url: str, tmp_path: Path) -> Iterator[object]:
-    """Start extra workers for one test; they are stopped after it."""
+    """Start extra workers for one test; they are stopped after it.
+
+    ``make_worker(queue, concurrency=1, args=("--gpus", "0"), CELERY_AGENT_FAKE_GPUS="2")``: extra
+    worker CLI arguments in ``args``, extra environment variables as keywords.
+    """
     started: list[Worker] = []
 
     def factory(queues: str, **kw: object) -> Worker:
@@ -152,6 +164,52 @@ def make_worker(redis_url: str, tmp_path: Path) -> Iterator[object]:
     yield factory
     for w in started:
         w.stop()
+
+
+class Beat:
+    """A real `celery -A celery_agent beat` process."""
+
+    def __init__(self, home: Path, url: str, **env: str) -> None:
+        self.home = home
+        self.log = home / "beat.log"
+        self.env = dict(os.environ, CELERY_AGENT_REDIS_URL=url, CELERY_AGENT_HOME=str(home), **env)
+        self.argv = [sys.executable, "-m", "celery", "-A", "celery_agent", "beat",
+                     "-s", str(home / "beat-schedule"), "--loglevel", "INFO"]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Beat:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home,
+            )  # fmt: skip
+        _fixture_pids.add(self.proc.pid)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture()
+def make_beat(redis_url: str, tmp_path: Path) -> Iterator[object]:
+    """Start `celery beat` processes for one test (``make_beat(**env)``); stopped after it."""
+    started: list[Beat] = []
+
+    def factory(**env: str) -> Beat:
+        b = Beat(tmp_path / f"beat-{len(started)}", redis_url, **env).start()
+        started.append(b)
+        return b
+
+    yield factory
+    for b in started:
+        b.stop()
 
 
 # -- git ----------------------------------------------------------------------------------------

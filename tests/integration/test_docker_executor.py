@@ -7,6 +7,7 @@ The image is ``celery-agent-test:py3``, built with no registry by ``scripts/buil
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import time
 import uuid
@@ -195,3 +196,23 @@ def test_reaping_removes_only_the_named_workers_containers(docker_client):
         for container in made:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
+
+
+def test_a_worker_that_starts_removes_what_its_crashed_predecessor_left(docker_client, make_worker):
+    name = f"crashed-{uuid.uuid4().hex[:6]}"
+    label = f"{name}@{socket.gethostname()}"
+    orphan = docker_client.containers.create(
+        IMAGE, ["sleep", "600"], labels={MANAGED_LABEL: "true", f"{LABEL_PREFIX}worker": label}
+    )
+    orphan.start()
+    try:
+        make_worker(f"q-{name}", args=("-n", f"{name}@%h"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and docker_client.containers.list(
+            all=True, filters={"id": orphan.id}
+        ):
+            time.sleep(0.2)
+        assert not docker_client.containers.list(all=True, filters={"id": orphan.id})
+    finally:
+        with contextlib.suppress(Exception):
+            orphan.remove(force=True)

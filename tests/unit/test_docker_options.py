@@ -258,10 +258,7 @@ def test_reaping_without_an_engine_does_nothing(monkeypatch) -> None:
     assert reap_stale_containers("w1@host") == 0
 
 
-def test_bad_volume_fails_prepare_before_the_engine_is_asked(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("DOCKER_HOST", DEAD)
-    executor = get_executor("docker", ExecutorSettings(cache_root=tmp_path))
+def test_bad_volume_is_rejected_when_the_spec_is_built() -> None:
     docker = {"image": "img", "volumes": ["data:/data:rx"]}
-    spec = TaskSpec(repo=".", entry="t.py", executor="docker", docker=docker)
     with pytest.raises(SpecError, match="docker volume 'data:/data:rx' is malformed"):
-        executor.prepare(spec, tmp_path, lambda line: None)
+        TaskSpec.parse({"repo": ".", "entry": "t.py", "executor": "docker", "docker": docker})

@@ -1,0 +1,160 @@
+"""`celery-agent status`: workers and GPUs as tables with bars, live with --watch, or as JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from .status import cluster_status
+
+SPARKS = " ▁▂▃▄▅▆▇█"
+GIB = 2**30
+
+
+@click.command()
+@click.option("--watch", "-w", is_flag=True, help="refresh until Ctrl+C")
+@click.option("--interval", "-n", default=2.0, show_default=True, help="seconds between refreshes")
+@click.option("--json", "as_json", is_flag=True, help="print the data as JSON")
+@click.option("--history", "worker", default=None, help="plot a worker's recent CPU/GPU/memory")
+@click.option("--points", default=60, show_default=True, help="history points to plot")
+def status(watch: bool, interval: float, as_json: bool, worker: str | None, points: int) -> int:
+    """Show the workers (queues, state, current run, uptime) and their GPUs."""
+    from .app import get_registry
+    from .cli import console
+
+    registry = get_registry()
+    if worker is not None:
+        data: Any = {"worker": worker, "history": registry.history(worker, points)}
+        console.print_json(json.dumps(data)) if as_json else console.print(history_view(data))
+        return 0
+    if as_json:
+        console.print_json(json.dumps(cluster_status(registry), default=str))
+        return 0
+    if not watch:
+        console.print(status_view(cluster_status(registry)))
+        return 0
+    return _watch(console, registry, interval)
+
+
+def _watch(console: Console, registry: Any, interval: float) -> int:
+    with Live(status_view(cluster_status(registry)), console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(status_view(cluster_status(registry)), refresh=True)
+        except KeyboardInterrupt:
+            return 0
+
+
+def status_view(data: dict[str, Any]) -> Group:
+    """The workers table and the GPU table."""
+    workers = Table("worker", "host", "queues", "state", "GPUs", "current run", "uptime", "cpu %",
+                    title="workers", title_justify="left")  # fmt: skip
+    for w in data["workers"]:
+        workers.add_row(w["name"], w["host"] or "", ",".join(w["queues"]), _state(w["state"]),
+                        _gpus(w), ", ".join(r[:12] for r in w["runs"]) or "-",
+                        _duration(w["uptime"]), _num(w["cpu_percent"]))  # fmt: skip
+    gpus = Table("host", "gpu", "name", "util", "memory", "temp", "power", "worker / lease",
+                 title="GPUs", title_justify="left")  # fmt: skip
+    for g in data["gpus"]:
+        gpus.add_row(g["host"], f"{g['index']} {g['uuid'][:12]}", g["name"] or "",
+                     bar(g["util"], 100), _memory(g), _num(g["temperature"], "°C"),
+                     _num(g["power_w"], " W"), _owner(g))  # fmt: skip
+    return Group(workers, gpus) if data["gpus"] else Group(workers)
+
+
+def history_view(data: dict[str, Any]) -> Table:
+    """Sparklines of a worker's recent CPU, memory, load and per-GPU use."""
+    points = data["history"]
+    table = Table("series", "last", f"recent ({len(points)} points)", box=None,
+                  title=f"history of {data['worker']}", title_justify="left")  # fmt: skip
+    if not points:
+        table.add_row("(no history)", "", "")
+        return table
+    for label, key, top in (
+        ("cpu %", "cpu", 100.0),
+        ("memory %", "mem", 100.0),
+        ("load", "load", None),
+    ):
+        values = [p.get(key) for p in points]
+        table.add_row(label, _num(values[-1]), sparkline(values, top))
+    for i, gpu in enumerate(points[-1].get("gpus") or []):
+        util = [_gpu_at(p, i, "util") for p in points]
+        mem = [_fraction(_gpu_at(p, i, "mem"), _gpu_at(p, i, "mem_total")) for p in points]
+        table.add_row(f"gpu {gpu['uuid'][:12]} util %", _num(util[-1]), sparkline(util, 100.0))
+        table.add_row(
+            f"gpu {gpu['uuid'][:12]} mem",
+            _num(mem[-1] and mem[-1] * 100, " %"),
+            sparkline(mem, 1.0),
+        )
+    return table
+
+
+def sparkline(values: list[float | None], top: float | None = None) -> str:
+    """One character per value, ▁ (low) to █ (``top``, or the largest value); blank when unknown."""
+    known = [v for v in values if v is not None]
+    peak = top or (max(known) if known else 0) or 1.0
+    out = []
+    for v in values:
+        level = 0 if v is None else 1 + min(7, int(max(0.0, v) / peak * 7.999))
+        out.append(SPARKS[level])
+    return "".join(out)
+
+
+def bar(value: float | None, total: float | None, width: int = 16) -> str:
+    """A text bar of value/total with its percentage; '-' when either is unknown."""
+    if value is None or not total:
+        return "-"
+    frac = max(0.0, min(1.0, value / total))
+    filled = round(frac * width)
+    return f"{'█' * filled}{'░' * (width - filled)} {frac * 100:3.0f}%"
+
+
+def _memory(g: dict[str, Any]) -> str:
+    used, total = g["memory_used"], g["memory_total"]
+    if used is None or not total:
+        return "-" if not total else f"? / {total / GIB:.0f} GiB"
+    return f"{bar(used, total)} {used / GIB:.1f}/{total / GIB:.0f} GiB"
+
+
+def _gpu_at(point: dict[str, Any], i: int, key: str) -> Any:
+    gpus = point.get("gpus") or []
+    return gpus[i].get(key) if i < len(gpus) else None
+
+
+def _fraction(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _owner(g: dict[str, Any]) -> str:
+    text = ",".join(g["workers"]) or "-"
+    return f"{text} / {g['lease'].split('/')[-1][:12]}" if g["lease"] else text
+
+
+def _gpus(w: dict[str, Any]) -> str:
+    mode = w.get("gpu_mode") or ""
+    return f"{mode} {','.join(str(i) for i in w['gpus'])}".strip() if w["gpus"] else mode
+
+
+def _state(state: str) -> str:
+    return {"online": "[green]online[/]", "lost": "[red]lost[/]"}.get(state, state)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return (
+        "-" if value is None else f"{value:.0f}{unit}" if abs(value) >= 10 else f"{value:.1f}{unit}"
+    )

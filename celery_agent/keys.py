@@ -1,0 +1,85 @@
+"""Every Redis key name the agent uses, in one place (``{p}`` is the prefix, ``ca`` by default).
+
+Runs:
+
+- ``{p}:run:{id}`` hash: the run record; ``{p}:runs`` sorted set of run ids by submit time
+- ``{p}:run:{id}:log`` stream of line chunks; ``{p}:run:{id}:claim`` the worker running it (TTL)
+- ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
+
+Workers and GPUs:
+
+- ``{p}:worker:{name}`` hash with a TTL of ~3 heartbeats: the worker's latest heartbeat
+- ``{p}:worker:{name}:hw`` capped stream of hardware snapshots (history for plots)
+- ``{p}:worker:{name}:runs`` set of run ids the worker's pool is running now (pipeline adds/removes)
+- ``{p}:workers`` sorted set: every worker seen, scored by its last heartbeat time
+- ``{p}:workers:gone`` hash: worker name -> JSON {"state": "stopped"|"lost", "at": time}
+- ``{p}:gpu:{host}:{uuid}`` a dynamic GPU lease: value ``{worker}/{run id}``, with a TTL
+- ``{p}:sweep:lock`` short lock so two beats never sweep at once
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "ca"
+
+    def join(self, *parts: str) -> str:
+        """A prefixed key: join('run', id) -> 'ca:run:<id>'."""
+        return ":".join((self.prefix, *parts))
+
+    def run(self, run_id: str) -> str:
+        """The run record hash."""
+        return self.join("run", run_id)
+
+    def runs(self) -> str:
+        """Sorted set of run ids by submit time."""
+        return self.join("runs")
+
+    def log(self, run_id: str) -> str:
+        """The run's log stream."""
+        return self.join("run", run_id, "log")
+
+    def claim(self, run_id: str) -> str:
+        """The run's claim (the worker running it)."""
+        return self.join("run", run_id, "claim")
+
+    def abort(self, run_id: str) -> str:
+        """The run's cancel flag."""
+        return self.join("run", run_id, "abort")
+
+    def abort_channel(self) -> str:
+        """Pub/sub channel announcing cancel requests."""
+        return self.join("abort")
+
+    def worker(self, name: str) -> str:
+        """The worker's heartbeat hash."""
+        return self.join("worker", name)
+
+    def worker_history(self, name: str) -> str:
+        """The worker's capped stream of hardware snapshots."""
+        return self.join("worker", name, "hw")
+
+    def worker_runs(self, name: str) -> str:
+        """Set of run ids the worker runs now."""
+        return self.join("worker", name, "runs")
+
+    def workers(self) -> str:
+        """Sorted set of known workers by last heartbeat."""
+        return self.join("workers")
+
+    def workers_gone(self) -> str:
+        """Hash of workers that stopped or were lost."""
+        return self.join("workers", "gone")
+
+    def gpu_lease(self, host: str, uuid: str) -> str:
+        """A dynamic lease on one GPU of one machine."""
+        return self.join("gpu", host, uuid)
+
+    def sweep_lock(self) -> str:
+        """The cluster sweep's lock."""
+        return self.join("sweep", "lock")

@@ -1,0 +1,173 @@
+"""Worker bootsteps: the GPU options (--gpus, --dynamic, --cpu-only) and the heartbeat thread.
+
+The heartbeat runs in the worker's main process, on its own daemon thread, so it keeps flowing
+while every pool slot runs a long job. Each beat writes the worker's record (name, host, pid, start
+time, queues, GPU mode and GPUs, current runs, dynamic GPU leases) and a machine snapshot to Redis
+(see :mod:`.workers`). On a warm shutdown the worker is marked stopped; a worker that dies simply
+stops beating and the sweep marks it lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import click
+from celery import Celery, bootsteps
+
+from .gpus import WORKER_GPUS_ENV, WorkerGpus
+from .monitoring import Monitor
+from .workers import WorkerRegistry
+
+logger = logging.getLogger(__name__)
+
+OPTIONS = [
+    click.Option(["--gpus"], default=None, help="GPUs this worker owns: 0 | 0,1 | 0-3 | all"),
+    click.Option(["--dynamic"], is_flag=True, default=False, help="lease --gpus to runs by need"),
+    click.Option(["--cpu-only"], is_flag=True, default=False, help="runs see no GPU"),
+]
+
+
+def install(app: Celery) -> None:
+    """Add the worker options and the agent's bootstep to ``app``."""
+    for option in OPTIONS:
+        app.user_options["worker"].add(option)
+    app.steps["worker"].add(AgentStep)
+
+
+class Heartbeat:
+    """Writes the worker's record every ``interval`` seconds from a daemon thread."""
+
+    def __init__(self, registry: WorkerRegistry, record: dict[str, Any], interval: float,
+                 history: int, leases: Any = None) -> None:  # fmt: skip
+        self.registry, self.record, self.interval, self.history = (
+            registry,
+            record,
+            interval,
+            history,
+        )
+        self.leases = leases
+        self.monitor = Monitor()
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ca-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """Beat now, then every interval."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and record a clean shutdown."""
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+        try:
+            self.registry.stopped(self.record["name"], self.record.get("hostname"))
+        except Exception as err:
+            logger.warning("could not record the worker's shutdown: %s", err)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except Exception as err:  # Redis down: keep trying, the record's TTL tells the rest
+                logger.warning("heartbeat failed: %s", err)
+            if self._stop.wait(self.interval):
+                return
+
+    def beat(self) -> dict[str, Any]:
+        """Write one heartbeat; returns the record written."""
+        name = self.record["name"]
+        record = self.record | {
+            "at": time.time(),
+            "runs": self.registry.current_runs(name),
+            "snapshot": self.monitor.snapshot(),
+        }
+        if self.leases is not None:
+            record["leases"] = self.leases.holders([g["uuid"] for g in self.record["gpus"]])
+        self.registry.beat(name, record, ttl=3 * self.interval, history=self.history)
+        self.beats += 1
+        return record
+
+
+class AgentStep(bootsteps.StartStopStep):
+    """Parses the GPU options before the pool starts; runs the heartbeat while the worker runs."""
+
+    label = "celery-agent"
+    requires = ("celery.worker.components:Pool",)  # start beating once the pool has forked
+
+    def __init__(self, parent: Any, gpus: str | None = None, dynamic: bool = False,
+                 cpu_only: bool = False, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(parent, **kwargs)
+        self.gpus = WorkerGpus.from_options(gpus, dynamic, cpu_only)
+        os.environ[WORKER_GPUS_ENV] = self.gpus.to_json()  # the pool children read it
+        self.heartbeat: Heartbeat | None = None
+        logger.info("GPUs: %s", self.gpus.describe())
+
+    def create(self, parent: Any) -> AgentStep:
+        """Make the worker also consume the sweep queue (beat sends the cluster sweep there)."""
+        from .app import get_settings
+
+        parent.app.amqp.queues.select_add(get_settings().sweep_queue)
+        return self
+
+    def start(self, parent: Any) -> None:
+        """Start heartbeats."""
+        from .app import get_settings, get_store
+
+        settings, store = get_settings(), get_store()
+        record = worker_record(parent, self.gpus)
+        leases = _leases(store) if self.gpus.mode == "dynamic" else None
+        registry = WorkerRegistry(store.r, store.keys)
+        self.heartbeat = Heartbeat(registry, record, settings.heartbeat_interval,
+                                   settings.heartbeat_history, leases)  # fmt: skip
+        self.heartbeat.start()
+        threading.Thread(target=_reap_containers, args=(parent.hostname,), daemon=True).start()
+
+    def stop(self, parent: Any) -> None:
+        """Stop heartbeats and mark the worker stopped."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
+
+
+def _reap_containers(worker: str) -> None:
+    """Remove containers a crashed predecessor of this worker left (in the background: a remote
+    engine that does not answer must not hold up the start)."""
+    try:
+        from .executors.docker_engine import reap_stale_containers
+
+        reap_stale_containers(worker)
+    except Exception as err:  # no docker package, engine errors: nothing to reap
+        logger.debug("container reaping skipped: %s", err)
+
+
+def worker_record(parent: Any, gpus: WorkerGpus) -> dict[str, Any]:
+    """The static part of a worker's heartbeat."""
+    from .app import get_settings
+
+    sweep_queue = get_settings().sweep_queue
+    queues = [q for q in parent.app.amqp.queues.consume_from if q != sweep_queue]
+    return {
+        "name": parent.hostname,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_at": time.time(),
+        "queues": queues,
+        "concurrency": getattr(parent, "concurrency", None),
+        "gpu_mode": gpus.mode,
+        "gpus": [
+            {"index": d.index, "uuid": d.uuid, "name": d.name, "memory_total": d.memory_total}
+            for d in gpus.devices
+        ],  # fmt: skip
+        "interval": get_settings().heartbeat_interval,
+    }
+
+
+def _leases(store: Any) -> Any:
+    from .leases import GpuLeases
+
+    return GpuLeases(store.r, store.keys, socket.gethostname())

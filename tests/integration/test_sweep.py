@@ -1,0 +1,68 @@
+"""The cluster sweep: lost workers and their runs, idempotent, locked, and scheduled by celery beat."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from celery_agent import state
+from celery_agent.app import get_registry
+from celery_agent.sweep import sweep
+from celery_agent.workers import LOST, STOPPED
+
+pytestmark = pytest.mark.integration
+
+
+def dead_worker_with_a_run(store, ttl: float = 0.2) -> tuple[str, str]:
+    """A worker that beat once (record expiring after ``ttl``) while running a run it no longer claims."""
+    registry, name, run_id = get_registry(), f"dead-{uuid.uuid4().hex[:6]}@h", uuid.uuid4().hex
+    store.create_run(run_id, {"entry": "x.py"}, "q")
+    store.transition(run_id, state.RUNNING, worker=name)
+    registry.add_run(name, run_id)
+    registry.beat(name, {"name": name, "at": time.time(), "snapshot": {}}, ttl=ttl)
+    return name, run_id
+
+
+def test_sweep_marks_an_expired_worker_and_its_run_lost_once(store):
+    name, run_id = dead_worker_with_a_run(store)
+    time.sleep(0.3)
+    first = sweep(store, get_registry(), lock_ttl=0.05)
+    assert name in first["lost_workers"] and run_id in first["lost_runs"]
+    record = store.get(run_id)
+    assert record["state"] == state.LOST and name in record["error"]
+    time.sleep(0.1)
+    again = sweep(store, get_registry(), lock_ttl=0.05)
+    assert name not in again["lost_workers"] and run_id not in again["lost_runs"]
+    row = next(r for r in get_registry().overview() if r["name"] == name)
+    assert row["state"] == LOST and get_registry().current_runs(name) == []
+
+
+def test_a_second_sweep_within_the_lock_does_nothing(store):
+    sweep(store, get_registry(), lock_ttl=5)
+    assert sweep(store, get_registry(), lock_ttl=5) == {"skipped": True}
+    store.r.delete(store.keys.sweep_lock())
+
+
+def test_a_live_claim_or_a_clean_stop_is_not_lost(store):
+    registry = get_registry()
+    name, run_id = dead_worker_with_a_run(store, ttl=30)
+    store.claim(run_id, name, 30)
+    stopped = f"stopped-{uuid.uuid4().hex[:6]}@h"
+    registry.beat(stopped, {"name": stopped, "snapshot": {}}, ttl=30)
+    registry.stopped(stopped, "h")
+    result = sweep(store, registry, lock_ttl=0.01)
+    assert run_id not in result["lost_runs"] and stopped not in result["lost_workers"]
+    assert store.get(run_id)["state"] == state.RUNNING
+    assert next(r for r in registry.overview() if r["name"] == stopped)["state"] == STOPPED
+
+
+def test_beat_schedules_the_sweep_that_a_worker_runs(worker, make_beat, store):
+    name, run_id = dead_worker_with_a_run(store)
+    beat = make_beat(CELERY_AGENT_SWEEP_INTERVAL="1")
+    deadline = time.monotonic() + 30
+    while store.get(run_id)["state"] != state.LOST and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.get(run_id)["state"] == state.LOST, beat.log.read_text()[-2000:]
+    assert next(r for r in get_registry().overview() if r["name"] == name)["state"] == LOST
