@@ -3,6 +3,7 @@
 Runs:
 
 - ``{p}:run:{id}`` hash: the run record; ``{p}:runs`` sorted set of run ids by submit time
+- ``{p}:run:{id}:metrics`` stream of scalars the run reported (name, value, step)
 - ``{p}:run:{id}:log`` stream of line chunks; ``{p}:run:{id}:claim`` the worker running it (TTL)
 - ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
 
@@ -43,6 +44,10 @@ class Keys:
     def log(self, run_id: str) -> str:
         """The run's log stream."""
         return self.join("run", run_id, "log")
+
+    def metrics(self, run_id: str) -> str:
+        """The run's metrics stream: scalars the script reports (name, value, step)."""
+        return self.join("run", run_id, "metrics")
 
     def claim(self, run_id: str) -> str:
         """The run's claim (the worker running it)."""
