@@ -53,13 +53,14 @@ def start_redis(server: EmbeddedRedis, timeout: float = 15.0) -> None:
 class Worker:
     """A ``celery -A <app> worker`` process with its own home and log file."""
 
-    def __init__(self, app: str, queue: str, home: Path, url: str, concurrency: int = 2) -> None:
+    def __init__(self, app: str, queue: str, home: Path, url: str, concurrency: int = 2,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.app, self.queue, self.home = app, queue, home
         self.log = home / "worker.log"
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         self.env = dict(
             os.environ, CELERY_AGENT_REDIS_URL=url, CELERY_AGENT_HOME=str(home), PYTHONPATH=path
-        )
+        ) | (env or {})
         self.argv = [
             sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
             "-c", str(concurrency), "-n", f"{queue}@%h", "--loglevel", "INFO",
@@ -69,6 +70,10 @@ class Worker:
 
     def start(self, timeout: float = 60) -> Worker:
         """Start the worker and wait until it says it is ready."""
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> Worker:
+        """Start the worker process without waiting for it (see :meth:`wait_ready`)."""
         self.home.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as fh:
             self.proc = subprocess.Popen(
@@ -76,6 +81,11 @@ class Worker:
                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home,
                 preexec_fn=die_with_parent,
             )  # fmt: skip
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> Worker:
+        """Wait until the launched worker says it is ready; stop it and raise if it does not."""
+        assert self.proc is not None, "launch() the worker first"
         deadline = time.monotonic() + timeout
         while b" ready." not in self.log.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -108,6 +118,7 @@ class Cluster:
         self.root = root
         self.redis = EmbeddedRedis(root / "redis", port=free_port())
         self.workers: list[Worker] = []
+        self.servers: list[EmbeddedRedis] = []  #: extra redis-servers (see :meth:`extra_redis`)
         self.strays: set[int] = set()  #: pids that may outlive their parent (checked at close)
 
     @property
@@ -122,16 +133,32 @@ class Cluster:
 
     def worker(self, app: str, queue: str, concurrency: int = 2) -> Worker:
         """Start a worker of ``app`` serving ``queue``."""
-        home = self.root / f"home-{queue}"
-        worker = Worker(app, queue, home, self.url, concurrency)
-        self.workers.append(worker)
-        return worker.start()
+        return self.workers_together([(app, queue, {})], concurrency)[0]
+
+    def workers_together(
+        self, specs: list[tuple[str, str, dict[str, str]]], concurrency: int = 2
+    ) -> list[Worker]:
+        """Start one worker per (app, queue, extra environment) at once; wait for all of them."""
+        started = []
+        for app, queue, env in specs:
+            worker = Worker(app, queue, self.root / f"home-{queue}", self.url, concurrency, env)
+            self.workers.append(worker)
+            started.append(worker.launch())
+        return [worker.wait_ready() for worker in started]
+
+    def extra_redis(self, name: str) -> EmbeddedRedis:
+        """Start another redis-server (same configuration, own folder and port); closed with us."""
+        server = EmbeddedRedis(self.root / name, port=free_port())
+        self.servers.append(server)
+        start_redis(server)
+        return server
 
     def close(self) -> list[str]:
         """Stop workers and Redis; kill anything of ours still running. Returns what was killed."""
         for worker in self.workers:
             worker.stop()
-        self.redis.stop()
+        for server in [*self.servers, self.redis]:
+            server.stop()
         return kill_leftovers(self.strays)
 
 

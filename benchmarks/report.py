@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-Unit = Literal["ms", "s", "/s", "x"]
+Unit = Literal["ms", "s", "/s", "x", "%", "B", "n"]
 Compare = Literal["ratio", "diff", "none"]
 
 HEADER = ("benchmark", "measured", "baseline", "vs baseline", "target", "result")
@@ -52,7 +52,7 @@ def error_row(name: str, err: BaseException) -> Row:
 
 
 def show(value: float, unit: Unit) -> str:
-    """A value for people: seconds as ms or s, rates per second, plain ratios."""
+    """A value for people: seconds as ms or s, rates per second, ratios, percent, bytes, counts."""
     if value != value:  # NaN: the benchmark failed
         return "-"
     if unit == "ms":
@@ -61,7 +61,22 @@ def show(value: float, unit: Unit) -> str:
         return f"{value:.2f} s"
     if unit == "/s":
         return f"{value:.1f}/s"
+    if unit == "%":
+        return f"{value:.2f} %"
+    if unit == "B":
+        return _bytes(value)
+    if unit == "n":
+        return f"{value:,.0f}"
     return f"{value:.2f}x"
+
+
+def _bytes(value: float) -> str:
+    """A byte count as B, KiB, MiB or GiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def median(values: Sequence[float]) -> float:

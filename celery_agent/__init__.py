@@ -15,7 +15,7 @@ from typing import Any
 from .app import app
 from .spec import TaskSpec
 
-__all__ = ["app", "RunHandle", "TaskSpec", "get_run", "run_task", "submit", "submit_task"]
+__all__ = ["app", "RunHandle", "TaskSpec", "get_run", "report", "run_task", "submit", "submit_task"]
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -24,6 +24,7 @@ _LAZY = {
     "submit": "handle",
     "run_task": "tasks",
     "submit_task": "tasks",
+    "report": "metrics",
 }
 
 

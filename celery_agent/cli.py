@@ -201,7 +201,7 @@ def show(run_id: str, as_json: bool) -> int:
                 "error", "output_dir"):  # fmt: skip
         if record.get(key) not in (None, ""):
             table.add_row(key, str(record[key]))
-    for key in ("submitted_at", "preparing_at", "running_at", "finished_at"):
+    for key in ("submitted_at", "preparing_at", "running_at", f"{record.get('state')}_at"):
         if record.get(key):
             table.add_row(key, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record[key])))
     for key in ("timings", "params", "usage", "gpus"):
@@ -211,8 +211,19 @@ def show(run_id: str, as_json: bool) -> int:
         table.add_row("gpu memory", gpu_memory_line(record["usage"]))
     if record.get("freeze"):
         table.add_row("packages", f"{len(record['freeze'])} pinned (see --json)")
+    _metric_rows(table, record["run_id"])
     console.print(table)
     return EXIT_OK
+
+
+def _metric_rows(table: Table, run_id: str) -> None:
+    """The last value of each metric the run reported."""
+    from .app import get_store
+    from .metrics import last_values
+
+    for name, last in last_values(get_store(), run_id).items():
+        step = "" if last["step"] is None else f" (step {last['step']})"
+        table.add_row(f"metric {name}", f"{last['value']:.6g}{step}")
 
 
 def gpu_memory_line(usage: dict[str, Any]) -> str:
@@ -321,10 +332,13 @@ def config() -> int:
     return EXIT_OK
 
 
-def _register_status() -> None:
+def _register_commands() -> None:
+    from .cli_search import metrics, search
+    from .cli_services import flower, redis, services
     from .cli_status import status
 
-    cli.add_command(status)
+    for command in (status, search, metrics, services, flower, redis):
+        cli.add_command(command)
 
 
-_register_status()
+_register_commands()

@@ -10,6 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .gitcmd import redact
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 #: variables passed from the worker to every run when set
 PASS_THROUGH = (
@@ -23,6 +29,8 @@ PASS_PREFIXES = ("LC_", "NCCL_")
 #: thread-pool sizes set to the run's CPU share unless the spec sets them
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 CONCURRENCY_ENV = "CELERY_AGENT_CONCURRENCY"
+#: variables whose values may hold credentials (a Redis password in a URL): shown redacted
+SECRET_VARS = ("CELERY_AGENT_REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
 
 
 def cpu_share(environ: Mapping[str, str] | None = None) -> int:
@@ -74,3 +82,32 @@ def agent_vars(run_id: str, run_dir: Path, output_dir: Path, queue: str) -> dict
         "CELERY_AGENT_OUTPUT_DIR": str(output_dir),
         "CELERY_AGENT_QUEUE": queue,
     }
+
+
+def cluster_vars(settings: Settings | None = None) -> dict[str, str]:
+    """Broker and state-store settings, so a controller run can submit runs and wait for them.
+
+    Read from the worker's settings (environment, config file), not from its raw environment;
+    the broker and result backend only when set. For runs on the worker's host: a container
+    gets none of them (a loopback URL means nothing there, and it keeps the run's own env).
+    """
+    if settings is None:
+        from .app import get_settings  # the worker's settings; imported late (Celery app)
+
+        settings = get_settings()
+    out = {"CELERY_AGENT_REDIS_URL": settings.redis_url, "CELERY_AGENT_PREFIX": settings.prefix}
+    if settings.broker_url:
+        out["CELERY_BROKER_URL"] = settings.broker_url
+    if settings.result_backend:
+        out["CELERY_RESULT_BACKEND"] = settings.result_backend
+    return out
+
+
+def redacted(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` fit to show (logs, records): credentials removed from the values of SECRET_VARS."""
+    return {k: redact(v) if k in SECRET_VARS else v for k, v in env.items()}
+
+
+def secret_values(env: Mapping[str, str]) -> list[str]:
+    """The values of SECRET_VARS in ``env`` that hold credentials (to scrub from any text)."""
+    return [v for k, v in env.items() if k in SECRET_VARS and redact(v) != v]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -44,8 +45,11 @@ class LocalExecutor(Executor):
 
 
 def _interpreter(wanted: str | None) -> str:
-    """An absolute path is used as given (a venv's python must keep its venv path)."""
-    if wanted is not None and os.path.isabs(wanted):
+    """The worker's own interpreter by default (its venv, so a controller run can import the agent);
+    an absolute path is used as given (a venv's python must keep its venv path)."""
+    if wanted is None:
+        return sys.executable
+    if os.path.isabs(wanted):
         find_interpreter(wanted)  # raises when it does not run
         return wanted
     return find_interpreter(wanted).path

@@ -18,6 +18,10 @@ ROWS = (
     "log latency",
     "cancel",
     "throughput",
+    "heartbeat: worker main process CPU",
+    "fleet: heartbeats, Redis CPU",
+    "fleet: heartbeats + runs, Redis CPU",
+    "fleet: Redis memory per worker",
     "cold env",
 )
 

@@ -189,7 +189,8 @@ def test_local_runs_the_workers_interpreter_and_installs_nothing(
 ) -> None:
     lines: list[str] = []
     prepared = LocalExecutor(settings).prepare(spec(), tmp_path, lines.append)
-    assert prepared.python == find_interpreter(None).path
+    assert prepared.python == sys.executable, "the worker's own interpreter, venv included"
+    assert prepared.env.get("VIRTUAL_ENV") == sys.prefix
     assert (prepared.freeze, prepared.installer, prepared.cache_key) == ([], "none", None)
     assert any("local interpreter" in line for line in lines)
 

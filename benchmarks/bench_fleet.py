@@ -1,0 +1,107 @@
+"""Scale: 1,000 simulated workers (quick: 200) against one Redis of their own.
+
+The Redis is started like the benchmark's (and ``celery-agent up``'s): append-only file, fsync
+every second. :mod:`.fleet` first fills every worker's heartbeat and full hardware history (720
+snapshots) and gives each one a run in flight, then sends the fleet's writes at the real default
+rates for two windows (30 s each; quick: 4 s): heartbeats only, then heartbeats + runs. Redis CPU
+is the change of ``used_cpu_user + used_cpu_sys`` (INFO cpu) over a window, as % of one core,
+scaled to the planned load when the senders fell behind; memory is ``used_memory`` (INFO memory)
+and ``MEMORY USAGE`` of sample keys. Rows project the measured cost to 1,000 workers and say how
+many workers one Redis core carries at 50 % busy.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+
+import redis
+
+from .context import AGENT_QUEUE, Context
+from .fleet import LINE, Fleet, Load
+from .report import Row, median
+
+AT = 1000  #: the fleet size the target is stated for
+BUSY = 50.0  #: % of one core a Redis should stay under (headroom for bursts and the broker)
+
+
+def run(ctx: Context) -> list[Row]:
+    """Redis CPU and memory per simulated worker; workers per Redis core."""
+    load = Load(workers=ctx.n(1000, 200))
+    window = ctx.n(30, 4)
+    server = ctx.cluster.extra_redis("redis-fleet")
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        fleet = Fleet(server.url, load, ctx.workload.spec("train.py", AGENT_QUEUE).to_json())
+        memory = _memory_rows(client, fleet, load)
+        beats = _cpu_row(client, fleet, load, window, runs=False)
+        both = _cpu_row(client, fleet, load, window, runs=True)
+        runs = _run_rows(client, fleet)
+    finally:
+        server.stop()
+    return [*beats, *both, *memory, *runs]
+
+
+def _memory_rows(client: redis.Redis, fleet: Fleet, load: Load) -> list[Row]:
+    empty = _used_memory(client)
+    fleet.fill_history(load.history)
+    full = _used_memory(client)
+    fleet.start_runs()
+    per_worker = (full - empty) / load.workers
+    return [Row(f"fleet: Redis memory per worker (record + {load.history} snapshots)", per_worker,
+                None, "B", "none", "-", None)]  # fmt: skip
+
+
+def _cpu_row(client: redis.Redis, fleet: Fleet, load: Load, window: float, runs: bool) -> list[Row]:
+    """Redis CPU over one window of the fleet's writes, projected to ``AT`` workers."""
+    before, t0 = _cpu(client), time.monotonic()
+    sent = fleet.drive(window, runs)
+    busy, seconds = _cpu(client) - before, time.monotonic() - t0
+    achieved = sum(sent.values()) / load.planned(seconds, runs)
+    print(f"  fleet, {seconds:.0f}s: sent {_mix(sent)}", file=sys.stderr, flush=True)
+    per_worker = 100 * busy / seconds / (load.workers * min(1.0, achieved))
+    what = "heartbeats + runs" if runs else "heartbeats"
+    n = load.workers
+    head = f"fleet: {what}, Redis CPU at {AT:,} workers (measured {n:,})"
+    return [
+        Row(head, per_worker * AT, None, "%", "none", f"< {BUSY:g} % of a core",
+            per_worker * AT < BUSY if runs else None),
+        Row(f"  part: workers one Redis core carries at {BUSY:g} %, {what}", BUSY / per_worker,
+            None, "n", "none", "-", None),
+        Row(f"  part: {what}: round trips sent / planned", achieved, None, "x", "none", "-",
+            None),
+    ]  # fmt: skip
+
+
+def _run_rows(client: redis.Redis, fleet: Fleet, sample: int = 20) -> list[Row]:
+    """Memory of a finished run record and of one log line (the run's log stream)."""
+    ended = fleet.finish_runs(sample)
+    store = fleet.store()
+    record = median([_usage(client, store.keys.run(run_id)) for run_id in ended])
+    log_key = store.keys.log("bench-log-size")
+    lines = [LINE.format(n=i) for i in range(fleet.load.lines_per_chunk)]
+    for _ in range(1000):
+        store.append_log("bench-log-size", lines)
+    per_line = _usage(client, log_key) / (1000 * fleet.load.lines_per_chunk)
+    return [
+        Row("  part: memory per finished run record", record, None, "B", "none", "-", None),
+        Row("  part: memory per log line (3-line chunks)", per_line, None, "B", "none", "-", None),
+    ]
+
+
+def _mix(sent: Counter[str]) -> str:
+    return ", ".join(f"{kind} {count:,}" for kind, count in sorted(sent.items()))
+
+
+def _cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _used_memory(client: redis.Redis) -> float:
+    return float(client.info("memory")["used_memory"])
+
+
+def _usage(client: redis.Redis, key: str) -> float:
+    return float(client.memory_usage(key, samples=0) or 0)

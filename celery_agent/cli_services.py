@@ -1,0 +1,67 @@
+"""Commands for running the cluster's processes: `services`, `flower` and `redis`.
+
+Each one execs (or becomes) the process a Procfile, docker-compose or Kubernetes starts, so
+signals reach it directly; see ``Procfile`` and ``deploy/``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .services import SERVICES_CONCURRENCY, SERVICES_NAME, SERVICES_QUEUE, services_argv
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--queues", "-Q", default=SERVICES_QUEUE, show_default=True, help="queues to serve")
+@click.option("--concurrency", "-c", default=SERVICES_CONCURRENCY, show_default=True,
+              help="runs at once (threads)")  # fmt: skip
+@click.option("--name", "-n", default=SERVICES_NAME, show_default=True, help="worker name")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def services(queues: str, concurrency: int, name: str, celery_args: tuple[str, ...]) -> int:
+    """Run a services worker: many light controller runs at once (thread pool, no GPU).
+
+    Extra arguments go to `celery worker` (e.g. --loglevel INFO).
+    """
+    argv = services_argv(queues, concurrency, name, celery_args)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_args: tuple[str, ...]) -> int:
+    """Run Flower with the celery-agent hardware page (/celery-agent/hardware).
+
+    Arguments go to Flower (e.g. --port=5555 --basic-auth=user:pass).
+    """
+    from celery.bin.celery import celery
+
+    from .flower import install_handlers
+
+    install_handlers()
+    args = ["-A", "celery_agent", "flower", *flower_args]
+    result = celery.main(args=args, prog_name="celery", auto_envvar_prefix="CELERY",
+                         standalone_mode=False)  # fmt: skip
+    return int(result or 0)
+
+
+@click.command()
+@click.option("--port", default=6379, show_default=True, help="TCP port")
+@click.option("--bind", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--dir", "data_dir", default=None, help="data folder [CELERY_AGENT_HOME/redis]")
+def redis(port: int, bind: str, data_dir: str | None) -> int:
+    """Run the embedded Redis in the foreground (append-only file, log on stdout)."""
+    from .app import get_settings
+    from .embedded import EmbeddedRedis
+
+    folder = Path(data_dir) if data_dir else get_settings().home / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = EmbeddedRedis(folder, port=port, host=bind).argv()
+    argv[argv.index("--logfile") + 1] = ""  # "" = stdout
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+    return 0  # not reached

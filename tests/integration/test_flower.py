@@ -1,0 +1,179 @@
+"""Flower with the hardware page: a real Flower process, a live worker, a headless Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from celery_agent import RunHandle, TaskSpec, submit, submit_task
+from celery_agent.embedded import free_port
+from celery_agent.flower import args_repr, display_name
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--hide-scrollbars"]  # fmt: skip
+START_FLOWER = (
+    "import sys; from celery_agent.cli_services import flower; "
+    "sys.exit(flower.main(args=sys.argv[1:], standalone_mode=False))"
+)
+
+
+def _get(url: str, timeout: float = 5) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return bytes(resp.read())
+
+
+@pytest.fixture()
+def flower_url(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """`celery-agent flower` on a free port, API open (FLOWER_UNAUTHENTICATED_API)."""
+    port = free_port()
+    env = dict(os.environ, CELERY_AGENT_REDIS_URL=redis_url, FLOWER_UNAUTHENTICATED_API="true")
+    log = (tmp_path / "flower.log").open("wb")
+    argv = [sys.executable, "-c", START_FLOWER, f"--port={port}", "--address=127.0.0.1"]
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, tmp_path / "flower.log")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if _get(url + "/healthcheck", 1) == b"OK":
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"flower did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def chromium(tmp_path: Path, *args: str, timeout: float = 60) -> str:
+    """Run headless Chromium once (own profile, own process group); returns its stdout."""
+    assert CHROMIUM, "chromium is not installed"
+    profile = tmp_path / f"profile-{time.monotonic_ns()}"
+    argv = [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # zygote and renderer processes, if any are left
+        proc.wait()
+    return out.decode(errors="replace")
+
+
+def test_hardware_api_lists_the_live_worker_with_its_history(flower_url, worker):
+    deadline = time.monotonic() + 20
+    while True:
+        data = json.loads(_get(flower_url + "/celery-agent/api/hardware"))
+        rows = {w["name"]: w for w in data["workers"]}
+        row = rows.get(f"{worker.name}@{os.uname().nodename}") or next(
+            (w for n, w in rows.items() if n.startswith(worker.name + "@")), None
+        )
+        if row and len(row["history"]) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert row is not None and row["state"] == "online"
+    assert worker.queues in row["queues"]
+    assert len(row["history"]) >= 2 and row["history"][-1]["cpu"] is not None
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_hardware_page_renders_the_worker_and_its_run_in_chromium(
+    flower_url, make_worker, make_repo, tmp_path
+):
+    worker = make_worker(f"fl-{uuid.uuid4().hex[:6]}", concurrency=1)
+    repo = make_repo({"nap.py": "import time\nprint('napping', flush=True)\ntime.sleep(60)\n"})
+    spec = TaskSpec(repo=str(repo), entry="nap.py", executor="local", queue=worker.queues,
+                    name="long-nap")  # fmt: skip
+    run = submit(spec)
+    try:
+        _wait_state(run, "running")
+        _wait_listed(flower_url, run.id)  # the next heartbeat carries it
+        page = flower_url + "/celery-agent/hardware"
+        dom = chromium(tmp_path, "--dump-dom", page)
+        _screenshot(tmp_path, page)
+    finally:
+        run.cancel()
+        run.wait(30)
+    assert worker.name in dom and "long-nap" in dom and run.id[:12] in dom
+    assert "<svg" in dom or "waiting for heartbeats" in dom
+
+
+def _screenshot(tmp_path: Path, page: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "flower-hardware.png"
+    shot.unlink(missing_ok=True)
+    chromium(tmp_path, "--window-size=1280,900", f"--screenshot={shot}", page)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+
+
+def _wait_listed(url: str, run_id: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        data = json.loads(_get(url + "/celery-agent/api/hardware"))
+        if any(r["id"] == run_id for w in data["workers"] for r in w["current"]):
+            return
+        assert time.monotonic() < deadline, f"run {run_id} never showed on the hardware page"
+        time.sleep(0.5)
+
+
+def _wait_state(run: RunHandle, wanted: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while run.state != wanted:
+        assert time.monotonic() < deadline, f"run {run.id} is {run.state}, not {wanted}"
+        time.sleep(0.2)
+
+
+def test_flower_lists_a_run_by_its_display_name_without_secrets(flower_url, make_worker, make_repo):
+    worker = make_worker(f"fl-{uuid.uuid4().hex[:6]}", concurrency=1)
+    repo = make_repo({"hello.py": "print('hello from a run')\n"})
+    spec = TaskSpec(repo=str(repo), entry="hello.py", executor="local", queue=worker.queues,
+                    name="greeting", env={"API_TOKEN": "tok-s3cret"}, params={"n": 3})  # fmt: skip
+    result = submit_task.apply_async([spec], shadow=display_name(spec), argsrepr=args_repr(spec))
+    assert result.get(timeout=60)["status"] == "succeeded"
+    task = _flower_task(flower_url, result.id)
+    assert task["name"] == f"run: greeting [{worker.queues}]"
+    assert "hello.py" in task["args"] and "'n': 3" in task["args"]
+    assert "tok-s3cret" not in json.dumps(task)
+
+
+def _flower_task(url: str, task_id: str) -> dict[str, object]:
+    deadline = time.monotonic() + 30
+    while True:
+        tasks = json.loads(_get(url + "/api/tasks"))
+        task = tasks.get(task_id)
+        if task and task.get("state") == "SUCCESS" or time.monotonic() > deadline:
+            assert task, f"flower never saw task {task_id}"
+            return dict(task)
+        time.sleep(0.5)

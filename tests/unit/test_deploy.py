@@ -1,0 +1,86 @@
+"""The Procfile, docker-compose and Kubernetes files start the same processes the same way."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+DEFAULTED = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
+#: the processes every deployment runs (Redis differs: the official image outside the Procfile)
+SHARED = ("gpu0", "services", "beat", "flower")
+K8S = {"gpu0": "celery-agent-gpu-worker", "services": "celery-agent-services",
+       "beat": "celery-agent-beat", "flower": "celery-agent-flower"}  # fmt: skip
+
+
+def procfile() -> dict[str, str]:
+    """name -> command of each Procfile line."""
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    entries = [line.split(":", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {name.strip(): command.strip() for name, command in entries}
+
+
+def fixed(argv: str | list[str]) -> list[str]:
+    """A command's words with ``${VAR:-default}`` taken as its default, leaving out the words
+    that depend on where it runs (a file path, $(VAR))."""
+    words = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    words = [DEFAULTED.sub(r"\1", w) for w in words]
+    return [w for w in words if "$" not in w and "/celerybeat-schedule" not in w]
+
+
+def k8s_docs() -> dict[str, dict[str, Any]]:
+    docs = [
+        d
+        for f in sorted((DEPLOY / "k8s").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+    ]
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
+
+
+def test_procfile_runs_redis_workers_services_beat_and_flower():
+    procs = procfile()
+    assert set(procs) >= {"redis", "gpu0", "gpu1", "services", "beat", "flower"}
+    assert procs["redis"].startswith("celery-agent redis")
+    assert "--gpus 0" in procs["gpu0"] and "--gpus 1" in procs["gpu1"]
+
+
+def test_compose_services_start_the_procfile_commands():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    procs = procfile()
+    for name in (*SHARED, "gpu1"):
+        assert fixed(compose[name]["command"]) == fixed(procs[name]), name
+        assert compose[name]["environment"]["CELERY_AGENT_REDIS_URL"] == "redis://redis:6379/0"
+    devices = compose["gpu1"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["device_ids"] == ["1"] and devices[0]["driver"] == "nvidia"
+
+
+def test_k8s_pods_start_the_procfile_commands():
+    docs, procs = k8s_docs(), procfile()
+    for proc, name in K8S.items():
+        (container,) = docs[f"Deployment/{name}"]["spec"]["template"]["spec"]["containers"]
+        assert fixed(container["command"]) == fixed(procs[proc]), name
+        assert container["envFrom"] == [{"configMapRef": {"name": "celery-agent"}}]
+
+
+def test_k8s_gpu_worker_gets_one_gpu_and_beat_one_replica():
+    docs = k8s_docs()
+    worker = docs["Deployment/celery-agent-gpu-worker"]["spec"]["template"]["spec"]
+    assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    beat = docs["Deployment/celery-agent-beat"]["spec"]
+    assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"
+    url = docs["ConfigMap/celery-agent"]["data"]["CELERY_AGENT_REDIS_URL"]
+    assert url.startswith("redis://celery-agent-redis:") and "Service/celery-agent-redis" in docs
+
+
+def test_honcho_accepts_the_procfile():
+    done = subprocess.run([sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "check"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "redis, gpu0, gpu1, services, beat, flower" in done.stderr

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from celery_agent.flower import (
+    HARDWARE_API_PATH,
+    HARDWARE_PATH,
+    MAX_REPR,
+    args_repr,
+    display_name,
+    install_handlers,
+)
+from celery_agent.flowerui.page import history_chart, render_page
+from celery_agent.spec import TaskSpec
+
+SPEC = TaskSpec(
+    repo="https://user:tok-123@example.com/me/exp.git",
+    commit="0123456789abcdef0123",
+    entry="train.py",
+    params={"lr": 0.1},
+    env={"WANDB_API_KEY": "key-456"},
+    diff="--- a/x\n+++ b/x\n+secret-line\n",
+    queue="gpu0",
+)
+
+
+def test_display_name_shows_name_or_entry_and_queue():
+    assert display_name(SPEC) == "run: train.py [gpu0]"
+    assert display_name(SPEC.model_copy(update={"name": "baseline"})) == "run: baseline [gpu0]"
+
+
+def test_args_repr_is_short_and_holds_no_secret():
+    text = args_repr(SPEC)
+    assert "'0123456789ab'" in text and "train.py" in text and "'lr': 0.1" in text
+    assert "+diff" in text
+    for secret in ("tok-123", "key-456", "secret-line", "0123456789abc"):
+        assert secret not in text
+    many = SPEC.model_copy(update={"params": {f"p{i}": i for i in range(100)}})
+    assert len(args_repr(many)) == MAX_REPR and args_repr(many).endswith("…")
+
+
+def test_install_handlers_goes_before_the_catch_all_once():
+    catch_all = (r".*", object)
+    handlers: list = [(r"/", object), catch_all]
+    assert install_handlers(handlers) is True
+    assert [h[0] for h in handlers[1:3]] == [HARDWARE_PATH, HARDWARE_API_PATH]
+    assert handlers[-1] is catch_all
+    assert install_handlers(handlers) is False and len(handlers) == 4
+
+
+def _worker(**kw):
+    row = {"name": "gpu0@<host>", "host": "h", "state": "online", "queues": ["gpu0"],
+           "gpu_mode": "static", "gpus": [0], "cpu_percent": 12.0, "memory_percent": 40.0,
+           "current": [{"id": "abcdef1234567890", "name": "<b>x</b>", "state": "running"}],
+           "history": [{"cpu": 10, "mem": 20, "gpus": [{"uuid": "GPU-1", "util": 50}]},
+                       {"cpu": 90, "mem": 30, "gpus": [{"uuid": "GPU-1", "util": None}]}]}  # fmt: skip
+    return row | kw
+
+
+def test_page_escapes_names_and_draws_one_line_per_series():
+    gpu = {"host": "h", "index": 0, "uuid": "GPU-1", "name": "H200", "util": 50,
+           "memory_used": 2**30, "memory_total": 2**34, "temperature": 40, "power_w": 100,
+           "workers": ["gpu0@<host>"]}  # fmt: skip
+    html = render_page({"at": 0, "workers": [_worker()], "gpus": [gpu]}, "flower")
+    assert "gpu0@&lt;host&gt;" in html and "<b>x</b>" not in html and "&lt;b&gt;x" in html
+    assert html.count("<polyline") == 3 and "href='/flower/tasks'" in html
+    assert "1.0/16 GiB" in html and "<script" not in html
+
+
+def test_chart_waits_for_two_points():
+    assert "<svg" not in history_chart(_worker(history=[{"cpu": 1}]))
