@@ -10,7 +10,8 @@ from typing import Any
 from .settings import Settings
 
 #: seconds a message may stay unacknowledged before Redis hands it to another worker. Long runs
-#: outlive it; the run's claim key in Redis drops such a redelivery, so it is never run twice.
+#: outlive it; the run's claim key in Redis drops such a redelivery (and one of a run that ended),
+#: so it is never run twice. Runs of a dead worker come back through the sweep, not this.
 VISIBILITY_TIMEOUT = 6 * 3600
 SWEEP_TASK = "celery_agent.sweep"
 

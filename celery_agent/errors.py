@@ -83,7 +83,13 @@ class GpuUnavailable(AgentError):
 
 
 class StageTimeout(AgentError):
-    """A stage (source, env, run) took longer than its timeout."""
+    """A stage (source, env, run) took longer than its timeout (``stage`` names it when known)."""
+
+
+class RunLost(AgentError):
+    """The run's runner died (worker or pool process lost) and no attempt is left."""
+
+    stage = "run"
 
 
 class Cancelled(AgentError):
@@ -104,4 +110,5 @@ ALL_ERRORS: tuple[type[AgentError], ...] = (
     GpuUnavailable,
     StageTimeout,
     Cancelled,
+    RunLost,
 )

@@ -4,13 +4,14 @@ Runs:
 
 - ``{p}:run:{id}`` hash: the run record; ``{p}:runs`` sorted set of run ids by submit time
 - ``{p}:run:{id}:metrics`` stream of scalars the run reported (name, value, step)
-- ``{p}:run:{id}:log`` stream of line chunks; ``{p}:run:{id}:claim`` the worker running it (TTL)
+- ``{p}:run:{id}:log`` stream of line chunks; ``{p}:run:{id}:claim`` who runs it (TTL): ``worker|host|pid``
 - ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
 
 Workers and GPUs:
 
 - ``{p}:worker:{name}`` hash with a TTL of ~3 heartbeats: the worker's latest heartbeat
 - ``{p}:worker:{name}:hw`` capped stream of hardware snapshots (history for plots)
+- ``{p}:worker:{name}:drain`` set when the worker's drain grace ran out: its runs stop and requeue
 - ``{p}:worker:{name}:runs`` set of run ids the worker's pool is running now (pipeline adds/removes)
 - ``{p}:workers`` sorted set: every worker seen, scored by its last heartbeat time
 - ``{p}:workers:gone`` hash: worker name -> JSON {"state": "stopped"|"lost", "at": time}
@@ -72,6 +73,10 @@ class Keys:
     def worker_runs(self, name: str) -> str:
         """Set of run ids the worker runs now."""
         return self.join("worker", name, "runs")
+
+    def worker_drain(self, name: str) -> str:
+        """Flag telling a draining worker's runs to stop and go back to their queue."""
+        return self.join("worker", name, "drain")
 
     def workers(self) -> str:
         """Sorted set of known workers by last heartbeat."""

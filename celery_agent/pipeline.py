@@ -2,71 +2,52 @@
 
 Plain code with no Celery in it: the Celery task hands it a run id and a spec and gets back a JSON
 summary. Every failure ends as an outcome (status + error), never as an exception, except a
-duplicate delivery of a run another worker holds, which raises :class:`DuplicateRun`.
+duplicate delivery of a run another worker holds or that already ended (:class:`DuplicateRun`) and
+a run that went back to its queue (:class:`Requeued`: its worker drained, or it took over a run
+whose runner died with attempts left).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import attempts, metrics, runenv, state
 from . import leases as leases_mod
 from . import params as params_mod
-from . import runenv, state
-from .errors import AgentError, Cancelled, RunError, SpecError, StageTimeout
+from .attempts import DuplicateRun
+from .context import WorkerContext
+from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout
 from .executors import get_executor
 from .executors.base import ExecutorSettings, PreparedEnv, RunRequest
-from .gpus import DYNAMIC, WorkerGpus, gpu_ids, pin_env
+from .gpus import gpu_ids, pin_env
 from .monitoring.gpu import GpuDevice
 from .monitoring.sampler import RunGpuSampler
 from .runner import ProcessOutcome
-from .settings import Settings
-from .source import Checkout, SourceCache
+from .source import Checkout
 from .spec import TaskSpec, quote_argv
-from .state import RunStore
-from .workers import WorkerRegistry
+from .stages import StageClock, entry_head, record_end, stage_hint, stage_timeout
+from .stopwatch import CHECK_EVERY, StopWatch
 
 logger = logging.getLogger(__name__)
 TAG = "[celery-agent]"
 
 
-class DuplicateRun(Exception):
-    """The run is already claimed by a live worker: this delivery must be dropped."""
+__all__ = ["DuplicateRun", "Job", "Requeued", "WorkerContext", "entry_head", "execute"]
 
 
-@dataclass
-class WorkerContext:
-    """What a worker process needs to run jobs: settings, state store, caches, its name."""
+class Requeued(Exception):
+    """The run went back to its queue (and was sent again): this delivery ends without a result."""
 
-    settings: Settings
-    store: RunStore
-    worker: str
 
-    def __post_init__(self) -> None:
-        self.sources = SourceCache(self.settings.git_cache)
-        self.registry = WorkerRegistry(self.store.r, self.store.keys)
-        self.gpus = WorkerGpus.from_env()  # published by the worker's main process
-        self.leases = (
-            leases_mod.GpuLeases(self.store.r, self.store.keys, socket.gethostname())
-            if self.gpus.mode == DYNAMIC
-            else None
-        )
-        self.executor_settings = ExecutorSettings(
-            cache_root=self.settings.env_cache,
-            installer=self.settings.installer,
-            max_envs=self.settings.max_envs,
-            max_env_bytes=int(self.settings.max_env_gb * 2**30)
-            if self.settings.max_env_gb
-            else None,
-            failure_ttl=self.settings.env_failure_ttl,
-            build_timeout=self.settings.env_build_timeout,
-        )
+class Drained(Exception):
+    """The worker drains: the run stops and goes back to its queue."""
 
 
 def execute(run_id: str, raw_spec: Any, ctx: WorkerContext) -> dict[str, Any]:
@@ -83,11 +64,13 @@ class Job:
         self.output_dir = self.run_dir / "output"
         self.log_file = self.run_dir / "log.txt"
         self.started = time.time()
-        self.deadline: float | None = None
+        self.clock = StageClock()
         self.checkout: Checkout | None = None
         self.want: list[GpuDevice] | int = []
         self.gpu_usage: dict[str, Any] = {}
         self.summary: dict[str, Any] = {"run_id": run_id, "worker": ctx.worker, "timings": {}}
+        self.token = attempts.holder_token(ctx.worker)
+        self.stops = StopWatch(ctx.store, run_id, ctx.worker, ctx.settings.abort_poll)
 
     # -- the algorithm --------------------------------------------------------------------------
     def run(self, raw_spec: Any) -> dict[str, Any]:
@@ -96,23 +79,32 @@ class Job:
             spec = TaskSpec.parse(raw_spec)
         except SpecError as err:
             return self.finish(state.FAILED, error=err)
-        if self.store.is_aborted(self.run_id):
+        if self.store.is_aborted(self.run_id) and not self._started_before():
             return self.finish(state.ABORTED, error=Cancelled("cancelled before it started"))
-        holder = self.store.claim(self.run_id, self.ctx.worker, self.ctx.settings.claim_ttl)
-        if holder is not None:
-            raise DuplicateRun(f"run {self.run_id} is already held by {holder}")
+        attempts.admit(self.store, self.run_id, self.token, self.ctx.settings.claim_ttl)
         self.ctx.registry.add_run(self.ctx.worker, self.run_id)
         try:
-            with state.ClaimKeeper(
-                self.store, self.run_id, self.ctx.worker, self.ctx.settings.claim_ttl
+            with (
+                state.ClaimKeeper(self.store, self.run_id, self.token, self.ctx.settings.claim_ttl),
+                self.stops,
             ):
-                return self._claimed(spec)
-        finally:
+                summary = self._claimed(spec)
+        except Exception:
             self.ctx.registry.remove_run(self.ctx.worker, self.run_id)
+            raise
+        # (a BaseException - the pool process told to exit, e.g. revoke(terminate=True) - leaves
+        # the run listed and its claim to expire: the sweep then ends or requeues it)
+        self.ctx.registry.remove_run(self.ctx.worker, self.run_id)
+        if summary["status"] == state.QUEUED:  # sent again only now that the claim is free
+            self.ctx.resend(self.run_id, spec.to_json(), spec.queue)
+            raise Requeued(f"run {self.run_id} went back to queue {spec.queue}")
+        return summary
 
     def _claimed(self, spec: TaskSpec) -> dict[str, Any]:
-        self.deadline = self.started + spec.timeout if spec.timeout else None
+        self.clock = StageClock.for_spec(spec, self.started)
         try:
+            if self.store.is_aborted(self.run_id):
+                raise Cancelled("cancelled before it started")
             self.begin(spec)
             self.checkout = self.materialize(spec)
             prepared = self.prepare(spec, self.checkout)
@@ -122,8 +114,14 @@ class Job:
             return self.finish(state.TIMED_OUT, error=err)
         except Cancelled as err:
             return self.finish(state.ABORTED, error=err)
+        except RunLost as err:
+            return self.finish(state.LOST, error=err)
+        except Drained:
+            return self.requeue(f"worker {self.ctx.worker} drained")
         except AgentError as err:
             return self.finish(state.FAILED, error=err)
+        except DuplicateRun:  # it ended (or was cancelled) between the claim and the start
+            raise
         except Exception as err:  # a bug must not take the worker down or leave the run hanging
             logger.exception("run %s failed inside the agent", self.run_id)
             return self.finish(state.FAILED, error=AgentError(f"internal error: {err!r}"))
@@ -134,7 +132,15 @@ class Job:
     def begin(self, spec: TaskSpec) -> None:
         """Record that the run started here, and make its folders."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        attempt = int(self.store.get(self.run_id).get("attempt") or 0) + 1
+        record = self.store.get(self.run_id)
+        if record.get("state") in state.ACTIVE:  # its last runner died
+            attempts.kill_leftovers(self.run_id)
+        lost = attempts.count_lost(self.store, self.run_id, record)
+        if lost >= spec.max_attempts:
+            raise RunLost(f"its runner died {lost} time(s); max_attempts is {spec.max_attempts}")
+        attempt = int(record.get("attempt") or 0) + 1
+        if attempt > 1:  # an earlier attempt here may have left its worktree
+            shutil.rmtree(self.run_dir / "src", ignore_errors=True)
         old = self.store.transition(
             self.run_id,
             state.PREPARING,
@@ -143,9 +149,10 @@ class Job:
             run_dir=str(self.run_dir),
             output_dir=str(self.output_dir),
             pid=os.getpid(),
+            host=socket.gethostname(),
         )
         if old in state.TERMINAL:
-            raise Cancelled(f"run already ended as {old}")
+            raise DuplicateRun(f"run {self.run_id} already ended as {old}")
         self.note(f"run {self.run_id} on {self.ctx.worker} (attempt {attempt})")
         self.want = self.ctx.gpus.request(spec.gpus)  # a request it can never meet fails now
 
@@ -158,9 +165,10 @@ class Job:
             commit=spec.commit,
             branch=spec.branch,
             diff=spec.diff,
-            timeout=self.remaining("source"),
+            timeout=self.clock.remaining("source"),
         )
         self.timing("source", t0)
+        self.clock.check("source", t0)
         self.store.update(self.run_id, commit=co.commit)
         self.summary["commit"] = co.commit
         self.note(
@@ -172,8 +180,13 @@ class Job:
     def prepare(self, spec: TaskSpec, co: Checkout) -> PreparedEnv:
         """Reuse or build the run's environment."""
         t0 = time.time()
-        executor = get_executor(spec.executor, self.ctx.executor_settings)
-        prepared = executor.prepare(spec, self._workdir(spec, co), self.note)
+        executor = get_executor(spec.executor, self._env_settings())
+        try:
+            prepared = executor.prepare(spec, self._workdir(spec, co), self.note)
+        except AgentError as err:
+            self.clock.check("env", t0)
+            err.stage = err.stage or ("env" if isinstance(err, StageTimeout) else "")
+            raise
         self.timing("env", t0)
         hit = "cache hit" if prepared.cache_hit else f"built with {prepared.installer}"
         self.note(f"environment {prepared.cache_key or '-'}: {hit} in {prepared.seconds:.2f}s")
@@ -189,7 +202,7 @@ class Job:
     def execute(self, spec: TaskSpec, co: Checkout, prepared: PreparedEnv) -> ProcessOutcome:
         """Take the run's GPUs (leased on a dynamic worker), then run it on them."""
         s = self.ctx.settings
-        wait = min(s.gpu_wait, self.remaining("gpu") or s.gpu_wait)
+        wait = min(s.gpu_wait, self.clock.remaining("gpu") or s.gpu_wait)
         with leases_mod.held(self.ctx.leases, self.ctx.gpus.devices, self.want, self.run_id,
                              ttl=s.gpu_lease_ttl, wait=wait,
                              should_abort=lambda: self.store.is_aborted(self.run_id)) as gpus:  # fmt: skip
@@ -214,22 +227,25 @@ class Job:
         env = runenv.build(
             base=os.environ,
             spec_env=spec.env,
-            agent=runenv.agent_vars(self.run_id, self.run_dir, self.output_dir, spec.queue) | hook,
+            agent=self._agent_vars(spec) | hook,
             path_prefix=prepared.path_prefix,
             extra=prepared.env,
             threads=runenv.cpu_share(),
         ) | pin_env(self.ctx.gpus.mode, gpus)
+        sink = metrics.tap(
+            lambda lines: self.store.append_log(self.run_id, lines), self.store, self.run_id
+        )  # metric lines also go to the run's metrics stream
         self.note(f"$ {quote_argv(argv)}")
         self.store.transition(self.run_id, state.RUNNING)
         request = RunRequest(
             env=env,
             cwd=self._workdir(spec, co),
-            sink=lambda lines: self.store.append_log(self.run_id, lines),
+            sink=sink,
             log_file=self.log_file,
-            timeout=self.remaining("run"),
+            timeout=self.clock.remaining("run"),
             grace=spec.grace if spec.grace is not None else self.ctx.settings.grace,
-            should_abort=lambda: self.store.is_aborted(self.run_id),
-            poll_interval=self.ctx.settings.abort_poll,
+            should_abort=self.stops,
+            poll_interval=CHECK_EVERY,
             source_dir=co.path,
             output_dir=self.output_dir,
             labels={"run_id": self.run_id, "worker": self.ctx.worker, "queue": spec.queue},
@@ -237,10 +253,10 @@ class Job:
         )
         t0 = time.time()
         outcome = executor.run(prepared, interp_args, request)
+        sink.flush()
         self.timing("run", t0)
         if outcome.first_line_at:
-            submitted = self.store.get(self.run_id).get("submitted_at") or self.started
-            self.summary["timings"]["first_line"] = round(outcome.first_line_at - submitted, 3)
+            self.summary["timings"]["first_line"] = round(outcome.first_line_at - self.started, 3)
         return outcome
 
     def collect(self, outcome: ProcessOutcome) -> dict[str, Any]:
@@ -253,10 +269,12 @@ class Job:
         self.summary["log_tail"] = outcome.tail
         self.summary["log_lines"] = outcome.lines
         error = None
+        if outcome.status == state.ABORTED and self.stops.reason == "drain":
+            return self.requeue(f"worker {self.ctx.worker} drained while it ran")
         if outcome.status == state.FAILED:
             error = AgentError(f"the run exited with code {outcome.exit_code}", stage_hint(outcome))
         elif outcome.status == state.TIMED_OUT:
-            error = StageTimeout(f"run stage timed out: {outcome.reason}")
+            error = stage_timeout(f"run stage timed out: {outcome.reason}", "run")
         elif outcome.status == state.ABORTED:
             error = Cancelled("cancelled while running")
         return self.finish(outcome.status, exit_code=outcome.exit_code, error=error, stage="run")
@@ -281,10 +299,15 @@ class Job:
             self.summary["error_stage"] = error.stage or stage
             self.note(f"{status}: {error}")
         fields = {k: v for k, v in self.summary.items() if k not in ("run_id", "status")}
-        try:
-            self.store.transition(self.run_id, status, force=True, **fields)
-        except AgentError as err:
-            logger.error("could not record the end of run %s: %s", self.run_id, err)
+        record_end(self.store, self.run_id, status, fields, self.ctx.settings.record_retry)
+        return self.summary
+
+    def requeue(self, why: str) -> dict[str, Any]:
+        """Put the run back in its queue (state queued; sent again once the claim is released)."""
+        self.note(f"back to the queue: {why}")
+        self.summary["status"] = state.QUEUED
+        fields = {"requeued_at": time.time(), "last_error": why}
+        record_end(self.store, self.run_id, state.QUEUED, fields, self.ctx.settings.record_retry)
         return self.summary
 
     def cleanup(self) -> None:
@@ -314,38 +337,30 @@ class Job:
         """Record how long a stage took."""
         self.summary["timings"][stage] = round(time.time() - t0, 3)
 
-    def remaining(self, stage: str) -> float | None:
-        """Seconds left before the run's deadline; raises StageTimeout when none are."""
-        if self.deadline is None:
-            return None
-        left = self.deadline - time.time()
-        if left <= 0:
-            raise StageTimeout(f"{stage} stage timed out: the run's timeout passed before it began")
-        return left
-
     def check_abort(self) -> None:
-        """Raise Cancelled when someone asked to cancel the run."""
-        if self.store.is_aborted(self.run_id):
+        """Raise Cancelled when someone asked to cancel the run, Drained when its worker drains."""
+        if self.stops():
+            if self.stops.reason == "drain":
+                raise Drained()
             raise Cancelled("cancelled while preparing")
+
+    def _env_settings(self) -> ExecutorSettings:
+        limit = self.clock.remaining("env")
+        base = self.ctx.executor_settings
+        if limit is None or (base.build_timeout is not None and base.build_timeout <= limit):
+            return base
+        return dataclasses.replace(base, build_timeout=limit)
+
+    def _started_before(self) -> bool:
+        return bool(self.store.r.hexists(self.store.keys.run(self.run_id), "preparing_at"))
+
+    def _agent_vars(self, spec: TaskSpec) -> dict[str, str]:
+        """Who the run is, where its files go, and (outside containers) how to reach the agent,
+        so a controller run can submit further runs and wait for them."""
+        agent = runenv.agent_vars(self.run_id, self.run_dir, self.output_dir, spec.queue)
+        if spec.executor != "docker":  # a container gets no credentials of the worker's
+            agent |= runenv.cluster_vars(self.ctx.settings)
+        return agent
 
     def _workdir(self, spec: TaskSpec, co: Checkout) -> Path:
         return co.path / spec.workdir if spec.workdir else co.path
-
-
-def entry_head(spec: TaskSpec, co: Checkout) -> list[str]:
-    """The interpreter arguments that name what to run: ['-m', module] or [script path]."""
-    if spec.module:
-        return ["-m", spec.module]
-    script = co.path / spec.entry
-    if not script.is_file():
-        raise RunError(
-            f"entry {spec.entry!r} does not exist in {co.repo_url} at {co.commit[:12]}",
-            "check the path (relative to the repository root) and that the file is committed or in the diff",
-        )
-    return [str(script)]
-
-
-def stage_hint(outcome: ProcessOutcome) -> str:
-    """A hint for a failed run: its last output line, where the reason usually is."""
-    lines = [line for line in outcome.tail if line.strip()]
-    return f"last line: {lines[-1][:300]}" if lines else "the run printed nothing"

@@ -5,15 +5,23 @@ batches to a sink (and a log file), samples the tree's CPU and memory, stops it 
 (TERM to the group, grace, KILL, psutil as the backstop) and makes sure nothing it started outlives
 it. No signal handlers are installed: this runs inside worker children and threads. The pipe reading
 lives in :mod:`.logpump`, the process-tree handling in :mod:`.proctree`.
+
+On Linux the child asks the kernel for SIGKILL when the thread that started it exits
+(``PR_SET_PDEATHSIG``): a pool process that is killed (``kill -9``, ``revoke(terminate=True)``)
+takes the run's direct child with it. The signal is per process, so the child's own children
+outlive it; those are found by their ``CELERY_AGENT_RUN_ID`` and killed by :mod:`.attempts`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -144,9 +152,28 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> subprocess
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
     except OSError as exc:
         raise _spawn_error(argv[0], exc) from exc
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec function that makes the child die with the thread spawning it (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return preexec
 
 
 def _spawn_error(program: str, exc: OSError) -> RunError:

@@ -35,8 +35,10 @@ class Settings:
     env_failure_ttl: float = 600.0
     env_build_timeout: float | None = 3600.0  # seconds an environment build may take
     grace: float = 10.0
-    claim_ttl: float = 60.0
-    abort_poll: float = 0.2
+    claim_ttl: float = 60.0  # seconds a dead runner's claim outlives it
+    drain_grace: float = 300.0  # seconds a stopping worker lets its runs finish before requeueing
+    record_retry: float = 120.0  # seconds a run's final state is retried while Redis is away
+    abort_poll: float = 1.0  # backstop read of the cancel/drain flags; pub/sub is the fast path
     log_maxlen: int = 100_000
     keep_source: bool = False
     heartbeat_interval: float = 5.0  # seconds between a worker's heartbeats

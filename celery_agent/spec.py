@@ -113,6 +113,12 @@ class TaskSpec(BaseModel):
     gpus: int | str | None = Field(None, description="GPUs wanted: a count, or ids like '0,1'")
     timeout: float | None = Field(None, description="seconds the whole run may take")
     grace: float | None = Field(None, description="seconds between TERM and KILL on cancel")
+    timeouts: dict[Literal["source", "env", "run"], float] = Field(
+        default_factory=dict, description="seconds each stage may take: source, env, run"
+    )
+    max_attempts: int = Field(
+        2, ge=1, le=100, description="starts allowed when a worker is lost (2 = one retry)"
+    )
     workdir: str | None = Field(None, description="working directory inside the repo")
     docker: DockerOptions | None = Field(None, description="options of the docker executor")
     conda: CondaOptions | None = Field(None, description="options of the conda executor")
@@ -217,6 +223,14 @@ class TaskSpec(BaseModel):
     def _positive(cls, v: float | None) -> float | None:
         if v is not None and v < 0:
             raise ValueError("must be >= 0 seconds")
+        return v
+
+    @field_validator("timeouts")
+    @classmethod
+    def _stage_timeouts(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(stage for stage, seconds in v.items() if seconds <= 0)
+        if bad:
+            raise ValueError(f"stage timeouts must be > 0 seconds; not so for {', '.join(bad)}")
         return v
 
     @model_validator(mode="after")

@@ -1,7 +1,8 @@
 """The run store: run records, logs, claims and cancel flags in Redis.
 
 Key names live in :mod:`.keys` (the one place that knows them). A log stream entry carries a chunk
-of lines (field ``l``); a claim is the worker running the run, with a TTL renewed while it runs.
+of lines (field ``l``); a claim is the holder running the run (``worker|host|pid``, see
+:mod:`.attempts`), with a TTL renewed while it runs.
 """
 
 from __future__ import annotations
@@ -41,6 +42,27 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# Take over a claim whose holder is known dead (compare-and-set on the holder).
+_STEAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) and 1 end
+return 0
+"""
+# Put an active run whose claim expired back in the queue (or end it lost when its attempts are
+# used up). Atomic with the claim check, so a runner that just claimed the run is never undone.
+# ARGV: max attempts, now, error text. Returns 'claimed', 'ended', 'requeued' or 'lost'.
+_REQUEUE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'claimed' end
+local st = redis.call('HGET', KEYS[1], 'state') or ''
+if st ~= 'preparing' and st ~= 'running' then return 'ended' end
+local lost = redis.call('HINCRBY', KEYS[1], 'lost_attempts', 1)
+if lost < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'requeued_at', ARGV[2], 'last_error', ARGV[3])
+  return 'requeued' end
+redis.call('HSET', KEYS[1], 'state', 'lost', 'lost_at', ARGV[2], 'error', ARGV[3],
+  'error_stage', 'run')
+return 'lost'
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -60,6 +82,8 @@ class RunStore:
         self._transition = client.register_script(_TRANSITION)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._steal = client.register_script(_STEAL)
+        self._requeue = client.register_script(_REQUEUE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ca", log_maxlen: int = 100_000) -> RunStore:
@@ -195,6 +219,18 @@ class RunStore:
         """Extend our claim; False when it expired or someone else holds it."""
         return bool(self._renew(keys=[self.keys.claim(run_id)], args=[worker, int(ttl * 1000)]))
 
+    def steal_claim(self, run_id: str, holder: str, worker: str, ttl: float) -> bool:
+        """Take the claim from ``holder`` (known dead); False when someone else changed it."""
+        args: list[Any] = [holder, worker, int(ttl * 1000)]
+        return bool(self._steal(keys=[self.keys.claim(run_id)], args=args))
+
+    def requeue_lost(self, run_id: str, max_attempts: int, error: str) -> str:
+        """Requeue a run whose runner is gone: 'requeued', 'lost', 'claimed' or 'ended'."""
+        keys = [self.keys.run(run_id), self.keys.claim(run_id)]
+        with _errors(self):
+            args: list[Any] = [max_attempts, time.time(), error]
+            return str(self._requeue(keys=keys, args=args))
+
     def release_claim(self, run_id: str, worker: str) -> None:
         """Drop our claim (a no-op when it is not ours)."""
         self._release(keys=[self.keys.claim(run_id)], args=[worker])
@@ -214,6 +250,11 @@ class RunStore:
         """Whether someone asked to cancel the run."""
         return bool(self.r.exists(self.keys.abort(run_id)))
 
+    def stop_reason(self, run_id: str, worker: str) -> str | None:
+        """'cancel' when the run was cancelled, 'drain' when its worker drains, else None."""
+        abort, drain = self.r.mget(self.keys.abort(run_id), self.keys.worker_drain(worker))
+        return "cancel" if abort else ("drain" if drain else None)
+
     def ping(self) -> None:
         """Raise StateError when Redis cannot be reached."""
         with _errors(self):
@@ -232,9 +273,12 @@ class ClaimKeeper:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            logger.warning("run %s interrupted (%s); its claim expires", self.run_id, exc_type)
+            return
         try:
             self.store.release_claim(self.run_id, self.worker)
         except redis.RedisError as err:
@@ -303,7 +347,7 @@ def _decode(run_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _number(name: str, value: str) -> Any:
-    if name.endswith("_at") or name in ("exit_code", "attempt", "log_lines"):
+    if name.endswith("_at") or name in ("exit_code", "attempt", "log_lines", "lost_attempts"):
         try:
             return float(value) if name.endswith("_at") else int(value)
         except ValueError:

@@ -1,9 +1,10 @@
 """The cluster sweep (run by celery beat): lost workers, lost runs, old worker records.
 
 - a worker whose heartbeat expired, and that did not stop cleanly, is marked ``lost``;
-- a run in a worker's current-run set whose claim expired is marked ``lost`` with an error naming
-  the worker (its pool process or the whole worker died; putting it back on its queue is not done
-  here);
+- a run in a worker's current-run set whose claim expired (its pool process or the whole worker
+  died) is put back on its queue with the same run id while it has attempts left, else marked
+  ``lost`` with an error naming the worker (see :mod:`.requeue`; without a ``resend`` it is marked
+  lost at once);
 - workers not seen for :data:`RETENTION` seconds are forgotten with their history.
 
 Every step is idempotent (a lost worker or run is marked once, a terminal run never changes), and a
@@ -19,6 +20,7 @@ import time
 from typing import Any
 
 from . import state
+from .requeue import Resend, Revoked, recover
 from .state import RunStore
 from .workers import WorkerRegistry
 
@@ -27,33 +29,55 @@ logger = logging.getLogger(__name__)
 RETENTION = 7 * 86400  #: seconds a worker that is gone stays listed
 
 
-def sweep(store: RunStore, registry: WorkerRegistry, lock_ttl: float = 10.0) -> dict[str, Any]:
+def sweep(
+    store: RunStore,
+    registry: WorkerRegistry,
+    lock_ttl: float = 10.0,
+    resend: Resend | None = None,
+    revoked: Revoked | None = None,
+) -> dict[str, Any]:
     """Sweep once; returns what changed (``skipped`` when another sweep holds the lock)."""
     token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
     if not store.r.set(store.keys.sweep_lock(), token, nx=True, px=max(1, int(lock_ttl * 1000))):
         return {"skipped": True}
-    lost_workers, lost_runs = [], []
+    lost_workers: list[str] = []
+    found: dict[str, list[str]] = {"lost_runs": [], "requeued_runs": [], "aborted_runs": []}
     for name in registry.names():
         alive = registry.is_alive(name)
         if not alive and registry.mark_lost(name):
             logger.warning("worker %s is lost: its heartbeat expired", name)
             lost_workers.append(name)
-        lost_runs += _lost_runs(store, registry, name, alive)
+        for run_id, what in _orphan_runs(store, registry, name, alive, resend, revoked):
+            found[_BUCKET[what]].append(run_id)
     forgotten = registry.trim(time.time() - RETENTION)
-    return {"lost_workers": lost_workers, "lost_runs": lost_runs, "forgotten": forgotten}
+    return {"lost_workers": lost_workers, **found, "forgotten": forgotten}
 
 
-def _lost_runs(store: RunStore, registry: WorkerRegistry, name: str, alive: bool) -> list[str]:
-    lost = []
+_BUCKET = {state.LOST: "lost_runs", state.QUEUED: "requeued_runs", state.ABORTED: "aborted_runs"}
+
+
+def _orphan_runs(
+    store: RunStore,
+    registry: WorkerRegistry,
+    name: str,
+    alive: bool,
+    resend: Resend | None,
+    revoked: Revoked | None,
+) -> list[tuple[str, str]]:
+    done = []
     for run_id in registry.current_runs(name):
         if store.r.exists(store.keys.claim(run_id)):
             continue
-        old = store.transition(run_id, state.LOST, error=_why(name, alive), error_stage="run")
+        try:
+            what = recover(store, run_id, _why(name, alive), resend, revoked)
+        except Exception as err:  # one bad record must not stop the sweep
+            logger.warning("sweep: could not recover run %s: %s", run_id, err)
+            what = ""
         registry.remove_run(name, run_id)
-        if old in state.ACTIVE:
-            logger.warning("run %s is lost: %s", run_id, _why(name, alive))
-            lost.append(run_id)
-    return lost
+        if what:
+            logger.warning("run %s of worker %s: %s", run_id, name, what)
+            done.append((run_id, what))
+    return done
 
 
 def _why(name: str, alive: bool) -> str:

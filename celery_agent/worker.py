@@ -4,7 +4,9 @@ The heartbeat runs in the worker's main process, on its own daemon thread, so it
 while every pool slot runs a long job. Each beat writes the worker's record (name, host, pid, start
 time, queues, GPU mode and GPUs, current runs, dynamic GPU leases) and a machine snapshot to Redis
 (see :mod:`.workers`). On a warm shutdown the worker is marked stopped; a worker that dies simply
-stops beating and the sweep marks it lost.
+stops beating and the sweep marks it lost. A worker that starts kills the user processes a dead
+predecessor on this machine left running, and looks again every ``REAP_EVERY`` beats (see
+:mod:`.attempts`); SIGTERM drains it (see :mod:`.drain`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from typing import Any
 import click
 from celery import Celery, bootsteps
 
+from . import attempts
+from .drain import Drain
+from .drain import install as install_drain
 from .gpus import WORKER_GPUS_ENV, WorkerGpus
 from .monitoring import Monitor
 from .workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
+
+REAP_EVERY = 6  #: heartbeats between looks for processes of dead runs on this machine
 
 OPTIONS = [
     click.Option(["--gpus"], default=None, help="GPUs this worker owns: 0 | 0,1 | 0-3 | all"),
@@ -51,6 +58,7 @@ class Heartbeat:
             history,
         )
         self.leases = leases
+        self.reap: Any = None  #: called every REAP_EVERY beats (kills processes of dead runs)
         self.monitor = Monitor()
         self.beats = 0
         self._stop = threading.Event()
@@ -75,8 +83,17 @@ class Heartbeat:
                 self.beat()
             except Exception as err:  # Redis down: keep trying, the record's TTL tells the rest
                 logger.warning("heartbeat failed: %s", err)
+            self._maybe_reap()
             if self._stop.wait(self.interval):
                 return
+
+    def _maybe_reap(self) -> None:
+        if self.reap is None or self.beats % REAP_EVERY != 1:
+            return
+        try:
+            self.reap()
+        except Exception as err:
+            logger.warning("looking for processes of dead runs failed: %s", err)
 
     def beat(self) -> dict[str, Any]:
         """Write one heartbeat; returns the record written."""
@@ -105,6 +122,7 @@ class AgentStep(bootsteps.StartStopStep):
         self.gpus = WorkerGpus.from_options(gpus, dynamic, cpu_only)
         os.environ[WORKER_GPUS_ENV] = self.gpus.to_json()  # the pool children read it
         self.heartbeat: Heartbeat | None = None
+        self.drain: Drain | None = None
         logger.info("GPUs: %s", self.gpus.describe())
 
     def create(self, parent: Any) -> AgentStep:
@@ -124,14 +142,41 @@ class AgentStep(bootsteps.StartStopStep):
         registry = WorkerRegistry(store.r, store.keys)
         self.heartbeat = Heartbeat(registry, record, settings.heartbeat_interval,
                                    settings.heartbeat_history, leases)  # fmt: skip
+        self.heartbeat.reap = lambda: attempts.reap(store)
+        self.drain = Drain(store, parent.hostname, settings.drain_grace)
+        self.drain.reset()
+        install_drain(self.drain)
+        self._reap_now(store)
         self.heartbeat.start()
         threading.Thread(target=_reap_containers, args=(parent.hostname,), daemon=True).start()
+        threading.Thread(
+            target=_announce, args=(parent.hostname, record["queues"], self.gpus), daemon=True
+        ).start()
+
+    def _reap_now(self, store: Any) -> None:
+        try:
+            attempts.reap(store)
+        except Exception as err:
+            logger.warning("looking for processes of dead runs failed: %s", err)
 
     def stop(self, parent: Any) -> None:
-        """Stop heartbeats and mark the worker stopped."""
+        """Stop heartbeats and mark the worker stopped (a drain timer keeps running: the pool
+        stops after this step and waits for the runs)."""
         if self.heartbeat is not None:
             self.heartbeat.stop()
             self.heartbeat = None
+
+
+def _announce(hostname: str, queues: list[str], gpus: WorkerGpus) -> None:
+    """Log one line saying what this worker serves (in the background: a docker engine that does
+    not answer must not hold up the start)."""
+    from .app import get_settings
+    from .executors import ExecutorSettings, available
+    from .services import startup_line
+
+    s = get_settings()
+    usable = available(ExecutorSettings(cache_root=s.env_cache, installer=s.installer))
+    logger.info("%s", startup_line(hostname, queues, gpus, usable))
 
 
 def _reap_containers(worker: str) -> None:

@@ -15,8 +15,10 @@ result_backend = "redis://localhost:6379/0"
 # How long finished results stay in Redis (seconds).
 result_expires = 14 * 86400
 
-# Seconds an unacknowledged run waits before Redis redelivers it; the run's claim key makes a
-# redelivery of a still-running run a no-op, so this mostly bounds how soon a lost run comes back.
+# Seconds an unacknowledged run waits before Redis redelivers it. A redelivery of a run that is
+# still running (its claim is held) or that already ended is dropped, so a short timeout never runs
+# a job twice. A run whose worker died comes back sooner through the beat sweep (claim expired ->
+# requeued with the same run id, up to the spec's max_attempts).
 broker_transport_options = {"queue_order_strategy": "priority", "visibility_timeout": 6 * 3600}
 
 # Sign messages (needs `pip install celery[auth]` and keys): see Celery's security guide.

@@ -1,0 +1,45 @@
+"""What a worker's pool process needs to run jobs: settings, store, caches, GPUs, its name."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from . import leases as leases_mod
+from .executors.base import ExecutorSettings
+from .gpus import DYNAMIC, WorkerGpus
+from .settings import Settings
+from .source import SourceCache
+from .state import RunStore
+from .workers import WorkerRegistry
+
+
+@dataclass
+class WorkerContext:
+    """What a worker process needs to run jobs: settings, state store, caches, its name."""
+
+    settings: Settings
+    store: RunStore
+    worker: str
+    resend: Any = None  #: resend(run_id, spec_json, queue) puts a run back on its queue
+
+    def __post_init__(self) -> None:
+        self.sources = SourceCache(self.settings.git_cache)
+        self.registry = WorkerRegistry(self.store.r, self.store.keys)
+        self.gpus = WorkerGpus.from_env()  # published by the worker's main process
+        self.leases = (
+            leases_mod.GpuLeases(self.store.r, self.store.keys, socket.gethostname())
+            if self.gpus.mode == DYNAMIC
+            else None
+        )
+        self.executor_settings = ExecutorSettings(
+            cache_root=self.settings.env_cache,
+            installer=self.settings.installer,
+            max_envs=self.settings.max_envs,
+            max_env_bytes=int(self.settings.max_env_gb * 2**30)
+            if self.settings.max_env_gb
+            else None,
+            failure_ttl=self.settings.env_failure_ttl,
+            build_timeout=self.settings.env_build_timeout,
+        )

@@ -1,0 +1,153 @@
+"""Never lose or duplicate a run: redeliveries, killed workers, killed pool processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from celery_agent import TaskSpec, submit_task
+
+pytestmark = pytest.mark.integration
+
+#: a run that starts a grandchild, notes both pids, then works for $WORK seconds
+SCRIPT = textwrap.dedent(
+    """\
+    import os, subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    with open(os.path.join(os.environ["PID_DIR"], f"{os.getpid()}.pids"), "w") as fh:
+        fh.write(f"{os.getpid()} {child.pid}")
+    print("started", flush=True)
+    time.sleep(float(os.environ["WORK"]))
+    child.kill()
+    print("done", flush=True)
+    """
+)
+FAST = {  # heartbeats, claims and sweeps in seconds, not minutes
+    "CELERY_AGENT_HEARTBEAT_INTERVAL": "1",
+    "CELERY_AGENT_CLAIM_TTL": "2",
+    "CELERY_AGENT_SWEEP_INTERVAL": "1",
+    # their own sweep queue: the session's worker (30 s sweeps, long lock) must not get these
+    "CELERY_AGENT_SWEEP_QUEUE": f"sweep-fast-{uuid.uuid4().hex[:8]}",
+}
+
+
+def spec(repo: Path, queue: str, pid_dir: Path, work: float, **kw: object) -> TaskSpec:
+    env = {"PID_DIR": str(pid_dir), "WORK": str(work)}
+    fields = {"repo": str(repo), "entry": "job.py", "queue": queue, "executor": "local", "env": env}
+    return TaskSpec.parse(fields | kw)
+
+
+def wait_for(check, timeout: float, every: float = 0.05):
+    """Poll ``check`` until it returns something truthy; return it (or fail after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"still not true after {timeout}s: {check}")
+
+
+def pids(pid_dir: Path) -> list[tuple[int, int]]:
+    """(run process, grandchild) of every attempt that started, in no order."""
+    out = []
+    for f in pid_dir.glob("*.pids"):
+        text = f.read_text().split()
+        if len(text) == 2:
+            out.append((int(text[0]), int(text[1])))
+    return out
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_run_longer_than_the_visibility_timeout_runs_once(
+    make_worker, make_repo, tmp_path, store
+):
+    config = tmp_path / "cfg"
+    config.mkdir()
+    (config / "short_visibility.py").write_text(
+        "broker_transport_options = {'queue_order_strategy': 'priority', 'visibility_timeout': 2,"
+        " 'unacked_restore_interval': 1, 'unacked_restore_throttle': 1}\n"
+    )
+    queue = f"vt-{os.getpid()}-{time.monotonic_ns()}"
+    w = make_worker(queue, CELERY_AGENT_CONFIG="short_visibility", PYTHONPATH=str(config))
+    repo = make_repo({"job.py": SCRIPT})
+    r = submit_task.delay(spec(repo, queue, tmp_path, work=7))
+    out = r.get(timeout=60)
+    assert out["status"] == "succeeded", out
+    assert len(pids(tmp_path)) == 1, "the run started once"
+    assert store.get(r.id)["attempt"] == 1
+    assert "dropping a second delivery" in wait_for(
+        lambda: "dropping a second delivery" in w.output() and w.output(), 10
+    )
+
+
+def test_a_killed_worker_run_is_requeued_and_finishes_elsewhere(
+    make_worker, make_beat, make_repo, tmp_path, store
+):
+    queue = f"kill-{os.getpid()}-{time.monotonic_ns()}"
+    first = make_worker(queue, concurrency=1, **FAST)
+    make_beat(**FAST)
+    repo = make_repo({"job.py": SCRIPT})
+    r = submit_task.delay(spec(repo, queue, tmp_path, work=4))
+    wait_for(lambda: pids(tmp_path), 30)
+    run_pid, grandchild = pids(tmp_path)[0]
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)  # the whole worker, pool included: a dead machine
+    first.proc.wait()
+    killed_at = time.monotonic()
+    wait_for(lambda: gone(run_pid), 5)  # the run's own process dies with its pool process
+    assert not gone(grandchild), "its grandchild outlives it until a worker reaps it"
+    make_worker(queue, concurrency=1, **FAST)
+    wait_for(lambda: gone(grandchild), 10)
+    record = wait_for(lambda: (rec := store.get(r.id)).get("attempt") == 2 and rec, 30)
+    recovered = time.monotonic() - killed_at
+    out = r.get(timeout=60)
+    assert out["status"] == "succeeded", out
+    record = store.get(r.id)
+    assert record["attempt"] == 2 and record["lost_attempts"] == 1
+    assert first.name in record["last_error"]
+    assert len(pids(tmp_path)) == 2
+    print(f"worker killed -> run started again in {recovered:.1f}s")
+
+
+def test_a_killed_pool_process_is_taken_over_and_its_processes_die(
+    make_worker, make_repo, tmp_path, store
+):
+    queue = f"pool-{os.getpid()}-{time.monotonic_ns()}"
+    make_worker(queue, concurrency=2, **FAST)
+    repo = make_repo({"job.py": SCRIPT})
+    r = submit_task.delay(spec(repo, queue, tmp_path, work=3))
+    wait_for(lambda: pids(tmp_path), 30)
+    run_pid, grandchild = pids(tmp_path)[0]
+    os.kill(int(store.get(r.id)["pid"]), signal.SIGKILL)
+    wait_for(lambda: gone(run_pid) and gone(grandchild), 10)
+    out = r.get(timeout=60)
+    assert out["status"] == "succeeded", out
+    record = store.get(r.id)
+    assert record["attempt"] == 2 and record["lost_attempts"] == 1
+
+
+def test_a_run_out_of_attempts_ends_lost(make_worker, make_repo, tmp_path, store):
+    queue = f"once-{os.getpid()}-{time.monotonic_ns()}"
+    make_worker(queue, concurrency=2, **FAST)
+    repo = make_repo({"job.py": SCRIPT})
+    r = submit_task.delay(spec(repo, queue, tmp_path, work=30, max_attempts=1))
+    wait_for(lambda: pids(tmp_path), 30)
+    os.kill(int(store.get(r.id)["pid"]), signal.SIGKILL)
+    out = r.get(timeout=30)
+    assert out["status"] == "lost" and "max_attempts is 1" in out["error"], out
+    assert store.get(r.id)["state"] == "lost"
+    assert all(gone(p) for pair in pids(tmp_path) for p in pair)
