@@ -2,13 +2,12 @@
 
 The controller is itself a run, light and mostly waiting, so it goes to a services worker
 (``celery-agent services``: a thread pool, no GPU) while its steps go to ordinary workers. It runs
-with the ``local`` executor on an interpreter that has celery-agent installed (the worker's venv),
-and reaches Redis through the variables every run gets (CELERY_AGENT_REDIS_URL, ...)::
+with the ``local`` executor, which uses the worker's own interpreter (where celery-agent is
+installed), and reaches Redis through the variables every run gets (CELERY_AGENT_REDIS_URL, ...)::
 
     from celery_agent import TaskSpec, submit
     submit(TaskSpec(repo=".", entry="examples/pipeline_controller.py", executor="local",
-                    python="/opt/celery-agent/venv/bin/python", queue="services",
-                    args=["--queue", "gpu0"]))
+                    queue="services", args=["--queue", "gpu0"]))
 
 The steps run the controller's own repository at its own commit (and diff), so the pipeline is
 reproducible as a whole. Cancelling the controller cancels the step it is waiting for.
