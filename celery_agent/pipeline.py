@@ -232,8 +232,11 @@ class Job:
             extra=prepared.env,
             threads=runenv.cpu_share(),
         ) | pin_env(self.ctx.gpus.mode, gpus)
+        secrets = runenv.secret_values(env)  # credentials the run was given never reach the log
         sink = metrics.tap(
-            lambda lines: self.store.append_log(self.run_id, lines), self.store, self.run_id
+            lambda lines: self.store.append_log(self.run_id, runenv.scrub(lines, secrets)),
+            self.store,
+            self.run_id,
         )  # metric lines also go to the run's metrics stream
         self.note(f"$ {quote_argv(argv)}")
         self.store.transition(self.run_id, state.RUNNING)

@@ -111,3 +111,15 @@ def redacted(env: Mapping[str, str]) -> dict[str, str]:
 def secret_values(env: Mapping[str, str]) -> list[str]:
     """The values of SECRET_VARS in ``env`` that hold credentials (to scrub from any text)."""
     return [v for k, v in env.items() if k in SECRET_VARS and redact(v) != v]
+
+
+def scrub(lines: list[str], secrets: list[str]) -> list[str]:
+    """``lines`` with every secret value replaced by ``***`` (a run printing its Redis URL)."""
+    if not secrets:
+        return lines
+    out = []
+    for line in lines:
+        for secret in secrets:
+            line = line.replace(secret, "***")
+        out.append(line)
+    return out

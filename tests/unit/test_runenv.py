@@ -37,3 +37,14 @@ def test_spec_pythonpath_does_not_displace_the_hook_path_the_agent_merged():
         base={}, spec_env={"PYTHONPATH": "/mine"}, agent={"PYTHONPATH": "/hook:/mine"}
     )
     assert env["PYTHONPATH"] == "/hook:/mine"
+
+
+def test_secret_values_are_scrubbed_from_log_lines():
+    env = {"CELERY_AGENT_REDIS_URL": "redis://:pw@h:6379/0", "PATH": "/bin"}
+    secrets = runenv.secret_values(env)
+    assert secrets == ["redis://:pw@h:6379/0"]
+    assert runenv.scrub(["url redis://:pw@h:6379/0 ok", "plain"], secrets) == [
+        "url *** ok",
+        "plain",
+    ]
+    assert runenv.secret_values({"CELERY_AGENT_REDIS_URL": "redis://h:6379/0"}) == []
