@@ -21,7 +21,7 @@ from ..spec import TaskSpec
 from . import conda_build
 from .conda_inputs import CondaInput, current_platform, rattler_module
 from .steps import LogFn, Steps, clean_env
-from .venv import uv_binary
+from .venv import index_args, uv_binary
 
 logger = logging.getLogger(__name__)
 
@@ -140,17 +140,9 @@ class CondaBuild:
             freeze = [python, "-m", "pip", "freeze", "--disable-pip-version-check"]
         reqs = prefix.parent / "pip-requirements.txt"  # option lines (--find-links, -e) work too
         reqs.write_text("\n".join(self.inp.pip) + "\n")
-        self.steps.run(head + self._index_args() + ["-r", str(reqs)], "pip install", _PIP_HINT)
+        self.steps.run(head + index_args(self.spec) + ["-r", str(reqs)], "pip install", _PIP_HINT)
         lines = self.steps.run(freeze, "pip freeze", _PIP_HINT, quiet=True)
         return [line for line in lines if "==" in line or " @ " in line]
-
-    def _index_args(self) -> list[str]:
-        args = ["--index-url", self.spec.index_url] if self.spec.index_url else []
-        for link in self.spec.find_links:
-            args += ["--find-links", link]
-        if self.spec.find_links and not self.spec.index_url:
-            args.append("--no-index")
-        return args
 
 
 _HINT = "check the conda specs, channels and lock file"

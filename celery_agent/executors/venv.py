@@ -249,15 +249,7 @@ class _Build:
             ]
         else:
             head = [env_python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
-        return head + self._index_args() + self._requirement_args()
-
-    def _index_args(self) -> list[str]:
-        args = ["--index-url", self.spec.index_url] if self.spec.index_url else []
-        for link in self.spec.find_links:
-            args += ["--find-links", link]
-        if self.spec.find_links and not self.spec.index_url:
-            args.append("--no-index")
-        return args
+        return head + index_args(self.spec) + self._requirement_args()
 
     def _requirement_args(self) -> list[str]:
         return ["-r", str(self.reqs.file)] if self.reqs.file else list(self.reqs.lines)
@@ -279,3 +271,13 @@ def _uv() -> str:
     if found is None:
         raise ExecutorUnavailable("uv is not installed", "pip install uv, or set installer to pip")
     return found
+
+
+def index_args(spec: TaskSpec) -> list[str]:
+    """Installer options for the spec's index and wheel folders (only local wheels: no index)."""
+    args = ["--index-url", spec.index_url] if spec.index_url else []
+    for link in spec.find_links:
+        args += ["--find-links", link]
+    if spec.find_links and not spec.index_url:
+        args.append("--no-index")
+    return args

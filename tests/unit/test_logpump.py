@@ -3,50 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from proc_support import ENV, Collect, run_py
 
 from celery_agent.logpump import MAX_LINE
-from celery_agent.runner import ProcessOutcome, run_process
-
-ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-
-
-class Collect:
-    """A sink that records each batch it receives."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.batches: list[list[str]] = []
-        self.fail_left = fail_first
-        self.calls = 0
-
-    def __call__(self, lines: list[str]) -> None:
-        self.calls += 1
-        if self.fail_left > 0:
-            self.fail_left -= 1
-            raise ConnectionError("redis away")
-        self.batches.append(list(lines))
-
-    @property
-    def lines(self) -> list[str]:
-        return [line for batch in self.batches for line in batch]
-
-
-def run_py(code: str, sink: Collect | None = None, **kwargs: object) -> ProcessOutcome:
-    """Run a Python snippet under run_process with fast polling."""
-    kwargs.setdefault("poll_interval", 0.02)
-    kwargs.setdefault("batch_interval", 0.02)
-    return run_process(
-        [sys.executable, "-c", code],
-        env=ENV,
-        cwd=Path.cwd(),
-        sink=sink if sink is not None else Collect(),
-        **kwargs,  # type: ignore[arg-type]
-    )
+from celery_agent.runner import run_process
 
 
 # -- log pump -----------------------------------------------------------------------------------

@@ -7,10 +7,9 @@ import sys
 import time
 
 import psutil
+from proc_support import ENV, gone
 
 from celery_agent.proctree import kill_tree
-
-ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 SLEEPER = "import time; time.sleep(60)"
 
@@ -21,20 +20,6 @@ gc = subprocess.Popen([sys.executable, "-c", {sleeper!r}], start_new_session={se
 print(gc.pid, flush=True)
 time.sleep({then})
 """
-
-
-def gone(pid: int, within: float = 2.0) -> bool:
-    """True when ``pid`` has ended (a zombie counts as ended) within ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
 
 
 # -- kill_tree ------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -10,12 +9,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from proc_support import ENV, Collect, gone, run_py
 
 from celery_agent import runner
 from celery_agent.errors import RunError
-from celery_agent.runner import ProcessOutcome, run_process
-
-ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+from celery_agent.runner import run_process
 
 SLEEPER = "import time; time.sleep(60)"
 
@@ -26,53 +24,6 @@ gc = subprocess.Popen([sys.executable, "-c", {sleeper!r}], start_new_session={se
 print(gc.pid, flush=True)
 time.sleep({then})
 """
-
-
-class Collect:
-    """A sink that records each batch it receives."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.batches: list[list[str]] = []
-        self.fail_left = fail_first
-        self.calls = 0
-
-    def __call__(self, lines: list[str]) -> None:
-        self.calls += 1
-        if self.fail_left > 0:
-            self.fail_left -= 1
-            raise ConnectionError("redis away")
-        self.batches.append(list(lines))
-
-    @property
-    def lines(self) -> list[str]:
-        return [line for batch in self.batches for line in batch]
-
-
-def run_py(code: str, sink: Collect | None = None, **kwargs: object) -> ProcessOutcome:
-    """Run a Python snippet under run_process with fast polling."""
-    kwargs.setdefault("poll_interval", 0.02)
-    kwargs.setdefault("batch_interval", 0.02)
-    return run_process(
-        [sys.executable, "-c", code],
-        env=ENV,
-        cwd=Path.cwd(),
-        sink=sink if sink is not None else Collect(),
-        **kwargs,  # type: ignore[arg-type]
-    )
-
-
-def gone(pid: int, within: float = 2.0) -> bool:
-    """True when ``pid`` has ended (a zombie counts as ended) within ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
 
 
 # -- exit status --------------------------------------------------------------------------------
