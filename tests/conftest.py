@@ -86,6 +86,18 @@ def store(redis_url: str):
 
 
 # -- workers ------------------------------------------------------------------------------------
+def _spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start a service process of the tests in its own session, output to ``log``; the leak check
+    knows it (and its children) as a fixture's."""
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=fh, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
+        )  # fmt: skip
+    _fixture_pids.add(proc.pid)
+    return proc
+
+
 class Worker:
     """A real `celery -A celery_agent worker` process."""
 
@@ -111,12 +123,7 @@ class Worker:
 
     def start(self, timeout: float = 60) -> Worker:
         self.home.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as fh:
-            self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home,
-            )  # fmt: skip
-        _fixture_pids.add(self.proc.pid)
+        self.proc = _spawn(self.argv, self.env, self.log, self.home)
         deadline = time.monotonic() + timeout
         while b" ready." not in self.log.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -179,12 +186,7 @@ class Beat:
 
     def start(self) -> Beat:
         self.home.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as fh:
-            self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home,
-            )  # fmt: skip
-        _fixture_pids.add(self.proc.pid)
+        self.proc = _spawn(self.argv, self.env, self.log, self.home)
         return self
 
     def stop(self) -> None:
