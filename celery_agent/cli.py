@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -70,6 +71,21 @@ def _env(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
+    """``env`` plus the value of each ``--secret-env`` name not given by ``--env``, taken from
+    this process's environment."""
+    for name in names:
+        if name in env:
+            continue
+        if name not in os.environ:
+            raise click.BadParameter(
+                f"{name} is not set here: export {name} first, or give --env {name}=value",
+                param_hint="--secret-env",
+            )
+        env[name] = os.environ[name]
+    return env
+
+
 @cli.command()
 @click.argument("entry")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -88,6 +104,13 @@ def _env(values: Sequence[str]) -> dict[str, str]:
 @click.option("--executor", default="venv", show_default=True)
 @click.option("--name", default=None, help="a label for the run")
 @click.option("--env", "env", multiple=True, help="an environment variable for the run: NAME=value")
+@click.option(
+    "--secret-env",
+    "secret_env",
+    multiple=True,
+    help="a secret variable (repeat): its value from --env NAME=value or this environment; "
+    "runs get it, records, logs and Flower show ***",
+)
 @click.option("--timeout", type=float, default=None, help="seconds the run may take")
 @click.option("--repo", default=None, help="repo URL or path (default: the checkout you are in)")
 @click.option(
@@ -96,20 +119,23 @@ def _env(values: Sequence[str]) -> dict[str, str]:
 @click.option("--no-diff", is_flag=True, help="run the commit without your uncommitted changes")
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
 def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], requirements: tuple[str, ...],
-           find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...], timeout: float | None,
-           repo: str | None, commit: str | None, no_diff: bool, wait: bool) -> int:  # fmt: skip
+           find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
+           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, wait: bool) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
 
     \b
     celery-agent submit train.py --queue gpu0 -p lr=0.5 --wait -- --epochs 3
+    celery-agent submit train.py --secret-env WANDB_API_KEY   # value from this environment
     """
     from .handle import submit as submit_spec
 
     fields = _source_fields(repo, commit, no_diff, entry)
+    run_env = _with_secrets(_env(env), secret_env)
     spec = TaskSpec.parse(
         fields
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
-        | {"executor": executor, "name": name, "env": _env(env), "timeout": timeout}
+        | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
+        | {"secret_env": list(secret_env)}
         | {"find_links": list(find_links), "index_url": index_url}
         | ({"requirements": list(requirements)} if requirements else {})
     )
@@ -269,18 +295,23 @@ def cancel(run_id: str) -> int:
 @click.argument("run_id")
 @click.option("--param", "-p", "params", multiple=True, help="change a parameter: name=value")
 @click.option("--queue", "-q", default=None, help="send it to another queue")
+@click.option("--env", "env", multiple=True, help="set a variable (a secret one too): NAME=value")
 @click.option(
     "--no-pin", is_flag=True, help="resolve requirements again instead of the recorded versions"
 )
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
-def rerun(run_id: str, params: tuple[str, ...], queue: str | None, no_pin: bool, wait: bool) -> int:
-    """Run a past run again: same commit, diff and package versions, with edits."""
+def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[str, ...],
+          no_pin: bool, wait: bool) -> int:  # fmt: skip
+    """Run a past run again: same commit, diff and package versions, with edits.
+
+    Secret variables are not kept with a run: each comes from --env NAME=value or this environment.
+    """
     from .handle import get_run
     from .handle import submit as submit_spec
     from .rerun import respec
 
     record = get_run(run_id).info()
-    spec = respec(record, _params(params), queue=queue, pin=not no_pin)
+    spec = respec(record, _params(params), queue=queue, pin=not no_pin, env=_env(env))
     run = submit_spec(spec)
     err_console.print(f"submitted run {run.id} (rerun of {record['run_id']})", markup=False)
     console.print(run.id, markup=False) if not wait else None

@@ -1,12 +1,17 @@
-"""Reproduce a past run: its spec at the exact commit it ran, its package versions, with edits."""
+"""Reproduce a past run: its spec at the exact commit it ran, its package versions, with edits.
+
+A run record holds secret env values masked, so a rerun takes each again from the caller: an
+explicit ``env`` value first, else the caller's environment.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from .errors import SpecError
-from .spec import ParamValue, TaskSpec
+from .spec import MASK, ParamValue, TaskSpec
 
 #: executors whose environment comes from ``requirements``, so a freeze pins it (a conda env is
 #: pinned by its lock file instead)
@@ -19,16 +24,22 @@ def respec(
     *,
     queue: str | None = None,
     pin: bool = True,
+    env: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> TaskSpec:
     """A new spec from a run record.
 
     The commit is the one the run resolved (a branch may have moved since); with ``pin`` the
-    requirements are the exact versions the run's environment resolved to (its freeze).
+    requirements are the exact versions the run's environment resolved to (its freeze). ``env``
+    sets variables; a masked secret value not given there is read from ``environ`` (the process
+    environment at call time by default), and one found in neither raises :class:`SpecError`.
     """
     spec = record.get("spec")
     if not isinstance(spec, dict):
         raise SpecError(f"run {record.get('run_id')} has no readable spec to rerun")
     changes: dict[str, Any] = {"params": {**spec.get("params", {}), **(params or {})}}
+    environ = os.environ if environ is None else environ
+    changes["env"] = _secrets_again(str(record.get("run_id")), spec, env or {}, environ)
     if record.get("commit"):
         changes |= {"commit": record["commit"], "branch": None}
     if queue:
@@ -37,3 +48,19 @@ def respec(
     if pin and freeze and spec.get("executor", "venv") in PINNABLE:
         changes["requirements"] = freeze
     return TaskSpec.parse(spec | changes)
+
+
+def _secrets_again(
+    run_id: str, spec: Mapping[str, Any], given: Mapping[str, str], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """The spec's env with ``given`` applied and each masked secret value taken from ``environ``."""
+    env = {**(spec.get("env") or {}), **given}
+    masked = [n for n in spec.get("secret_env") or [] if env.get(n) == MASK]
+    missing = [n for n in masked if n not in environ]
+    if missing:
+        names = ", ".join(missing)
+        raise SpecError(
+            f"run {run_id} had secret env {names}, whose values are not kept with the run",
+            f"give each value again: --env {missing[0]}=value, or export {missing[0]} first",
+        )
+    return env | {n: environ[n] for n in masked}

@@ -3,19 +3,28 @@
 A worker's environment holds its own secrets (git tokens, Redis passwords) and settings that change
 how Python behaves (PYTHONDONTWRITEBYTECODE, PYTHONPATH of the worker's venv). User code gets only
 what it needs: the allow-listed basics, the env's PATH, the agent's variables and the spec's ``env``.
+
+Secret values: a spec's ``secret_env`` values (and credentials in a Redis URL) are scrubbed from the
+run's log. The worker names them to :func:`secret_values` through ``CELERY_AGENT_SECRET_ENV`` in
+the run's environment (:func:`with_secrets`). The run record holds the spec masked; the values a
+requeued run needs again wait in ``{p}:run:{id}:secrets`` until the run ends (:func:`stash`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from .errors import SpecError
 from .gitcmd import redact
+from .spec import MASK, TaskSpec
 
 if TYPE_CHECKING:
     from .settings import Settings
+    from .state import RunStore
 
 #: variables passed from the worker to every run when set
 PASS_THROUGH = (
@@ -31,6 +40,10 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NU
 CONCURRENCY_ENV = "CELERY_AGENT_CONCURRENCY"
 #: variables whose values may hold credentials (a Redis password in a URL): shown redacted
 SECRET_VARS = ("CELERY_AGENT_REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+#: comma-separated names of the run's variables whose values are secret (the spec's secret_env)
+SECRET_NAMES_ENV = "CELERY_AGENT_SECRET_ENV"
+#: seconds the secret values of an unfinished run are kept for a requeue (a week)
+SECRETS_TTL = 7 * 86400
 
 
 def cpu_share(environ: Mapping[str, str] | None = None) -> int:
@@ -104,13 +117,22 @@ def cluster_vars(settings: Settings | None = None) -> dict[str, str]:
 
 
 def redacted(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` fit to show (logs, records): credentials removed from the values of SECRET_VARS."""
-    return {k: redact(v) if k in SECRET_VARS else v for k, v in env.items()}
+    """``env`` fit to show (logs, records): credentials removed from the values of SECRET_VARS,
+    the values named in ``CELERY_AGENT_SECRET_ENV`` masked."""
+    names = _secret_names(env)
+    return {k: MASK if k in names else redact(v) if k in SECRET_VARS else v for k, v in env.items()}
 
 
 def secret_values(env: Mapping[str, str]) -> list[str]:
-    """The values of SECRET_VARS in ``env`` that hold credentials (to scrub from any text)."""
-    return [v for k, v in env.items() if k in SECRET_VARS and redact(v) != v]
+    """The values to scrub from any text: SECRET_VARS that hold credentials, and the values of the
+    variables named in ``CELERY_AGENT_SECRET_ENV`` (longest first, so no part of one is left)."""
+    values = {v for k, v in env.items() if k in SECRET_VARS and redact(v) != v}
+    values |= {env[k] for k in _secret_names(env) if env.get(k)}
+    return sorted(values, key=lambda v: (-len(v), v))
+
+
+def _secret_names(env: Mapping[str, str]) -> set[str]:
+    return {n.strip() for n in env.get(SECRET_NAMES_ENV, "").split(",") if n.strip()}
 
 
 def scrub(lines: list[str], secrets: list[str]) -> list[str]:
@@ -120,6 +142,63 @@ def scrub(lines: list[str], secrets: list[str]) -> list[str]:
     out = []
     for line in lines:
         for secret in secrets:
-            line = line.replace(secret, "***")
+            if secret:
+                line = line.replace(secret, MASK)
         out.append(line)
     return out
+
+
+# -- secret values of a spec, between submit and the run's end --------------------------------------
+def stash(store: RunStore, run_id: str, spec: TaskSpec, ttl: float = SECRETS_TTL) -> None:
+    """Keep what :meth:`TaskSpec.masked` hides (secret env values, repo credentials) for the run's
+    requeues: the sweep and a drain send the run again from its masked record."""
+    hidden = _hidden(spec)
+    if hidden:
+        store.r.set(_key(store, run_id), json.dumps(hidden), ex=int(ttl))
+
+
+def forget(store: RunStore, run_id: str) -> None:
+    """Drop the kept secret values of a run that ended."""
+    store.r.delete(_key(store, run_id))
+
+
+def with_secrets(store: RunStore, run_id: str, spec: TaskSpec) -> TaskSpec:
+    """``spec`` as the worker runs it: masked values put back from :func:`stash`, and the secret
+    names in ``CELERY_AGENT_SECRET_ENV`` so the run's log is scrubbed of their values.
+
+    Raises :class:`SpecError` naming the variables whose values are no longer kept."""
+    if not spec.secret_env and "://" not in spec.repo:  # nothing masked, nothing redacted
+        return spec
+    masked = spec.masked_names
+    kept = (
+        json.loads(store.r.get(_key(store, run_id)) or "{}") if masked or "://" in spec.repo else {}
+    )
+    env = {**spec.env, **{k: v for k, v in kept.get("env", {}).items() if k in masked}}
+    missing = [name for name in spec.secret_env if env.get(name) == MASK]
+    if missing:
+        raise SpecError(
+            f"run {run_id}: the values of secret env {', '.join(missing)} are no longer kept",
+            "submit it again (celery-agent rerun RUN_ID --env NAME=value, or export NAME first)",
+        )
+    if spec.secret_env:
+        env[SECRET_NAMES_ENV] = ",".join(spec.secret_env)
+    repo = kept.get("repo") if kept.get("repo") and redact(kept["repo"]) == spec.repo else None
+    return spec.model_copy(update={"env": env} | ({"repo": repo} if repo else {}))
+
+
+def hides_values(spec: TaskSpec) -> bool:
+    """Whether the spec has values its record shows masked (secret env, repo credentials)."""
+    return bool(spec.secret_env) or redact(spec.repo) != spec.repo
+
+
+def _hidden(spec: TaskSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if spec.secret_env:
+        out["env"] = {k: spec.env[k] for k in spec.secret_env if spec.env[k] != MASK}
+    if redact(spec.repo) != spec.repo:
+        out["repo"] = spec.repo
+    return {k: v for k, v in out.items() if v}
+
+
+def _key(store: RunStore, run_id: str) -> str:
+    return store.keys.join("run", run_id, "secrets")

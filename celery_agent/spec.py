@@ -8,9 +8,18 @@ import shlex
 from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import SpecError
+from .gitcmd import redact
 
 #: a parameter value: what JSON and the command line can both carry
 ParamValue = str | int | float | bool | None
@@ -21,6 +30,8 @@ EXECUTORS = ("venv", "local", "docker", "conda")
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]+$")
+#: what a secret value is replaced by wherever a spec is shown or stored
+MASK = "***"
 
 
 class DockerOptions(BaseModel):
@@ -102,6 +113,9 @@ class TaskSpec(BaseModel):
     args: list[str] = Field(default_factory=list, description="arguments after the entry")
     params: dict[str, ParamValue] = Field(default_factory=dict, description="parameter overrides")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    secret_env: list[str] = Field(
+        default_factory=list, description="names in env whose values are secret (shown as ***)"
+    )
     requirements: list[str] | None = Field(
         None, description="pip requirements; None means the repo's requirements.txt if any"
     )
@@ -172,6 +186,20 @@ class TaskSpec(BaseModel):
             if not _ENV_NAME.match(name):
                 raise ValueError(f"environment variable name {name!r} is not valid (like MY_VAR)")
         return v
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        env = info.data.get("env")
+        if env is None:  # env itself was invalid: that error says enough
+            return v
+        missing = [name for name in v if name not in env]
+        if missing:
+            raise ValueError(
+                f"{', '.join(repr(n) for n in missing)} not in env: secret_env names variables "
+                "of env, so give each a value there (env={'NAME': value}) or drop it from secret_env"
+            )
+        return list(dict.fromkeys(v))
 
     @field_validator("requirements")
     @classmethod
@@ -271,11 +299,31 @@ class TaskSpec(BaseModel):
         return self.name or self.entry
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict with only the fields that differ from their defaults, plus repo/entry."""
-        return self.model_dump(mode="json", exclude_defaults=True) | {
-            "repo": self.repo,
-            "entry": self.entry,
+        """A JSON-ready dict with only the fields that differ from their defaults, plus repo/entry.
+
+        Secret env values are masked and credentials dropped from the repo URL (see
+        :meth:`masked`): this is the form that is stored and shown. The Celery message is made by
+        ``model_dump`` instead and carries the real values.
+        """
+        spec = self.masked()
+        return spec.model_dump(mode="json", exclude_defaults=True) | {
+            "repo": spec.repo,
+            "entry": spec.entry,
         }
+
+    def masked(self) -> TaskSpec:
+        """This spec fit to store and show: each value named in ``secret_env`` replaced by
+        ``***``, and ``user:password@`` removed from the repo URL."""
+        env = {k: MASK if k in self.secret_env else v for k, v in self.env.items()}
+        repo = redact(self.repo)
+        if env == self.env and repo == self.repo:
+            return self
+        return self.model_copy(update={"env": env, "repo": repo})
+
+    @property
+    def masked_names(self) -> list[str]:
+        """The names in ``secret_env`` whose value is the mask (a spec read back from a record)."""
+        return [name for name in self.secret_env if self.env.get(name) == MASK]
 
     def with_changes(self, **changes: Any) -> TaskSpec:
         """A validated copy with some fields changed."""

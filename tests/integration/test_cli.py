@@ -115,3 +115,37 @@ def test_bad_param_is_a_usage_error(worker, make_repo):
     repo = make_repo({"train.py": "print(1)\n"})
     assert main(["submit", "train.py", "--repo", str(repo), "-p", "lr"]) == 1
     git(repo, "status")
+
+
+SECRET_SCRIPT = """\
+import hashlib, os
+print("sha", hashlib.sha256(os.environ["API_KEY"].encode()).hexdigest())
+"""
+
+
+def test_secret_env_from_the_environment_is_masked_and_rerun_asks_for_it_again(
+    worker, make_repo, store, capsys, monkeypatch
+):
+    import hashlib
+
+    repo = make_repo({"s.py": SECRET_SCRIPT})
+    base = ["--repo", str(repo), "--queue", worker.queues, "--executor", "local"]
+    monkeypatch.delenv("CA_TEST_API_KEY", raising=False)
+    assert main(["submit", "s.py", *base, "--secret-env", "CA_TEST_API_KEY"]) == 2
+    assert "export CA_TEST_API_KEY" in capsys.readouterr().err
+    secret = f"k-{os.getpid()}-secret"
+    monkeypatch.setenv("API_KEY", secret)
+    assert main(["submit", "s.py", *base, "--secret-env", "API_KEY", "--wait"]) == 0
+    run_id = store.list_runs(1)[0]["run_id"]
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    assert f"sha {digest}" in capsys.readouterr().out
+    assert main(["show", run_id, "--json"]) == 0
+    shown = capsys.readouterr().out
+    assert secret not in shown and '"API_KEY": "***"' in shown
+    monkeypatch.delenv("API_KEY")
+    assert main(["rerun", run_id]) == 1
+    assert "--env API_KEY=value" in capsys.readouterr().err
+    assert main(["rerun", run_id, "--env", "API_KEY=other", "--wait"]) == 0
+    other = hashlib.sha256(b"other").hexdigest()
+    assert f"sha {other}" in capsys.readouterr().out
+    assert store.list_runs(1)[0]["spec"]["env"] == {"API_KEY": "***"}

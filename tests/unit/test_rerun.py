@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import pytest
+
+from celery_agent.errors import SpecError
 from celery_agent.rerun import respec
 
 
@@ -22,3 +25,24 @@ def test_rerun_of_a_conda_run_does_not_turn_its_freeze_into_pip_requirements():
     record = {"run_id": "r2", "spec": {"repo": "/r", "entry": "t.py", "executor": "conda",
               "conda": {"specs": ["python"]}}, "freeze": ["numpy==2.0"]}  # fmt: skip
     assert respec(record).requirements is None
+
+
+SECRET_RECORD = {
+    "run_id": "r3",
+    "spec": {"repo": "/r", "entry": "t.py", "env": {"KEY": "***", "TOKEN": "***", "P": "1"},
+             "secret_env": ["KEY", "TOKEN"]},
+}  # fmt: skip
+
+
+def test_rerun_takes_masked_secrets_from_the_given_env_then_the_callers_environment():
+    spec = respec(SECRET_RECORD, env={"KEY": "k-1"}, environ={"TOKEN": "t-2", "KEY": "other"})
+    assert spec.env == {"KEY": "k-1", "TOKEN": "t-2", "P": "1"}
+    assert spec.secret_env == ["KEY", "TOKEN"] and spec.to_json()["env"]["KEY"] == "***"
+
+
+def test_rerun_without_the_secret_values_names_them_and_how_to_give_them():
+    with pytest.raises(SpecError) as info:
+        respec(SECRET_RECORD, environ={"KEY": "k"})
+    text = str(info.value)
+    assert "run r3" in text and "TOKEN" in text and "KEY," not in text
+    assert "--env TOKEN=value" in text and "export TOKEN" in text

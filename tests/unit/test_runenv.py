@@ -48,3 +48,18 @@ def test_secret_values_are_scrubbed_from_log_lines():
         "plain",
     ]
     assert runenv.secret_values({"CELERY_AGENT_REDIS_URL": "redis://h:6379/0"}) == []
+
+
+def test_values_named_secret_are_scrubbed_longest_first_and_empty_ones_ignored():
+    env = {"A": "tok", "B": "tok-longer", "C": "", "PLAIN": "tok-plain"}
+    env[runenv.SECRET_NAMES_ENV] = "A, B,C"
+    secrets = runenv.secret_values(env)
+    assert secrets == ["tok-longer", "tok"]
+    assert runenv.scrub(["x tok-longer y tok z"], secrets) == ["x *** y *** z"]
+    assert runenv.redacted(env)["A"] == "***" and runenv.redacted(env)["PLAIN"] == "tok-plain"
+    assert runenv.secret_values({"A": "tok"}) == [], "only names marked secret count"
+
+
+def test_secret_names_reach_the_run_through_its_environment():
+    env = runenv.build(base={}, spec_env={"K": "v", runenv.SECRET_NAMES_ENV: "K"}, agent={})
+    assert runenv.secret_values(env) == ["v"]

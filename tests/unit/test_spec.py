@@ -103,3 +103,28 @@ def test_bad_docker_volume_is_rejected_at_submit():
     with pytest.raises(SpecError, match="docker.volumes: docker volume 'data' is malformed"):
         make(executor="docker", docker={"image": "img", "volumes": ["data"]})
     assert make(executor="docker", docker={"image": "i", "volumes": ["/d:/data:rw"]}).docker.volumes
+
+
+def test_secret_env_must_name_variables_of_env():
+    with pytest.raises(SpecError) as info:
+        make(env={"A": "1"}, secret_env=["A", "API_KEY"])
+    text = str(info.value)
+    assert "secret_env: 'API_KEY' not in env" in text and "env={'NAME': value}" in text
+
+
+def test_stored_form_masks_secret_values_and_repo_credentials():
+    spec = make(repo="https://bot:tok-1@example.com/r.git", env={"KEY": "v-2", "PLAIN": "p"},
+                secret_env=["KEY", "KEY"])  # fmt: skip
+    assert spec.secret_env == ["KEY"]
+    stored = spec.to_json()
+    assert stored["env"] == {"KEY": "***", "PLAIN": "p"} and stored["secret_env"] == ["KEY"]
+    assert stored["repo"] == "https://example.com/r.git"
+    assert "v-2" not in json.dumps(stored) and "tok-1" not in json.dumps(stored)
+    full = spec.model_dump(mode="json")  # what the Celery message carries
+    assert full["env"]["KEY"] == "v-2" and full["repo"] == "https://bot:tok-1@example.com/r.git"
+    assert TaskSpec.parse(stored).masked_names == ["KEY"] and spec.masked_names == []
+
+
+def test_a_spec_with_nothing_to_hide_is_its_own_masked_form():
+    spec = make(env={"A": "1"})
+    assert spec.masked() is spec and TaskSpec.parse(spec.to_json()) == spec
