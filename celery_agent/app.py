@@ -5,7 +5,10 @@
 - ``CELERY_AGENT_REDIS_URL``: broker, result backend and state store at once
   (default ``redis://localhost:6379/0``);
 - ``CELERY_BROKER_URL`` / ``CELERY_RESULT_BACKEND``: override each (Celery reads them itself);
-- ``CELERY_AGENT_CONFIG``: an importable module of Celery settings (see ``config/``).
+- a Redis URL may be ``redis://``, ``rediss://`` (TLS) or ``sentinel://``; the app gives Celery the
+  transport options and TLS settings each needs (see :mod:`.redisconn`);
+- ``CELERY_AGENT_CONFIG``: an importable module of Celery settings (see ``config/``); one that
+  sets ``task_serializer = "auth"`` turns on message signing (Celery's ``setup_security``).
 
 The worker command gains ``--gpus``, ``--dynamic`` and ``--cpu-only`` and a bootstep that sends
 heartbeats (see :mod:`.worker`).
@@ -14,6 +17,7 @@ heartbeats (see :mod:`.worker`).
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Mapping
 from functools import lru_cache
@@ -23,13 +27,16 @@ from celery import Celery
 from kombu.utils.json import register_type
 from pydantic import ValidationError
 
-from . import defaults, worker
+from . import defaults, redisconn, worker
+from .errors import ConfigError
 from .settings import Settings
 from .spec import TaskSpec
 from .state import RunStore
 from .workers import WorkerRegistry
 
 CONFIG_MODULE_ENV = "CELERY_AGENT_CONFIG"
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> Celery:
@@ -43,8 +50,44 @@ def create_app(environ: Mapping[str, str] | None = None) -> Celery:
     app.add_defaults({k: v for k, v in defaults.celery_config(settings).items() if k not in named})
     if module:
         app.config_from_object(module)
+        app.on_after_configure.connect(_setup_signing, weak=False)
+    app.on_after_configure.connect(_use_redis_urls, weak=False)
     worker.install(app)
     return app
+
+
+#: (URL setting, its transport options, its TLS setting) for the broker and the result backend
+_REDIS_ROLES = (
+    ("broker_url", "broker_transport_options", "broker_use_ssl"),
+    ("result_backend", "result_backend_transport_options", "redis_backend_use_ssl"),
+)
+
+
+def _use_redis_urls(sender: Celery, source: Any, replace: bool = False, **_: Any) -> None:
+    """Give Celery its broker and backend URLs in the form it takes, with the transport options
+    (sentinel master name) and TLS settings they need; options the config already sets win
+    unless ``replace``."""
+    for url_key, options_key, tls_key in _REDIS_ROLES:
+        url = getattr(source, url_key, None)
+        if not isinstance(url, str):
+            continue
+        try:
+            celery_url, options, tls = redisconn.celery_form(url)
+        except ConfigError as err:  # the store raises it where it is used; Celery says its own
+            logger.warning("%s: %s", url_key, err)
+            continue
+        source[url_key] = celery_url
+        if options:
+            given = dict(source.get(options_key) or {})
+            source[options_key] = given | options if replace else options | given
+        if tls and (replace or not source.get(tls_key)):
+            source[tls_key] = tls
+
+
+def _setup_signing(sender: Celery, source: Any, **_: Any) -> None:
+    """Sign every message sent and refuse unsigned ones when the config module asks for it."""
+    if source.get("task_serializer") == "auth":
+        sender.setup_security()
 
 
 def _register_spec_type() -> None:
@@ -99,6 +142,7 @@ def use_environment() -> Settings:
     _stores.clear()
     settings = get_settings()
     app.conf.update(broker_url=settings.broker, result_backend=settings.backend)
+    _use_redis_urls(app, app.conf, replace=True)
     return settings
 
 

@@ -5,7 +5,9 @@
   died) is put back on its queue with the same run id while it has attempts left, else marked
   ``lost`` with an error naming the worker (see :mod:`.requeue`; without a ``resend`` it is marked
   lost at once);
-- workers not seen for :data:`RETENTION` seconds are forgotten with their history.
+- workers not seen for :data:`RETENTION` seconds are forgotten with their history;
+- runs and searches that ended more than ``run_retention_days`` ago are deleted, a bounded batch
+  per sweep (see :mod:`.retention`).
 
 Every step is idempotent (a lost worker or run is marked once, a terminal run never changes), and a
 short Redis lock keeps two beats from sweeping at the same moment.
@@ -19,7 +21,7 @@ import socket
 import time
 from typing import Any
 
-from . import state
+from . import retention, state
 from .requeue import Resend, Revoked, recover
 from .state import RunStore
 from .workers import WorkerRegistry
@@ -35,8 +37,13 @@ def sweep(
     lock_ttl: float = 10.0,
     resend: Resend | None = None,
     revoked: Revoked | None = None,
+    retention_days: float | None = None,
+    retention_batch: int = retention.BATCH,
 ) -> dict[str, Any]:
-    """Sweep once; returns what changed (``skipped`` when another sweep holds the lock)."""
+    """Sweep once; returns what changed (``skipped`` when another sweep holds the lock).
+
+    ``retention_days`` defaults to the ``run_retention_days`` setting (0 keeps everything).
+    """
     token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
     if not store.r.set(store.keys.sweep_lock(), token, nx=True, px=max(1, int(lock_ttl * 1000))):
         return {"skipped": True}
@@ -50,7 +57,26 @@ def sweep(
         for run_id, what in _orphan_runs(store, registry, name, alive, resend, revoked):
             found[_BUCKET[what]].append(run_id)
     forgotten = registry.trim(time.time() - RETENTION)
-    return {"lost_workers": lost_workers, **found, "forgotten": forgotten}
+    expired = _expire(store, retention_days, retention_batch)
+    return {"lost_workers": lost_workers, **found, "forgotten": forgotten, **expired}
+
+
+def _expire(store: RunStore, days: float | None, batch: int) -> dict[str, int]:
+    """Delete runs and searches past their retention; how many of each went."""
+    if days is None:
+        from .app import get_settings
+
+        days = get_settings().run_retention_days
+    try:
+        runs = retention.expire_runs(store, days, batch=batch)
+        searches = retention.expire_searches(store, days, batch=batch)
+    except Exception as err:  # retention must never stop the sweep's real work
+        logger.warning("sweep: deleting old runs failed: %s", err)
+        return {"expired_runs": 0, "expired_searches": 0}
+    if runs or searches:
+        logger.info("sweep: deleted %d runs and %d searches older than %g days",
+                    len(runs), len(searches), days)  # fmt: skip
+    return {"expired_runs": len(runs), "expired_searches": len(searches)}
 
 
 _BUCKET = {state.LOST: "lost_runs", state.QUEUED: "requeued_runs", state.ABORTED: "aborted_runs"}

@@ -1,0 +1,186 @@
+"""Retention: runs that ended more than ``run_retention_days`` ago are deleted, in Redis and on disk.
+
+In Redis (:func:`expire_runs`, called by the beat sweep): such a run loses its record, log stream,
+metrics stream, claim, cancel flag, secrets and its entry in ``{p}:runs``; a search that ended that long ago
+loses its record, trials, cancel flag and its entry in ``{p}:searches`` (:func:`expire_searches`).
+Never deleted, whatever their age: runs that are queued, preparing or running, and the trials of a
+search that is still running. Each call looks at one window of at most ``batch`` old entries and
+remembers where the next one starts (``{p}:retention:runs``, ``{p}:retention:searches``), so a
+backlog is worked off over several sweeps and none holds Redis for long; streams go with UNLINK,
+which frees their memory off Redis's main thread.
+
+On disk (:func:`prune_run_dirs`, for each worker): run folders under ``runs_dir`` (log file,
+output) untouched for longer than the retention, unless Redis says their run is still active.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import state
+from .state import RunStore
+
+logger = logging.getLogger(__name__)
+
+DAY = 86400.0
+BATCH = 500  #: old index entries one sweep looks at (runs, and searches, each)
+KEEP = frozenset({state.QUEUED, *state.ACTIVE})  #: states whose runs are never deleted
+_ENDS = tuple(f"{s}_at" for s in sorted(state.TERMINAL))
+_TRIAL = re.compile(r"^search-(?P<search>.+)-t\d+$")  #: the name a search gives its trials
+
+
+def expire_runs(store: RunStore, days: float, now: float | None = None,
+                batch: int = BATCH) -> list[str]:  # fmt: skip
+    """Delete runs that ended more than ``days`` ago (one window of ``batch``); their ids."""
+    if days <= 0:
+        return []
+    cutoff = (now or time.time()) - days * DAY
+    offset, ids = _window(store, store.keys.runs(), "runs", cutoff, batch)
+    pipe = store.r.pipeline(transaction=False)
+    for run_id in ids:
+        pipe.hmget(store.keys.run(run_id), "state", "name", *_ENDS)
+    rows = [dict(zip(("state", "name", *_ENDS), r, strict=True)) for r in pipe.execute()]
+    running = _running_searches(store, [row["name"] for row in rows])
+    gone = [i for i, row in zip(ids, rows, strict=True) if _expired(row, cutoff, running)]
+    _delete_runs(store, gone)
+    _advance(store, "runs", offset, len(ids) - len(gone), len(ids) == batch)
+    return gone
+
+
+def expire_searches(store: RunStore, days: float, now: float | None = None,
+                    batch: int = BATCH) -> list[str]:  # fmt: skip
+    """Delete searches that ended more than ``days`` ago (one window of ``batch``); their ids."""
+    from .search.record import SearchKeys
+
+    if days <= 0:
+        return []
+    keys, cutoff = SearchKeys(store), (now or time.time()) - days * DAY
+    offset, ids = _window(store, keys.searches(), "searches", cutoff, batch)
+    pipe = store.r.pipeline(transaction=False)
+    for search_id in ids:
+        pipe.hmget(keys.search(search_id), "state", "finished_at")
+    gone = [
+        search_id
+        for search_id, (st, finished) in zip(ids, pipe.execute(), strict=True)
+        if st is None or (st != "running" and _number(finished, 0.0) < cutoff)
+    ]
+    pipe = store.r.pipeline(transaction=False)
+    for search_id in gone:
+        pipe.unlink(keys.search(search_id), keys.trials(search_id), keys.cancel(search_id))
+    if gone:
+        pipe.zrem(keys.searches(), *gone)
+    pipe.execute()
+    _advance(store, "searches", offset, len(ids) - len(gone), len(ids) == batch)
+    return gone
+
+
+def prune_run_dirs(runs_dir: Path, store: RunStore, days: float,
+                   now: float | None = None) -> list[str]:  # fmt: skip
+    """Remove run folders untouched for ``days`` whose run is not active; the run ids removed.
+
+    Nothing is removed when Redis cannot say which runs are active (the error propagates).
+    """
+    if days <= 0 or not runs_dir.is_dir():
+        return []
+    cutoff = (now or time.time()) - days * DAY
+    old = [p for p in runs_dir.iterdir() if p.is_dir() and _last_touched(p) < cutoff]
+    pipe = store.r.pipeline(transaction=False)
+    for path in old:
+        pipe.hget(store.keys.run(path.name), "state")
+    removed = []
+    for path, run_state in zip(old, pipe.execute(), strict=True):
+        if run_state not in KEEP:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+def prune_this_machine() -> list[str]:
+    """:func:`prune_run_dirs` with this process's settings and store, logging what it did; for a
+    worker to call (in the background) when it starts. Errors are logged, never raised."""
+    from .app import get_settings, get_store
+
+    settings = get_settings()
+    try:
+        removed = prune_run_dirs(settings.runs_dir, get_store(), settings.run_retention_days)
+    except Exception as err:
+        logger.warning("pruning old run folders failed: %s", err)
+        return []
+    if removed:
+        logger.info("removed %d run folders older than %g days", len(removed),
+                    settings.run_retention_days)  # fmt: skip
+    return removed
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _window(store: RunStore, index: str, name: str, cutoff: float,
+            batch: int) -> tuple[int, list[str]]:  # fmt: skip
+    """(offset, ids): the next ``batch`` entries of ``index`` scored before ``cutoff``."""
+    offset = int(store.r.get(store.keys.join("retention", name)) or 0)
+    ids = store.r.zrangebyscore(index, "-inf", f"({cutoff}", start=offset, num=batch)
+    return offset, list(ids)
+
+
+def _advance(store: RunStore, name: str, offset: int, kept: int, full: bool) -> None:
+    """Start the next window after the entries kept in this one, or from the oldest again."""
+    store.r.set(store.keys.join("retention", name), offset + kept if full else 0)
+
+
+def _expired(row: dict[str, Any], cutoff: float, running_searches: set[str]) -> bool:
+    if row["state"] is None:  # an index entry whose record is gone: clean up after it
+        return True
+    if row["state"] not in state.TERMINAL:
+        return False
+    trial = _TRIAL.match(row["name"] or "")
+    if trial and trial["search"] in running_searches:
+        return False
+    return _number(row.get(f"{row['state']}_at"), 0.0) < cutoff
+
+
+def _running_searches(store: RunStore, names: Sequence[str | None]) -> set[str]:
+    from .search.record import SearchKeys
+
+    found = {m["search"] for n in names if n and (m := _TRIAL.match(n))}
+    if not found:
+        return set()
+    keys, ordered = SearchKeys(store), sorted(found)
+    pipe = store.r.pipeline(transaction=False)
+    for search_id in ordered:
+        pipe.hget(keys.search(search_id), "state")
+    return {s for s, st in zip(ordered, pipe.execute(), strict=True) if st == "running"}
+
+
+def _delete_runs(store: RunStore, run_ids: Sequence[str]) -> None:
+    if not run_ids:
+        return
+    k = store.keys
+    pipe = store.r.pipeline(transaction=False)
+    for run_id in run_ids:  # secrets: runenv keeps a run's secret values there until it ends
+        pipe.unlink(k.run(run_id), k.log(run_id), k.metrics(run_id), k.claim(run_id),
+                    k.abort(run_id), k.join("run", run_id, "secrets"))  # fmt: skip
+    pipe.zrem(k.runs(), *run_ids)
+    pipe.execute()
+
+
+def _last_touched(path: Path) -> float:
+    """The newest modification time of the folder and what it directly holds."""
+    times = [path.stat().st_mtime]
+    for entry in path.iterdir():
+        try:
+            times.append(entry.stat().st_mtime)
+        except OSError:
+            continue
+    return max(times)
+
+
+def _number(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text else default
+    except ValueError:
+        return default
