@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -51,17 +52,34 @@ def holder_dead(holder: str) -> bool:
         return False
 
 
-def admit(store: RunStore, run_id: str, token: str, ttl: float) -> None:
-    """Claim the run for ``token``, or raise :class:`DuplicateRun`."""
-    ended = store.r.hget(store.keys.run(run_id), "state")
+@dataclass
+class Admission:
+    """What a delivery that got the claim knows as it starts."""
+
+    cancelled: bool  #: someone asked to cancel the run
+    draining: bool  #: the worker drains
+    record: dict[str, Any]  #: the run record, read after the claim (empty when unknown)
+    claimed: bool = True  #: False for a run cancelled before it started: it ends, unclaimed
+
+
+def admit(store: RunStore, run_id: str, token: str, ttl: float, worker: str) -> Admission:
+    """Claim the run for ``token`` (one round trip), or raise :class:`DuplicateRun`. A run
+    cancelled before it ever started is not claimed: the delivery only ends it aborted."""
+    got, holder, cancelled, draining, record = store.claim_view(run_id, token, ttl, worker)
+    if cancelled and "preparing_at" not in record:
+        if got:
+            store.release_claim(run_id, token)
+        return Admission(cancelled, draining, record, claimed=False)
+    ended = record.get("state")
     if ended in state.TERMINAL:
+        if got:
+            store.release_claim(run_id, token)
         raise DuplicateRun(f"run {run_id} already ended as {ended}")
-    holder = store.claim(run_id, token, ttl)
-    if holder is None:
-        return
-    if not (holder_dead(holder) and store.steal_claim(run_id, holder, token, ttl)):
-        raise DuplicateRun(f"run {run_id} is already held by {holder}")
-    logger.warning("run %s: its runner %s died; taking the run over", run_id, holder)
+    if not got:
+        if not (holder_dead(holder) and store.steal_claim(run_id, holder, token, ttl)):
+            raise DuplicateRun(f"run {run_id} is already held by {holder}")
+        logger.warning("run %s: its runner %s died; taking the run over", run_id, holder)
+    return Admission(cancelled, draining, record)
 
 
 def kill_leftovers(run_id: str) -> list[int]:

@@ -9,6 +9,7 @@ from typing import Any
 from . import leases as leases_mod
 from .executors.base import ExecutorSettings
 from .gpus import DYNAMIC, WorkerGpus
+from .keeper import keeper_for
 from .settings import Settings
 from .source import SourceCache
 from .state import RunStore
@@ -25,8 +26,9 @@ class WorkerContext:
     resend: Any = None  #: resend(run_id, spec_json, queue) puts a run back on its queue
 
     def __post_init__(self) -> None:
-        self.sources = SourceCache(self.settings.git_cache)
+        self.sources = SourceCache(self.settings.git_cache, keep=self.settings.checkouts_kept)
         self.registry = WorkerRegistry(self.store.r, self.store.keys)
+        self.keeper = keeper_for(self.store)  # claims, cancels, deferred writes of its runs
         self.gpus = WorkerGpus.from_env()  # published by the worker's main process
         self.leases = (
             leases_mod.GpuLeases(self.store.r, self.store.keys, socket.gethostname())

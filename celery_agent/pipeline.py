@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,17 @@ from . import leases as leases_mod
 from . import params as params_mod
 from .attempts import DuplicateRun
 from .context import WorkerContext
-from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout
+from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout, UnknownRunError
 from .executors import get_executor
 from .executors.base import ExecutorSettings, PreparedEnv, RunRequest
 from .gpus import gpu_ids, pin_env
+from .keeper import Held
 from .monitoring.gpu import GpuDevice
 from .monitoring.sampler import RunGpuSampler
 from .runner import ProcessOutcome
 from .source import Checkout
 from .spec import TaskSpec, quote_argv
-from .stages import StageClock, entry_head, record_end, stage_hint, stage_timeout
+from .stages import StageClock, entry_head, record_end, stage_hint, stage_timeout, with_retry
 from .stopwatch import CHECK_EVERY, StopWatch
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,9 @@ class Job:
         self.gpu_usage: dict[str, Any] = {}
         self.summary: dict[str, Any] = {"run_id": run_id, "worker": ctx.worker, "timings": {}}
         self.token = attempts.holder_token(ctx.worker)
-        self.stops = StopWatch(ctx.store, run_id, ctx.worker, ctx.settings.abort_poll)
+        self.held: Held | None = None  #: set once the run is claimed
+        self.stops: Callable[[], bool] = lambda: False
+        self.stop_reason: Callable[[], str | None] = lambda: None
 
     # -- the algorithm --------------------------------------------------------------------------
     def run(self, raw_spec: Any) -> dict[str, Any]:
@@ -79,33 +83,37 @@ class Job:
             spec = TaskSpec.parse(raw_spec)
         except SpecError as err:
             return self.finish(state.FAILED, error=err)
-        if self.store.is_aborted(self.run_id) and not self._started_before():
+        s = self.ctx.settings
+        admission = attempts.admit(
+            self.store, self.run_id, self.token, s.claim_ttl, self.ctx.worker
+        )
+        if not admission.claimed:
             return self.finish(state.ABORTED, error=Cancelled("cancelled before it started"))
-        attempts.admit(self.store, self.run_id, self.token, self.ctx.settings.claim_ttl)
-        self.ctx.registry.add_run(self.ctx.worker, self.run_id)
+        held = self.held = self.ctx.keeper.hold(self.run_id, self.token, s.claim_ttl)
+        watch = StopWatch(held, self.ctx.worker, s.abort_poll)
+        self.stops, self.stop_reason = watch, lambda: watch.reason
+        watch.reason = "cancel" if admission.cancelled else "drain" if admission.draining else None
         try:
-            with (
-                state.ClaimKeeper(self.store, self.run_id, self.token, self.ctx.settings.claim_ttl),
-                self.stops,
-            ):
-                summary = self._claimed(spec)
+            summary = self._claimed(spec, admission.record)
         except Exception:
-            self.ctx.registry.remove_run(self.ctx.worker, self.run_id)
+            self._let_go()
             raise
-        # (a BaseException - the pool process told to exit, e.g. revoke(terminate=True) - leaves
-        # the run listed and its claim to expire: the sweep then ends or requeues it)
-        self.ctx.registry.remove_run(self.ctx.worker, self.run_id)
+        finally:  # (a BaseException - the pool process told to exit, e.g. revoke(terminate=True) -
+            # leaves the run listed and its claim to expire: the sweep then ends or requeues it)
+            self.ctx.keeper.drop(held)
         if summary["status"] == state.QUEUED:  # sent again only now that the claim is free
             self.ctx.resend(self.run_id, spec.to_json(), spec.queue)
             raise Requeued(f"run {self.run_id} went back to queue {spec.queue}")
         return summary
 
-    def _claimed(self, spec: TaskSpec) -> dict[str, Any]:
+    def _claimed(self, spec: TaskSpec, record: dict[str, Any]) -> dict[str, Any]:
         self.clock = StageClock.for_spec(spec, self.started)
         try:
-            if self.store.is_aborted(self.run_id):
+            if self.stop_reason() == "cancel":
+                if record.get("state") in state.ACTIVE:  # its last runner died
+                    attempts.kill_leftovers(self.run_id)
                 raise Cancelled("cancelled before it started")
-            self.begin(spec)
+            self.begin(spec, record)
             self.checkout = self.materialize(spec)
             prepared = self.prepare(spec, self.checkout)
             outcome = self.execute(spec, self.checkout, prepared)
@@ -129,10 +137,11 @@ class Job:
             self.cleanup()
 
     # -- stages ---------------------------------------------------------------------------------
-    def begin(self, spec: TaskSpec) -> None:
-        """Record that the run started here, and make its folders."""
+    def begin(self, spec: TaskSpec, record: dict[str, Any]) -> None:
+        """Record that the run started here (one round trip), and make its folders."""
+        if not record:
+            raise UnknownRunError(f"no run {self.run_id!r} is recorded", "submit it again")
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        record = self.store.get(self.run_id)
         if record.get("state") in state.ACTIVE:  # its last runner died
             attempts.kill_leftovers(self.run_id)
         lost = attempts.count_lost(self.store, self.run_id, record)
@@ -141,16 +150,15 @@ class Job:
         attempt = int(record.get("attempt") or 0) + 1
         if attempt > 1:  # an earlier attempt here may have left its worktree
             shutil.rmtree(self.run_dir / "src", ignore_errors=True)
-        old = self.store.transition(
-            self.run_id,
-            state.PREPARING,
-            worker=self.ctx.worker,
-            attempt=attempt,
-            run_dir=str(self.run_dir),
-            output_dir=str(self.output_dir),
-            pid=os.getpid(),
-            host=socket.gethostname(),
-        )
+        fields: dict[str, Any] = {"worker": self.ctx.worker, "attempt": attempt, "run_dir": str(self.run_dir),
+                  "output_dir": str(self.output_dir), "pid": os.getpid(),
+                  "host": socket.gethostname()}  # fmt: skip
+
+        def build(pipe: Any) -> None:
+            self.store.transition(self.run_id, state.PREPARING, pipe=pipe, **fields)
+            self.ctx.registry.add_run(self.ctx.worker, self.run_id, pipe=pipe)
+
+        old = self._write(build)[0]
         if old in state.TERMINAL:
             raise DuplicateRun(f"run {self.run_id} already ended as {old}")
         self.note(f"run {self.run_id} on {self.ctx.worker} (attempt {attempt})")
@@ -161,7 +169,7 @@ class Job:
         t0 = time.time()
         co = self.ctx.sources.checkout(
             spec.repo,
-            self.run_dir / "src",
+            self.run_dir / "src" if self.ctx.settings.keep_source else None,
             commit=spec.commit,
             branch=spec.branch,
             diff=spec.diff,
@@ -169,10 +177,12 @@ class Job:
         )
         self.timing("source", t0)
         self.clock.check("source", t0)
-        self.store.update(self.run_id, commit=co.commit)
+        self._defer(commit=co.commit)
         self.summary["commit"] = co.commit
         self.note(
-            f"source {co.repo_url} @ {co.commit[:12]}" + (" + diff" if co.diff_applied else "")
+            f"source {co.repo_url} @ {co.commit[:12]}"
+            + (" + diff" if co.diff_applied else "")
+            + (" (worktree reused)" if co.reused else "")
         )
         self.check_abort()
         return co
@@ -190,12 +200,7 @@ class Job:
         self.timing("env", t0)
         hit = "cache hit" if prepared.cache_hit else f"built with {prepared.installer}"
         self.note(f"environment {prepared.cache_key or '-'}: {hit} in {prepared.seconds:.2f}s")
-        self.store.update(
-            self.run_id,
-            env_key=prepared.cache_key,
-            env_hit=prepared.cache_hit,
-            freeze=prepared.freeze,
-        )
+        self._defer(env_key=prepared.cache_key, env_hit=prepared.cache_hit, freeze=prepared.freeze)
         self.check_abort()
         return prepared
 
@@ -207,7 +212,7 @@ class Job:
                              ttl=s.gpu_lease_ttl, wait=wait,
                              should_abort=lambda: self.store.is_aborted(self.run_id)) as gpus:  # fmt: skip
             if self.ctx.gpus.mode != "unbound":
-                self.store.update(self.run_id, gpus=gpu_ids(gpus))
+                self._defer(gpus=gpu_ids(gpus))
                 self.note(f"GPUs ({self.ctx.gpus.mode}): {', '.join(gpu_ids(gpus)) or 'none'}")
             with RunGpuSampler(s.gpu_sample_interval) as sampler:
                 outcome = self.supervise(spec, co, prepared, gpus)
@@ -234,12 +239,10 @@ class Job:
         ) | pin_env(self.ctx.gpus.mode, gpus)
         secrets = runenv.secret_values(env)  # credentials the run was given never reach the log
         sink = metrics.tap(
-            lambda lines: self.store.append_log(self.run_id, runenv.scrub(lines, secrets)),
-            self.store,
-            self.run_id,
+            lambda lines: self.store.append_log(self.run_id, lines), self.store, self.run_id
         )  # metric lines also go to the run's metrics stream
         self.note(f"$ {quote_argv(argv)}")
-        self.store.transition(self.run_id, state.RUNNING)
+        self._write(lambda pipe: self.store.transition(self.run_id, state.RUNNING, pipe=pipe))
         request = RunRequest(
             env=env,
             cwd=self._workdir(spec, co),
@@ -253,6 +256,7 @@ class Job:
             output_dir=self.output_dir,
             labels={"run_id": self.run_id, "worker": self.ctx.worker, "queue": spec.queue},
             gpus=gpu_ids(gpus),
+            scrub=(lambda lines: runenv.scrub(lines, secrets)) if secrets else None,
         )
         t0 = time.time()
         outcome = executor.run(prepared, interp_args, request)
@@ -272,7 +276,7 @@ class Job:
         self.summary["log_tail"] = outcome.tail
         self.summary["log_lines"] = outcome.lines
         error = None
-        if outcome.status == state.ABORTED and self.stops.reason == "drain":
+        if outcome.status == state.ABORTED and self.stop_reason() == "drain":
             return self.requeue(f"worker {self.ctx.worker} drained while it ran")
         if outcome.status == state.FAILED:
             error = AgentError(f"the run exited with code {outcome.exit_code}", stage_hint(outcome))
@@ -302,16 +306,47 @@ class Job:
             self.summary["error_stage"] = error.stage or stage
             self.note(f"{status}: {error}")
         fields = {k: v for k, v in self.summary.items() if k not in ("run_id", "status")}
-        record_end(self.store, self.run_id, status, fields, self.ctx.settings.record_retry)
+        self._end(status, fields)
         return self.summary
 
     def requeue(self, why: str) -> dict[str, Any]:
         """Put the run back in its queue (state queued; sent again once the claim is released)."""
         self.note(f"back to the queue: {why}")
         self.summary["status"] = state.QUEUED
-        fields = {"requeued_at": time.time(), "last_error": why}
-        record_end(self.store, self.run_id, state.QUEUED, fields, self.ctx.settings.record_retry)
+        self._end(state.QUEUED, {"requeued_at": time.time(), "last_error": why})
         return self.summary
+
+    def _end(self, status: str, fields: dict[str, Any]) -> None:
+        """The last write of a delivery, in one round trip when it held the run: its deferred
+        writes, the final state, the claim released and the run off the worker's list (retried
+        while Redis is away)."""
+        held = self.held
+        if held is None:  # it never got the claim (a message that is not a spec)
+            record_end(self.store, self.run_id, status, fields, self.ctx.settings.record_retry)
+            return
+
+        def write(pipe: Any) -> None:
+            self.store.transition(self.run_id, status, force=True, pipe=pipe, **fields)
+            self.store.release_claim(self.run_id, self.token, pipe=pipe)
+            self.ctx.registry.remove_run(self.ctx.worker, self.run_id, pipe=pipe)
+
+        with_retry(lambda: held.write(write), self.run_id, self.ctx.settings.record_retry)
+        self.held = None  # released: nothing more to let go of
+
+    def _let_go(self) -> None:
+        """Release the claim of a delivery that ends without a final state (a duplicate, a bug)."""
+        held, self.held = self.held, None
+        if held is None:
+            return
+
+        def release(pipe: Any) -> None:
+            self.store.release_claim(self.run_id, self.token, pipe=pipe)
+            self.ctx.registry.remove_run(self.ctx.worker, self.run_id, pipe=pipe)
+
+        try:
+            held.write(release)
+        except Exception as err:
+            logger.warning("could not release the claim on %s: %s", self.run_id, err)
 
     def cleanup(self) -> None:
         """Remove the worktree; keep the run folder (log, output, params)."""
@@ -325,16 +360,33 @@ class Job:
 
     # -- helpers --------------------------------------------------------------------------------
     def note(self, text: str) -> None:
-        """A line from the agent itself, in the run's log stream and log file."""
+        """A line from the agent itself, in the run's log file now and its log stream with the
+        next write (see :mod:`.keeper`)."""
         line = f"{TAG} {text}"
         logger.info("%s: %s", self.run_id, text)
-        try:
-            self.store.append_log(self.run_id, [line])
-        except Exception as err:
-            logger.warning("could not write to the log of %s: %s", self.run_id, err)
+        if self.held is not None:
+            self.held.defer([line])
+        else:
+            try:
+                self.store.append_log(self.run_id, [line])
+            except Exception as err:
+                logger.warning("could not write to the log of %s: %s", self.run_id, err)
         if self.run_dir.is_dir():
             with self.log_file.open("a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
+
+    def _defer(self, **fields: Any) -> None:
+        """Record fields that go out with the run's next write."""
+        if self.held is not None:
+            self.held.defer(**fields)
+        else:
+            self.store.update(self.run_id, **fields)
+
+    def _write(self, build: Callable[[Any], object]) -> list[Any]:
+        """The deferred writes and ``build``'s commands, in one round trip; ``build``'s results."""
+        if self.held is None:
+            raise AgentError("internal error: a write of a run this delivery does not hold")
+        return self.held.write(build)
 
     def timing(self, stage: str, t0: float) -> None:
         """Record how long a stage took."""
@@ -343,7 +395,7 @@ class Job:
     def check_abort(self) -> None:
         """Raise Cancelled when someone asked to cancel the run, Drained when its worker drains."""
         if self.stops():
-            if self.stops.reason == "drain":
+            if self.stop_reason() == "drain":
                 raise Drained()
             raise Cancelled("cancelled while preparing")
 
@@ -353,9 +405,6 @@ class Job:
         if limit is None or (base.build_timeout is not None and base.build_timeout <= limit):
             return base
         return dataclasses.replace(base, build_timeout=limit)
-
-    def _started_before(self) -> bool:
-        return bool(self.store.r.hexists(self.store.keys.run(self.run_id), "preparing_at"))
 
     def _agent_vars(self, spec: TaskSpec) -> dict[str, str]:
         """Who the run is, where its files go, and (outside containers) how to reach the agent,

@@ -20,7 +20,15 @@ import psutil
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TreeSampler", "alive", "collect", "kill_tree", "terminate", "tree"]
+__all__ = [
+    "TreeSampler",
+    "alive",
+    "collect",
+    "kill_tree",
+    "proc_group_empty",
+    "terminate",
+    "tree",
+]
 
 _KILL_WAIT = 2.0  # how long to wait for KILLed processes to disappear
 
@@ -66,6 +74,18 @@ def alive(proc: psutil.Process) -> bool:
         return False
 
 
+def proc_group_empty(pgid: int) -> bool:
+    """Whether process group ``pgid`` has no member left (call after its leader was reaped: a
+    group id is not given to a new process while the group has members)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _group_pids(pgid: int) -> list[int]:
     pids = []
     for pid in psutil.pids():
@@ -103,6 +123,11 @@ class TreeSampler:
         if now >= self.next_at:
             self.next_at = now + self.interval
             self.sample()
+
+    def add_rusage(self, cpu_seconds: float, max_rss_bytes: int) -> None:
+        """Take in the exited child's resource use as its parent got it with its exit status."""
+        self.cpu_seconds = max(cpu_seconds, self.cpu_seconds or 0.0)
+        self.max_rss_bytes = max(max_rss_bytes, self.max_rss_bytes or 0)
 
     def sample(self) -> None:
         """Sample now; nothing is recorded once ``pid`` is gone."""

@@ -40,11 +40,13 @@ class Settings:
     record_retry: float = 120.0  # seconds a run's final state is retried while Redis is away
     abort_poll: float = 1.0  # backstop read of the cancel/drain flags; pub/sub is the fast path
     log_maxlen: int = 100_000
-    keep_source: bool = False
+    keep_source: bool = False  # keep each run's worktree in its run folder (none is reused)
+    checkouts_kept: int = 8  # pristine worktrees kept per repository for reuse (0: none)
     heartbeat_interval: float = 5.0  # seconds between a worker's heartbeats
     heartbeat_history: int = 720  # hardware snapshots kept per worker (1 h at 5 s)
     sweep_interval: float = 30.0  # seconds between cluster sweeps (celery beat)
     sweep_queue: str = "celery-agent.sweep"  # every worker also consumes this queue
+    run_retention_days: float = 30.0  # finished runs older than this are deleted (0: keep all)
     gpu_wait: float = 300.0  # seconds a dynamic run waits for free GPUs before it fails
     gpu_lease_ttl: float = 60.0  # seconds a crashed worker's GPU lease survives
     gpu_sample_interval: float = 2.0  # seconds between samples of a run's GPU memory

@@ -14,14 +14,15 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import filelock
 
 from .capture import CapturedSource, capture
+from .checkouts import Lease, TreePool, diff_digest
 from .errors import DiffConflictError, SourceError, StageTimeout
 from .gitcmd import (
     Git,
@@ -57,6 +58,12 @@ class Checkout:
     repo_url: str  #: the repository, credentials redacted (local paths made absolute)
     diff_applied: bool  #: True when a non-empty diff was applied on top of the commit
     cache_dir: Path  #: the bare clone this worktree belongs to
+    lease: Lease | None = field(default=None, compare=False)  #: set for a pooled worktree
+
+    @property
+    def reused(self) -> bool:
+        """True when the worktree served an earlier run of the same commit and diff."""
+        return self.lease is not None and self.lease.reused
 
 
 @dataclass(frozen=True)
@@ -104,17 +111,19 @@ class SourceCache:
     repository happen under a file lock next to its clone. ``env`` is where credentials and PATH
     are read from (``os.environ`` at call time when None): ``CELERY_AGENT_GIT_TOKEN`` (or
     ``GIT_TOKEN``) answers http(s) password prompts, ``CELERY_AGENT_GIT_USER`` (default
-    ``oauth2``) the user name prompts.
+    ``oauth2``) the user name prompts. A checkout without a destination comes from the clone's
+    pool of reusable worktrees (:mod:`celery_agent.checkouts`), which keeps up to ``keep`` of them.
     """
 
-    def __init__(self, root: Path, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, root: Path, *, env: Mapping[str, str] | None = None, keep: int = 8) -> None:
         self.root = Path(root).expanduser().absolute()
         self._env = env
+        self.keep = keep
 
     def checkout(
         self,
         repo: str,
-        dest: Path,
+        dest: Path | None = None,
         *,
         commit: str | None = None,
         branch: str | None = None,
@@ -122,39 +131,77 @@ class SourceCache:
         timeout: float | None = None,
     ) -> Checkout:
         """Check out ``commit`` (any revision), else ``branch``, else the remote's HEAD into
-        ``dest`` as a detached worktree, then apply ``diff``; on any failure ``dest`` is removed."""
-        source, dest = _Repo.parse(repo), Path(dest).absolute()
-        _check_dest(dest)
-        git, cache = self._git(source, timeout), self.root / source.cache_name
+        ``dest`` as a detached worktree, then apply ``diff``; on any failure ``dest`` is removed.
+
+        Without ``dest`` the worktree is lent from the pool: a pristine one of the same commit and
+        diff when there is one (a full sha then costs no git process), else a new one; give it
+        back with :meth:`remove`."""
+        source = _Repo.parse(repo)
+        if dest is not None:
+            dest = Path(dest).absolute()
+            _check_dest(dest)
+        cache = self.root / source.cache_name
+        pool = TreePool(cache.with_name(cache.name + ".trees"), self.keep)
+        digest, has_diff = diff_digest(diff), bool(diff.strip())
+        if dest is None and commit and _FULL_SHA.fullmatch(commit):
+            lease = pool.lease(commit, digest)
+            if lease is not None:
+                return Checkout(lease.path, commit, source.display, has_diff, cache, lease)
+        git = self._git(source, timeout)
+        lease = None
         with self._locked(cache, git):
             clone = _Clone(cache, source, git, self._auth(source), _wants_head(commit, branch))
             clone.ensure()
             sha = clone.resolve(commit, branch)
-            git.ok(["-C", cache, "worktree", "add", "--force", "--detach", "--quiet", dest, sha])
-        done = Checkout(dest, sha, source.display, bool(diff.strip()), cache)
+            if dest is None:
+                lease = pool.lease(sha, digest)
+                if lease is not None:
+                    return Checkout(lease.path, sha, source.display, has_diff, cache, lease)
+                lease = pool.reserve(sha, digest, self._remover(cache, git))
+                dest = lease.path
+            try:
+                git.ok(
+                    ["-C", cache, "worktree", "add", "--force", "--detach", "--quiet", dest, sha]
+                )
+            except BaseException:
+                if lease is not None:
+                    pool.drop(lease, self._remover(cache, git))
+                raise
+        done = Checkout(dest, sha, source.display, has_diff, cache, lease)
         try:
             if done.diff_applied:
                 self._apply(done, diff, git)
+            if lease is not None:
+                pool.seal(lease)
         except BaseException:
             self.remove(done)
             raise
         return done
 
     def remove(self, checkout: Checkout) -> None:
-        """Remove a checkout's worktree and forget it; a directory already gone is fine."""
+        """Give back a pooled worktree (kept when only new files appeared in it, which are
+        deleted), else remove the worktree and forget it; a directory already gone is fine."""
+        if checkout.lease is not None:
+            pool = TreePool(checkout.lease.path.parent, self.keep)
+            pool.release(checkout.lease, self._remover(checkout.cache_dir, None))
+            return
         try:
-            self._unregister(checkout)
+            self._unregister(checkout.cache_dir, checkout.path, None)
         except (SourceError, StageTimeout) as exc:
             logger.warning("could not unregister worktree %s: %s", checkout.path, exc)
         shutil.rmtree(checkout.path, ignore_errors=True)
 
-    def _unregister(self, checkout: Checkout) -> None:
-        cache, git = checkout.cache_dir, Git(git_env(self._source_env()), timeout=120.0)
+    def _remover(self, cache: Path, git: Git | None) -> Callable[[Path], None]:
+        """Unregisters a worktree; with ``git`` the caller holds the clone's lock already."""
+        return lambda path: self._unregister(cache, path, git)
+
+    def _unregister(self, cache: Path, path: Path, locked: Git | None) -> None:
+        git = Git(git_env(self._source_env()), timeout=120.0)
         if not cache.is_dir():
             return
-        with self._locked(cache, git):
-            if checkout.path.exists():
-                git.run(["-C", cache, "worktree", "remove", "--force", "--force", checkout.path])
+        with nullcontext() if locked is not None else self._locked(cache, git):
+            if path.exists():
+                git.run(["-C", cache, "worktree", "remove", "--force", "--force", path])
             git.run(["-C", cache, "worktree", "prune"])
 
     # -- steps ---------------------------------------------------------------------------------

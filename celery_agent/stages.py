@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,10 +81,15 @@ def record_end(
     store: RunStore, run_id: str, status: str, fields: dict[str, Any], retry_for: float
 ) -> None:
     """Write a run's final state, retrying with backoff for ``retry_for`` s while Redis is away."""
+    with_retry(lambda: store.transition(run_id, status, force=True, **fields), run_id, retry_for)
+
+
+def with_retry(write: Callable[[], object], run_id: str, retry_for: float) -> None:
+    """Do a run's final write, retrying with backoff for ``retry_for`` s while Redis is away."""
     pause, give_up = 0.2, time.monotonic() + retry_for
     while True:
         try:
-            store.transition(run_id, status, force=True, **fields)
+            write()
             return
         except AgentError as err:
             if time.monotonic() + pause > give_up:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -87,8 +86,10 @@ class RunStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ca", log_maxlen: int = 100_000) -> RunStore:
-        """A store on a new connection pool to ``url``."""
-        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        """A store on a new connection pool to ``url`` (redis://, rediss:// or sentinel://)."""
+        from .redisconn import connect
+
+        client = connect(url, decode_responses=True, health_check_interval=30)
         return cls(client, prefix, log_maxlen)
 
     # -- keys -----------------------------------------------------------------------------------
@@ -111,24 +112,48 @@ class RunStore:
             pipe.execute()
         return True
 
-    def transition(self, run_id: str, state: str, *, force: bool = False, **fields: Any) -> str:
+    def transition(
+        self, run_id: str, state: str, *, force: bool = False, pipe: Any = None, **fields: Any
+    ) -> str:
         """Set ``state`` (and ``<state>_at``) unless the run already ended; returns the old state.
 
         A run that ended keeps its terminal state (a late 'running' never overwrites 'aborted')
-        unless ``force`` is given.
+        unless ``force`` is given. With ``pipe`` the write is queued there (its result, the old
+        state, comes from the pipeline) and "" is returned.
         """
         fields = {f"{state}_at": time.time()} | fields
         flat = [x for kv in _encode(fields).items() for x in kv]
+        args = [state, "1", "1" if force else "0", *flat]
+        if pipe is not None:
+            self._transition(keys=[self.keys.run(run_id)], args=args, client=pipe)
+            return ""
         with _errors(self):
-            old = self._transition(
-                keys=[self.keys.run(run_id)], args=[state, "1", "1" if force else "0", *flat]
-            )
+            old = self._transition(keys=[self.keys.run(run_id)], args=args)
         return str(old or "")
 
-    def update(self, run_id: str, **fields: Any) -> None:
-        """Set fields on the run record without changing its state."""
+    def update(self, run_id: str, *, pipe: Any = None, **fields: Any) -> None:
+        """Set fields on the run record without changing its state (queued on ``pipe`` if given)."""
+        if pipe is not None:
+            pipe.hset(self.keys.run(run_id), mapping=_encode(fields))
+            return
         with _errors(self):
             self.r.hset(self.keys.run(run_id), mapping=_encode(fields))
+
+    def claim_view(
+        self, run_id: str, token: str, ttl: float, worker: str
+    ) -> tuple[bool, str, bool, bool, dict[str, Any]]:
+        """Try to claim the run and read what a delivery must know to start, in one round trip:
+        (claimed, holder, cancelled, ``worker`` drains, record - empty when unknown)."""
+        with _errors(self):
+            pipe = self.r.pipeline(transaction=False)
+            pipe.set(self.keys.claim(run_id), token, nx=True, px=int(ttl * 1000))
+            pipe.get(self.keys.claim(run_id))
+            pipe.exists(self.keys.abort(run_id))
+            pipe.exists(self.keys.worker_drain(worker))
+            pipe.hgetall(self.keys.run(run_id))
+            got, holder, aborted, draining, raw = pipe.execute()
+        record = _decode(run_id, raw) if raw else {}
+        return bool(got), str(holder or ""), bool(aborted), bool(draining), record
 
     def get(self, run_id: str) -> dict[str, Any]:
         """The run record, JSON fields decoded; raises UnknownRunError."""
@@ -168,10 +193,11 @@ class RunStore:
         return rows[:limit]
 
     # -- logs -----------------------------------------------------------------------------------
-    def append_log(self, run_id: str, lines: list[str]) -> None:
-        """Append a chunk of lines as one stream entry (one round trip per chunk, not per line)."""
+    def append_log(self, run_id: str, lines: list[str], *, pipe: Any = None) -> None:
+        """Append a chunk of lines as one stream entry (one round trip per chunk, not per line;
+        none of its own with ``pipe``)."""
         if lines:
-            self.r.xadd(
+            (self.r if pipe is None else pipe).xadd(
                 self.keys.log(run_id),
                 {"l": "\n".join(lines)},
                 maxlen=self.log_maxlen,
@@ -231,9 +257,9 @@ class RunStore:
             args: list[Any] = [max_attempts, time.time(), error]
             return str(self._requeue(keys=keys, args=args))
 
-    def release_claim(self, run_id: str, worker: str) -> None:
-        """Drop our claim (a no-op when it is not ours)."""
-        self._release(keys=[self.keys.claim(run_id)], args=[worker])
+    def release_claim(self, run_id: str, worker: str, *, pipe: Any = None) -> None:
+        """Drop our claim (a no-op when it is not ours); queued on ``pipe`` if given."""
+        self._release(keys=[self.keys.claim(run_id)], args=[worker], client=pipe)
 
     def request_abort(self, run_id: str, ttl: float = 7 * 86400) -> str:
         """Ask for the run to stop; a queued run is marked aborted at once. Returns its state."""
@@ -259,39 +285,6 @@ class RunStore:
         """Raise StateError when Redis cannot be reached."""
         with _errors(self):
             self.r.ping()
-
-
-class ClaimKeeper:
-    """Renews a run's claim from a daemon thread while the run lives."""
-
-    def __init__(self, store: RunStore, run_id: str, worker: str, ttl: float) -> None:
-        self.store, self.run_id, self.worker, self.ttl = store, run_id, worker, ttl
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"claim-{run_id[:8]}", daemon=True)
-
-    def __enter__(self) -> ClaimKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        if exc_type is not None and not issubclass(exc_type, Exception):
-            logger.warning("run %s interrupted (%s); its claim expires", self.run_id, exc_type)
-            return
-        try:
-            self.store.release_claim(self.run_id, self.worker)
-        except redis.RedisError as err:
-            logger.warning("could not release the claim on %s: %s", self.run_id, err)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                if not self.store.renew_claim(self.run_id, self.worker, self.ttl):
-                    logger.warning("claim on run %s was lost; re-claiming it", self.run_id)
-                    self.store.claim(self.run_id, self.worker, self.ttl)
-            except (redis.RedisError, StateError) as err:
-                logger.warning("could not renew the claim on %s: %s", self.run_id, err)
 
 
 class _errors:

@@ -6,7 +6,8 @@ time, queues, GPU mode and GPUs, current runs, dynamic GPU leases) and a machine
 (see :mod:`.workers`). On a warm shutdown the worker is marked stopped; a worker that dies simply
 stops beating and the sweep marks it lost. A worker that starts kills the user processes a dead
 predecessor on this machine left running, and looks again every ``REAP_EVERY`` beats (see
-:mod:`.attempts`); SIGTERM drains it (see :mod:`.drain`).
+:mod:`.attempts`); SIGTERM drains it (see :mod:`.drain`). Each pool process watches the main
+process and, should it die, kills its runs and exits so they are re-queued (see :mod:`.orphan`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 
 import click
 from celery import Celery, bootsteps
+from celery.signals import worker_process_init
 
-from . import attempts
+from . import attempts, orphan, retention
 from .drain import Drain
 from .drain import install as install_drain
 from .gpus import WORKER_GPUS_ENV, WorkerGpus
@@ -31,6 +33,7 @@ from .workers import WorkerRegistry
 logger = logging.getLogger(__name__)
 
 REAP_EVERY = 6  #: heartbeats between looks for processes of dead runs on this machine
+PRUNE_EVERY = 86400.0  #: seconds between looks for run folders past the retention
 
 OPTIONS = [
     click.Option(["--gpus"], default=None, help="GPUs this worker owns: 0 | 0,1 | 0-3 | all"),
@@ -59,6 +62,7 @@ class Heartbeat:
         )
         self.leases = leases
         self.reap: Any = None  #: called every REAP_EVERY beats (kills processes of dead runs)
+        self.prune: Any = None  #: called about once a day (deletes run folders past retention)
         self.monitor = Monitor()
         self.beats = 0
         self._stop = threading.Event()
@@ -84,6 +88,7 @@ class Heartbeat:
             except Exception as err:  # Redis down: keep trying, the record's TTL tells the rest
                 logger.warning("heartbeat failed: %s", err)
             self._maybe_reap()
+            self._maybe_prune()
             if self._stop.wait(self.interval):
                 return
 
@@ -94,6 +99,15 @@ class Heartbeat:
             self.reap()
         except Exception as err:
             logger.warning("looking for processes of dead runs failed: %s", err)
+
+    def _maybe_prune(self) -> None:
+        every = max(1, int(PRUNE_EVERY / self.interval))
+        if self.prune is None or (self.beats - 1) % every != 0:  # the first beat, then daily
+            return
+        try:
+            self.prune()
+        except Exception as err:
+            logger.warning("pruning old run folders failed: %s", err)
 
     def beat(self) -> dict[str, Any]:
         """Write one heartbeat; returns the record written."""
@@ -121,6 +135,7 @@ class AgentStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.gpus = WorkerGpus.from_options(gpus, dynamic, cpu_only)
         os.environ[WORKER_GPUS_ENV] = self.gpus.to_json()  # the pool children read it
+        orphan.remember_worker()  # before the pool forks: its processes watch this one
         self.heartbeat: Heartbeat | None = None
         self.drain: Drain | None = None
         logger.info("GPUs: %s", self.gpus.describe())
@@ -143,6 +158,7 @@ class AgentStep(bootsteps.StartStopStep):
         self.heartbeat = Heartbeat(registry, record, settings.heartbeat_interval,
                                    settings.heartbeat_history, leases)  # fmt: skip
         self.heartbeat.reap = lambda: attempts.reap(store)
+        self.heartbeat.prune = retention.prune_this_machine  # at start (first beat), then daily
         self.drain = Drain(store, parent.hostname, settings.drain_grace)
         self.drain.reset()
         install_drain(self.drain)
@@ -165,6 +181,12 @@ class AgentStep(bootsteps.StartStopStep):
         if self.heartbeat is not None:
             self.heartbeat.stop()
             self.heartbeat = None
+
+
+@worker_process_init.connect
+def _watch_worker(**_: Any) -> None:
+    """In each pool process: stop its runs and exit should the worker's main process die."""
+    orphan.watch()
 
 
 def _announce(hostname: str, queues: list[str], gpus: WorkerGpus) -> None:

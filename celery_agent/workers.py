@@ -54,13 +54,13 @@ class WorkerRegistry:
         pipe.hset(self.keys.workers_gone(), name, json.dumps(entry))
         pipe.execute()
 
-    def add_run(self, name: str, run_id: str) -> None:
-        """Note that the worker is running ``run_id``."""
-        self.r.sadd(self.keys.worker_runs(name), run_id)
+    def add_run(self, name: str, run_id: str, *, pipe: Any = None) -> None:
+        """Note that the worker is running ``run_id`` (queued on ``pipe`` if given)."""
+        (self.r if pipe is None else pipe).sadd(self.keys.worker_runs(name), run_id)
 
-    def remove_run(self, name: str, run_id: str) -> None:
-        """Note that ``run_id`` no longer runs on the worker."""
-        self.r.srem(self.keys.worker_runs(name), run_id)
+    def remove_run(self, name: str, run_id: str, *, pipe: Any = None) -> None:
+        """Note that ``run_id`` no longer runs on the worker (queued on ``pipe`` if given)."""
+        (self.r if pipe is None else pipe).srem(self.keys.worker_runs(name), run_id)
 
     # -- read by the CLI and the sweep ----------------------------------------------------------
     def names(self) -> list[str]:

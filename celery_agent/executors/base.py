@@ -45,6 +45,8 @@ class RunRequest:
     output_dir: Path | None = None  #: the run's output folder (mounted by container executors)
     labels: dict[str, str] = field(default_factory=dict)  #: run id, worker, queue
     gpus: list[str] = field(default_factory=list)  #: GPU ids (UUIDs or indices) the run may use
+    #: applied to every output line before the log file, the sink and the tail (secret values)
+    scrub: Callable[[list[str]], list[str]] | None = None
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Executor(ABC):
             grace=job.grace,
             should_abort=job.should_abort,
             poll_interval=job.poll_interval,
+            scrub=job.scrub,
         )
 
     def env_cache(self) -> EnvCache:

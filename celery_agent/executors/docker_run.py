@@ -86,7 +86,9 @@ class ContainerRun:
     def _supervised(self, container: Any) -> ProcessOutcome:
         read_fd, write_fd = os.pipe()
         try:
-            pump = LogPump(read_fd, self.job.sink, _open_log(self.job), 1000, 0.1, 50)
+            pump = LogPump(
+                read_fd, self.job.sink, _open_log(self.job), 1000, 0.1, 50, self.job.scrub
+            )
         except BaseException:
             os.close(read_fd)
             os.close(write_fd)

@@ -8,7 +8,8 @@ import pytest
 import redis
 
 from celery_agent.errors import StateError, UnknownRunError
-from celery_agent.state import ClaimKeeper, RunStore
+from celery_agent.keeper import Keeper
+from celery_agent.state import RunStore
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +70,39 @@ def test_claim_is_exclusive_renewable_and_released(store: RunStore):
     assert store.claim(rid, "w3", 5) is None
 
 
-def test_claim_keeper_keeps_a_short_claim_alive(store: RunStore):
-    rid = new_id()
+def test_the_keeper_keeps_a_short_claim_alive_and_hears_a_cancel(store: RunStore):
+    rid, keeper = new_id(), Keeper(store)
     store.claim(rid, "w1", ttl=0.6)
-    with ClaimKeeper(store, rid, "w1", ttl=0.6):
-        time.sleep(1.5)
-        assert store.claim(rid, "w2", 0.6) == "w1"
-    assert store.claim(rid, "w2", 0.6) is None
+    held = keeper.hold(rid, "w1", ttl=0.6)
+    time.sleep(1.5)
+    assert store.claim(rid, "w2", 0.6) == "w1"
+    assert not held.cancel_heard
+    store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
+    store.transition(rid, "running")
+    store.request_abort(rid)
+    deadline = time.monotonic() + 2
+    while not held.cancel_heard and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert held.cancel_heard
+    keeper.drop(held)
+    time.sleep(1.0)
+    assert store.claim(rid, "w2", 0.6) is None  # no longer renewed: it expired
+
+
+def test_deferred_writes_go_out_with_the_next_write_or_soon(store: RunStore):
+    rid, keeper = new_id(), Keeper(store)
+    store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
+    held = keeper.hold(rid, "w1", ttl=5)
+    held.defer(["one"], commit="abc")
+    old = held.write(lambda pipe: store.transition(rid, "running", pipe=pipe))
+    assert old == ["queued"]
+    assert store.read_log(rid)[1] == ["one"] and store.get(rid)["commit"] == "abc"
+    held.defer(["two"])  # nothing else written: the keeper sends it within FLUSH_AFTER
+    deadline = time.monotonic() + 2
+    while store.read_log(rid)[1] != ["one", "two"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.read_log(rid)[1] == ["one", "two"]
+    keeper.drop(held)
 
 
 def test_find_accepts_a_unique_prefix(store: RunStore):

@@ -166,10 +166,30 @@ def test_hook_dir_is_a_plain_directory_with_the_hook() -> None:
     assert not (HOOK_DIR / "__init__.py").exists()
 
 
-def test_hook_source_is_valid_python_3_8() -> None:
-    source = (HOOK_DIR / "sitecustomize.py").read_text()
+@pytest.mark.parametrize("name", ["sitecustomize.py", "_celery_agent_argparse.py"])
+def test_hook_source_is_valid_python_3_8(name: str) -> None:
+    source = (HOOK_DIR / name).read_text()
     ast.parse(source, feature_version=(3, 8))
     assert "removeprefix" not in source and "match " not in source
+
+
+def test_hook_imports_nothing_at_start_and_patches_argparse_when_imported(tmp_path: Path) -> None:
+    """A program that never imports argparse pays for no import (json and argparse pull in re);
+    one that does gets the override."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_AGENT_")}
+    env |= hook_env({"lr": 0.5}, tmp_path / "o.json", ["lr"])
+    probe = "import sys; print(sorted({'json', 're', 'argparse', '_celery_agent_argparse'} & set(sys.modules)))"
+    plain = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert done.stdout == plain.stdout, done.stderr  # (this venv's .pth files may import re)
+    assert "argparse" not in done.stdout
+    parse = (
+        "import argparse; p = argparse.ArgumentParser(); p.add_argument('--lr', type=float);"
+        " print(p.parse_args([]).lr)"
+    )
+    done = subprocess.run([sys.executable, "-c", parse], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "0.5", done.stderr
+    assert json.loads((tmp_path / "o.json").read_text()) == {"lr": 0.5}
 
 
 def test_hook_env_puts_the_hook_first_and_carries_params_as_json(tmp_path: Path) -> None:

@@ -1,0 +1,173 @@
+"""One thread per worker process for the runs it holds: it hears cancels on the abort channel,
+renews the runs' claims and sends their deferred record writes.
+
+A run used to start two threads of its own (claim renewal, abort-channel listener) and open a Redis
+connection for its subscription, and wrote each agent log line and record field as it came: ~10
+round trips and ~1 ms of thread starts before a trivial script ran. Now the process keeps one
+subscriber connection and one thread for all its runs (a pool process runs one at a time; a
+threads pool several), and a run's notes and fields wait in its :class:`Held` until the next write
+that must go out now (a state change) or, at the latest, :data:`FLUSH_AFTER` seconds, so a long
+environment build still shows its lines as they come.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .errors import StateError
+from .state import RunStore
+
+logger = logging.getLogger(__name__)
+
+FLUSH_AFTER = 0.05  #: seconds a deferred note or field may wait before the keeper sends it
+_IDLE_WAIT = 0.25  #: the listener's wait when no run is held
+
+
+class Held:
+    """A run this process holds: its claim, whether a cancel was heard, its deferred writes."""
+
+    def __init__(self, store: RunStore, run_id: str, token: str, ttl: float) -> None:
+        self.store, self.run_id, self.token, self.ttl = store, run_id, token, ttl
+        self.cancel_heard = False
+        self.renew_at = time.monotonic() + ttl / 3
+        self._lock = threading.Lock()
+        self._fields: dict[str, Any] = {}
+        self._lines: list[str] = []
+        self._since: float | None = None
+
+    def defer(self, lines: list[str] | None = None, **fields: Any) -> None:
+        """Queue log lines and record fields; they go out with the next write, or soon."""
+        with self._lock:
+            self._lines.extend(lines or ())
+            self._fields.update(fields)
+            if self._since is None:
+                self._since = time.monotonic()
+
+    def write(self, build: Callable[[Any], object] | None = None) -> list[Any]:
+        """Send the deferred writes, then what ``build(pipe)`` adds, in one round trip; returns
+        the results of ``build``'s commands. Writes of one run never overtake each other."""
+        with self._lock:
+            pipe = self.store.r.pipeline(transaction=False)
+            deferred = self._queue(pipe)
+            if build is not None:
+                build(pipe)
+            if not len(pipe):
+                return []
+            try:
+                results: list[Any] = pipe.execute()
+            except (redis.ConnectionError, redis.TimeoutError) as err:
+                raise StateError(f"Redis is unreachable: {err}") from err
+            self._fields, self._lines, self._since = {}, [], None
+            return results[deferred:]
+
+    def due(self, now: float) -> bool:
+        """Whether deferred writes have waited long enough."""
+        return self._since is not None and now - self._since >= FLUSH_AFTER
+
+    def _queue(self, pipe: Any) -> int:
+        n = 0
+        if self._fields:
+            self.store.update(self.run_id, pipe=pipe, **self._fields)
+            n += 1
+        if self._lines:
+            self.store.append_log(self.run_id, self._lines, pipe=pipe)
+            n += 1
+        return n
+
+
+class Keeper:
+    """The thread of one process that serves every :class:`Held` run (see the module docstring)."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self._runs: dict[str, Held] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def hold(self, run_id: str, token: str, ttl: float) -> Held:
+        """Start serving a run this process claimed."""
+        held = Held(self.store, run_id, token, ttl)
+        with self._lock:
+            self._runs[run_id] = held
+            self._ensure_thread()
+        return held
+
+    def drop(self, held: Held) -> None:
+        """Stop serving a run (its claim is no longer renewed)."""
+        with self._lock:
+            if self._runs.get(held.run_id) is held:
+                del self._runs[held.run_id]
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():  # a forked child inherits no threads
+            self._pid, self._thread = os.getpid(), None
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="run-keeper", daemon=True)
+            self._thread.start()
+
+    # -- the thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                self._listen()
+            except Exception as err:  # Redis away: flags are still polled; try again soon
+                logger.debug("run keeper: %s", err)
+                self._serve(time.monotonic())
+                time.sleep(1.0)
+
+    def _listen(self) -> None:
+        pubsub: Any = self.store.r.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.store.keys.abort_channel())
+            while True:
+                with self._lock:
+                    wait = FLUSH_AFTER if self._runs else _IDLE_WAIT
+                message = pubsub.get_message(timeout=wait)
+                if message is not None:
+                    self._heard(str(message.get("data")))
+                self._serve(time.monotonic())
+        finally:
+            pubsub.close()
+
+    def _heard(self, run_id: str) -> None:
+        with self._lock:
+            held = self._runs.get(run_id)
+        if held is not None:
+            held.cancel_heard = True
+
+    def _serve(self, now: float) -> None:
+        with self._lock:
+            runs = list(self._runs.values())
+        for held in runs:
+            try:
+                if held.due(now):
+                    held.write()
+                if now >= held.renew_at:
+                    held.renew_at = now + held.ttl / 3
+                    self._renew(held)
+            except (redis.RedisError, StateError) as err:
+                logger.warning("run %s: %s", held.run_id, err)
+
+    def _renew(self, held: Held) -> None:
+        if not self.store.renew_claim(held.run_id, held.token, held.ttl):
+            logger.warning("claim on run %s was lost; re-claiming it", held.run_id)
+            self.store.claim(held.run_id, held.token, held.ttl)
+
+
+_keepers: dict[tuple[int, int], Keeper] = {}
+
+
+def keeper_for(store: RunStore) -> Keeper:
+    """The keeper of ``store`` in this process."""
+    key = (os.getpid(), id(store))
+    if key not in _keepers:
+        _keepers[key] = Keeper(store)
+    return _keepers[key]
