@@ -43,7 +43,7 @@ __all__ = ["Lease", "TreePool", "diff_digest", "snapshot"]
 _MANIFEST = ".json"
 _LOCK = ".lock"
 _PYC_DIR = "__pycache__"
-_VERSION = 1
+_VERSION = 2
 
 Entry = list[int]  #: [inode, size, mode, mtime_ns, ctime_ns] (times 0 for folders)
 
@@ -57,7 +57,7 @@ def diff_digest(diff: str) -> str:
 
 def snapshot(root: Path) -> dict[str, Entry]:
     """Every file, link and folder under ``root`` (relative paths, ``/``-separated) with what a
-    change would alter; the top-level ``.git`` file (the worktree's link to its clone) is left out."""
+    change would alter (the worktree's ``.git`` file, its link to the clone, included)."""
     entries: dict[str, Entry] = {}
     pending = [""]
     while pending:
@@ -65,8 +65,6 @@ def snapshot(root: Path) -> dict[str, Entry]:
         with os.scandir(os.path.join(root, rel) if rel else root) as it:
             for item in it:
                 name = f"{rel}/{item.name}" if rel else item.name
-                if name == ".git":
-                    continue
                 st = item.stat(follow_symlinks=False)
                 if stat.S_ISDIR(st.st_mode):
                     entries[name] = [st.st_ino, 0, st.st_mode, 0, 0]
@@ -140,8 +138,10 @@ class TreePool:
         """Record the fresh checkout's manifest: from now on the worktree can be lent again."""
         if self.keep <= 0:
             return
+        admin = _admin_dir(lease.path)
         manifest = {"version": _VERSION, "commit": lease.commit, "digest": lease.digest,
-                    "head": _head_file(lease.path), "entries": snapshot(lease.path)}  # fmt: skip
+                    "admin": str(admin), "head": _read(admin / "HEAD"),
+                    "entries": snapshot(lease.path)}  # fmt: skip
         target = _manifest_path(lease.path)
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(json.dumps(manifest, separators=(",", ":")), encoding="utf-8")
@@ -169,7 +169,7 @@ class TreePool:
     # -- checks ---------------------------------------------------------------------------------
     def _pristine(self, path: Path, manifest: dict[str, Any]) -> bool:
         """Whether the worktree still holds exactly its checkout; what was added is deleted."""
-        if _head_file(path) != manifest["head"] or manifest["head"] is None:
+        if manifest["head"] is None or _read(Path(manifest["admin"], "HEAD")) != manifest["head"]:
             return False
         try:
             current = snapshot(path)
@@ -225,12 +225,25 @@ def _manifest_path(path: Path) -> Path:
     return Path(str(path) + _MANIFEST)
 
 
+_manifests: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+
 def _read_manifest(path: Path) -> dict[str, Any] | None:
+    """The worktree's manifest (parsed once per process while its file stays the same)."""
+    target = _manifest_path(path)
     try:
-        manifest: dict[str, Any] = json.loads(_manifest_path(path).read_text(encoding="utf-8"))
+        st = os.stat(target)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = _manifests.get(str(target))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        manifest: dict[str, Any] = json.loads(target.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return manifest if manifest.get("version") == _VERSION else None
+    if manifest.get("version") != _VERSION:
+        return None
+    _manifests[str(target)] = (stamp, manifest)
+    return manifest
 
 
 def _try_lock(lock: Path) -> int | None:
@@ -250,12 +263,15 @@ def _try_lock(lock: Path) -> int | None:
     return fd
 
 
-def _head_file(path: Path) -> str | None:
-    """The worktree's HEAD as git stores it (a detached worktree: the commit's sha)."""
+def _admin_dir(path: Path) -> Path:
+    """Where git keeps the worktree's HEAD and index (named by its ``.git`` file)."""
+    link = (path / ".git").read_text(encoding="utf-8").strip()
+    return Path(link.removeprefix("gitdir:").strip())
+
+
+def _read(path: Path) -> str | None:
     try:
-        link = (path / ".git").read_text(encoding="utf-8").strip()
-        admin = Path(link.removeprefix("gitdir:").strip())
-        return (admin / "HEAD").read_text(encoding="utf-8").strip()
+        return path.read_text(encoding="utf-8").strip()
     except OSError:
         return None
 

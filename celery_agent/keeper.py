@@ -39,7 +39,9 @@ class Held:
         self.renew_at = time.monotonic() + ttl / 3
         self._lock = threading.Lock()
         self._fields: dict[str, Any] = {}
+        self._state: tuple[str, dict[str, Any]] | None = None
         self._lines: list[str] = []
+        self._calls: list[Callable[[Any], object]] = []
         self._since: float | None = None
 
     def defer(self, lines: list[str] | None = None, **fields: Any) -> None:
@@ -47,6 +49,23 @@ class Held:
         with self._lock:
             self._lines.extend(lines or ())
             self._fields.update(fields)
+            if self._since is None:
+                self._since = time.monotonic()
+
+    def defer_state(self, state: str, **fields: Any) -> None:
+        """Queue a state change (unless the run ended, as :meth:`RunStore.transition`); it goes
+        out before the lines queued with it, so the run's own lines follow it in the log. Two
+        queued changes go out as the later one with the fields (and times) of both."""
+        with self._lock:
+            earlier = self._state[1] if self._state is not None else {}
+            self._state = (state, earlier | {f"{state}_at": time.time()} | fields)
+            if self._since is None:
+                self._since = time.monotonic()
+
+    def defer_call(self, call: Callable[[Any], object]) -> None:
+        """Queue ``call(pipe)``, a write of its own, for the next round trip."""
+        with self._lock:
+            self._calls.append(call)
             if self._since is None:
                 self._since = time.monotonic()
 
@@ -64,7 +83,8 @@ class Held:
                 results: list[Any] = pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError) as err:
                 raise StateError(f"Redis is unreachable: {err}") from err
-            self._fields, self._lines, self._since = {}, [], None
+            self._fields, self._state, self._lines, self._calls = {}, None, [], []
+            self._since = None
             return results[deferred:]
 
     def due(self, now: float) -> bool:
@@ -76,9 +96,16 @@ class Held:
         if self._fields:
             self.store.update(self.run_id, pipe=pipe, **self._fields)
             n += 1
+        if self._state is not None:
+            self.store.transition(self.run_id, self._state[0], pipe=pipe, **self._state[1])
+            n += 1
         if self._lines:
             self.store.append_log(self.run_id, self._lines, pipe=pipe)
             n += 1
+        for call in self._calls:
+            before = len(pipe)
+            call(pipe)
+            n += len(pipe) - before
         return n
 
 

@@ -128,8 +128,6 @@ class Job:
             return self.requeue(f"worker {self.ctx.worker} drained")
         except AgentError as err:
             return self.finish(state.FAILED, error=err)
-        except DuplicateRun:  # it ended (or was cancelled) between the claim and the start
-            raise
         except Exception as err:  # a bug must not take the worker down or leave the run hanging
             logger.exception("run %s failed inside the agent", self.run_id)
             return self.finish(state.FAILED, error=AgentError(f"internal error: {err!r}"))
@@ -138,7 +136,7 @@ class Job:
 
     # -- stages ---------------------------------------------------------------------------------
     def begin(self, spec: TaskSpec, record: dict[str, Any]) -> None:
-        """Record that the run started here (one round trip), and make its folders."""
+        """Record that the run started here (with its next write), and make its folders."""
         if not record:
             raise UnknownRunError(f"no run {self.run_id!r} is recorded", "submit it again")
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -150,17 +148,15 @@ class Job:
         attempt = int(record.get("attempt") or 0) + 1
         if attempt > 1:  # an earlier attempt here may have left its worktree
             shutil.rmtree(self.run_dir / "src", ignore_errors=True)
-        fields: dict[str, Any] = {"worker": self.ctx.worker, "attempt": attempt, "run_dir": str(self.run_dir),
-                  "output_dir": str(self.output_dir), "pid": os.getpid(),
-                  "host": socket.gethostname()}  # fmt: skip
-
-        def build(pipe: Any) -> None:
-            self.store.transition(self.run_id, state.PREPARING, pipe=pipe, **fields)
-            self.ctx.registry.add_run(self.ctx.worker, self.run_id, pipe=pipe)
-
-        old = self._write(build)[0]
-        if old in state.TERMINAL:
-            raise DuplicateRun(f"run {self.run_id} already ended as {old}")
+        held = self.held
+        assert held is not None
+        # deferred (see keeper.py): a run that is quick to prepare sends it with its first
+        # output; while it holds the claim no one else can end it (a cancel is heard and stops it)
+        held.defer_state(state.PREPARING, worker=self.ctx.worker, attempt=attempt,
+                         run_dir=str(self.run_dir), output_dir=str(self.output_dir),
+                         pid=os.getpid(), host=socket.gethostname())  # fmt: skip
+        held.defer_call(lambda pipe: self.ctx.registry.add_run(self.ctx.worker, self.run_id,
+                                                               pipe=pipe))  # fmt: skip
         self.note(f"run {self.run_id} on {self.ctx.worker} (attempt {attempt})")
         self.want = self.ctx.gpus.request(spec.gpus)  # a request it can never meet fails now
 
@@ -238,11 +234,17 @@ class Job:
             threads=runenv.cpu_share(),
         ) | pin_env(self.ctx.gpus.mode, gpus)
         secrets = runenv.secret_values(env)  # credentials the run was given never reach the log
-        sink = metrics.tap(
-            lambda lines: self.store.append_log(self.run_id, lines), self.store, self.run_id
-        )  # metric lines also go to the run's metrics stream
+        held = self.held
+        assert held is not None
+
+        def send(lines: list[str]) -> None:
+            held.write(lambda pipe: self.store.append_log(self.run_id, lines, pipe=pipe))
+
+        # the first batch carries the agent's deferred lines and the running state; metric lines
+        # also go to the run's metrics stream
+        sink = metrics.tap(send, self.store, self.run_id)
         self.note(f"$ {quote_argv(argv)}")
-        self._write(lambda pipe: self.store.transition(self.run_id, state.RUNNING, pipe=pipe))
+        held.defer_state(state.RUNNING)  # sent with the run's first output (or within 50 ms)
         request = RunRequest(
             env=env,
             cwd=self._workdir(spec, co),
@@ -381,12 +383,6 @@ class Job:
             self.held.defer(**fields)
         else:
             self.store.update(self.run_id, **fields)
-
-    def _write(self, build: Callable[[Any], object]) -> list[Any]:
-        """The deferred writes and ``build``'s commands, in one round trip; ``build``'s results."""
-        if self.held is None:
-            raise AgentError("internal error: a write of a run this delivery does not hold")
-        return self.held.write(build)
 
     def timing(self, stage: str, t0: float) -> None:
         """Record how long a stage took."""

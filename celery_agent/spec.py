@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import shlex
@@ -211,13 +212,12 @@ class TaskSpec(BaseModel):
             line = line.strip()
             if not line:
                 continue
-            try:
-                Requirement(line)
-            except InvalidRequirement as exc:
+            problem = _requirement_problem(line)
+            if problem:
                 raise ValueError(
-                    f"requirement {line!r} is not valid: {exc} (write it as pip would, "
+                    f"requirement {line!r} is not valid: {problem} (write it as pip would, "
                     "like 'numpy>=1.26' or 'pyyaml==6.0.1')"
-                ) from None
+                )
             out.append(line)
         return out
 
@@ -380,3 +380,14 @@ def entry_argv(spec: TaskSpec) -> list[str]:
 def quote_argv(argv: list[str]) -> str:
     """An argv as a shell would show it (for logs)."""
     return shlex.join(argv)
+
+
+@functools.lru_cache(maxsize=4096)
+def _requirement_problem(line: str) -> str:
+    """Why ``line`` is not a valid requirement ("" when it is); remembered, as every worker
+    validates the same few requirement lines again with every message."""
+    try:
+        Requirement(line)
+    except InvalidRequirement as exc:
+        return str(exc)
+    return ""

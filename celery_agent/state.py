@@ -124,8 +124,8 @@ class RunStore:
         fields = {f"{state}_at": time.time()} | fields
         flat = [x for kv in _encode(fields).items() for x in kv]
         args = [state, "1", "1" if force else "0", *flat]
-        if pipe is not None:
-            self._transition(keys=[self.keys.run(run_id)], args=args, client=pipe)
+        if pipe is not None:  # EVAL, not EVALSHA: a pipeline with a script object first asks
+            pipe.eval(_TRANSITION, 1, self.keys.run(run_id), *args)  # Redis if it has it
             return ""
         with _errors(self):
             old = self._transition(keys=[self.keys.run(run_id)], args=args)
@@ -259,7 +259,10 @@ class RunStore:
 
     def release_claim(self, run_id: str, worker: str, *, pipe: Any = None) -> None:
         """Drop our claim (a no-op when it is not ours); queued on ``pipe`` if given."""
-        self._release(keys=[self.keys.claim(run_id)], args=[worker], client=pipe)
+        if pipe is not None:
+            pipe.eval(_RELEASE, 1, self.keys.claim(run_id), worker)
+            return
+        self._release(keys=[self.keys.claim(run_id)], args=[worker])
 
     def request_abort(self, run_id: str, ttl: float = 7 * 86400) -> str:
         """Ask for the run to stop; a queued run is marked aborted at once. Returns its state."""

@@ -171,9 +171,9 @@ def test_keep_zero_or_a_destination_gives_a_plain_worktree(repo, tmp_path):
     assert not dest.exists()
 
 
-def test_snapshot_sees_links_and_skips_the_git_file(tmp_path):
+def test_snapshot_sees_links_and_the_git_file(tmp_path):
     (tmp_path / ".git").write_text("gitdir: /x\n")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_text("1")
     (tmp_path / "link").symlink_to("d/f")
-    assert sorted(snapshot(tmp_path)) == ["d", "d/f", "link"]
+    assert sorted(snapshot(tmp_path)) == [".git", "d", "d/f", "link"]
