@@ -33,7 +33,7 @@ class Load:
     workers: int
     interval: float = 5.0  #: heartbeat (Settings.heartbeat_interval)
     history: int = 720  #: hardware snapshots kept (Settings.heartbeat_history)
-    abort_poll: float = 0.2  #: the runner's abort check (Settings.abort_poll)
+    abort_poll: float = 1.0  #: the runner's backstop flag read (Settings.abort_poll)
     log_every: float = 1.0  #: one log chunk per second per run
     lines_per_chunk: int = 3
     claim_ttl: float = 60.0  #: renewed every third of it (Settings.claim_ttl)

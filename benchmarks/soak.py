@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.soak [--runs N] [--work S] [--quick]`` submits N runs to one queue served by
 three workers (short heartbeats, claims and sweeps) and a beat, kills a worker (whole process group,
-a dead machine) or one pool process now and then, restarts killed workers, and prints how many runs
+a dead machine), its main process only, or one pool process now and then, restarts killed workers, and prints how many runs
 were submitted, succeeded, lost, failed and started twice at once, and how long recovery took.
 """
 
@@ -76,13 +76,17 @@ class Chaos:
         self.kills: list[str] = []
         self.pending: dict[str, tuple[float, int]] = {}  #: run id -> (kill time, attempt then)
         self.recoveries: list[float] = []
-        self.stop = threading.Event()
+        self.stop = threading.Event()  #: no more kills
+        self.finished = threading.Event()  #: the soak is over: the thread may end
         self.lock = threading.Lock()
 
     def loop(self) -> None:
-        """Kill, restart, repeat until stopped."""
-        while not self.stop.wait(self.every):
-            self.strike(random.randrange(len(self.workers)))
+        """Kill, restart, repeat until stopped; then live on until the soak is over: the workers
+        this thread restarted get SIGTERM from the kernel when the thread that started them ends
+        (their death signal is per thread), which would drain them before the last runs ran."""
+        while not self.finished.wait(self.every):
+            if not self.stop.is_set():
+                self.strike(random.randrange(len(self.workers)))
             self.check()
 
     def strike(self, index: int) -> None:
@@ -98,13 +102,16 @@ class Chaos:
                     int(self.store.get(run_id).get("attempt") or 0),
                 )
         children = psutil.Process(w.proc.pid).children()
-        if children and random.random() < 0.5:
-            self.kills.append("pool process")
+        kind = random.choice(["pool process", "worker", "main process"] if children else ["worker"])
+        self.kills.append(kind)
+        if kind == "pool process":
             with contextlib.suppress(psutil.Error):
                 random.choice(children).kill()
             return
-        self.kills.append("worker")
-        os.killpg(w.proc.pid, signal.SIGKILL)
+        if kind == "worker":  # the whole machine gone
+            os.killpg(w.proc.pid, signal.SIGKILL)
+        else:  # only the worker's main process: its pool processes must stop their runs
+            os.kill(w.proc.pid, signal.SIGKILL)
         w.proc.wait()
         self.workers[index] = start_worker(self.cluster, index)
 
@@ -158,6 +165,7 @@ def soak(runs: int, work: float, every: float, root: Path) -> dict[str, object]:
         thread.start()
         states = wait_all(store, ids, timeout=runs * work + 300, chaos=chaos)
         chaos.stop.set()
+        chaos.finished.set()
         thread.join()
         per_run, overlapping = count_starts(starts)
         return report(runs, states, per_run, overlapping, chaos, time.monotonic() - t0)
@@ -167,16 +175,29 @@ def soak(runs: int, work: float, every: float, root: Path) -> dict[str, object]:
         cluster.close()
 
 
+STALL = 90.0  #: seconds without any run ending, after the chaos stopped, that end the wait
+
+
 def wait_all(store, ids: list[str], timeout: float, chaos: Chaos) -> dict[str, str]:
-    """Wait until every run ended (or the timeout); returns run id -> state."""
-    deadline = time.monotonic() + timeout
+    """Wait until every run ended (or the timeout, or no progress for STALL seconds once the
+    chaos stopped); returns run id -> state, and names the runs that did not end on stderr."""
+    deadline, last, progress = time.monotonic() + timeout, -1, time.monotonic()
     while True:
         states = {rid: str(store.get(rid).get("state")) for rid in ids}
-        done = all(
+        ended = [
             s in ("succeeded", "failed", "lost", "aborted", "timed_out") for s in states.values()
-        )
+        ]
         chaos.check()
-        if done or time.monotonic() > deadline:
+        if sum(ended) != last:
+            last, progress = sum(ended), time.monotonic()
+        stalled = chaos.stop.is_set() and time.monotonic() - progress > STALL
+        if all(ended) or stalled or time.monotonic() > deadline:
+            for rid, s in states.items():
+                if s not in ("succeeded", "failed", "lost", "aborted", "timed_out"):
+                    record = store.get(rid)
+                    keys = ("state", "attempt", "worker", "lost_attempts", "requeued_at",
+                            "last_error", "preparing_at")  # fmt: skip
+                    logger.warning("unfinished %s: %s", rid, {k: record.get(k) for k in keys})
             return states
         if sum(s == "succeeded" for s in states.values()) > len(ids) * 0.8:
             chaos.stop.set()  # let the tail finish in peace
@@ -200,9 +221,9 @@ def report(runs, states, per_run, overlapping, chaos: Chaos, seconds: float) -> 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; exit status 1 when a run was lost or started twice at once."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=60)
-    ap.add_argument("--work", type=float, default=3.0, help="seconds each run works")
-    ap.add_argument("--every", type=float, default=4.0, help="seconds between kills")
+    ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--work", type=float, default=1.0, help="seconds each run works")
+    ap.add_argument("--every", type=float, default=3.0, help="seconds between kills")
     ap.add_argument("--quick", action="store_true", help="18 runs of 3 s, a kill every 2 s")
     args = ap.parse_args(argv)
     runs, work, every = (18, 3.0, 2.0) if args.quick else (args.runs, args.work, args.every)

@@ -13,6 +13,8 @@ from .settings import Settings
 #: outlive it; the run's claim key in Redis drops such a redelivery (and one of a run that ended),
 #: so it is never run twice. Runs of a dead worker come back through the sweep, not this.
 VISIBILITY_TIMEOUT = 6 * 3600
+DEFAULT_PRIORITY = 3  #: a new run's message priority (Redis transport: 0 is taken first)
+REQUEUE_PRIORITY = 0  #: a run sent again after its worker died or drained
 SWEEP_TASK = "celery_agent.sweep"
 
 
@@ -32,6 +34,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": VISIBILITY_TIMEOUT,
         },
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        # Runs go out at priority 3 of Redis's 0, 3, 6, 9 (lower is taken first), so a run sent
+        # back to its queue (its worker died or drained) goes at REQUEUE_PRIORITY, ahead of the
+        # runs that never started.
+        "task_default_priority": DEFAULT_PRIORITY,
         # Events for Flower and `celery events`: queued, started, done.
         "task_track_started": True,
         "worker_send_task_events": True,

@@ -6,6 +6,9 @@ Runs:
 - ``{p}:run:{id}:metrics`` stream of scalars the run reported (name, value, step)
 - ``{p}:run:{id}:log`` stream of line chunks; ``{p}:run:{id}:claim`` who runs it (TTL): ``worker|host|pid``
 - ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
+- ``{p}:run:{id}:secrets`` JSON of the values the record shows masked (secret env, repo
+  credentials), kept (TTL a week) until the run ends, for a requeue
+- ``{p}:retention:{runs|searches}`` where the retention sweep goes on in its index next time
 
 Workers and GPUs:
 
@@ -93,3 +96,11 @@ class Keys:
     def sweep_lock(self) -> str:
         """The cluster sweep's lock."""
         return self.join("sweep", "lock")
+
+    def secrets(self, run_id: str) -> str:
+        """The values a run's record shows masked, kept for a requeue."""
+        return self.join("run", run_id, "secrets")
+
+    def retention_cursor(self, index: str) -> str:
+        """Where the retention sweep goes on in ``index`` ('runs' or 'searches')."""
+        return self.join("retention", index)

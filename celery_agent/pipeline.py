@@ -128,6 +128,8 @@ class Job:
             return self.requeue(f"worker {self.ctx.worker} drained")
         except AgentError as err:
             return self.finish(state.FAILED, error=err)
+        except DuplicateRun:  # it ended (or was cancelled) between the claim and the start
+            raise
         except Exception as err:  # a bug must not take the worker down or leave the run hanging
             logger.exception("run %s failed inside the agent", self.run_id)
             return self.finish(state.FAILED, error=AgentError(f"internal error: {err!r}"))
@@ -136,7 +138,7 @@ class Job:
 
     # -- stages ---------------------------------------------------------------------------------
     def begin(self, spec: TaskSpec, record: dict[str, Any]) -> None:
-        """Record that the run started here (with its next write), and make its folders."""
+        """Record that the run started here (one round trip), and make its folders."""
         if not record:
             raise UnknownRunError(f"no run {self.run_id!r} is recorded", "submit it again")
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -150,13 +152,25 @@ class Job:
             shutil.rmtree(self.run_dir / "src", ignore_errors=True)
         held = self.held
         assert held is not None
-        # deferred (see keeper.py): a run that is quick to prepare sends it with its first
-        # output; while it holds the claim no one else can end it (a cancel is heard and stops it)
-        held.defer_state(state.PREPARING, worker=self.ctx.worker, attempt=attempt,
-                         run_dir=str(self.run_dir), output_dir=str(self.output_dir),
-                         pid=os.getpid(), host=socket.gethostname())  # fmt: skip
-        held.defer_call(lambda pipe: self.ctx.registry.add_run(self.ctx.worker, self.run_id,
-                                                               pipe=pipe))  # fmt: skip
+        fields: dict[str, Any] = {
+            "worker": self.ctx.worker,
+            "attempt": attempt,
+            "run_dir": str(self.run_dir),
+            "output_dir": str(self.output_dir),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+
+        def start(pipe: Any) -> None:
+            self.store.transition(self.run_id, state.PREPARING, pipe=pipe, **fields)
+            self.ctx.registry.add_run(self.ctx.worker, self.run_id, pipe=pipe)
+
+        # Not deferred: from here the run must be in its worker's list and active, so that the
+        # sweep finds it should this worker die (a queued run off every list would wait for the
+        # broker's visibility timeout).
+        old = held.write(start)[0]
+        if old in state.TERMINAL:
+            raise DuplicateRun(f"run {self.run_id} already ended as {old}")
         self.note(f"run {self.run_id} on {self.ctx.worker} (attempt {attempt})")
         self.want = self.ctx.gpus.request(spec.gpus)  # a request it can never meet fails now
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import state
+from .defaults import REQUEUE_PRIORITY
 from .errors import SpecError
 from .flower import args_repr, display_name
 from .spec import TaskSpec
@@ -35,7 +36,7 @@ def celery_resend(app: Any) -> Resend:
     def resend(run_id: str, spec: dict[str, Any], queue: str) -> None:
         parsed = TaskSpec.parse(spec)
         app.send_task(
-            RUN_TASK, args=[spec], task_id=run_id, queue=queue,
+            RUN_TASK, args=[spec], task_id=run_id, queue=queue, priority=REQUEUE_PRIORITY,
             shadow=display_name(parsed), argsrepr=args_repr(parsed),
         )  # fmt: skip
         logger.info("run %s sent again to queue %s", run_id, queue)

@@ -122,14 +122,14 @@ def prune_this_machine() -> list[str]:
 def _window(store: RunStore, index: str, name: str, cutoff: float,
             batch: int) -> tuple[int, list[str]]:  # fmt: skip
     """(offset, ids): the next ``batch`` entries of ``index`` scored before ``cutoff``."""
-    offset = int(store.r.get(store.keys.join("retention", name)) or 0)
+    offset = int(store.r.get(store.keys.retention_cursor(name)) or 0)
     ids = store.r.zrangebyscore(index, "-inf", f"({cutoff}", start=offset, num=batch)
     return offset, list(ids)
 
 
 def _advance(store: RunStore, name: str, offset: int, kept: int, full: bool) -> None:
     """Start the next window after the entries kept in this one, or from the oldest again."""
-    store.r.set(store.keys.join("retention", name), offset + kept if full else 0)
+    store.r.set(store.keys.retention_cursor(name), offset + kept if full else 0)
 
 
 def _expired(row: dict[str, Any], cutoff: float, running_searches: set[str]) -> bool:

@@ -201,4 +201,4 @@ def _hidden(spec: TaskSpec) -> dict[str, Any]:
 
 
 def _key(store: RunStore, run_id: str) -> str:
-    return store.keys.join("run", run_id, "secrets")
+    return store.keys.secrets(run_id)

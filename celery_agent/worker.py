@@ -63,6 +63,9 @@ class Heartbeat:
         self.leases = leases
         self.reap: Any = None  #: called every REAP_EVERY beats (kills processes of dead runs)
         self.prune: Any = None  #: called about once a day (deletes run folders past retention)
+        self.sweep: Any = None  #: the cluster sweep, tried every ``sweep_every`` seconds
+        self.sweep_every = 30.0
+        self._next_sweep = 0.0
         self.monitor = Monitor()
         self.beats = 0
         self._stop = threading.Event()
@@ -89,6 +92,7 @@ class Heartbeat:
                 logger.warning("heartbeat failed: %s", err)
             self._maybe_reap()
             self._maybe_prune()
+            self._maybe_sweep()
             if self._stop.wait(self.interval):
                 return
 
@@ -108,6 +112,16 @@ class Heartbeat:
             self.prune()
         except Exception as err:
             logger.warning("pruning old run folders failed: %s", err)
+
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if self.sweep is None or now < self._next_sweep:
+            return
+        self._next_sweep = now + self.sweep_every
+        try:
+            self.sweep()
+        except Exception as err:
+            logger.warning("cluster sweep failed: %s", err)
 
     def beat(self) -> dict[str, Any]:
         """Write one heartbeat; returns the record written."""
@@ -159,6 +173,8 @@ class AgentStep(bootsteps.StartStopStep):
                                    settings.heartbeat_history, leases)  # fmt: skip
         self.heartbeat.reap = lambda: attempts.reap(store)
         self.heartbeat.prune = retention.prune_this_machine  # at start (first beat), then daily
+        self.heartbeat.sweep = _sweeper(parent.app, store, registry, settings.sweep_interval)
+        self.heartbeat.sweep_every = settings.sweep_interval
         self.drain = Drain(store, parent.hostname, settings.drain_grace)
         self.drain.reset()
         install_drain(self.drain)
@@ -187,6 +203,24 @@ class AgentStep(bootsteps.StartStopStep):
 def _watch_worker(**_: Any) -> None:
     """In each pool process: stop its runs and exit should the worker's main process die."""
     orphan.watch()
+
+
+def _sweeper(app: Celery, store: Any, registry: WorkerRegistry, interval: float) -> Any:
+    """The cluster sweep as the worker's main process runs it (beside beat's scheduled task): a
+    sweep must not wait for a free pool slot, which a fleet busy with long runs or a backlog may
+    not have for hours. The sweep's lock lets one process sweep at a time."""
+    from . import sweep as sweep_mod
+    from .requeue import celery_resend, celery_revoked
+
+    resend, revoked = celery_resend(app), celery_revoked(app)
+
+    def run() -> None:
+        result = sweep_mod.sweep(store, registry, lock_ttl=interval / 2, resend=resend,
+                                 revoked=revoked)  # fmt: skip
+        if any(result.get(k) for k in ("lost_workers", "lost_runs", "requeued_runs")):
+            logger.warning("sweep: %s", result)
+
+    return run
 
 
 def _announce(hostname: str, queues: list[str], gpus: WorkerGpus) -> None:

@@ -97,6 +97,16 @@ def test_deferred_writes_go_out_with_the_next_write_or_soon(store: RunStore):
     old = held.write(lambda pipe: store.transition(rid, "running", pipe=pipe))
     assert old == ["queued"]
     assert store.read_log(rid)[1] == ["one"] and store.get(rid)["commit"] == "abc"
+    held.defer_state("preparing", attempt=2)
+    held.defer_state("running", pid=7)  # both go out as one change, with the fields of both
+    held.write()
+    record = store.get(rid)
+    assert record["state"] == "running" and record["attempt"] == 2 and str(record["pid"]) == "7"
+    assert record["preparing_at"] <= record["running_at"]
+    store.transition(rid, "aborted")
+    held.defer_state("running")
+    held.write()
+    assert store.get(rid)["state"] == "aborted", "a deferred change never undoes an end"
     held.defer(["two"])  # nothing else written: the keeper sends it within FLUSH_AFTER
     deadline = time.monotonic() + 2
     while store.read_log(rid)[1] != ["one", "two"] and time.monotonic() < deadline:

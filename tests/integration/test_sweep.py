@@ -66,3 +66,29 @@ def test_beat_schedules_the_sweep_that_a_worker_runs(worker, make_beat, store):
         time.sleep(0.2)
     assert store.get(run_id)["state"] == state.LOST, beat.log.read_text()[-2000:]
     assert next(r for r in get_registry().overview() if r["name"] == name)["state"] == LOST
+
+
+def test_a_run_sent_back_to_its_queue_goes_ahead_of_runs_that_never_started(
+    store, make_worker, make_repo, tmp_path
+):
+    """A requeued run (its worker died or drained) is taken before the backlog queued after it."""
+    from celery_agent import submit_task
+    from celery_agent.app import app
+    from celery_agent.requeue import celery_resend
+
+    queue = f"order-{uuid.uuid4().hex[:8]}"
+    starts = tmp_path / "starts.txt"
+    repo = make_repo(
+        {
+            "job.py": f"import os\nopen({str(starts)!r}, 'a').write(os.environ['CELERY_AGENT_RUN_ID'] + '\\n')\n"
+        }
+    )
+    spec = {"repo": str(repo), "entry": "job.py", "queue": queue, "executor": "local"}
+    backlog = [submit_task.delay(spec).id for _ in range(3)]
+    again = str(uuid.uuid4())
+    store.create_run(again, spec, queue)
+    celery_resend(app)(again, spec, queue)  # sent last, as the sweep sends a requeued run
+    make_worker(queue, concurrency=1)
+    for run_id in [again, *backlog]:
+        assert app.AsyncResult(run_id).get(timeout=60)["status"] == "succeeded"
+    assert starts.read_text().split() == [again, *backlog]
