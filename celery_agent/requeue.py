@@ -28,6 +28,8 @@ RUN_TASK = "celery_agent.run"
 Resend = Callable[[str, dict[str, Any], str], None]
 #: revoked(run_id): whether the run's task was revoked (a revoked id is never run again)
 Revoked = Callable[[str], bool]
+#: finished(run_id) records the outcome of a run the sweep ended (as its Celery result)
+Finished = Callable[[str], None]
 
 
 def celery_resend(app: Any) -> Resend:
@@ -44,13 +46,37 @@ def celery_resend(app: Any) -> Resend:
     return resend
 
 
+def ended_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The Celery result of a run that ended without its runner's summary at hand (the sweep
+    ended it, or a later delivery found it ended; that delivery's STARTED state replaced the
+    stored result): the summary as its record keeps it."""
+    keys = ("run_id", "worker", "commit", "exit_code", "error", "error_stage", "output_dir",
+            "timings", "params", "usage", "log_tail", "log_lines")  # fmt: skip
+    return {k: record.get(k) for k in keys} | {"status": record.get("state")}
+
+
+def celery_finished(app: Any, store: RunStore) -> Finished:
+    """A :data:`Finished` that stores the run's outcome as its Celery task's result, so a caller
+    waiting on ``r.get()`` gets it even when no runner is left to return it."""
+
+    def finished(run_id: str) -> None:
+        app.backend.store_result(run_id, ended_summary(store.get(run_id)), "SUCCESS")
+
+    return finished
+
+
 def celery_revoked(app: Any) -> Revoked:
     """A :data:`Revoked` that asks ``app``'s result backend (``revoke(terminate=True)`` marks it)."""
     return lambda run_id: app.AsyncResult(run_id).state == "REVOKED"
 
 
 def recover(
-    store: RunStore, run_id: str, why: str, resend: Resend | None, revoked: Revoked | None = None
+    store: RunStore,
+    run_id: str,
+    why: str,
+    resend: Resend | None,
+    revoked: Revoked | None = None,
+    finished: Finished | None = None,
 ) -> str:
     """Requeue or end a run whose runner is gone; returns what happened ('' when nothing did).
 
@@ -60,6 +86,20 @@ def recover(
     record = store.get(run_id)
     if record.get("state") not in state.ACTIVE or store.r.exists(store.keys.claim(run_id)):
         return ""
+    what = _recover(store, run_id, record, why, resend, revoked)
+    if what in (state.ABORTED, state.LOST) and finished is not None:
+        finished(run_id)
+    return what
+
+
+def _recover(
+    store: RunStore,
+    run_id: str,
+    record: dict[str, Any],
+    why: str,
+    resend: Resend | None,
+    revoked: Revoked | None,
+) -> str:
     if store.is_aborted(run_id) or (revoked is not None and revoked(run_id)):
         store.transition(run_id, state.ABORTED, error=f"cancelled or revoked; {why}")
         return state.ABORTED
@@ -67,7 +107,9 @@ def recover(
     if spec is None or resend is None:
         store.transition(run_id, state.LOST, error=why, error_stage="run")
         return state.LOST
-    outcome = store.requeue_lost(run_id, spec.max_attempts, why)
+    outcome = store.requeue_lost(
+        run_id, spec.max_attempts, f"{why}; max_attempts is {spec.max_attempts}"
+    )
     if outcome == "requeued":
         resend(run_id, spec.to_json(), str(record.get("queue") or spec.queue))
         return state.QUEUED

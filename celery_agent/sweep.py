@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from . import retention, state
-from .requeue import Resend, Revoked, recover
+from .requeue import Finished, Resend, Revoked, recover
 from .state import RunStore
 from .workers import WorkerRegistry
 
@@ -39,6 +39,7 @@ def sweep(
     revoked: Revoked | None = None,
     retention_days: float | None = None,
     retention_batch: int = retention.BATCH,
+    finished: Finished | None = None,
 ) -> dict[str, Any]:
     """Sweep once; returns what changed (``skipped`` when another sweep holds the lock).
 
@@ -54,7 +55,7 @@ def sweep(
         if not alive and registry.mark_lost(name):
             logger.warning("worker %s is lost: its heartbeat expired", name)
             lost_workers.append(name)
-        for run_id, what in _orphan_runs(store, registry, name, alive, resend, revoked):
+        for run_id, what in _orphan_runs(store, registry, name, alive, resend, revoked, finished):
             found[_BUCKET[what]].append(run_id)
     forgotten = registry.trim(time.time() - RETENTION)
     expired = _expire(store, retention_days, retention_batch)
@@ -89,13 +90,14 @@ def _orphan_runs(
     alive: bool,
     resend: Resend | None,
     revoked: Revoked | None,
+    finished: Finished | None = None,
 ) -> list[tuple[str, str]]:
     done = []
     for run_id in registry.current_runs(name):
         if store.r.exists(store.keys.claim(run_id)):
             continue
         try:
-            what = recover(store, run_id, _why(name, alive), resend, revoked)
+            what = recover(store, run_id, _why(name, alive), resend, revoked, finished)
         except Exception as err:  # one bad record must not stop the sweep
             logger.warning("sweep: could not recover run %s: %s", run_id, err)
             what = ""

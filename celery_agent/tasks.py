@@ -28,7 +28,7 @@ from .app import app, get_registry, get_settings, get_store
 from .defaults import SWEEP_TASK
 from .errors import SpecError, UnknownRunError
 from .flower import args_repr, display_name
-from .requeue import celery_resend, celery_revoked
+from .requeue import celery_finished, celery_resend, celery_revoked, ended_summary
 from .spec import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ def run_task(self: Task, spec: Any = None, *extra: Any, **options: Any) -> dict[
     try:
         summary = pipeline.execute(run_id, spec, ctx)
     except pipeline.DuplicateRun as dup:
+        record = ctx.store.get(run_id)
+        if record.get("state") in state.TERMINAL:  # (the sweep may have ended it: its outcome
+            logger.warning("run %s already ended as %s", run_id, record["state"])  # is the result)
+            return ended_summary(record)
         logger.warning("dropping a second delivery: %s", dup)
         raise Ignore() from None
     except pipeline.Requeued as requeued:
@@ -96,6 +100,7 @@ def sweep() -> dict[str, Any]:
         lock_ttl=get_settings().sweep_interval / 2,
         resend=celery_resend(app),
         revoked=celery_revoked(app),
+        finished=celery_finished(app, get_store()),
     )
     if any(result.get(k) for k in ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs")):
         logger.warning("sweep: %s", result)

@@ -210,13 +210,13 @@ def _sweeper(app: Celery, store: Any, registry: WorkerRegistry, interval: float)
     sweep must not wait for a free pool slot, which a fleet busy with long runs or a backlog may
     not have for hours. The sweep's lock lets one process sweep at a time."""
     from . import sweep as sweep_mod
-    from .requeue import celery_resend, celery_revoked
+    from .requeue import celery_finished, celery_resend, celery_revoked
 
-    resend, revoked = celery_resend(app), celery_revoked(app)
+    resend, revoked, finished = celery_resend(app), celery_revoked(app), celery_finished(app, store)
 
     def run() -> None:
         result = sweep_mod.sweep(store, registry, lock_ttl=interval / 2, resend=resend,
-                                 revoked=revoked)  # fmt: skip
+                                 revoked=revoked, finished=finished)  # fmt: skip
         if any(result.get(k) for k in ("lost_workers", "lost_runs", "requeued_runs")):
             logger.warning("sweep: %s", result)
 

@@ -101,3 +101,15 @@ def test_a_run_sent_back_to_its_queue_goes_ahead_of_runs_that_never_started(
     for run_id in [again, *backlog]:
         assert app.AsyncResult(run_id).get(timeout=60)["status"] == "succeeded"
     assert starts.read_text().split() == [again, *backlog]
+
+
+def test_a_run_the_sweep_ends_gets_its_outcome_as_the_celery_result(store):
+    """A caller waiting on r.get() learns that its run was lost, with no runner left to say so."""
+    from celery_agent.app import app
+    from celery_agent.requeue import celery_finished
+
+    name, run_id = dead_worker_with_a_run(store)
+    time.sleep(0.3)
+    sweep_now(store, lock_ttl=0.05, finished=celery_finished(app, store))
+    out = app.AsyncResult(run_id).get(timeout=10)
+    assert out["status"] == state.LOST and out["run_id"] == run_id and name in out["error"]
