@@ -41,7 +41,6 @@ class Held:
         self._fields: dict[str, Any] = {}
         self._state: tuple[str, dict[str, Any]] | None = None
         self._lines: list[str] = []
-        self._calls: list[Callable[[Any], object]] = []
         self._since: float | None = None
 
     def defer(self, lines: list[str] | None = None, **fields: Any) -> None:
@@ -62,13 +61,6 @@ class Held:
             if self._since is None:
                 self._since = time.monotonic()
 
-    def defer_call(self, call: Callable[[Any], object]) -> None:
-        """Queue ``call(pipe)``, a write of its own, for the next round trip."""
-        with self._lock:
-            self._calls.append(call)
-            if self._since is None:
-                self._since = time.monotonic()
-
     def write(self, build: Callable[[Any], object] | None = None) -> list[Any]:
         """Send the deferred writes, then what ``build(pipe)`` adds, in one round trip; returns
         the results of ``build``'s commands. Writes of one run never overtake each other."""
@@ -83,8 +75,7 @@ class Held:
                 results: list[Any] = pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError) as err:
                 raise StateError(f"Redis is unreachable: {err}") from err
-            self._fields, self._state, self._lines, self._calls = {}, None, [], []
-            self._since = None
+            self._fields, self._state, self._lines, self._since = {}, None, [], None
             return results[deferred:]
 
     def due(self, now: float) -> bool:
@@ -102,10 +93,6 @@ class Held:
         if self._lines:
             self.store.append_log(self.run_id, self._lines, pipe=pipe)
             n += 1
-        for call in self._calls:
-            before = len(pipe)
-            call(pipe)
-            n += len(pipe) - before
         return n
 
 

@@ -343,8 +343,7 @@ class Job:
 
         def write(pipe: Any) -> None:
             self.store.transition(self.run_id, status, force=True, pipe=pipe, **fields)
-            self.store.release_claim(self.run_id, self.token, pipe=pipe)
-            self.ctx.registry.remove_run(self.ctx.worker, self.run_id, pipe=pipe)
+            self._release(pipe)
 
         with_retry(lambda: held.write(write), self.run_id, self.ctx.settings.record_retry)
         self.held = None  # released: nothing more to let go of
@@ -355,14 +354,15 @@ class Job:
         if held is None:
             return
 
-        def release(pipe: Any) -> None:
-            self.store.release_claim(self.run_id, self.token, pipe=pipe)
-            self.ctx.registry.remove_run(self.ctx.worker, self.run_id, pipe=pipe)
-
         try:
-            held.write(release)
+            held.write(self._release)
         except Exception as err:
             logger.warning("could not release the claim on %s: %s", self.run_id, err)
+
+    def _release(self, pipe: Any) -> None:
+        """Queue the claim's release and the run's removal from its worker's list on ``pipe``."""
+        self.store.release_claim(self.run_id, self.token, pipe=pipe)
+        self.ctx.registry.remove_run(self.ctx.worker, self.run_id, pipe=pipe)
 
     def cleanup(self) -> None:
         """Remove the worktree; keep the run folder (log, output, params)."""
@@ -392,11 +392,9 @@ class Job:
                 fh.write(line + "\n")
 
     def _defer(self, **fields: Any) -> None:
-        """Record fields that go out with the run's next write."""
-        if self.held is not None:
-            self.held.defer(**fields)
-        else:
-            self.store.update(self.run_id, **fields)
+        """Record fields that go out with the run's next write (only while the run is held)."""
+        assert self.held is not None
+        self.held.defer(**fields)
 
     def timing(self, stage: str, t0: float) -> None:
         """Record how long a stage took."""

@@ -363,11 +363,11 @@ def _finish(
     """Stop what the run left behind, then reap the child and return its exit code."""
     if not stopped:
         exit_code = _reap_exited(proc, sampler)
-        if exit_code is not None:
-            _stop_leftovers(proc.pid, sampler, grace)
-            return exit_code
-        sampler.sample()  # (waitid said it exited, so this is not reached in practice)
+        if exit_code is None:  # no wait4 here: look at the exited child's usage in /proc
+            sampler.sample()
         _stop_leftovers(proc.pid, sampler, grace)
+        if exit_code is not None:
+            return exit_code
     try:
         return proc.wait(timeout=_REAP_TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -17,6 +17,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -61,11 +63,7 @@ class Heartbeat:
             history,
         )
         self.leases = leases
-        self.reap: Any = None  #: called every REAP_EVERY beats (kills processes of dead runs)
-        self.prune: Any = None  #: called about once a day (deletes run folders past retention)
-        self.sweep: Any = None  #: the cluster sweep, tried every ``sweep_every`` seconds
-        self.sweep_every = 30.0
-        self._next_sweep = 0.0
+        self._chores: list[_Chore] = []  #: see add_chore
         self.monitor = Monitor()
         self.beats = 0
         self._stop = threading.Event()
@@ -90,38 +88,25 @@ class Heartbeat:
                 self.beat()
             except Exception as err:  # Redis down: keep trying, the record's TTL tells the rest
                 logger.warning("heartbeat failed: %s", err)
-            self._maybe_reap()
-            self._maybe_prune()
-            self._maybe_sweep()
+            self._run_chores()
             if self._stop.wait(self.interval):
                 return
 
-    def _maybe_reap(self) -> None:
-        if self.reap is None or self.beats % REAP_EVERY != 1:
-            return
-        try:
-            self.reap()
-        except Exception as err:
-            logger.warning("looking for processes of dead runs failed: %s", err)
+    def add_chore(self, what: str, every: float, chore: Callable[[], object]) -> None:
+        """Run ``chore`` from the heartbeat thread after the first beat, then every ``every``
+        seconds; a failure is logged as "``what`` failed" and never stops the beats."""
+        self._chores.append(_Chore(what, every, chore))
 
-    def _maybe_prune(self) -> None:
-        every = max(1, int(PRUNE_EVERY / self.interval))
-        if self.prune is None or (self.beats - 1) % every != 0:  # the first beat, then daily
-            return
-        try:
-            self.prune()
-        except Exception as err:
-            logger.warning("pruning old run folders failed: %s", err)
-
-    def _maybe_sweep(self) -> None:
+    def _run_chores(self) -> None:
         now = time.monotonic()
-        if self.sweep is None or now < self._next_sweep:
-            return
-        self._next_sweep = now + self.sweep_every
-        try:
-            self.sweep()
-        except Exception as err:
-            logger.warning("cluster sweep failed: %s", err)
+        for chore in self._chores:
+            if now < chore.next_at:
+                continue
+            chore.next_at = now + chore.every
+            try:
+                chore.run()
+            except Exception as err:
+                logger.warning("%s failed: %s", chore.what, err)
 
     def beat(self) -> dict[str, Any]:
         """Write one heartbeat; returns the record written."""
@@ -171,10 +156,12 @@ class AgentStep(bootsteps.StartStopStep):
         registry = WorkerRegistry(store.r, store.keys)
         self.heartbeat = Heartbeat(registry, record, settings.heartbeat_interval,
                                    settings.heartbeat_history, leases)  # fmt: skip
-        self.heartbeat.reap = lambda: attempts.reap(store)
-        self.heartbeat.prune = retention.prune_this_machine  # at start (first beat), then daily
-        self.heartbeat.sweep = _sweeper(parent.app, store, registry, settings.sweep_interval)
-        self.heartbeat.sweep_every = settings.sweep_interval
+        hb, interval = self.heartbeat, settings.heartbeat_interval
+        hb.add_chore("looking for processes of dead runs", REAP_EVERY * interval,
+                     lambda: attempts.reap(store))  # fmt: skip
+        hb.add_chore("pruning old run folders", PRUNE_EVERY, retention.prune_this_machine)
+        hb.add_chore("cluster sweep", settings.sweep_interval,
+                     _sweeper(parent.app, store, registry, settings.sweep_interval))  # fmt: skip
         self.drain = Drain(store, parent.hostname, settings.drain_grace)
         self.drain.reset()
         install_drain(self.drain)
@@ -203,6 +190,16 @@ class AgentStep(bootsteps.StartStopStep):
 def _watch_worker(**_: Any) -> None:
     """In each pool process: stop its runs and exit should the worker's main process die."""
     orphan.watch()
+
+
+@dataclass
+class _Chore:
+    """Work the heartbeat thread does now and then (see :meth:`Heartbeat.add_chore`)."""
+
+    what: str
+    every: float
+    run: Callable[[], object]
+    next_at: float = 0.0
 
 
 def _sweeper(app: Celery, store: Any, registry: WorkerRegistry, interval: float) -> Any:
