@@ -10,10 +10,11 @@ whichever delivery of the run comes first claims it, every other one is dropped 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
-from . import state
+from . import attempts, state
 from .defaults import REQUEUE_PRIORITY
 from .errors import SpecError
 from .flower import args_repr, display_name
@@ -87,8 +88,11 @@ def recover(
     if record.get("state") not in state.ACTIVE or store.r.exists(store.keys.claim(run_id)):
         return ""
     what = _recover(store, run_id, record, why, resend, revoked)
-    if what in (state.ABORTED, state.LOST) and finished is not None:
-        finished(run_id)
+    if what in (state.ABORTED, state.LOST):
+        if record.get("host") == socket.gethostname():  # its dead attempt's processes, here
+            attempts.kill_leftovers(run_id)  # (other machines' workers reap their own)
+        if finished is not None:
+            finished(run_id)
     return what
 
 

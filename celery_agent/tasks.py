@@ -22,7 +22,7 @@ from celery.exceptions import Ignore
 from celery.signals import celeryd_init, task_prerun
 from celery.utils import uuid
 
-from . import pipeline, runenv, state
+from . import attempts, pipeline, runenv, state
 from . import sweep as sweep_mod
 from .app import app, get_registry, get_settings, get_store
 from .defaults import SWEEP_TASK
@@ -77,6 +77,7 @@ def run_task(self: Task, spec: Any = None, *extra: Any, **options: Any) -> dict[
         record = ctx.store.get(run_id)
         if record.get("state") in state.TERMINAL:  # (the sweep may have ended it: its outcome
             logger.warning("run %s already ended as %s", run_id, record["state"])  # is the result)
+            attempts.kill_leftovers(run_id)  # what its dead attempt left running here
             return ended_summary(record)
         logger.warning("dropping a second delivery: %s", dup)
         raise Ignore() from None
