@@ -8,6 +8,7 @@ for each run, so a commit already fetched costs no network and a checkout costs 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -98,10 +99,7 @@ class _Repo:
 
     @property
     def cache_name(self) -> str:
-        normal = self.display.rstrip("/").removesuffix(".git")
-        digest = hashlib.sha256(normal.encode()).hexdigest()[:16]
-        base = re.sub(r"[^A-Za-z0-9._-]", "_", re.split(r"[/:]", normal)[-1]) or "repo"
-        return f"{digest}-{base}"
+        return _cache_name(self.display)
 
 
 class SourceCache:
@@ -144,7 +142,7 @@ class SourceCache:
         pool = TreePool(cache.with_name(cache.name + ".trees"), self.keep)
         digest, has_diff = diff_digest(diff), bool(diff.strip())
         if dest is None and commit and _FULL_SHA.fullmatch(commit):
-            lease = pool.lease(commit, digest)
+            lease = pool.lease(commit, digest, self._remover(cache, None))
             if lease is not None:
                 return Checkout(lease.path, commit, source.display, has_diff, cache, lease)
         git = self._git(source, timeout)
@@ -154,7 +152,7 @@ class SourceCache:
             clone.ensure()
             sha = clone.resolve(commit, branch)
             if dest is None:
-                lease = pool.lease(sha, digest)
+                lease = pool.lease(sha, digest, self._remover(cache, git))
                 if lease is not None:
                     return Checkout(lease.path, sha, source.display, has_diff, cache, lease)
                 lease = pool.reserve(sha, digest, self._remover(cache, git))
@@ -179,8 +177,11 @@ class SourceCache:
         return done
 
     def remove(self, checkout: Checkout) -> None:
-        """Give back a pooled worktree (kept when only new files appeared in it, which are
-        deleted), else remove the worktree and forget it; a directory already gone is fine."""
+        """Give back a pooled worktree, else remove the worktree and forget it; a directory
+        already gone is fine. A pooled worktree is not looked at here (one that never became
+        ready aside, which is removed): its next lease deletes what the run added, or retires
+        it when its checkout changed - a check that walks the tree there anyway, to catch late
+        writers, so a run costs one walk."""
         if checkout.lease is not None:
             pool = TreePool(checkout.lease.path.parent, self.keep)
             pool.release(checkout.lease, self._remover(checkout.cache_dir, None))
@@ -327,6 +328,16 @@ class _Clone:
 
 def _wants_head(commit: str | None, branch: str | None) -> bool:
     return commit.startswith("HEAD") if commit else not branch
+
+
+@functools.lru_cache(maxsize=256)
+def _cache_name(display: str) -> str:
+    """The clone's folder name for a repository (worked out once per process: every checkout
+    of it, a reused worktree's too, needs it)."""
+    normal = display.rstrip("/").removesuffix(".git")
+    digest = hashlib.sha256(normal.encode()).hexdigest()[:16]
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", re.split(r"[/:]", normal)[-1]) or "repo"
+    return f"{digest}-{base}"
 
 
 def _check_dest(dest: Path) -> None:

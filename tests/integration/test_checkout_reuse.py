@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_agent.checkouts import snapshot
+from celery_agent import checkouts
+from celery_agent.checkouts import TreePool, diff_digest, snapshot
 from celery_agent.source import SourceCache
 
 DIFF = """diff --git a/train.py b/train.py
@@ -36,6 +37,19 @@ def no_git(tmp_path: Path) -> dict[str, str]:
     return {"PATH": str(tmp_path / "empty-bin"), "HOME": str(tmp_path)}
 
 
+def worktrees(checkout) -> list[str]:
+    """The worktrees the checkout's clone knows (the bare clone itself aside)."""
+    done = subprocess.run(["git", "-C", checkout.cache_dir, "worktree", "list", "--porcelain"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    lines = done.stdout.splitlines()
+    return [ln.removeprefix("worktree ") for ln in lines if ln.startswith("worktree ")][1:]
+
+
+def trees(checkout) -> list[str]:
+    """The worktrees in the pool's folder (its lock files and manifests aside)."""
+    return sorted(p.name for p in checkout.path.parent.iterdir() if not p.suffix)
+
+
 def test_a_second_run_of_the_same_commit_and_diff_reuses_the_worktree_without_git(repo, tmp_path):
     sha, root = head(repo), tmp_path / "cache"
     first = SourceCache(root).checkout(str(repo), commit=sha, diff=DIFF)
@@ -56,11 +70,14 @@ def test_files_a_run_added_are_deleted_and_compiled_files_kept(repo, tmp_path):
     subprocess.run(["python3", "-c", "import pkg.mod"], cwd=co.path, check=True,
                    env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})  # fmt: skip
     assert list((co.path / "pkg" / "__pycache__").glob("mod.*.pyc"))
+    (co.path / "pkg" / "__pycache__" / "x.cpython-311.pyc").symlink_to(co.path / "train.py")
     cache.remove(co)
+    assert (co.path / "out").exists(), "given back as the run left it: checked at the next lease"
     again = cache.checkout(str(repo), commit=sha)
     assert again.reused
     assert not (again.path / "out").exists() and not (again.path / "data" / "new.txt").exists()
     assert list((again.path / "pkg" / "__pycache__").glob("mod.*.pyc")), "compiled files stay"
+    assert not (again.path / "pkg" / "__pycache__" / "x.cpython-311.pyc").is_symlink()
 
 
 @pytest.mark.parametrize(
@@ -80,12 +97,72 @@ def test_a_worktree_whose_files_changed_is_never_lent_again(repo, tmp_path, chan
     co = cache.checkout(str(repo), commit=sha, diff=DIFF)
     change(co.path)
     cache.remove(co)
-    assert not co.path.exists(), "retired: removed as a fresh checkout's would be"
+    assert co.path.is_dir(), "given back unchecked: its next lease checks it"
     again = cache.checkout(str(repo), commit=sha, diff=DIFF)
-    assert not again.reused
+    assert not again.reused, "retired at the lease, then checked out afresh"
     assert (again.path / "train.py").read_text() == 'print("two")\n'
     assert (again.path / "pkg" / "mod.py").read_text() == "X = 1\n"
     assert (again.path / "data" / "a.txt").stat().st_mode & 0o777 != 0o600
+    assert not (again.path / "data" / "b.txt").exists()
+    assert trees(again) == [again.path.name] and worktrees(again) == [str(again.path)]
+
+
+def test_a_changed_worktree_is_removed_from_disk_at_its_next_lease(repo, tmp_path):
+    cache, sha = SourceCache(tmp_path / "cache"), head(repo)
+    co = cache.checkout(str(repo), commit=sha)
+    (co.path / "train.py").write_text('print("changed")\n')
+    cache.remove(co)
+    removed: list[Path] = []
+    assert TreePool(co.path.parent, keep=8).lease(sha, diff_digest(""), removed.append) is None
+    assert removed == [co.path] and not co.path.exists()
+    assert list(co.path.parent.iterdir()) == [], "manifest and lock file gone too"
+
+
+def test_a_branch_checkout_retires_a_changed_worktree_under_the_clone_lock(repo, tmp_path):
+    cache = SourceCache(tmp_path / "cache")
+    co = cache.checkout(str(repo), branch="main")
+    (co.path / "train.py").write_text('print("changed")\n')
+    cache.remove(co)
+    again = cache.checkout(str(repo), branch="main")
+    assert not again.reused and (again.path / "train.py").read_text() == 'print("one")\n'
+    assert worktrees(again) == [str(again.path)]
+
+
+def test_a_reused_run_walks_its_worktree_once_when_it_is_lent(repo, tmp_path, monkeypatch):
+    cache, sha = SourceCache(tmp_path / "cache"), head(repo)
+    cache.remove(cache.checkout(str(repo), commit=sha))
+    walks: list[Path] = []
+    monkeypatch.setattr(checkouts, "snapshot", lambda root: walks.append(root) or snapshot(root))
+    for run in range(1, 4):
+        co = cache.checkout(str(repo), commit=sha)
+        assert co.reused and len(walks) == run, "one walk, at lease"
+        assert not (co.path / "out.txt").exists(), "the last run's file deleted at the lease"
+        (co.path / "out.txt").write_text(f"result {run}")
+        cache.remove(co)
+        assert len(walks) == run, "no walk at release"
+        assert (co.path / "out.txt").exists()
+
+
+def test_a_changed_worktree_never_lent_again_is_evicted_like_a_ready_one(make_repo, tmp_path):
+    repo = make_repo({"a.py": "1\n"})
+    first = head(repo)
+    (repo / "a.py").write_text("2\n")
+    subprocess.run(["git", "-C", repo, "commit", "-qam", "2"], check=True)
+    cache = SourceCache(tmp_path / "cache", keep=1)
+    co = cache.checkout(str(repo), commit=first)
+    (co.path / "a.py").write_text("changed\n")
+    cache.remove(co)
+    other = cache.checkout(str(repo), commit=head(repo))
+    assert not co.path.exists() and trees(other) == [other.path.name]
+    assert worktrees(other) == [str(other.path)]
+
+
+def test_giving_a_worktree_back_twice_is_harmless(repo, tmp_path):
+    cache, sha = SourceCache(tmp_path / "cache"), head(repo)
+    co = cache.checkout(str(repo), commit=sha)
+    cache.remove(co)
+    cache.remove(co)
+    assert cache.checkout(str(repo), commit=sha).reused
 
 
 def test_a_late_write_after_release_is_caught_before_the_next_lease(repo, tmp_path):
