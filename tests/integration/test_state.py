@@ -31,6 +31,34 @@ def test_run_record_moves_through_states_with_timestamps(store: RunStore):
     assert rec["name"] == "exp" and rec["spec"]["entry"] == "t.py"
 
 
+def test_a_run_is_recorded_once_with_its_index_entry(store: RunStore):
+    rid = new_id()
+    assert store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q", attempt=2, note=None)
+    raw = store.r.hgetall(store.keys.run(rid))
+    assert raw["state"] == "queued" and raw["queue"] == "q" and raw["name"] == "t.py"
+    assert raw["spec"] == '{"repo": "/r", "entry": "t.py"}'
+    assert raw["attempt"] == "2" and raw["note"] == "", "fields override, None is stored empty"
+    assert store.r.zscore(store.keys.runs(), rid) == float(raw["submitted_at"])
+    store.transition(rid, "running")
+    before = store.r.hgetall(store.keys.run(rid))
+    assert not store.create_run(rid, {"repo": "/other", "entry": "u.py"}, "q2", attempt=5)
+    assert store.r.hgetall(store.keys.run(rid)) == before, "a second create changes nothing"
+    assert store.r.zscore(store.keys.runs(), rid) == float(raw["submitted_at"])
+
+
+def test_claim_view_claims_once_and_reads_flags_and_record(store: RunStore):
+    rid = new_id()
+    assert store.claim_view(rid, "w1|h|1", 5, "w1") == (True, "w1|h|1", False, False, {})
+    store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
+    store.request_abort(rid)
+    draining_worker = f"w-{rid}"
+    store.r.set(store.keys.worker_drain(draining_worker), "1", ex=60)
+    got, holder, cancelled, draining, record = store.claim_view(rid, "w2|h|2", 5, draining_worker)
+    assert (got, holder, cancelled, draining) == (False, "w1|h|1", True, True)
+    assert record == store.get(rid) and record["state"] == "aborted"
+    assert 0 < store.r.pttl(store.keys.claim(rid)) <= 5000
+
+
 def test_terminal_state_is_not_overwritten_by_a_late_transition(store: RunStore):
     rid = new_id()
     store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
