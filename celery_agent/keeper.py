@@ -61,12 +61,18 @@ class Held:
             if self._since is None:
                 self._since = time.monotonic()
 
-    def write(self, build: Callable[[Any], object] | None = None) -> list[Any]:
+    def write(
+        self, build: Callable[[Any], object] | None = None, *, end: dict[str, Any] | None = None
+    ) -> list[Any]:
         """Send the deferred writes, then what ``build(pipe)`` adds, in one round trip; returns
-        the results of ``build``'s commands. Writes of one run never overtake each other."""
+        the results of ``build``'s commands. Writes of one run never overtake each other.
+
+        ``end`` is given with the run's last write: the fields of its final state, which
+        ``build`` writes. The deferred fields and state change are folded into it (one forced
+        transition instead of three writes); ``end``'s own values win."""
         with self._lock:
             pipe = self.store.r.pipeline(transaction=False)
-            deferred = self._queue(pipe)
+            deferred = self._queue(pipe, end)
             if build is not None:
                 build(pipe)
             if not len(pipe):
@@ -82,12 +88,16 @@ class Held:
         """Whether deferred writes have waited long enough."""
         return self._since is not None and now - self._since >= FLUSH_AFTER
 
-    def _queue(self, pipe: Any) -> int:
+    def _queue(self, pipe: Any, end: dict[str, Any] | None) -> int:
         n = 0
-        if self._fields:
+        if end is not None:
+            folded = self._fields | (self._state[1] if self._state is not None else {})
+            for key, value in folded.items():
+                end.setdefault(key, value)
+        elif self._fields:
             self.store.update(self.run_id, pipe=pipe, **self._fields)
             n += 1
-        if self._state is not None:
+        if self._state is not None and end is None:
             self.store.transition(self.run_id, self._state[0], pipe=pipe, **self._state[1])
             n += 1
         if self._lines:

@@ -4,12 +4,21 @@ The pipe carries the child's stdout and stderr together. Lines end at ``\n``, ``
 ``\r``; bytes that are not UTF-8 are replaced; lines longer than :data:`MAX_LINE` are cut into
 pieces. Each batch is appended to the run's log file, then handed to a :data:`LineSink`; lines the
 sink refuses are kept, in order, and retried.
+
+The pump has no thread of its own unless asked: the runner's supervising loop waits on the child's
+exit and on the pipe in one ``poll`` and calls :meth:`LogPump.read` and :meth:`LogPump.flush_due`
+(two threads per run, and their hand-offs, cost ~0.5 ms of CPU on every run). :meth:`LogPump.start`
+runs the same loop in a thread, for owners that wait on something else (a container, or a run
+being stopped). The lines that are still waiting when the output ends - for a short run, usually
+all of them - go to the ``last`` sink when one is given: the run's end record carries them, one
+round trip fewer.
 """
 
 from __future__ import annotations
 
 import codecs
 import logging
+import math
 import os
 import select
 import threading
@@ -29,25 +38,25 @@ LineSink = Callable[[list[str]], None]
 MAX_LINE = 64 * 1024
 
 _READ_SIZE = 1 << 18  # bytes per read from the output pipe
-# After a small read while earlier lines still wait for their batch, the reader pauses this long
-# so that a program printing fast is read in chunks of many lines, not one wake-up per line (a
-# 64 KiB pipe takes ~5 ms to fill at 200k lines/s, so the writer never waits on it). A line after
-# a quiet spell finds nothing pending and is read at once.
+# After a small read while lines wait for their batch, the pump rests this long before it reads
+# again, so that a program printing fast is read in chunks of many lines, not one wake-up per line
+# (a 64 KiB pipe takes ~5 ms to fill at 200k lines/s, so the writer never waits on it).
 _SMALL_READ = 4096
-_GATHER = 0.001
+_REST = 0.001
+# A line after a quiet spell waits this long for company: the rest of a burst goes out in the same
+# batch, and the last lines of a program that is about to exit go out with its end record.
+_GATHER = 0.005
+_THREAD_WAIT = 0.1  # the pump thread's longest poll, so that a stop request is seen soon
 
 
 class LogPump:
-    """Reads the output pipe in large chunks, splits it into lines, and hands batches to the sink.
+    """Splits the output pipe ``fd`` into lines and hands them to ``sink`` in batches.
 
-    A reader thread splits; a flusher thread writes each batch to the log file and delivers it.
-    Lines the sink refused stay queued, in order, and go out with the next flush.
-
-    ``fd`` is the pipe's read end; ``log`` (closed by :meth:`finish`) gets every line. A batch
-    goes out once it holds ``batch`` lines, or at most every ``interval`` seconds: a line that
-    follows a quiet spell goes out at once (low latency), lines that keep coming are gathered
-    (few round trips). After
-    :meth:`finish`, ``lines`` is the number of lines read, ``tail`` the last ``tail`` of them and
+    A batch goes out once it holds ``batch`` lines, or when its first line has waited
+    :data:`_GATHER` seconds and the last batch went out ``interval`` seconds ago or more: a line
+    after a quiet spell goes out within milliseconds, lines that keep coming are gathered (few
+    round trips). ``log`` (closed by :meth:`finish`) gets every line first. After :meth:`finish`,
+    ``lines`` is the number of lines read, ``tail`` the last ``tail`` of them and
     ``first_line_at`` the wall-clock time the first one arrived (None without output).
     """
 
@@ -60,64 +69,125 @@ class LogPump:
         interval: float,
         tail: int,
         scrub: Callable[[list[str]], list[str]] | None = None,
+        last: LineSink | None = None,
     ) -> None:
-        self._fd, self._sink, self._log, self._scrub = fd, sink, log, scrub
+        self._fd, self._sink, self._last, self._log, self._scrub = fd, sink, last, log, scrub
         self._batch, self._interval = max(1, batch), interval
-        self._cond = threading.Condition()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
         self._pending: list[str] = []
-        self._last_flush = 0.0
+        self._pending_since = 0.0
+        self._last_flush = -math.inf
         self._eof = False
-        self._stop = threading.Event()
         self._unsent: list[str] = []
         self._retry_at = 0.0
         self._sink_error: str | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.lines = 0
         self.tail: deque[str] = deque(maxlen=max(0, tail))
         self.first_line_at: float | None = None
-        self._reader = threading.Thread(target=self._read_loop, name="log-reader", daemon=True)
-        self._flusher = threading.Thread(target=self._flush_loop, name="log-flusher", daemon=True)
 
+    # -- driven by its owner --------------------------------------------------------------------
+    def fileno(self) -> int:
+        """The pipe to poll for output."""
+        return self._fd
+
+    @property
+    def eof(self) -> bool:
+        """Whether the output has ended (every writer closed the pipe)."""
+        return self._eof
+
+    def read(self) -> bool:
+        """Read what the pipe holds (call it when a poll says the pipe is readable); False at the
+        end of the output."""
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            logger.warning("reading the run's output failed: %s", exc)
+            data = b""
+        if not data:
+            self._eof = True
+            return False
+        self._partial = self._split(self._partial + self._decoder.decode(data))
+        if len(data) < _SMALL_READ and self._pending:
+            time.sleep(_REST)  # lines keep coming: let them gather in the pipe
+        return True
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until waiting lines (or a retry) must go out; None when nothing waits."""
+        if len(self._pending) >= self._batch:
+            return 0.0
+        deadlines = []
+        if self._pending:
+            deadlines.append(max(self._last_flush + self._interval, self._pending_since + _GATHER))
+        if self._unsent:
+            deadlines.append(self._retry_at)
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def flush_due(self, now: float) -> None:
+        """Deliver the waiting lines if they are due (see :meth:`due_in`)."""
+        due = self.due_in(now)
+        if due is not None and due <= 0:
+            batch, self._pending = self._pending, []
+            self._last_flush = now
+            self._deliver(batch)
+
+    def pump(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for output, reading and delivering what comes."""
+        deadline = time.monotonic() + timeout
+        poller = select.poll()  # (select.select fails on descriptors above 1023)
+        poller.register(self._fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        while not self._eof:
+            now = time.monotonic()
+            self.flush_due(now)
+            due = self.due_in(now)
+            wait = deadline - now if due is None else min(deadline - now, due)
+            if wait <= 0 and now >= deadline:
+                return
+            if poller.poll(math.ceil(max(0.0, wait) * 1000)):
+                self.read()
+
+    # -- in a thread of its own -----------------------------------------------------------------
     def start(self) -> None:
-        """Start the reader and flusher threads."""
-        self._reader.start()
-        self._flusher.start()
+        """Read and deliver in a thread from now on (until :meth:`finish`)."""
+        if self._thread is None and not self._eof:
+            self._thread = threading.Thread(target=self._loop, name="log-pump", daemon=True)
+            self._thread.start()
 
+    def _loop(self) -> None:
+        while not self._eof and not self._stop.is_set():
+            self.pump(_THREAD_WAIT)
+
+    # -- the end --------------------------------------------------------------------------------
     def finish(self, drain: float) -> None:
-        """Wait for the end of output (at most ``drain`` seconds), deliver the rest, close."""
-        self._reader.join(drain)
-        if self._reader.is_alive():
-            logger.warning("output pipe still open %.1fs after the run ended; closing it", drain)
+        """Read to the end of the output (waiting at most ``drain`` seconds for it), deliver the
+        rest (to ``last`` when given), close the log file."""
+        if self._thread is not None:
+            self._thread.join(drain)
             self._stop.set()
-            self._reader.join()
-        self._flusher.join()
+            self._thread.join()
+        elif not self._eof:
+            self.pump(drain)
+        if not self._eof:
+            logger.warning("output pipe still open %.1fs after the run ended; closing it", drain)
+        rest = self._partial + self._decoder.decode(b"", final=True)
+        if rest:
+            self._queue(_cut_long([rest.rstrip("\r")]))
+        batch, self._pending = self._pending, []
+        if self._last is not None and not self._unsent and len(batch) <= self._batch:
+            self._deliver(batch, self._last)
+        else:
+            self._deliver(batch)
         if self._unsent:
             where = f"; they are in {self._log.name}" if self._log else ""
             logger.warning("%d log lines were not delivered%s", len(self._unsent), where)
         if self._log is not None:
             self._log.close()
 
-    # reader side
-    def _read_loop(self) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        partial = ""
-        try:
-            poller = select.poll()
-            poller.register(self._fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-            while not self._stop.is_set():
-                if not poller.poll(100):
-                    continue
-                data = os.read(self._fd, _READ_SIZE)
-                if not data:
-                    break
-                partial = self._split(partial + decoder.decode(data))
-                if len(data) < _SMALL_READ and self._pending:
-                    time.sleep(_GATHER)  # lines keep coming: let them gather in the pipe
-        except OSError as exc:
-            logger.warning("reading the run's output failed: %s", exc)
-        finally:
-            rest = partial + decoder.decode(b"", final=True)
-            self._push(_cut_long([rest.rstrip("\r")]) if rest else [], eof=True)
-
+    # -- lines ----------------------------------------------------------------------------------
     def _split(self, text: str) -> str:
         """Queue the complete lines of ``text``; return what follows the last line end."""
         hold = "\r" if text.endswith("\r") else ""  # may be the first half of a \r\n
@@ -131,53 +201,29 @@ class LogPump:
                 *full, partial = _cut_long([partial])
                 parts.extend(full)
         if parts:
-            self._push(parts)
+            self._queue(parts)
         return partial + hold
 
-    def _push(self, lines: list[str], eof: bool = False) -> None:
-        with self._cond:
-            if lines and self.first_line_at is None:
+    def _queue(self, lines: list[str]) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
+            if self.first_line_at is None:
                 self.first_line_at = time.time()
-            if lines and not self._pending:
-                self._cond.notify()
-            self._pending.extend(lines)
-            if eof or len(self._pending) >= self._batch:
-                self._eof = self._eof or eof
-                self._cond.notify()
+        self._pending.extend(lines)
 
-    # flusher side
-    def _flush_loop(self) -> None:
-        eof = False
-        while not eof:
-            with self._cond:
-                while not self._due():
-                    self._cond.wait(self._wait_time())
-                batch, self._pending, eof = self._pending, [], self._eof
-                self._last_flush = time.monotonic()
-            self._deliver(batch)
-
-    def _due(self) -> bool:
-        now = time.monotonic()
-        return (
-            self._eof
-            or len(self._pending) >= self._batch
-            or (bool(self._pending) and now >= self._last_flush + self._interval)
-            or (bool(self._unsent) and now >= self._retry_at)
-        )
-
-    def _wait_time(self) -> float | None:
-        deadlines = [self._last_flush + self._interval] if self._pending else []
-        if self._unsent:
-            deadlines.append(self._retry_at)
-        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-
-    def _deliver(self, batch: list[str]) -> None:
+    def _deliver(self, batch: list[str], last: LineSink | None = None) -> None:
         if batch and self._scrub is not None:
             batch = self._scrub(batch)
         if batch:
             self.lines += len(batch)
             self.tail.extend(batch)
             self._write_log(batch)
+            if last is not None:
+                try:
+                    last(batch)
+                    return
+                except Exception as exc:  # handed to the ordinary sink instead
+                    logger.debug("the last-lines sink failed: %s", exc)
             self._unsent.extend(batch)
         self._send()
 

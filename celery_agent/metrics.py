@@ -113,6 +113,18 @@ class MetricTap:
 
     def __call__(self, lines: list[str]) -> None:
         self.sink(lines)
+        self._store(lines)
+
+    def then(self, sink: LineSink) -> LineSink:
+        """A sink that passes lines to ``sink`` instead, their metrics still stored here."""
+
+        def deliver(lines: list[str]) -> None:
+            sink(lines)
+            self._store(lines)
+
+        return deliver
+
+    def _store(self, lines: list[str]) -> None:
         found = [m for m in map(parse_line, lines) if m is not None]
         if found or self.pending:
             self.pending.extend(found)

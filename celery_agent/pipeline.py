@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import attempts, metrics, runenv, state
 from . import leases as leases_mod
@@ -75,6 +75,7 @@ class Job:
         self.held: Held | None = None  #: set once the run is claimed
         self.stops: Callable[[], bool] = lambda: False
         self.stop_reason: Callable[[], str | None] = lambda: None
+        self._notes: IO[str] | None = None  #: the log file, open for the agent's lines
 
     # -- the algorithm --------------------------------------------------------------------------
     def run(self, raw_spec: Any) -> dict[str, Any]:
@@ -254,8 +255,9 @@ class Job:
         def send(lines: list[str]) -> None:
             held.write(lambda pipe: self.store.append_log(self.run_id, lines, pipe=pipe))
 
-        # the first batch carries the agent's deferred lines and the running state; metric lines
-        # also go to the run's metrics stream
+        # the first batch carries the agent's deferred lines and the running state, the lines
+        # still waiting at the end go with the end record; metric lines also go to the run's
+        # metrics stream
         sink = metrics.tap(send, self.store, self.run_id)
         self.note(f"$ {quote_argv(argv)}")
         held.defer_state(state.RUNNING)  # sent with the run's first output (or within 50 ms)
@@ -273,6 +275,7 @@ class Job:
             labels={"run_id": self.run_id, "worker": self.ctx.worker, "queue": spec.queue},
             gpus=gpu_ids(gpus),
             scrub=(lambda lines: runenv.scrub(lines, secrets)) if secrets else None,
+            sink_last=sink.then(held.defer),
         )
         t0 = time.time()
         outcome = executor.run(prepared, interp_args, request)
@@ -341,11 +344,15 @@ class Job:
             record_end(self.store, self.run_id, status, fields, self.ctx.settings.record_retry)
             return
 
+        fields = dict(fields)  # (the deferred fields are folded into it)
+
         def write(pipe: Any) -> None:
             self.store.transition(self.run_id, status, force=True, pipe=pipe, **fields)
             self._release(pipe)
 
-        with_retry(lambda: held.write(write), self.run_id, self.ctx.settings.record_retry)
+        with_retry(
+            lambda: held.write(write, end=fields), self.run_id, self.ctx.settings.record_retry
+        )
         self.held = None  # released: nothing more to let go of
 
     def _let_go(self) -> None:
@@ -366,6 +373,9 @@ class Job:
 
     def cleanup(self) -> None:
         """Remove the worktree; keep the run folder (log, output, params)."""
+        if self._notes is not None:
+            self._notes.close()
+            self._notes = None
         if self.checkout is not None and not self.ctx.settings.keep_source:
             try:
                 self.ctx.sources.remove(self.checkout)
@@ -377,9 +387,9 @@ class Job:
     # -- helpers --------------------------------------------------------------------------------
     def note(self, text: str) -> None:
         """A line from the agent itself, in the run's log file now and its log stream with the
-        next write (see :mod:`.keeper`)."""
+        next write (see :mod:`.keeper`). The worker's own log has it at DEBUG: it is the run's."""
         line = f"{TAG} {text}"
-        logger.info("%s: %s", self.run_id, text)
+        logger.debug("%s: %s", self.run_id, text)
         if self.held is not None:
             self.held.defer([line])
         else:
@@ -387,9 +397,16 @@ class Job:
                 self.store.append_log(self.run_id, [line])
             except Exception as err:
                 logger.warning("could not write to the log of %s: %s", self.run_id, err)
-        if self.run_dir.is_dir():
-            with self.log_file.open("a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+        notes = self._notes_file()
+        if notes is not None:
+            notes.write(line + "\n")
+            notes.flush()
+
+    def _notes_file(self) -> IO[str] | None:
+        """The run's log file, kept open for the agent's lines once the run folder exists."""
+        if self._notes is None and self.run_dir.is_dir():
+            self._notes = self.log_file.open("a", encoding="utf-8")
+        return self._notes
 
     def _defer(self, **fields: Any) -> None:
         """Record fields that go out with the run's next write (only while the run is held)."""

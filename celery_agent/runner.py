@@ -3,27 +3,25 @@
 :func:`run_process` spawns the run's command in its own process group, streams its output in line
 batches to a sink (and a log file), samples the tree's CPU and memory, stops it on timeout or abort
 (TERM to the group, grace, KILL, psutil as the backstop) and makes sure nothing it started outlives
-it. No signal handlers are installed: this runs inside worker children and threads. The pipe reading
-lives in :mod:`.logpump`, the process-tree handling in :mod:`.proctree`.
+it. No signal handlers are installed: this runs inside worker children and threads. The
+supervising thread waits on the child's exit and its output in one ``poll`` and reads the output
+itself (:mod:`.logpump`); the process-tree handling lives in :mod:`.proctree`.
 
-On Linux the child asks the kernel for SIGKILL when the thread that started it exits
-(``PR_SET_PDEATHSIG``, through util-linux's ``setpriv`` when installed): a pool process that is killed (``kill -9``, ``revoke(terminate=True)``)
-takes the run's direct child with it. The signal is per process, so the child's own children
-outlive it; those are found by their ``CELERY_AGENT_RUN_ID`` and killed by :mod:`.attempts`.
+The run's process group is given to this process's guard (:mod:`.guard`) while it runs: a pool
+process that is killed (``kill -9``, ``revoke(terminate=True)``, the whole worker) takes the run's
+group with it. Processes that left the group are found by their ``CELERY_AGENT_RUN_ID`` and killed
+by :mod:`.attempts`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
+import math
 import os
 import select
 import shlex
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from .errors import RunError
+from .guard import guard
 from .logpump import MAX_LINE, LineSink, LogPump
 from .proctree import TreeSampler, alive, collect, kill_tree, proc_group_empty, terminate
 
@@ -91,11 +90,13 @@ def run_process(
     sample_interval: float = 1.0,
     on_start: Callable[[int], None] | None = None,
     scrub: Callable[[list[str]], list[str]] | None = None,
+    sink_last: LineSink | None = None,
 ) -> ProcessOutcome:
     """Run ``argv`` in its own process group and supervise it until it ends; never raises for
     the process's own failure (that is the outcome's status), only :class:`RunError` when it cannot
     be started. Output lines go to ``sink`` in batches and to ``log_file``, through ``scrub`` first
-    when given (it hides secret values)."""
+    when given (it hides secret values); the lines still waiting when the output ends go to
+    ``sink_last`` instead when given (see :mod:`.logpump`)."""
     log = _open_log(log_file)
     try:
         proc = _spawn(argv, env, cwd)
@@ -105,22 +106,23 @@ def run_process(
         raise
     assert proc.stdout is not None
     started = time.monotonic()
-    pump = LogPump(proc.stdout.fileno(), sink, log, batch_lines, batch_interval, tail_lines, scrub)
+    pump = LogPump(proc.stdout.fileno(), sink, log, batch_lines, batch_interval, tail_lines, scrub,
+                   last=sink_last)  # fmt: skip
     sampler = TreeSampler(proc.pid, sample_interval, next_at=started + _FIRST_SAMPLE)
     watch = _Watch(timeout, should_abort, abort_event, poll_interval, started)
     status: Status | None = None
     reason = ""
     try:
-        pump.start()
         if on_start is not None:
             on_start(proc.pid)
-        status, reason = _supervise(proc, watch, sampler, grace)
+        status, reason = _supervise(proc, watch, sampler, grace, pump)
     except BaseException:
         terminate(collect(proc.pid, proc.pid, sampler.seen), proc.pid, 0.0)
         raise
     finally:
-        exit_code = _finish(proc, sampler, grace, stopped=status is not None)
+        exit_code = _finish(proc, sampler, grace, pump, stopped=status is not None)
         duration = time.monotonic() - started
+        guard().remove(proc.pid)
         pump.finish(_PIPE_DRAIN)
         proc.stdout.close()
     return _outcome(status, reason, exit_code, duration, proc.pid, pump, sampler)
@@ -148,65 +150,22 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> subprocess
             f"working directory {cwd} does not exist",
             hint="check the spec's workdir and that the checkout succeeded",
         )
-    logger.info("starting %s in %s", shlex.join(argv), cwd)
-    head, preexec = _die_with_parent(argv[0], env, cwd)
+    if logger.isEnabledFor(logging.DEBUG):  # (the run's log has its command line)
+        logger.debug("starting %s in %s", shlex.join(argv), cwd)
     try:
-        return subprocess.Popen(
-            [*head, *argv],
+        proc = subprocess.Popen(
+            list(argv),
             env=dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=preexec,
         )
     except OSError as exc:
         raise _spawn_error(argv[0], exc) from exc
-
-
-_PR_SET_PDEATHSIG = 1
-_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent(
-    program: str, env: Mapping[str, str], cwd: Path
-) -> tuple[list[str], Callable[[], None] | None]:
-    """How the child asks to die with the thread spawning it (Linux only): a command head, or a
-    preexec function.
-
-    util-linux's ``setpriv --pdeathsig KILL`` sets it and execs the program (the setting survives
-    the exec), so Python can start the child with vfork. A preexec function forces a full fork of
-    the (large) worker process instead: ~15 ms and ~7 ms of CPU per run, measured. Without
-    setpriv the preexec function is the fallback. With setpriv a missing program would only show
-    as the child's exit code, so it is looked up first and reported as Popen would report it.
-    """
-    if not sys.platform.startswith("linux"):
-        return [], None
-    if _SETPRIV is not None:
-        _check_program(program, env, cwd)
-        return [_SETPRIV, "--pdeathsig", "KILL", "--"], None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os._exit(1)
-
-    return [], preexec
-
-
-def _check_program(program: str, env: Mapping[str, str], cwd: Path) -> None:
-    """Raise the OSError Popen would raise for a program that cannot be executed."""
-    if os.sep in program:
-        path = program if os.path.isabs(program) else os.path.join(cwd, program)
-        if not os.path.exists(path):
-            raise _spawn_error(program, FileNotFoundError(program))
-        if os.path.isdir(path) or not os.access(path, os.X_OK):
-            raise _spawn_error(program, PermissionError(program))
-    elif shutil.which(program, path=env.get("PATH", os.defpath)) is None:
-        raise _spawn_error(program, FileNotFoundError(program))
+    guard().add(proc.pid)  # its group dies with this process
+    return proc
 
 
 def _spawn_error(program: str, exc: OSError) -> RunError:
@@ -253,29 +212,30 @@ class _Watch:
             self.warned = True
             return False
 
-    def sleep(self, now: float, exited: _ExitWait) -> None:
-        """Wait one poll interval, waking at once when the child exits (or the abort event fires)."""
+    def sleep(self, now: float, waiter: _Waiter) -> None:
+        """Wait one poll interval, pumping the run's output meanwhile; wake at once when the
+        child exits (or the abort event fires)."""
         wait = self.poll_interval
         if self.timeout is not None:
             wait = max(0.0, min(wait, self.started + self.timeout - now))
         if self.abort_event is None:
-            exited.wait(wait)
+            waiter.wait(wait)
             return
         deadline = now + wait
-        while not exited.wait(min(_EVENT_SLICE, max(0.0, deadline - time.monotonic()))):
+        while not waiter.wait(min(_EVENT_SLICE, max(0.0, deadline - time.monotonic()))):
             if self.abort_event.is_set() or time.monotonic() >= deadline:
                 return
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes], watch: _Watch, sampler: TreeSampler, grace: float
+    proc: subprocess.Popen[bytes], watch: _Watch, sampler: TreeSampler, grace: float, pump: LogPump
 ) -> tuple[Status | None, str]:
     """Wait for the process to exit, or stop it; return (None, "") or (status, reason)."""
-    exited = _ExitWait(proc.pid)
+    waiter = _Waiter(proc.pid, pump)
     try:
-        return _wait_or_stop(proc, watch, sampler, grace, exited)
+        return _wait_or_stop(proc, watch, sampler, grace, waiter, pump)
     finally:
-        exited.close()
+        waiter.close()
 
 
 def _wait_or_stop(
@@ -283,63 +243,89 @@ def _wait_or_stop(
     watch: _Watch,
     sampler: TreeSampler,
     grace: float,
-    exited: _ExitWait,
+    waiter: _Waiter,
+    pump: LogPump,
 ) -> tuple[Status | None, str]:
     while not _exited(proc):
         now = time.monotonic()
         sampler.maybe_sample(now)
         if watch.timed_out(now):
-            return _stop(proc, sampler, grace, "timed_out", f"timeout after {watch.timeout:g}s")
+            reason = f"timeout after {watch.timeout:g}s"
+            return _stop(proc, sampler, grace, pump, "timed_out", reason)
         if watch.aborted():
-            return _stop(proc, sampler, grace, "aborted", "cancelled")
-        watch.sleep(now, exited)
+            return _stop(proc, sampler, grace, pump, "aborted", "cancelled")
+        watch.sleep(now, waiter)
     return None, ""
 
 
-class _ExitWait:
-    """Waits for the child's exit (without reaping it) so the run ends the moment it exits:
-    on a pidfd where the kernel has them (no thread), else from a thread blocked in ``waitid``."""
+class _Waiter:
+    """One ``poll`` over the child's exit and its output pipe: the supervising thread reads and
+    delivers the output itself, and wakes the moment the child exits. The exit shows on a pidfd
+    where the kernel has them, else on a pipe a thread blocked in ``waitid`` writes to."""
 
-    def __init__(self, pid: int) -> None:
-        self._fd: int | None = None
-        self._event: threading.Event | None = None
+    def __init__(self, pid: int, pump: LogPump) -> None:
+        self.exited = False
+        self._pump = pump
+        self._poller = select.poll()  # (select.select fails on descriptors above 1023)
         try:
             self._fd = os.pidfd_open(pid)  # Linux 5.3+
         except (AttributeError, OSError):
-            self._event = threading.Event()
+            self._fd, write_end = os.pipe()
             threading.Thread(
-                target=self._waitid, args=(pid,), name=f"exit-{pid}", daemon=True
+                target=_signal_exit, args=(pid, write_end), name=f"exit-{pid}", daemon=True
             ).start()
+        self._poller.register(self._fd, select.POLLIN)
+        if not pump.eof:
+            self._poller.register(pump.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
 
     def wait(self, timeout: float) -> bool:
-        """True once the child exited; waits up to ``timeout`` seconds for it."""
-        if self._event is not None:
-            return self._event.wait(timeout)
-        assert self._fd is not None
-        poller = select.poll()  # (select.select fails on descriptors above 1023)
-        poller.register(self._fd, select.POLLIN)
-        return bool(poller.poll(max(0.0, timeout) * 1000))
+        """True once the child exited; waits up to ``timeout`` seconds for it, reading and
+        delivering its output meanwhile."""
+        deadline = time.monotonic() + timeout
+        while not self.exited:
+            now = time.monotonic()
+            self._pump.flush_due(now)
+            due = self._pump.due_in(now)
+            wait = deadline - now if due is None else min(deadline - now, due)
+            if wait <= 0 and now >= deadline:
+                break
+            for fd, _ in self._poller.poll(math.ceil(max(0.0, wait) * 1000)):
+                if fd == self._fd:
+                    self.exited = True
+                elif not self._pump.read():  # the output ended
+                    self._poller.unregister(fd)
+        return self.exited
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        os.close(self._fd)
 
-    def _waitid(self, pid: int) -> None:
-        assert self._event is not None
-        try:
-            if hasattr(os, "waitid"):
-                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            pass
-        self._event.set()
+
+def _signal_exit(pid: int, write_end: int) -> None:
+    """Wait for the child's exit (without reaping it), then make ``write_end``'s pipe readable."""
+    try:
+        if hasattr(os, "waitid"):
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:
+        pass
+    try:
+        os.write(write_end, b"x")
+    except OSError:  # the supervisor stopped waiting and closed its end
+        pass
+    finally:
+        os.close(write_end)
 
 
 def _stop(
-    proc: subprocess.Popen[bytes], sampler: TreeSampler, grace: float, status: Status, reason: str
+    proc: subprocess.Popen[bytes],
+    sampler: TreeSampler,
+    grace: float,
+    pump: LogPump,
+    status: Status,
+    reason: str,
 ) -> tuple[Status | None, str]:
     logger.info("stopping process %d: %s", proc.pid, reason)
     sampler.sample()
+    pump.start()  # its output keeps flowing (a full pipe would block its shutdown) during grace
     terminate(collect(proc.pid, proc.pid, sampler.seen), proc.pid, grace)
     return status, reason
 
@@ -358,14 +344,19 @@ def _exited(proc: subprocess.Popen[bytes]) -> bool:
 
 
 def _finish(
-    proc: subprocess.Popen[bytes], sampler: TreeSampler, grace: float, *, stopped: bool
+    proc: subprocess.Popen[bytes],
+    sampler: TreeSampler,
+    grace: float,
+    pump: LogPump,
+    *,
+    stopped: bool,
 ) -> int | None:
     """Stop what the run left behind, then reap the child and return its exit code."""
     if not stopped:
         exit_code = _reap_exited(proc, sampler)
         if exit_code is None:  # no wait4 here: look at the exited child's usage in /proc
             sampler.sample()
-        _stop_leftovers(proc.pid, sampler, grace)
+        _stop_leftovers(proc.pid, sampler, grace, pump)
         if exit_code is not None:
             return exit_code
     try:
@@ -391,7 +382,7 @@ def _reap_exited(proc: subprocess.Popen[bytes], sampler: TreeSampler) -> int | N
     return proc.returncode
 
 
-def _stop_leftovers(pid: int, sampler: TreeSampler, grace: float) -> None:
+def _stop_leftovers(pid: int, sampler: TreeSampler, grace: float, pump: LogPump) -> None:
     """Stop the processes a finished run left running: its process group's members, and any
     process of the run seen earlier. An empty group (the usual case) costs one ``killpg(0)``."""
     if proc_group_empty(pid) and not any(alive(p) for p in sampler.seen.values() if p.pid != pid):
@@ -400,6 +391,7 @@ def _stop_leftovers(pid: int, sampler: TreeSampler, grace: float) -> None:
     leftovers = [p for p in found if p.pid != pid and alive(p)]
     if leftovers:
         logger.warning("the run left %d process(es) running; stopping them", len(leftovers))
+        pump.start()  # they may still write to the run's output
         terminate(leftovers, pid, min(grace, _LEFTOVER_GRACE))
 
 

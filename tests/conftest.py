@@ -20,6 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from celery_agent.guard import guard
+
 ROOT = Path(__file__).resolve().parent.parent
 _fixture_pids: set[int] = set()
 
@@ -30,7 +32,7 @@ def _ours(proc: psutil.Process) -> bool:
         chain = [proc, *proc.parents()]
     except psutil.Error:
         return True
-    return any(p.pid in _fixture_pids for p in chain)
+    return any(p.pid in _fixture_pids for p in chain) or proc.pid == guard().pid  # (lives on)
 
 
 def _status(proc: psutil.Process) -> str:

@@ -47,6 +47,9 @@ class RunRequest:
     gpus: list[str] = field(default_factory=list)  #: GPU ids (UUIDs or indices) the run may use
     #: applied to every output line before the log file, the sink and the tail (secret values)
     scrub: Callable[[list[str]], list[str]] | None = None
+    #: receives the lines still waiting when the output ends, instead of ``sink`` (the run's end
+    #: record carries them: one round trip fewer for a short run)
+    sink_last: LineSink | None = None
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Executor(ABC):
             should_abort=job.should_abort,
             poll_interval=job.poll_interval,
             scrub=job.scrub,
+            sink_last=job.sink_last,
         )
 
     def env_cache(self) -> EnvCache:

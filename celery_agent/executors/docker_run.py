@@ -86,9 +86,8 @@ class ContainerRun:
     def _supervised(self, container: Any) -> ProcessOutcome:
         read_fd, write_fd = os.pipe()
         try:
-            pump = LogPump(
-                read_fd, self.job.sink, _open_log(self.job), 1000, 0.1, 50, self.job.scrub
-            )
+            pump = LogPump(read_fd, self.job.sink, _open_log(self.job), 1000, 0.1, 50,
+                           self.job.scrub, last=self.job.sink_last)  # fmt: skip
         except BaseException:
             os.close(read_fd)
             os.close(write_fd)
