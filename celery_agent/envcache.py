@@ -6,9 +6,13 @@ One entry per key, built once and reused in place::
     root/<key>/meta.json    what the builder returned
     root/<key>/entry.json   label, size and build time, for listing and eviction
     root/<key>/ready        written last: an entry without it is a partial build
-    root/<key>/last_used    touched on every hit; its mtime orders eviction (least recently used first)
+    root/<key>/last_used    touched on hits; its mtime orders eviction (least recently used first)
     root/<key>.lock         per-key lock held while building or removing
     root/<key>.failed       a cached build failure, re-raised until it is older than the failure ttl
+
+A hit is the common case and stays cheap: one stat of ``ready`` (meta.json is parsed again only
+when that stamp changed, see :class:`FileMemo`) and a touch of ``last_used`` at most once per
+:data:`TOUCH_INTERVAL` seconds per entry and process.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -37,6 +41,67 @@ _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 
 #: a builder: gets the final env path (to create), returns metadata stored as meta.json
 Builder = Callable[[Path], dict[str, Any]]
+
+#: a hit touches last_used at most this often per entry and process, so eviction may rank two
+#: entries used within this many seconds of each other either way (the cost of a syscall per hit)
+TOUCH_INTERVAL = 10.0
+
+#: a file's identity and change times: (mode, device, inode, size, mtime ns, ctime ns)
+Stamp = tuple[int, int, int, int, int, int]
+
+#: a stamp is trusted for memoizing once the file's ctime lies this far before the stat (see FileMemo)
+SETTLE_NS = 3_000_000_000
+
+#: memo tables are emptied when they reach this size (checkouts and envs come and go)
+_MEMO_ENTRIES = 1024
+
+T = TypeVar("T")
+
+
+def file_stamp(path: str) -> Stamp | None:
+    """The stat stamp of ``path`` (symlinks followed), or None when nothing is there."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def is_settled(stamp: Stamp, since_ns: int) -> bool:
+    """Whether the file had stopped changing :data:`SETTLE_NS` before ``since_ns`` (wall clock ns,
+    read before the stat that made ``stamp``), so that any later change gets a different ctime."""
+    return since_ns - stamp[5] >= SETTLE_NS
+
+
+class FileMemo(Generic[T]):
+    """Values computed from files, reused while a file's :func:`file_stamp` is unchanged.
+
+    File times are coarse (a clock tick, whole seconds on some file systems): a file rewritten in
+    the tick it was stamped, with the same size, keeps its stamp. So a stamp is kept only once the
+    file has settled (:func:`is_settled`); until then the value is computed on every call. The
+    stat comes before the read, so a change racing the read leaves a stamp that no longer matches.
+    """
+
+    def __init__(self, compute: Callable[[str, Stamp], T]) -> None:
+        self.compute = compute
+        self._held: dict[str, tuple[Stamp, T]] = {}
+
+    def get(self, path: str) -> T | None:
+        """``compute(path, stamp)``, or the value kept for this stamp; None when there is no file."""
+        since = time.time_ns()
+        stamp = file_stamp(path)
+        held = self._held.get(path)
+        if held is not None and held[0] == stamp:
+            return held[1]
+        self._held.pop(path, None)
+        if stamp is None:
+            return None
+        value = self.compute(path, stamp)
+        if is_settled(stamp, since):
+            if len(self._held) >= _MEMO_ENTRIES:
+                self._held.clear()
+            self._held[path] = (stamp, value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -51,6 +116,33 @@ class CachedEnv:
     hit: bool
     seconds: float
     meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """What a ready entry's marker vouches for: its env path and its parsed meta.json."""
+
+    env: Path
+    meta: dict[str, Any]
+
+
+def _read_ready(ready: str, _stamp: Stamp) -> _Ready:
+    entry = Path(ready).parent
+    return _Ready(entry / "env", _read_json(entry / "meta.json"))
+
+
+#: ready markers by path; the marker is written last and replaced by any rebuild, so its stamp
+#: vouches for meta.json (a removed entry has no marker: the stat fails and the hit is a miss)
+_READY: FileMemo[_Ready] = FileMemo(_read_ready)
+
+
+def _ready(entry: str) -> _Ready | None:
+    """The entry if its ready marker is there; meta.json is parsed only when the marker changed."""
+    return _READY.get(os.path.join(entry, "ready"))
+
+
+#: entry dir -> time.monotonic() of this process's last touch of its last_used
+_TOUCHED: dict[str, float] = {}
 
 
 class EnvCache:
@@ -79,11 +171,19 @@ class EnvCache:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def _dir(self, key: str) -> Path:
+        return self.root / self._checked(key)
+
+    def _entry(self, key: str) -> str:
+        """The entry's directory as a string: the hit path avoids building Path objects."""
+        return os.path.join(self.root, self._checked(key))
+
+    @staticmethod
+    def _checked(key: str) -> str:
         if not _KEY.match(key):
             raise ValueError(
                 f"env cache key {key!r} is not valid: use letters, digits, '_', '-', '.'"
             )
-        return self.root / key
+        return key
 
     def _lock(self, key: str, timeout: float) -> FileLock:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -93,20 +193,20 @@ class EnvCache:
     def lookup(self, key: str) -> CachedEnv | None:
         """The ready entry for ``key``, or None; takes no lock and does not count as a use."""
         start = time.perf_counter()
-        entry = self._dir(key)
-        if not (entry / "ready").exists():
+        ready = _ready(self._entry(key))
+        if ready is None:
             return None
-        meta = _read_json(entry / "meta.json")
-        return CachedEnv(key, entry / "env", True, time.perf_counter() - start, meta)
+        return CachedEnv(key, ready.env, True, time.perf_counter() - start, dict(ready.meta))
 
     def _hit(self, key: str, start: float) -> CachedEnv | None:
-        found = self.lookup(key)
-        if found is None:
+        entry = self._entry(key)
+        ready = _ready(entry)
+        if ready is None:
             return None
-        _touch(self._dir(key) / "last_used")
+        _mark_used(entry)
         seconds = time.perf_counter() - start
         logger.debug("env cache hit %s in %.2f ms", key, seconds * 1000)
-        return CachedEnv(key, found.path, True, seconds, found.meta)
+        return CachedEnv(key, ready.env, True, seconds, dict(ready.meta))
 
     # -- building ---------------------------------------------------------------------------------
     def get_or_build(self, key: str, build: Builder, *, label: str = "") -> CachedEnv:
@@ -295,6 +395,23 @@ def _read_json_or_empty(path: Path) -> dict[str, Any]:
         return _read_json(path)
     except (OSError, ValueError):
         return {}
+
+
+def _mark_used(entry: str) -> None:
+    """Touch the entry's last_used, unless this process did within :data:`TOUCH_INTERVAL`.
+
+    Eviction only needs the order of last uses, and entries that matter to it lie minutes or
+    hours apart; skipping the touch on most hits saves a syscall a run. A touch from a build
+    (:meth:`EnvCache._finish`) is not recorded here, so the first hit after it still touches.
+    """
+    now = time.monotonic()
+    last = _TOUCHED.get(entry)
+    if last is not None and now - last < TOUCH_INTERVAL:
+        return
+    _touch(Path(entry, "last_used"))
+    if len(_TOUCHED) >= _MEMO_ENTRIES:
+        _TOUCHED.clear()
+    _TOUCHED[entry] = now
 
 
 def _touch(path: Path) -> None:

@@ -1,4 +1,10 @@
-"""The venv executor: a cached virtualenv per (interpreter, requirements, index), built with uv or pip."""
+"""The venv executor: a cached virtualenv per (interpreter, requirements, index), built with uv or pip.
+
+Most prepares are cache hits, so the key is cheap to recompute: a spec's requirement list is
+normalized once per distinct list, a requirements.txt parsed once per content (memoized by its stat
+stamp), and the key's JSON hashed once per distinct parts. Only the find-links folders are listed
+on every call: a wheel rewritten in place changes no folder stamp.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,12 @@ import functools
 import hashlib
 import importlib.util
 import logging
+import os
 import shutil
+import stat
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +25,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from ..envcache import EnvCache, FileMemo, Stamp
 from ..errors import ExecutorUnavailable
 from ..spec import TaskSpec
 from .base import Executor, PreparedEnv
@@ -42,18 +52,33 @@ class Requirements:
 def read_requirements(spec: TaskSpec, source_dir: Path) -> Requirements:
     """The spec's requirements, else the repo's requirements.txt, else nothing."""
     if spec.requirements is not None:
-        return Requirements(lines=normalize(spec.requirements))
-    path = Path(source_dir) / "requirements.txt"
-    if not path.is_file():
+        return _listed(tuple(spec.requirements))
+    found = _REQUIREMENTS_FILES.get(os.path.join(source_dir, "requirements.txt"))
+    return Requirements() if found is None else found
+
+
+@functools.lru_cache(maxsize=256)
+def _listed(lines: tuple[str, ...]) -> Requirements:
+    """A spec's requirement list, normalized once per distinct list (specs repeat them)."""
+    return Requirements(lines=normalize(lines))
+
+
+def _parse_file(path: str, stamp: Stamp) -> Requirements:
+    """A requirements.txt: normalized lines, or the file itself when it has options or paths."""
+    if not stat.S_ISREG(stamp[0]):
         return Requirements()
-    text = path.read_text()
+    text = Path(path).read_text()
     lines = [_strip_comment(line) for line in text.splitlines()]
     lines = [line for line in lines if line]
     try:
         return Requirements(lines=normalize(lines))
     except InvalidRequirement:
         digest = hashlib.sha256(text.encode()).hexdigest()
-        return Requirements(file=path.resolve(), file_sha256=digest)
+        return Requirements(file=Path(path).resolve(), file_sha256=digest)
+
+
+#: requirements.txt files by path, parsed again whenever the file's stamp changes
+_REQUIREMENTS_FILES: FileMemo[Requirements] = FileMemo(_parse_file)
 
 
 def _strip_comment(line: str) -> str:
@@ -63,7 +88,7 @@ def _strip_comment(line: str) -> str:
     return line.split(" #", 1)[0].strip()
 
 
-def normalize(lines: list[str]) -> tuple[str, ...]:
+def normalize(lines: Iterable[str]) -> tuple[str, ...]:
     """Requirements with canonical names, sorted and deduplicated (order and case do not matter).
 
     Raises InvalidRequirement for a line that is not a plain requirement (an option, a path).
@@ -77,22 +102,38 @@ def normalize(lines: list[str]) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def find_links_fingerprint(links: list[str], source_dir: Path) -> list[dict[str, Any]]:
+#: (find-links entry, hash of its folder's listing or None when it is not a local folder)
+LinkListing = tuple[str, str | None]
+
+
+def _link_listings(links: Iterable[str], source_dir: Path) -> tuple[LinkListing, ...]:
     """Each find-links entry, with a hash of a local folder's listing so new wheels change the key.
 
     A relative folder is read from ``source_dir``, where the installer runs.
     """
-    out = []
-    for link in links:
-        folder = Path(source_dir) / Path(link.removeprefix("file://")).expanduser()
-        entry: dict[str, Any] = {"link": link}
-        if folder.is_dir():
-            listing = sorted(
-                (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
-            )
-            entry["listing"] = hashlib.sha256(repr(listing).encode()).hexdigest()
-        out.append(entry)
-    return out
+    return tuple((link, _listing_hash(_link_folder(link, source_dir))) for link in links)
+
+
+def _link_folder(link: str, source_dir: Path) -> str:
+    """The local folder a find-links entry would name (a relative one lies under ``source_dir``)."""
+    return os.path.join(source_dir, os.path.expanduser(link.removeprefix("file://")))
+
+
+def _listing_hash(folder: str) -> str | None:
+    """sha256 of the folder's sorted (name, size, mtime ns) entries; None when it is no folder.
+
+    Listed on every call, not memoized: a wheel rebuilt in place changes no stamp of the folder.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+    return hashlib.sha256(repr(listing).encode()).hexdigest()
+
+
+def _link_entry(link: str, listing: str | None) -> dict[str, Any]:
+    return {"link": link} if listing is None else {"link": link, "listing": listing}
 
 
 @functools.cache
@@ -141,8 +182,7 @@ class VenvExecutor(Executor):
         installer = self.installer()
         python = find_interpreter(spec.python, uv=uv_binary() if installer == "uv" else None)
         reqs = read_requirements(spec, source_dir)
-        parts = key_parts(python, installer, reqs, spec, source_dir)
-        key = self.env_cache().key(parts)
+        key = env_key(python, installer, reqs, spec, source_dir)
         build = _Build(self, installer, python, reqs, spec, source_dir, log)
         cached = self.env_cache().get_or_build(key, build, label=_label(python, reqs))
         how = "reused" if cached.hit else "built"
@@ -154,6 +194,36 @@ def key_parts(
     python: Interpreter, installer: str, reqs: Requirements, spec: TaskSpec, source_dir: Path
 ) -> dict[str, Any]:
     """Everything that decides what a venv contains; its hash is the cache key."""
+    links = _link_listings(spec.find_links, source_dir)
+    return _parts(python, installer, reqs, spec.index_url, links)
+
+
+def env_key(
+    python: Interpreter, installer: str, reqs: Requirements, spec: TaskSpec, source_dir: Path
+) -> str:
+    """``EnvCache.key(key_parts(...))``, with the JSON and its hash made once per distinct parts."""
+    links = _link_listings(spec.find_links, source_dir)
+    return _hashed_key(python, installer, reqs, spec.index_url, links)
+
+
+@functools.lru_cache(maxsize=256)
+def _hashed_key(
+    python: Interpreter,
+    installer: str,
+    reqs: Requirements,
+    index_url: str | None,
+    links: tuple[LinkListing, ...],
+) -> str:
+    return EnvCache.key(_parts(python, installer, reqs, index_url, links))
+
+
+def _parts(
+    python: Interpreter,
+    installer: str,
+    reqs: Requirements,
+    index_url: str | None,
+    links: tuple[LinkListing, ...],
+) -> dict[str, Any]:
     return {
         "executor": "venv",
         "python": python.path,
@@ -161,8 +231,8 @@ def key_parts(
         "installer": installer,
         "requirements": list(reqs.lines),
         "requirements_file": reqs.file_sha256,
-        "index_url": spec.index_url,
-        "find_links": find_links_fingerprint(list(spec.find_links), source_dir),
+        "index_url": index_url,
+        "find_links": [_link_entry(link, listing) for link, listing in links],
     }
 
 
@@ -174,11 +244,11 @@ def _label(python: Interpreter, reqs: Requirements) -> str:
 def _prepared(
     env: Path, meta: dict[str, Any], key: str, hit: bool, start: float, installer: str
 ) -> PreparedEnv:
-    bin_dir = env / "bin"
+    bin_dir = os.path.join(env, "bin")
     return PreparedEnv(
-        python=str(bin_dir / "python"),
+        python=os.path.join(bin_dir, "python"),
         env={"VIRTUAL_ENV": str(env)},
-        path_prefix=[str(bin_dir)],
+        path_prefix=[bin_dir],
         freeze=list(meta.get("freeze", [])),
         cache_key=key,
         cache_hit=hit,

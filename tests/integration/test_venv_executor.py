@@ -173,3 +173,31 @@ def test_build_timeout_stops_the_build_and_leaves_no_entry(
     assert ex.env_cache().entries() == []
     again = get_executor("venv", ExecutorSettings(cache_root=tmp_path / "envs", installer="pip"))
     assert not again.prepare(spec(demo_wheels, requirements=["caw-demo"]), source, print).cache_hit
+
+
+def test_prepare_rebuilds_an_env_whose_cache_entry_was_removed(
+    tmp_path: Path, demo_wheels: Path, source: Path
+) -> None:
+    ex = executor(tmp_path, "uv")
+    s = spec(demo_wheels, requirements=["caw-demo"])
+    first = ex.prepare(s, source, print)
+    assert ex.prepare(s, source, print).cache_hit
+    assert first.cache_key is not None
+    ex.env_cache().remove(first.cache_key)
+    again = ex.prepare(s, source, print)
+    assert not again.cache_hit and again.cache_key == first.cache_key
+    assert run_python(again, "import caw_demo; print(caw_demo.VALUE)") == "42"
+
+
+def test_prepare_follows_an_edited_requirements_txt(
+    tmp_path: Path, demo_wheels: Path, source: Path
+) -> None:
+    ex = executor(tmp_path, "uv")
+    requirements = source / "requirements.txt"
+    requirements.write_text("caw-demo\n")
+    first = ex.prepare(spec(demo_wheels), source, print)
+    assert ex.prepare(spec(demo_wheels), source, print).cache_hit
+    requirements.write_text("caw-extra\n")
+    second = ex.prepare(spec(demo_wheels), source, print)
+    assert (second.cache_hit, second.freeze) == (False, ["caw-extra==0.3.1"])
+    assert second.cache_key != first.cache_key
