@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -53,6 +54,7 @@ _VERSION = 2
 Entry = list[int]  #: [inode, size, mode, mtime_ns, ctime_ns] (times 0 for folders)
 
 
+@functools.lru_cache(maxsize=8)  # (a diff is hashed once per process, not per run)
 def diff_digest(diff: str) -> str:
     """A short name for a diff (empty for no diff), part of a reused worktree's key."""
     if not diff.strip():

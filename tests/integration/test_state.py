@@ -59,6 +59,21 @@ def test_claim_view_claims_once_and_reads_flags_and_record(store: RunStore):
     assert 0 < store.r.pttl(store.keys.claim(rid)) <= 5000
 
 
+def test_transition_fields_keep_every_character_in_a_pipeline_and_alone(store: RunStore):
+    rid = new_id()
+    store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
+    text = 'caf\u00e9 \U0001f600 "q" \\ \n\t \u4e2d {"a": [1]}'
+    pipe = store.r.pipeline(transaction=False)
+    store.transition(rid, "running", pipe=pipe, error=text, log_tail=[text, ""], exit_code=3)
+    assert pipe.execute() == ["queued"]
+    store.transition(rid, "failed", error_stage=text, flag=True, nothing=None)
+    raw = store.r.hgetall(store.keys.run(rid))
+    assert raw["error"] == text and raw["error_stage"] == text
+    assert raw["flag"] == "1" and raw["nothing"] == "" and raw["exit_code"] == "3"
+    rec = store.get(rid)
+    assert rec["state"] == "failed" and rec["log_tail"] == [text, ""]
+
+
 def test_terminal_state_is_not_overwritten_by_a_late_transition(store: RunStore):
     rid = new_id()
     store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
