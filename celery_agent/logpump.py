@@ -45,7 +45,7 @@ _SMALL_READ = 4096
 _REST = 0.001
 # A line after a quiet spell waits this long for company: the rest of a burst goes out in the same
 # batch, and the last lines of a program that is about to exit go out with its end record.
-_GATHER = 0.005
+_GATHER = 0.02
 _THREAD_WAIT = 0.1  # the pump thread's longest poll, so that a stop request is seen soon
 
 

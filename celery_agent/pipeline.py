@@ -70,7 +70,12 @@ class Job:
         self.checkout: Checkout | None = None
         self.want: list[GpuDevice] | int = []
         self.gpu_usage: dict[str, Any] = {}
-        self.summary: dict[str, Any] = {"run_id": run_id, "worker": ctx.worker, "timings": {}}
+        self.summary: dict[str, Any] = {  # (the status leads in every short view of it)
+            "run_id": run_id,
+            "status": None,
+            "worker": ctx.worker,
+            "timings": {},
+        }
         self.token = attempts.holder_token(ctx.worker)
         self.held: Held | None = None  #: set once the run is claimed
         self.stops: Callable[[], bool] = lambda: False
