@@ -157,3 +157,18 @@ def test_memory_is_sampled_while_running() -> None:
     out = run_py("import time; b = bytearray(50_000_000); time.sleep(0.4)", sample_interval=0.05)
     assert out.usage.max_rss_bytes is not None and out.usage.max_rss_bytes > 50_000_000
     assert out.usage.samples >= 3
+
+
+# -- one poll over exit and output ----------------------------------------------------------------
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "waitid-thread"])
+def test_output_is_pumped_and_the_exit_seen_without_pidfd_too(pidfd: bool, monkeypatch) -> None:
+    if not pidfd:  # an older kernel: the exit comes through a pipe a waitid thread writes to
+        monkeypatch.setattr(runner.os, "pidfd_open", lambda pid: (_ for _ in ()).throw(OSError()))
+    sink, last = Collect(), Collect()
+    code = "import sys, time\nprint('a', flush=True)\ntime.sleep(0.3)\nsys.stdout.write('b')"
+    started = time.monotonic()
+    out = run_py(code, sink, sink_last=last, poll_interval=5.0)
+    assert out.status == "succeeded" and time.monotonic() - started < 3, "the exit woke it"
+    assert sink.lines == ["a"], "a line after a quiet spell went out while the run ran"
+    assert last.lines == ["b"], "the line still open at the exit went to the last sink"
+    assert out.lines == 2 and out.tail == ["a", "b"]
