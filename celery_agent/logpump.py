@@ -135,20 +135,29 @@ class LogPump:
             self._last_flush = now
             self._deliver(batch)
 
-    def pump(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for output, reading and delivering what comes."""
+    def pump(self, timeout: float, until: int | None = None) -> bool:
+        """Wait up to ``timeout`` seconds, reading and delivering the output as it comes (until
+        it ends). With ``until``, a descriptor that turns readable at an event (the child's exit),
+        return True the moment it does."""
         deadline = time.monotonic() + timeout
         poller = select.poll()  # (select.select fails on descriptors above 1023)
-        poller.register(self._fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-        while not self._eof:
+        if not self._eof:
+            poller.register(self._fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        if until is not None:
+            poller.register(until, select.POLLIN)
+        while until is not None or not self._eof:
             now = time.monotonic()
             self.flush_due(now)
             due = self.due_in(now)
             wait = deadline - now if due is None else min(deadline - now, due)
             if wait <= 0 and now >= deadline:
-                return
-            if poller.poll(math.ceil(max(0.0, wait) * 1000)):
-                self.read()
+                break
+            for fd, _ in poller.poll(math.ceil(max(0.0, wait) * 1000)):
+                if fd == until:
+                    return True
+                if not self.read():  # the output ended
+                    poller.unregister(fd)
+        return False
 
     # -- in a thread of its own -----------------------------------------------------------------
     def start(self) -> None:

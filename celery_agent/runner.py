@@ -16,9 +16,7 @@ by :mod:`.attempts`.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import select
 import shlex
 import signal
 import subprocess
@@ -259,14 +257,14 @@ def _wait_or_stop(
 
 
 class _Waiter:
-    """One ``poll`` over the child's exit and its output pipe: the supervising thread reads and
-    delivers the output itself, and wakes the moment the child exits. The exit shows on a pidfd
-    where the kernel has them, else on a pipe a thread blocked in ``waitid`` writes to."""
+    """Waits for the child's exit and pumps its output in one ``poll`` (see
+    :meth:`LogPump.pump`): the supervising thread reads and delivers the output itself, and wakes
+    the moment the child exits. The exit shows on a pidfd where the kernel has them, else on a
+    pipe a thread blocked in ``waitid`` writes to."""
 
     def __init__(self, pid: int, pump: LogPump) -> None:
         self.exited = False
         self._pump = pump
-        self._poller = select.poll()  # (select.select fails on descriptors above 1023)
         try:
             self._fd = os.pidfd_open(pid)  # Linux 5.3+
         except (AttributeError, OSError):
@@ -274,26 +272,12 @@ class _Waiter:
             threading.Thread(
                 target=_signal_exit, args=(pid, write_end), name=f"exit-{pid}", daemon=True
             ).start()
-        self._poller.register(self._fd, select.POLLIN)
-        if not pump.eof:
-            self._poller.register(pump.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
 
     def wait(self, timeout: float) -> bool:
         """True once the child exited; waits up to ``timeout`` seconds for it, reading and
         delivering its output meanwhile."""
-        deadline = time.monotonic() + timeout
-        while not self.exited:
-            now = time.monotonic()
-            self._pump.flush_due(now)
-            due = self._pump.due_in(now)
-            wait = deadline - now if due is None else min(deadline - now, due)
-            if wait <= 0 and now >= deadline:
-                break
-            for fd, _ in self._poller.poll(math.ceil(max(0.0, wait) * 1000)):
-                if fd == self._fd:
-                    self.exited = True
-                elif not self._pump.read():  # the output ended
-                    self._poller.unregister(fd)
+        if not self.exited:
+            self.exited = self._pump.pump(timeout, until=self._fd)
         return self.exited
 
     def close(self) -> None:
