@@ -81,16 +81,6 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
-# Try to claim a run and read what a delivery needs to start: KEYS claim, cancel flag, worker drain
-# flag, run record; ARGV holder token, claim TTL (ms). One command to pack and one reply to parse
-# (a 5-command pipeline cost the worker more CPU than this costs Redis), and atomic: the record
-# and flags are read as of the claim.
-_CLAIM_VIEW = """
-local got = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
-local holder = got and ARGV[1] or redis.call('GET', KEYS[1])
-return {got and 1 or 0, holder, redis.call('EXISTS', KEYS[2]), redis.call('EXISTS', KEYS[3]),
-  redis.call('HGETALL', KEYS[4])}
-"""
 
 
 class RunStore:
@@ -109,7 +99,6 @@ class RunStore:
         self._steal = client.register_script(_STEAL)
         self._requeue = client.register_script(_REQUEUE)
         self._create = client.register_script(_CREATE)
-        self._claim_view = client.register_script(_CLAIM_VIEW)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ca", log_maxlen: int = 100_000) -> RunStore:
@@ -166,18 +155,16 @@ class RunStore:
     ) -> tuple[bool, str, bool, bool, dict[str, Any]]:
         """Try to claim the run and read what a delivery must know to start, in one round trip:
         (claimed, holder, cancelled, ``worker`` drains, record - empty when unknown)."""
-        keys = [
-            self.keys.claim(run_id),
-            self.keys.abort(run_id),
-            self.keys.worker_drain(worker),
-            self.keys.run(run_id),
-        ]
-        with _errors(self):
-            got, holder, aborted, draining, flat = self._claim_view(
-                keys=keys, args=[token, int(ttl * 1000)]
-            )
-        record = _decode(run_id, dict(zip(flat[::2], flat[1::2], strict=True))) if flat else {}
-        return bool(got), str(holder), bool(aborted), bool(draining), record
+        with _errors(self):  # (a pipeline, not a script: its keys may live on different shards)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.set(self.keys.claim(run_id), token, nx=True, px=int(ttl * 1000))
+            pipe.get(self.keys.claim(run_id))
+            pipe.exists(self.keys.abort(run_id))
+            pipe.exists(self.keys.worker_drain(worker))
+            pipe.hgetall(self.keys.run(run_id))
+            got, holder, aborted, draining, raw = pipe.execute()
+        record = _decode(run_id, raw) if raw else {}
+        return bool(got), str(holder or ""), bool(aborted), bool(draining), record
 
     def get(self, run_id: str) -> dict[str, Any]:
         """The run record, JSON fields decoded; raises UnknownRunError."""
