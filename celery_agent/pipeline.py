@@ -147,7 +147,8 @@ class Job:
         """Record that the run started here (one round trip), and make its folders."""
         if not record:
             raise UnknownRunError(f"no run {self.run_id!r} is recorded", "submit it again")
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # (then output/: no failed mkdir first)
+        self.output_dir.mkdir(exist_ok=True)
         if record.get("state") in state.ACTIVE:  # its last runner died
             attempts.kill_leftovers(self.run_id)
         lost = attempts.count_lost(self.store, self.run_id, record)
