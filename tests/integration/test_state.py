@@ -158,6 +158,32 @@ def test_deferred_writes_go_out_with_the_next_write_or_soon(store: RunStore):
     keeper.drop(held)
 
 
+def test_the_last_write_folds_the_deferred_fields_and_state_into_the_end(store: RunStore):
+    rid, keeper = new_id(), Keeper(store)
+    store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
+    held = keeper.hold(rid, "w1", ttl=5)
+    held.defer(["[agent] note"], commit="abc", exit_code=9)
+    held.defer_state("running", pid=7)
+    held.defer(["user line"])
+    end = {"exit_code": 0}
+    commands: list[str] = []
+
+    def write(pipe) -> None:
+        commands.extend(c[0][0] for c in pipe.command_stack)  # what the deferred part queued
+        store.transition(rid, "succeeded", force=True, pipe=pipe, **end)
+
+    held.write(write, end=end)
+    assert commands == ["XADD"], "fields and state went into the end, not writes of their own"
+    record = store.get(rid)
+    assert (
+        record["state"] == "succeeded" and record["commit"] == "abc" and str(record["pid"]) == "7"
+    )
+    assert record["exit_code"] == 0, "the end's own values win"
+    assert record["running_at"] <= record["succeeded_at"]
+    assert store.read_log(rid)[1] == ["[agent] note", "user line"]
+    keeper.drop(held)
+
+
 def test_find_accepts_a_unique_prefix(store: RunStore):
     rid = "ffee" + new_id()
     store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
