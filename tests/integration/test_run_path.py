@@ -158,6 +158,9 @@ def test_cancel_running_run_kills_the_whole_tree(worker, make_repo, store):
     repo = make_repo({"train.py": SLEEPER})
     run = submit(spec_for(repo, worker, executor="local", grace=0))
     pids = _pids(store, run.id)
+    deadline = time.monotonic() + 5  # the running state goes out with the first output batch
+    while store.get(run.id)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
     t0 = time.monotonic()
     assert run.cancel() == "running"
     out = run.result.get(timeout=30)
