@@ -10,9 +10,8 @@ import time
 
 import psutil
 import pytest
-from test_reliability_recovery import FAST, gone, pids, spec, wait_for
+from test_reliability_recovery import FAST, gone, pids, start_run, wait_for
 
-from celery_agent import submit_task
 from celery_agent.state import ACTIVE
 
 pytestmark = pytest.mark.integration
@@ -37,13 +36,10 @@ JOB = textwrap.dedent(
 def test_a_killed_worker_main_process_stops_its_runs_and_they_finish_elsewhere(
     make_worker, make_beat, make_repo, tmp_path, store
 ):
-    queue = f"orphan-{os.getpid()}-{time.monotonic_ns()}"
-    first = make_worker(queue, concurrency=1, **FAST)
     make_beat(**FAST)
-    repo = make_repo({"job.py": JOB})
-    r = submit_task.delay(spec(repo, queue, tmp_path, work=0))
-    wait_for(lambda: pids(tmp_path), 30)
-    run_pid, grandchild = pids(tmp_path)[0]
+    first, queue, r, run_pid, grandchild = start_run(
+        make_worker, make_repo, tmp_path, "orphan", JOB, work=0
+    )
     pool_pid = int(store.get(r.id)["pid"])
     assert first.proc is not None and psutil.Process(pool_pid).ppid() == first.proc.pid
     os.kill(first.proc.pid, signal.SIGKILL)  # the main process only; its pool process lives on

@@ -72,6 +72,19 @@ def gone(pid: int) -> bool:
         return True
 
 
+def start_run(make_worker, make_repo, tmp_path: Path, tag: str, script: str, work: float,
+              concurrency: int = 1, **kw: object):  # fmt: skip
+    """A worker on a queue of its own, and a run of ``script`` on it once its process and that
+    process's child are up: (worker, queue, result, run pid, grandchild pid)."""
+    queue = f"{tag}-{os.getpid()}-{time.monotonic_ns()}"
+    worker = make_worker(queue, concurrency=concurrency, **FAST)
+    repo = make_repo({"job.py": script})
+    r = submit_task.delay(spec(repo, queue, tmp_path, work=work, **kw))
+    wait_for(lambda: pids(tmp_path), 30)
+    run_pid, grandchild = pids(tmp_path)[0]
+    return worker, queue, r, run_pid, grandchild
+
+
 def test_a_run_longer_than_the_visibility_timeout_runs_once(
     make_worker, make_repo, tmp_path, store
 ):
@@ -97,13 +110,10 @@ def test_a_run_longer_than_the_visibility_timeout_runs_once(
 def test_a_killed_worker_run_is_requeued_and_finishes_elsewhere(
     make_worker, make_beat, make_repo, tmp_path, store
 ):
-    queue = f"kill-{os.getpid()}-{time.monotonic_ns()}"
-    first = make_worker(queue, concurrency=1, **FAST)
     make_beat(**FAST)
-    repo = make_repo({"job.py": SCRIPT})
-    r = submit_task.delay(spec(repo, queue, tmp_path, work=4))
-    wait_for(lambda: pids(tmp_path), 30)
-    run_pid, grandchild = pids(tmp_path)[0]
+    first, queue, r, run_pid, grandchild = start_run(
+        make_worker, make_repo, tmp_path, "kill", SCRIPT, work=4
+    )
     assert first.proc is not None
     os.killpg(first.proc.pid, signal.SIGKILL)  # the whole worker, pool included: a dead machine
     first.proc.wait()
@@ -125,12 +135,9 @@ def test_a_killed_worker_run_is_requeued_and_finishes_elsewhere(
 def test_a_killed_pool_process_is_taken_over_and_its_processes_die(
     make_worker, make_repo, tmp_path, store
 ):
-    queue = f"pool-{os.getpid()}-{time.monotonic_ns()}"
-    make_worker(queue, concurrency=2, **FAST)
-    repo = make_repo({"job.py": SCRIPT})
-    r = submit_task.delay(spec(repo, queue, tmp_path, work=3))
-    wait_for(lambda: pids(tmp_path), 30)
-    run_pid, grandchild = pids(tmp_path)[0]
+    _, _, r, run_pid, grandchild = start_run(
+        make_worker, make_repo, tmp_path, "pool", SCRIPT, work=3, concurrency=2
+    )
     os.kill(int(store.get(r.id)["pid"]), signal.SIGKILL)
     wait_for(lambda: gone(run_pid) and gone(grandchild), 10)
     out = r.get(timeout=60)
