@@ -37,10 +37,13 @@ import logging
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .envcache import TOUCH_INTERVAL
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ class TreePool:
                 os.close(fd)  # another key's, or not ready: reserve() retires that, under
                 continue  # the clone's lock, so never while it is being checked out
             if _pristine(path, manifest):
-                os.utime(lock)  # least recently used goes first
+                _mark_used(lock)  # least recently used goes first
                 return Lease(path, commit, digest, fd, reused=True)
             logger.info("worktree %s changed since its checkout; retiring it", path.name)
             self._retire(path, fd, remove)
@@ -229,6 +232,25 @@ def _pristine(path: Path, manifest: dict[str, Any]) -> bool:
         return False
     added = [n for n in current.keys() - expected.keys() if not _compiled(n, current)]
     return _delete_added(path, added)
+
+
+#: lock file -> time.monotonic() of this process's last touch (see :func:`_mark_used`)
+_TOUCHED: dict[str, float] = {}
+
+
+def _mark_used(lock: Path) -> None:
+    """Touch the lock file (eviction goes by its mtime), unless this process did within
+    :data:`~celery_agent.envcache.TOUCH_INTERVAL`: eviction needs only the order of uses that lie
+    far apart, and a touch is a file system write (a journal entry) on every reused run."""
+    now, name = time.monotonic(), str(lock)
+    last = _TOUCHED.get(name)
+    if last is not None and now - last < TOUCH_INTERVAL:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(lock)
+    if len(_TOUCHED) >= 1024:
+        _TOUCHED.clear()
+    _TOUCHED[name] = now
 
 
 def _prefix(commit: str, digest: str) -> str:
