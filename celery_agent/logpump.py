@@ -79,6 +79,7 @@ class LogPump:
         self._pending_since = 0.0
         self._last_flush = -math.inf
         self._eof = False
+        self._rest = False  #: the last read was small while lines wait (see :meth:`_rested`)
         self._unsent: list[str] = []
         self._retry_at = 0.0
         self._sink_error: str | None = None
@@ -112,8 +113,7 @@ class LogPump:
             self._eof = True
             return False
         self._partial = self._split(self._partial + self._decoder.decode(data))
-        if len(data) < _SMALL_READ and self._pending:
-            time.sleep(_REST)  # lines keep coming: let them gather in the pipe
+        self._rest = len(data) < _SMALL_READ and bool(self._pending)
         return True
 
     def due_in(self, now: float) -> float | None:
@@ -157,7 +157,21 @@ class LogPump:
                     return True
                 if not self.read():  # the output ended
                     poller.unregister(fd)
+                elif self._rest and self._rested(until):
+                    return True
         return False
+
+    def _rested(self, until: int | None) -> bool:
+        """Rest :data:`_REST` seconds after a small read while lines wait, so that the lines of a
+        program printing fast gather in the pipe; True when ``until`` turned readable meanwhile
+        (the child exited: its last lines are all in the pipe, nothing is worth waiting for)."""
+        self._rest = False
+        if until is None:
+            time.sleep(_REST)
+            return False
+        waiter = select.poll()
+        waiter.register(until, select.POLLIN)
+        return bool(waiter.poll(math.ceil(_REST * 1000)))
 
     # -- in a thread of its own -----------------------------------------------------------------
     def start(self) -> None:

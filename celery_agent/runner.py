@@ -42,6 +42,7 @@ _LEFTOVER_GRACE = 1.0  # longest TERM -> KILL wait for processes left behind by 
 _EVENT_SLICE = 0.02  # seconds between looks at an abort event while waiting for the child
 _PIPE_DRAIN = 2.0  # how long the pipe may stay open after the run's processes are gone
 _REAP_TIMEOUT = 5.0  # how long to wait for the direct child's exit status after a KILL
+_LOG_BUFFER = 1 << 13  # the run's log file buffer (the pump flushes after each batch)
 _FIRST_SAMPLE = 0.2  # the first look at the run's process tree (a short run needs none: its
 #                      usage comes with its exit status)
 
@@ -131,8 +132,11 @@ def _open_log(log_file: Path | None) -> IO[str] | None:
     if log_file is None:
         return None
     try:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        return open(log_file, "a", encoding="utf-8")  # noqa: SIM115 - closed by the pump
+        try:  # (a size given: no isatty/fstat probe; the pump flushes each batch)
+            return open(log_file, "a", encoding="utf-8", buffering=_LOG_BUFFER)  # noqa: SIM115
+        except FileNotFoundError:  # closed by the pump
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            return open(log_file, "a", encoding="utf-8", buffering=_LOG_BUFFER)  # noqa: SIM115
     except OSError as exc:
         raise RunError(
             f"cannot open the run's log file {log_file}: {exc.strerror or exc}",

@@ -45,16 +45,17 @@ class RunGpuSampler:
         self.samples: list[int] = []
         self.per_gpu_peak: dict[str, int] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="gpu-sampler", daemon=True)
+        self._thread: threading.Thread | None = None  #: made only when there is NVML to read
 
     def __enter__(self) -> RunGpuSampler:
         if self.enabled:
+            self._thread = threading.Thread(target=self._loop, name="gpu-sampler", daemon=True)
             self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
