@@ -38,7 +38,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # back to its queue (its worker died or drained) goes at REQUEUE_PRIORITY, ahead of the
         # runs that never started.
         "task_default_priority": DEFAULT_PRIORITY,
-        # Events for Flower and `celery events`: queued, started, done.
+        # Events for Flower and `celery events`: queued, started, done. A run's STARTED result
+        # goes with its start write when the result backend is the state store's Redis (tasks.py).
         "task_track_started": True,
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -56,16 +56,23 @@ class Drained(Exception):
     """The worker drains: the run stops and goes back to its queue."""
 
 
-def execute(run_id: str, raw_spec: Any, ctx: WorkerContext) -> dict[str, Any]:
+def execute(
+    run_id: str, raw_spec: Any, ctx: WorkerContext, on_start: Callable[[Any], None] | None = None
+) -> dict[str, Any]:
     """Run one experiment to its end and return its summary (see :class:`Job`)."""
-    return Job(run_id, ctx).run(raw_spec)
+    return Job(run_id, ctx, on_start).run(raw_spec)
 
 
 class Job:
     """The life of one run on this worker."""
 
-    def __init__(self, run_id: str, ctx: WorkerContext) -> None:
+    def __init__(
+        self, run_id: str, ctx: WorkerContext, on_start: Callable[[Any], None] | None = None
+    ) -> None:
         self.run_id, self.ctx, self.store = run_id, ctx, ctx.store
+        #: queues more writes on the pipeline that records the start (the Celery task's STARTED
+        #: result, when its backend is the state store's Redis: see :mod:`.tasks`)
+        self.on_start = on_start
         self.run_dir = ctx.settings.runs_dir / run_id
         self.output_dir = self.run_dir / "output"
         self.log_file = self.run_dir / "log.txt"
@@ -176,6 +183,8 @@ class Job:
         def start(pipe: Any) -> None:
             self.store.transition(self.run_id, state.PREPARING, pipe=pipe, **fields)
             self.ctx.registry.add_run(self.ctx.worker, self.run_id, pipe=pipe)
+            if self.on_start is not None:
+                self.on_start(pipe)
 
         # Not deferred: from here the run must be in its worker's list and active, so that the
         # sweep finds it should this worker die (a queued run off every list would wait for the

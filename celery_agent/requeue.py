@@ -49,8 +49,9 @@ def celery_resend(app: Any) -> Resend:
 
 def ended_summary(record: dict[str, Any]) -> dict[str, Any]:
     """The Celery result of a run that ended without its runner's summary at hand (the sweep
-    ended it, or a later delivery found it ended; that delivery's STARTED state replaced the
-    stored result): the summary as its record keeps it."""
+    ended it, or a later delivery found it ended, and with a result backend apart from the state
+    store Celery's STARTED state of that delivery replaced the stored result): the summary as its
+    record keeps it."""
     keys = ("run_id", "worker", "commit", "exit_code", "error", "error_stage", "output_dir",
             "timings", "params", "usage", "log_tail", "log_lines")  # fmt: skip
     return {k: record.get(k) for k in keys} | {"status": record.get("state")}

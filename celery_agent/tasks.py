@@ -8,6 +8,12 @@ Secret env values (``secret_env``) travel in the message only: the run record ho
 masked, Flower gets a secret-free ``argsrepr``, and the arguments Celery stores with the result
 (``result_extended``) are masked too. A run sent again from its masked record gets the values back
 from :func:`.runenv.stash` on the worker.
+
+Celery's STARTED result (``task_track_started``) costs a delivery two round trips of its own
+before the task runs (a GET, then a SET and a PUBLISH). When the result backend is the state
+store's Redis, the worker switches that off for ``run_task`` alone and the run's start write -
+one round trip it makes anyway - carries the same SET and PUBLISH (:func:`_started_write`): the
+result reads STARTED from the moment the run is recorded as started.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
-from celery import Task
+from celery import Task, states
+from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore
-from celery.signals import celeryd_init, task_prerun
+from celery.signals import celeryd_init, task_prerun, worker_ready
 from celery.utils import uuid
 
 from . import attempts, pipeline, runenv, state
@@ -34,6 +42,9 @@ from .spec import TaskSpec
 logger = logging.getLogger(__name__)
 
 _contexts: dict[tuple[int, str], pipeline.WorkerContext] = {}
+
+#: set at worker start when run_task's STARTED result rides on the run's start write
+_started_with_run = False
 
 
 class SubmitTask(Task):
@@ -75,7 +86,8 @@ def run_task(self: Task, spec: Any = None, *extra: Any, **options: Any) -> dict[
     except SpecError as err:  # sent again from its record, and its secret values are gone
         return _fail(ctx, run_id, err)
     try:
-        summary = pipeline.execute(run_id, spec, ctx)
+        on_start = _started_write(self) if _started_with_run else None
+        summary = pipeline.execute(run_id, spec, ctx, on_start)
     except pipeline.DuplicateRun as dup:
         record = ctx.store.get(run_id)
         if record.get("state") in state.TERMINAL:  # (the sweep may have ended it: its outcome
@@ -164,3 +176,55 @@ def _remember_concurrency(
     concurrency = (options or {}).get("concurrency") or getattr(conf, "worker_concurrency", None)
     if concurrency:
         os.environ[runenv.CONCURRENCY_ENV] = str(concurrency)
+
+
+@celeryd_init.connect
+def _fold_started(**_: Any) -> None:
+    """Carry run_task's STARTED result on the run's start write when the result backend is the
+    state store's Redis (see the module's docstring); any other backend keeps Celery's own."""
+    global _started_with_run
+    if run_task.track_started and same_redis(app.backend, get_store().r):
+        run_task.track_started = False
+        _started_with_run = True
+
+
+@worker_ready.connect
+def _say_started_folded(**_: Any) -> None:
+    if _started_with_run:  # (said here: logging is not set up yet when the worker decides it)
+        logger.info("runs' STARTED results go with their start writes (one Redis for both)")
+
+
+def same_redis(backend: Any, client: Any) -> bool:
+    """Whether ``backend`` is a plain Redis result backend on the server and database ``client``
+    talks to (Sentinel and other backends are not folded)."""
+    if type(backend) is not RedisBackend:
+        return False
+    ours = client.connection_pool.connection_kwargs
+    theirs = backend.connparams
+    keys = ("host", "port", "db", "path", "username", "password")
+    return all(ours.get(k) == theirs.get(k) for k in keys)
+
+
+def _started_write(task: Task) -> Callable[[Any], None]:
+    """Queue on a pipeline what Celery's backend writes for STARTED: the result meta (as
+    ``track_started`` makes it, extended fields included), SET with the result expiry, PUBLISH."""
+    backend, request = task.backend, task.request
+    meta = backend._get_result_meta(
+        result={"pid": os.getpid(), "hostname": request.hostname},
+        state=states.STARTED,
+        traceback=None,
+        request=request,
+    )
+    meta["task_id"] = request.id
+    value = backend.encode(meta)
+    key = backend.get_key_for_task(request.id).decode()
+    expires = backend.expires
+
+    def write(pipe: Any) -> None:
+        if expires:
+            pipe.setex(key, expires, value)
+        else:
+            pipe.set(key, value)
+        pipe.publish(key, value)
+
+    return write

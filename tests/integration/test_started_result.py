@@ -1,0 +1,73 @@
+"""A run's Celery result reads STARTED while it runs, as ``task_track_started`` makes it, whether
+the run's start write carries it (result backend = the state store's Redis) or Celery writes it
+(another backend)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from celery_agent import TaskSpec, submit_task
+from celery_agent.app import app
+
+pytestmark = pytest.mark.integration
+
+JOB = "import time\nprint('up', flush=True)\ntime.sleep(2)\n"
+EXTENDED = {"status", "result", "traceback", "children", "date_done", "task_id", "name", "args",
+            "kwargs", "worker", "retries", "queue"}  # fmt: skip
+
+
+def spec(repo: Path, queue: str) -> TaskSpec:
+    return TaskSpec.parse({"repo": str(repo), "entry": "job.py", "queue": queue})
+
+
+def started_meta(client: redis.Redis, run_id: str, timeout: float = 60) -> dict:
+    """The result meta once it reads STARTED (fails when the run ends first or time runs out)."""
+    key = f"celery-task-meta-{run_id}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = client.get(key)
+        meta = json.loads(raw) if raw else {}
+        if meta.get("status") == "STARTED":
+            return meta
+        assert meta.get("status") in (None, "PENDING"), meta
+        time.sleep(0.02)
+    raise AssertionError(f"no STARTED result for {run_id} within {timeout}s")
+
+
+def test_the_start_write_carries_the_started_result(worker, make_repo, store):
+    r = submit_task.delay(spec(make_repo({"job.py": JOB}), worker.queues))
+    meta = started_meta(store.r, r.id)
+    assert set(meta) == EXTENDED, "the same fields Celery stores with result_extended"
+    assert meta["task_id"] == r.id and meta["name"] == "celery_agent.run"
+    assert meta["queue"] == worker.queues and meta["worker"].startswith(worker.name)
+    assert "job.py" in json.dumps(meta["args"]) and meta["date_done"] is None
+    assert set(meta["result"]) == {"pid", "hostname"}
+    assert store.get(r.id)["state"] in ("preparing", "running"), "recorded started at once"
+    assert app.AsyncResult(r.id).state == "STARTED"
+    out = r.get(timeout=60)
+    assert out["status"] == "succeeded", out
+    assert app.AsyncResult(r.id).state == "SUCCESS"
+    assert "STARTED results go with their start writes" in worker.output()
+    done = json.loads(store.r.get(f"celery-task-meta-{r.id}"))
+    assert set(done) == EXTENDED and done["args"] == meta["args"]
+    assert 0 < store.r.ttl(f"celery-task-meta-{r.id}") <= app.conf.result_expires
+
+
+def test_another_result_backend_gets_celerys_own_started_write(make_worker, make_repo, store,
+                                                                redis_url):  # fmt: skip
+    other = redis_url.rsplit("/", 1)[0] + "/5"
+    w = make_worker("started-other-db", CELERY_RESULT_BACKEND=other)
+    r = submit_task.delay(spec(make_repo({"job.py": JOB}), w.queues))
+    meta = started_meta(redis.Redis.from_url(other), r.id)
+    assert set(meta) == EXTENDED and meta["task_id"] == r.id
+    assert store.r.get(f"celery-task-meta-{r.id}") is None, "nothing in the state store's db"
+    deadline = time.monotonic() + 60
+    while store.get(r.id)["state"] != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.get(r.id)["state"] == "succeeded"
+    assert "STARTED results go with" not in w.output(), "Celery writes them itself"
