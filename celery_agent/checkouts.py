@@ -241,7 +241,7 @@ _TOUCHED: dict[str, float] = {}
 def _mark_used(lock: Path) -> None:
     """Touch the lock file (eviction goes by its mtime), unless this process did within
     :data:`~celery_agent.envcache.TOUCH_INTERVAL`: eviction needs only the order of uses that lie
-    far apart, and a touch is a file system write (a journal entry) on every reused run."""
+    far apart, and a touch is a file system write (an inode update) on every reused run."""
     now, name = time.monotonic(), str(lock)
     last = _TOUCHED.get(name)
     if last is not None and now - last < TOUCH_INTERVAL:

@@ -132,9 +132,10 @@ def _open_log(log_file: Path | None) -> IO[str] | None:
     if log_file is None:
         return None
     try:
-        try:  # (a size given: no isatty/fstat probe; the pump flushes each batch)
+        # (closed by the pump; a buffer size given: no isatty/fstat probe at open)
+        try:
             return open(log_file, "a", encoding="utf-8", buffering=_LOG_BUFFER)  # noqa: SIM115
-        except FileNotFoundError:  # closed by the pump
+        except FileNotFoundError:  # its folder is missing: make it
             log_file.parent.mkdir(parents=True, exist_ok=True)
             return open(log_file, "a", encoding="utf-8", buffering=_LOG_BUFFER)  # noqa: SIM115
     except OSError as exc:
