@@ -58,7 +58,8 @@ class Admission:
 
     cancelled: bool  #: someone asked to cancel the run
     draining: bool  #: the worker drains
-    record: dict[str, Any]  #: the run record, read after the claim (empty when unknown)
+    record: dict[str, Any]  #: its record's state, attempt, lost_attempts and preparing_at, read
+    #: after the claim (empty when the run is unknown)
     claimed: bool = True  #: False for a run cancelled before it started: it ends, unclaimed
 
 

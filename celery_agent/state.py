@@ -24,6 +24,8 @@ QUEUED, PREPARING, RUNNING = "queued", "preparing", "running"
 SUCCEEDED, FAILED, ABORTED, TIMED_OUT, LOST = "succeeded", "failed", "aborted", "timed_out", "lost"
 TERMINAL = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, LOST})
 ACTIVE = frozenset({PREPARING, RUNNING})
+#: the record fields a delivery reads as it claims a run (the spec and the rest are not needed)
+START_FIELDS = ("state", "attempt", "lost_attempts", "preparing_at")
 _JSON_FIELDS = ("spec", "params", "usage", "freeze", "timings", "log_tail", "gpus")
 
 # Move a run to a new state unless it already ended; returns the state it had ("" if none).
@@ -154,16 +156,18 @@ class RunStore:
         self, run_id: str, token: str, ttl: float, worker: str
     ) -> tuple[bool, str, bool, bool, dict[str, Any]]:
         """Try to claim the run and read what a delivery must know to start, in one round trip:
-        (claimed, holder, cancelled, ``worker`` drains, record - empty when unknown)."""
+        (claimed, holder, cancelled, ``worker`` drains, the record's :data:`START_FIELDS` that are
+        set - empty when the run is unknown)."""
         with _errors(self):  # (a pipeline, not a script: its keys may live on different shards)
             pipe = self.r.pipeline(transaction=False)
             pipe.set(self.keys.claim(run_id), token, nx=True, px=int(ttl * 1000))
             pipe.get(self.keys.claim(run_id))
             pipe.exists(self.keys.abort(run_id))
             pipe.exists(self.keys.worker_drain(worker))
-            pipe.hgetall(self.keys.run(run_id))
-            got, holder, aborted, draining, raw = pipe.execute()
-        record = _decode(run_id, raw) if raw else {}
+            pipe.hmget(self.keys.run(run_id), START_FIELDS)
+            got, holder, aborted, draining, values = pipe.execute()
+        raw = {k: v for k, v in zip(START_FIELDS, values, strict=True) if v is not None}
+        record = _decode(run_id, raw) if raw.get("state") else {}
         return bool(got), str(holder or ""), bool(aborted), bool(draining), record
 
     def get(self, run_id: str) -> dict[str, Any]:

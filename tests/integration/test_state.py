@@ -9,7 +9,7 @@ import redis
 
 from celery_agent.errors import StateError, UnknownRunError
 from celery_agent.keeper import Keeper
-from celery_agent.state import RunStore
+from celery_agent.state import START_FIELDS, RunStore
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,9 @@ def test_claim_view_claims_once_and_reads_flags_and_record(store: RunStore):
     store.r.set(store.keys.worker_drain(draining_worker), "1", ex=60)
     got, holder, cancelled, draining, record = store.claim_view(rid, "w2|h|2", 5, draining_worker)
     assert (got, holder, cancelled, draining) == (False, "w1|h|1", True, True)
-    assert record == store.get(rid) and record["state"] == "aborted"
+    full = store.get(rid)  # only the fields a delivery needs to start are read
+    assert record == {"run_id": rid} | {k: full[k] for k in START_FIELDS if k in full}
+    assert record["state"] == "aborted" and record["attempt"] == 0 and "spec" not in record
     assert 0 < store.r.pttl(store.keys.claim(rid)) <= 5000
 
 
