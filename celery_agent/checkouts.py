@@ -37,13 +37,12 @@ import logging
 import os
 import shutil
 import stat
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .envcache import TOUCH_INTERVAL
+from .envcache import touch_now_and_then
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ class TreePool:
                 os.close(fd)  # another key's, or not ready: reserve() retires that, under
                 continue  # the clone's lock, so never while it is being checked out
             if _pristine(path, manifest):
-                _mark_used(lock)  # least recently used goes first
+                touch_now_and_then(str(lock), create=False)  # least recently used first
                 return Lease(path, commit, digest, fd, reused=True)
             logger.info("worktree %s changed since its checkout; retiring it", path.name)
             self._retire(path, fd, remove)
@@ -232,25 +231,6 @@ def _pristine(path: Path, manifest: dict[str, Any]) -> bool:
         return False
     added = [n for n in current.keys() - expected.keys() if not _compiled(n, current)]
     return _delete_added(path, added)
-
-
-#: lock file -> time.monotonic() of this process's last touch (see :func:`_mark_used`)
-_TOUCHED: dict[str, float] = {}
-
-
-def _mark_used(lock: Path) -> None:
-    """Touch the lock file (eviction goes by its mtime), unless this process did within
-    :data:`~celery_agent.envcache.TOUCH_INTERVAL`: eviction needs only the order of uses that lie
-    far apart, and a touch is a file system write (an inode update) on every reused run."""
-    now, name = time.monotonic(), str(lock)
-    last = _TOUCHED.get(name)
-    if last is not None and now - last < TOUCH_INTERVAL:
-        return
-    with contextlib.suppress(FileNotFoundError):
-        os.utime(lock)
-    if len(_TOUCHED) >= 1024:
-        _TOUCHED.clear()
-    _TOUCHED[name] = now
 
 
 def _prefix(commit: str, digest: str) -> str:

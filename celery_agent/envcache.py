@@ -17,6 +17,7 @@ when that stamp changed, see :class:`FileMemo`) and a touch of ``last_used`` at 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -141,7 +142,7 @@ def _ready(entry: str) -> _Ready | None:
     return _READY.get(os.path.join(entry, "ready"))
 
 
-#: entry dir -> time.monotonic() of this process's last touch of its last_used
+#: path -> time.monotonic() of this process's last touch of it (see :func:`touch_now_and_then`)
 _TOUCHED: dict[str, float] = {}
 
 
@@ -203,7 +204,7 @@ class EnvCache:
         ready = _ready(entry)
         if ready is None:
             return None
-        _mark_used(entry)
+        touch_now_and_then(os.path.join(entry, "last_used"))  # (a build's touch: not counted)
         seconds = time.perf_counter() - start
         logger.debug("env cache hit %s in %.2f ms", key, seconds * 1000)
         return CachedEnv(key, ready.env, True, seconds, dict(ready.meta))
@@ -397,21 +398,22 @@ def _read_json_or_empty(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _mark_used(entry: str) -> None:
-    """Touch the entry's last_used, unless this process did within :data:`TOUCH_INTERVAL`.
-
-    Eviction only needs the order of last uses, and entries that matter to it lie minutes or
-    hours apart; skipping the touch on most hits saves a syscall a run. A touch from a build
-    (:meth:`EnvCache._finish`) is not recorded here, so the first hit after it still touches.
-    """
+def touch_now_and_then(path: str, *, create: bool = True) -> None:
+    """Touch ``path`` (its mtime orders eviction) unless this process did in the last
+    :data:`TOUCH_INTERVAL` s: eviction needs only the order of uses minutes apart, and a touch is
+    a file system write. A missing file is made when ``create``, else left missing."""
     now = time.monotonic()
-    last = _TOUCHED.get(entry)
+    last = _TOUCHED.get(path)
     if last is not None and now - last < TOUCH_INTERVAL:
         return
-    _touch(Path(entry, "last_used"))
+    if create:
+        _touch(Path(path))
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
     if len(_TOUCHED) >= _MEMO_ENTRIES:
         _TOUCHED.clear()
-    _TOUCHED[entry] = now
+    _TOUCHED[path] = now
 
 
 def _touch(path: Path) -> None:

@@ -80,6 +80,7 @@ class LogPump:
         self._last_flush = -math.inf
         self._eof = False
         self._rest = False  #: the last read was small while lines wait (see :meth:`_rested`)
+        self._waiter: tuple[int, select.poll] | None = None  #: (exit fd, a poll of it alone)
         self._unsent: list[str] = []
         self._retry_at = 0.0
         self._sink_error: str | None = None
@@ -169,9 +170,11 @@ class LogPump:
         if until is None:
             time.sleep(_REST)
             return False
-        waiter = select.poll()
-        waiter.register(until, select.POLLIN)
-        return bool(waiter.poll(math.ceil(_REST * 1000)))
+        if self._waiter is None or self._waiter[0] != until:
+            waiter = select.poll()
+            waiter.register(until, select.POLLIN)
+            self._waiter = (until, waiter)
+        return bool(self._waiter[1].poll(math.ceil(_REST * 1000)))
 
     # -- in a thread of its own -----------------------------------------------------------------
     def start(self) -> None:

@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import attempts, metrics, runenv, state
 from . import leases as leases_mod
@@ -31,6 +31,7 @@ from .gpus import gpu_ids, pin_env
 from .keeper import Held
 from .monitoring.gpu import GpuDevice
 from .monitoring.sampler import RunGpuSampler
+from .notes import RunNotes
 from .runner import ProcessOutcome
 from .source import Checkout
 from .spec import TaskSpec, quote_argv
@@ -39,10 +40,6 @@ from .stopwatch import CHECK_EVERY, StopWatch
 
 logger = logging.getLogger(__name__)
 TAG = "[celery-agent]"
-#: the agent's lines reach the run's log file at most this many seconds late (and always before
-#: the run's own output); written as they came, five lines cost five writes before a trivial run
-NOTES_FLUSH = 0.5
-_NOTES_BUFFER = 1 << 13  #: (a size given: no isatty/fstat probe of the file at open)
 
 
 __all__ = ["DuplicateRun", "Job", "Requeued", "WorkerContext", "entry_head", "execute"]
@@ -91,8 +88,7 @@ class Job:
         self.held: Held | None = None  #: set once the run is claimed
         self.stops: Callable[[], bool] = lambda: False
         self.stop_reason: Callable[[], str | None] = lambda: None
-        self._notes: IO[str] | None = None  #: the log file, open for the agent's lines
-        self._notes_flushed = time.monotonic()  #: when they last reached the file
+        self.notes = RunNotes(self.log_file)  #: the agent's lines in the run's log file
 
     # -- the algorithm --------------------------------------------------------------------------
     def run(self, raw_spec: Any) -> dict[str, Any]:
@@ -297,7 +293,7 @@ class Job:
             scrub=(lambda lines: runenv.scrub(lines, secrets)) if secrets else None,
             sink_last=sink.then(held.defer),
         )
-        self._flush_notes()  # the agent's lines come before the run's in the log file
+        self.notes.flush()  # the agent's lines come before the run's in the log file
         t0 = time.time()
         outcome = executor.run(prepared, interp_args, request)
         sink.flush()
@@ -394,9 +390,7 @@ class Job:
 
     def cleanup(self) -> None:
         """Remove the worktree; keep the run folder (log, output, params)."""
-        if self._notes is not None:
-            self._notes.close()
-            self._notes = None
+        self.notes.close()
         if self.checkout is not None and not self.ctx.settings.keep_source:
             try:
                 self.ctx.sources.remove(self.checkout)
@@ -407,8 +401,8 @@ class Job:
 
     # -- helpers --------------------------------------------------------------------------------
     def note(self, text: str) -> None:
-        """A line from the agent itself, in the run's log file now and its log stream with the
-        next write (see :mod:`.keeper`). The worker's own log has it at DEBUG: it is the run's."""
+        """A line from the agent itself, for the run's log file (:mod:`.notes`) and its log
+        stream with the next write (:mod:`.keeper`). The worker's own log has it at DEBUG."""
         line = f"{TAG} {text}"
         logger.debug("%s: %s", self.run_id, text)
         if self.held is not None:
@@ -418,23 +412,7 @@ class Job:
                 self.store.append_log(self.run_id, [line])
             except Exception as err:
                 logger.warning("could not write to the log of %s: %s", self.run_id, err)
-        notes = self._notes_file()
-        if notes is not None:
-            notes.write(line + "\n")
-            if time.monotonic() - self._notes_flushed >= NOTES_FLUSH:
-                self._flush_notes()
-
-    def _notes_file(self) -> IO[str] | None:
-        """The run's log file, kept open for the agent's lines once the run folder exists."""
-        if self._notes is None and self.run_dir.is_dir():
-            self._notes = open(self.log_file, "a", encoding="utf-8", buffering=_NOTES_BUFFER)  # noqa: SIM115
-        return self._notes
-
-    def _flush_notes(self) -> None:
-        """Write the agent's buffered lines to the log file (before the run's own output)."""
-        if self._notes is not None:
-            self._notes.flush()
-        self._notes_flushed = time.monotonic()
+        self.notes.write(line)
 
     def _defer(self, **fields: Any) -> None:
         """Record fields that go out with the run's next write (only while the run is held)."""
