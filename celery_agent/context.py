@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from . import leases as leases_mod
 from .executors.base import ExecutorSettings
@@ -45,3 +45,13 @@ class WorkerContext:
             failure_ttl=self.settings.env_failure_ttl,
             build_timeout=self.settings.env_build_timeout,
         )
+
+
+class ResultWrites(Protocol):
+    """What the run's own writes carry for the Celery task's result (see :mod:`.tasks`)."""
+
+    def started(self, pipe: Any) -> None:
+        """Queue the STARTED result on the pipeline that records the start."""
+
+    def ended(self, pipe: Any, summary: dict[str, Any]) -> None:
+        """Queue the final result (``summary``) on the pipeline that records the end."""

@@ -23,7 +23,7 @@ from . import attempts, metrics, runenv, state
 from . import leases as leases_mod
 from . import params as params_mod
 from .attempts import DuplicateRun
-from .context import WorkerContext
+from .context import ResultWrites, WorkerContext
 from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout, UnknownRunError
 from .executors import get_executor
 from .executors.base import ExecutorSettings, PreparedEnv, RunRequest
@@ -54,22 +54,22 @@ class Drained(Exception):
 
 
 def execute(
-    run_id: str, raw_spec: Any, ctx: WorkerContext, on_start: Callable[[Any], None] | None = None
+    run_id: str, raw_spec: Any, ctx: WorkerContext, results: ResultWrites | None = None
 ) -> dict[str, Any]:
     """Run one experiment to its end and return its summary (see :class:`Job`)."""
-    return Job(run_id, ctx, on_start).run(raw_spec)
+    return Job(run_id, ctx, results).run(raw_spec)
 
 
 class Job:
     """The life of one run on this worker."""
 
     def __init__(
-        self, run_id: str, ctx: WorkerContext, on_start: Callable[[Any], None] | None = None
+        self, run_id: str, ctx: WorkerContext, results: ResultWrites | None = None
     ) -> None:
         self.run_id, self.ctx, self.store = run_id, ctx, ctx.store
-        #: queues more writes on the pipeline that records the start (the Celery task's STARTED
-        #: result, when its backend is the state store's Redis: see :mod:`.tasks`)
-        self.on_start = on_start
+        #: the Celery task's results, carried by the run's start and end writes when its result
+        #: backend is the state store's Redis (see :mod:`.tasks`)
+        self.results = results
         self.run_dir = ctx.settings.runs_dir / run_id
         self.output_dir = self.run_dir / "output"
         self.log_file = self.run_dir / "log.txt"
@@ -89,6 +89,7 @@ class Job:
         self.stops: Callable[[], bool] = lambda: False
         self.stop_reason: Callable[[], str | None] = lambda: None
         self.notes = RunNotes(self.log_file)  #: the agent's lines in the run's log file
+        self._cleaned = False
 
     # -- the algorithm --------------------------------------------------------------------------
     def run(self, raw_spec: Any) -> dict[str, Any]:
@@ -179,8 +180,8 @@ class Job:
         def start(pipe: Any) -> None:
             self.store.transition(self.run_id, state.PREPARING, pipe=pipe, **fields)
             self.ctx.registry.add_run(self.ctx.worker, self.run_id, pipe=pipe)
-            if self.on_start is not None:
-                self.on_start(pipe)
+            if self.results is not None:
+                self.results.started(pipe)
 
         # Not deferred: from here the run must be in its worker's list and active, so that the
         # sweep finds it should this worker die (a queued run off every list would wait for the
@@ -354,18 +355,23 @@ class Job:
 
     def _end(self, status: str, fields: dict[str, Any]) -> None:
         """The last write of a delivery, in one round trip when it held the run: its deferred
-        writes, the final state, the claim released and the run off the worker's list (retried
-        while Redis is away)."""
+        writes, the final state, the claim released, the run off the worker's list and the Celery
+        result (retried while Redis is away). Its worktree and log file are let go of first: who
+        sees the run ended may send the next one, and read the whole log."""
+        self.cleanup()
         held = self.held
         if held is None:  # it never got the claim (a message that is not a spec)
             record_end(self.store, self.run_id, status, fields, self.ctx.settings.record_retry)
             return
 
         fields = dict(fields)  # (the deferred fields are folded into it)
+        results = self.results if status != state.QUEUED else None  # (requeued: no result)
 
         def write(pipe: Any) -> None:
             self.store.transition(self.run_id, status, force=True, pipe=pipe, **fields)
             self._release(pipe)
+            if results is not None:
+                results.ended(pipe, self.summary)
 
         with_retry(
             lambda: held.write(write, end=fields), self.run_id, self.ctx.settings.record_retry
@@ -389,7 +395,10 @@ class Job:
         self.ctx.registry.remove_run(self.ctx.worker, self.run_id, pipe=pipe)
 
     def cleanup(self) -> None:
-        """Remove the worktree; keep the run folder (log, output, params)."""
+        """Remove the worktree; keep the run folder (log, output, params). Once per delivery."""
+        if self._cleaned:
+            return
+        self._cleaned = True
         self.notes.close()
         if self.checkout is not None and not self.ctx.settings.keep_source:
             try:

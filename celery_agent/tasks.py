@@ -9,11 +9,16 @@ masked, Flower gets a secret-free ``argsrepr``, and the arguments Celery stores 
 (``result_extended``) are masked too. A run sent again from its masked record gets the values back
 from :func:`.runenv.stash` on the worker.
 
-Celery's STARTED result (``task_track_started``) costs a delivery two round trips of its own
-before the task runs (a GET, then a SET and a PUBLISH). When the result backend is the state
-store's Redis, the worker switches that off for ``run_task`` alone and the run's start write -
-one round trip it makes anyway - carries the same SET and PUBLISH (:func:`_started_write`): the
-result reads STARTED from the moment the run is recorded as started.
+Celery's own result writes cost a delivery four round trips of their own: STARTED
+(``task_track_started``: a GET, then a SET and a PUBLISH) before the task runs, SUCCESS (the
+same) after it. When the result backend is the state store's Redis, the worker leaves them to the
+run: ``run_task`` gets ``track_started`` and ``ignore_result`` off at worker start (errors are still
+stored by Celery: ``store_errors_even_if_ignored``), and the run's start and end writes - round
+trips it makes anyway - carry the same SET and PUBLISH (:class:`FoldedResult`). The result reads
+STARTED from the moment the run is recorded as started and SUCCESS from the moment it is recorded
+as ended. Runs are sent with ``ignore_result`` unset (not False), so the worker's setting decides;
+a sender that asks for no result (``ignore_result=True``) gets none, and a message that says False
+(an older sender) gets its SUCCESS from Celery as before.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
 from typing import Any
 
 from celery import Task, states
@@ -43,8 +47,8 @@ logger = logging.getLogger(__name__)
 
 _contexts: dict[tuple[int, str], pipeline.WorkerContext] = {}
 
-#: set at worker start when run_task's STARTED result rides on the run's start write
-_started_with_run = False
+#: set at worker start when run_task's results ride on the run's own writes
+_folded = False
 
 
 class SubmitTask(Task):
@@ -63,6 +67,8 @@ class SubmitTask(Task):
         options.setdefault("queue", spec.queue)
         options.setdefault("shadow", display_name(spec))  # what Flower and events show
         options.setdefault("argsrepr", args_repr(spec))  # short, secret-free
+        if "ignore_result" not in options and not self.ignore_result:
+            options["ignore_result"] = None  # unset: the worker decides who writes the result
         task_id = task_id or uuid()
         store = get_store()
         store.create_run(task_id, spec.to_json(), options["queue"])  # masked: no secret values
@@ -81,13 +87,22 @@ def run_task(self: Task, spec: Any = None, *extra: Any, **options: Any) -> dict[
     if extra or options:
         logger.warning("run %s: ignoring unexpected task arguments", self.request.id)
     run_id, ctx = self.request.id, _context(self.request.hostname)
+    result = FoldedResult.of(self) if _folded else None
+    summary = _run(run_id, ctx, spec, result)
+    if result is not None:
+        result.store(summary)
+    return summary
+
+
+def _run(
+    run_id: str, ctx: pipeline.WorkerContext, spec: Any, result: FoldedResult | None
+) -> dict[str, Any]:
     try:
         spec = _unmask(ctx.store, run_id, spec)
     except SpecError as err:  # sent again from its record, and its secret values are gone
         return _fail(ctx, run_id, err)
     try:
-        on_start = _started_write(self) if _started_with_run else None
-        summary = pipeline.execute(run_id, spec, ctx, on_start)
+        summary = pipeline.execute(run_id, spec, ctx, result)
     except pipeline.DuplicateRun as dup:
         record = ctx.store.get(run_id)
         if record.get("state") in state.TERMINAL:  # (the sweep may have ended it: its outcome
@@ -179,19 +194,25 @@ def _remember_concurrency(
 
 
 @celeryd_init.connect
-def _fold_started(**_: Any) -> None:
-    """Carry run_task's STARTED result on the run's start write when the result backend is the
-    state store's Redis (see the module's docstring); any other backend keeps Celery's own."""
-    global _started_with_run
-    if run_task.track_started and same_redis(app.backend, get_store().r):
+def _fold_results(**_: Any) -> None:
+    """Carry run_task's results on the run's own writes when the result backend is the state
+    store's Redis (see the module's docstring); any other backend keeps Celery's own writes."""
+    global _folded
+    if (
+        run_task.track_started
+        and not run_task.ignore_result
+        and same_redis(app.backend, get_store().r)
+    ):
         run_task.track_started = False
-        _started_with_run = True
+        run_task.ignore_result = True
+        run_task.store_errors_even_if_ignored = True
+        _folded = True
 
 
 @worker_ready.connect
-def _say_started_folded(**_: Any) -> None:
-    if _started_with_run:  # (said here: logging is not set up yet when the worker decides it)
-        logger.info("runs' STARTED results go with their start writes (one Redis for both)")
+def _say_folded(**_: Any) -> None:
+    if _folded:  # (said here: logging is not set up yet when the worker decides it)
+        logger.info("runs' Celery results go with their start and end writes (one Redis for both)")
 
 
 def same_redis(backend: Any, client: Any) -> bool:
@@ -205,26 +226,51 @@ def same_redis(backend: Any, client: Any) -> bool:
     return all(ours.get(k) == theirs.get(k) for k in keys)
 
 
-def _started_write(task: Task) -> Callable[[Any], None]:
-    """Queue on a pipeline what Celery's backend writes for STARTED: the result meta (as
-    ``track_started`` makes it, extended fields included), SET with the result expiry, PUBLISH."""
-    backend, request = task.backend, task.request
-    meta = backend._get_result_meta(
-        result={"pid": os.getpid(), "hostname": request.hostname},
-        state=states.STARTED,
-        traceback=None,
-        request=request,
-    )
-    meta["task_id"] = request.id
-    value = backend.encode(meta)
-    key = backend.get_key_for_task(request.id).decode()
-    expires = backend.expires
+class FoldedResult:
+    """Celery's result writes for one delivery of ``run_task``, queued on the run's own writes
+    as the backend would make them (result meta with the extended fields, SET with the result
+    expiry, PUBLISH to the clients waiting on it)."""
 
-    def write(pipe: Any) -> None:
-        if expires:
-            pipe.setex(key, expires, value)
+    def __init__(self, task: Task, success: bool) -> None:
+        self.task = task
+        self.success = success  #: whether SUCCESS is ours too (else Celery writes it)
+        self.written = False  #: SUCCESS went out with the run's end write
+
+    @classmethod
+    def of(cls, task: Task) -> FoldedResult | None:
+        """The writes ``task``'s current delivery leaves to the run, or None when its sender
+        asked for no result."""
+        said = task.request.__dict__.get("ignore_result")  # None: unset, the task's own rules
+        return None if said else cls(task, success=said is None)
+
+    def started(self, pipe: Any) -> None:
+        """Queue the STARTED result, as ``track_started`` writes it."""
+        request = self.task.request
+        self._queue(pipe, states.STARTED, {"pid": os.getpid(), "hostname": request.hostname})
+
+    def ended(self, pipe: Any, summary: dict[str, Any]) -> None:
+        """Queue the SUCCESS result with ``summary`` (run_task's return value)."""
+        if self.success:
+            self._queue(pipe, states.SUCCESS, summary)
+            self.written = True
+
+    def store(self, summary: dict[str, Any]) -> None:
+        """Store the SUCCESS result the Celery way when no end write carried it (a delivery
+        that found its run ended, or a message that is not a spec)."""
+        if self.success and not self.written:
+            request = self.task.request
+            self.task.backend.store_result(request.id, summary, states.SUCCESS, request=request)
+
+    def _queue(self, pipe: Any, status: str, result: Any) -> None:
+        backend, request = self.task.backend, self.task.request
+        meta = backend._get_result_meta(
+            result=result, state=status, traceback=None, request=request
+        )
+        meta["task_id"] = request.id
+        value = backend.encode(meta)
+        key = backend.get_key_for_task(request.id).decode()
+        if backend.expires:
+            pipe.setex(key, backend.expires, value)
         else:
             pipe.set(key, value)
         pipe.publish(key, value)
-
-    return write

@@ -1,10 +1,11 @@
-"""A run's Celery result reads STARTED while it runs, as ``task_track_started`` makes it, whether
-the run's start write carries it (result backend = the state store's Redis) or Celery writes it
-(another backend)."""
+"""A run's Celery result reads STARTED while it runs, as ``task_track_started`` makes it, and
+SUCCESS with its summary once it ended, whether the run's own writes carry them (result backend =
+the state store's Redis) or Celery writes them (another backend, an older sender)."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def test_the_start_write_carries_the_started_result(worker, make_repo, store):
     out = r.get(timeout=60)
     assert out["status"] == "succeeded", out
     assert app.AsyncResult(r.id).state == "SUCCESS"
-    assert "STARTED results go with their start writes" in worker.output()
+    assert "results go with their start and end writes" in worker.output()
     done = json.loads(store.r.get(f"celery-task-meta-{r.id}"))
     assert set(done) == EXTENDED and done["args"] == meta["args"]
     assert 0 < store.r.ttl(f"celery-task-meta-{r.id}") <= app.conf.result_expires
@@ -70,4 +71,68 @@ def test_another_result_backend_gets_celerys_own_started_write(make_worker, make
     while store.get(r.id)["state"] != "succeeded" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert store.get(r.id)["state"] == "succeeded"
-    assert "STARTED results go with" not in w.output(), "Celery writes them itself"
+    assert "results go with" not in w.output(), "Celery writes them itself"
+
+
+QUICK = "print('up')\n"
+
+
+def wait_ended(store, run_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = store.get(run_id)
+        if record["state"] in ("succeeded", "failed"):
+            return record
+        time.sleep(0.02)
+    raise AssertionError(f"run {run_id} did not end within {timeout}s")
+
+
+def test_the_runs_own_writes_are_the_only_writes_of_its_result(worker, make_repo, store):
+    """No GET and no write of Celery's own on the result key: STARTED and SUCCESS, each a SET
+    and a PUBLISH, with the run's start and end writes (no client waits on it here)."""
+    seen: list[tuple[str, ...]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        with store.r.monitor() as monitor:
+            for command in monitor.listen():
+                seen.append(tuple(command["command"].split(" ", 2)[:2]))
+                if stop.is_set():
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(0.2)
+    r = submit_task.apply_async([spec(make_repo({"job.py": QUICK}), worker.queues)])
+    assert wait_ended(store, r.id)["state"] == "succeeded"
+    time.sleep(0.5)  # (anything Celery would write after the task returned)
+    stop.set()
+    store.r.ping()  # (one more command: the watcher sees stop)
+    watcher.join(10)
+    key = f"celery-task-meta-{r.id}"
+    on_key = [name.upper() for name, *rest in seen if rest and rest[0].strip('"') == key
+              and name.upper() not in ("SUBSCRIBE", "UNSUBSCRIBE")]  # (the sender's)  # fmt: skip
+    assert on_key == ["SETEX", "PUBLISH", "SETEX", "PUBLISH"], on_key
+    meta = json.loads(store.r.get(key))
+    assert meta["status"] == "SUCCESS" and set(meta) == EXTENDED
+    assert meta["result"]["run_id"] == r.id and meta["result"]["status"] == "succeeded"
+
+
+def test_a_sender_that_asks_for_no_result_gets_none(worker, make_repo, store):
+    r = submit_task.apply_async([spec(make_repo({"job.py": QUICK}), worker.queues)],
+                                ignore_result=True)  # fmt: skip
+    assert wait_ended(store, r.id)["state"] == "succeeded"
+    time.sleep(0.5)
+    assert store.r.get(f"celery-task-meta-{r.id}") is None
+
+
+def test_a_message_that_says_ignore_result_false_gets_its_success_from_celery(
+    worker, make_repo, store
+):
+    """As an older sender sends it: Celery writes SUCCESS itself (once, the same meta)."""
+    r = submit_task.apply_async([spec(make_repo({"job.py": QUICK}), worker.queues)],
+                                ignore_result=False)  # fmt: skip
+    out = r.get(timeout=60)
+    assert out["status"] == "succeeded" and out["run_id"] == r.id
+    meta = json.loads(store.r.get(f"celery-task-meta-{r.id}"))
+    assert meta["status"] == "SUCCESS" and set(meta) == EXTENDED and meta["result"] == out
