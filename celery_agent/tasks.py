@@ -269,8 +269,5 @@ class FoldedResult:
         meta["task_id"] = request.id
         value = backend.encode(meta)
         key = backend.get_key_for_task(request.id).decode()
-        if backend.expires:
-            pipe.setex(key, backend.expires, value)
-        else:
-            pipe.set(key, value)
+        pipe.set(key, value, ex=backend.expires or None)  # (what the backend's SETEX does)
         pipe.publish(key, value)

@@ -39,10 +39,10 @@ class Recorder:
     """A pipeline that records what is queued on it."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
     def __getattr__(self, name: str) -> Any:
-        return lambda *args: self.calls.append((name, args))
+        return lambda *args, **kw: self.calls.append((name, args, kw))
 
 
 class StoringBackend(RedisBackend):
@@ -69,12 +69,12 @@ def test_a_message_with_ignore_result_unset_leaves_both_results_to_the_run():
     pipe = Recorder()
     result.started(pipe)
     result.ended(pipe, {"run_id": "r1", "status": "succeeded"})
-    assert [name for name, _ in pipe.calls] == ["setex", "publish", "setex", "publish"]
-    (_, (key, ttl, started)), (_, (channel, same)) = pipe.calls[:2]
+    assert [name for name, *_ in pipe.calls] == ["set", "publish", "set", "publish"]
+    (_, (key, started), ttl), (_, (channel, same), _) = pipe.calls[:2]
     assert key == channel == "celery-task-meta-r1" and same == started
-    assert ttl == app.backend.expires > 0
+    assert ttl == {"ex": task.backend.expires} and task.backend.expires > 0
     assert json.loads(started)["status"] == "STARTED"
-    done = json.loads(pipe.calls[2][1][2])
+    done = json.loads(pipe.calls[2][1][1])
     assert done["status"] == "SUCCESS" and done["result"] == {"run_id": "r1", "status": "succeeded"}
     assert done["task_id"] == "r1" and done["date_done"]
     result.store({"run_id": "r1"})
