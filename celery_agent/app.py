@@ -25,7 +25,6 @@ from typing import Any
 
 from celery import Celery
 from kombu.utils.json import register_type
-from pydantic import ValidationError
 
 from . import defaults, redisconn, worker
 from .errors import ConfigError
@@ -91,24 +90,33 @@ def _setup_signing(sender: Celery, source: Any, **_: Any) -> None:
 
 
 def _register_spec_type() -> None:
-    """Let a TaskSpec pass through Celery's JSON serializer as itself."""
-    register_type(
-        TaskSpec,
-        "celery_agent.TaskSpec",
-        lambda spec: (
-            spec.model_dump(mode="json", exclude_defaults=True)
-            | {"repo": spec.repo, "entry": spec.entry}
-        ),
-        _decode_spec,
-    )
+    """Let a TaskSpec pass through Celery's JSON serializer: sent as its fields, read back as
+    that plain data. No process validates a spec it only passes on (the worker parses the one it
+    runs, once); a client reading a result's arguments gets JSON data."""
+    register_type(TaskSpec, None, _spec_fields, TaskSpec.model_validate)  # (no marker: no decoder)
+    # messages sent by earlier versions wrap the fields in kombu's type envelope
+    register_type(_EnvelopedSpec, "celery_agent.TaskSpec", _envelope, _enveloped)
 
 
-def _decode_spec(data: Any) -> Any:
-    """A TaskSpec, or the raw data when it does not validate (the run then fails with why)."""
-    try:
-        return TaskSpec.model_validate(data)
-    except ValidationError:
-        return data
+def _spec_fields(spec: TaskSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json", exclude_defaults=True) | {
+        "repo": spec.repo,
+        "entry": spec.entry,
+    }
+
+
+class _EnvelopedSpec:
+    """The type of the envelope ``{"__type__": "celery_agent.TaskSpec", "__value__": fields}``
+    (decoded only; nothing is sent that way now)."""
+
+
+def _envelope(_: _EnvelopedSpec) -> Any:
+    raise TypeError("specs are sent as plain fields")
+
+
+def _enveloped(data: Any) -> Any:
+    """The fields of an enveloped spec, as a spec sent now reads."""
+    return data
 
 
 @lru_cache(maxsize=1)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import leases as leases_mod
+from . import runenv
 from .executors.base import ExecutorSettings
 from .gpus import DYNAMIC, WorkerGpus
 from .keeper import keeper_for
@@ -26,6 +28,9 @@ class WorkerContext:
     resend: Any = None  #: resend(run_id, spec_json, queue) puts a run back on its queue
 
     def __post_init__(self) -> None:
+        #: the worker's variables a run gets (see runenv.passed), read once
+        self.base_env = runenv.passed(os.environ)
+        self.threads = runenv.cpu_share()  #: thread-pool size a run is given (its CPU share)
         self.sources = SourceCache(self.settings.git_cache, keep=self.settings.checkouts_kept)
         self.registry = WorkerRegistry(self.store.r, self.store.keys)
         self.keeper = keeper_for(self.store)  # claims, cancels, deferred writes of its runs

@@ -258,12 +258,12 @@ class Job:
         interp_args = [*entry_head(spec, co), *args]
         argv = executor.command(prepared, interp_args)
         env = runenv.build(
-            base=os.environ,
+            base=self.ctx.base_env,
             spec_env=spec.env,
             agent=self._agent_vars(spec) | hook,
             path_prefix=prepared.path_prefix,
             extra=prepared.env,
-            threads=runenv.cpu_share(),
+            threads=self.ctx.threads,
         ) | pin_env(self.ctx.gpus.mode, gpus)
         secrets = runenv.secret_values(env)  # credentials the run was given never reach the log
         held = self.held

@@ -74,7 +74,7 @@ def build(
     (``extra``), the agent's ``CELERY_AGENT_*`` variables, then the spec's own ``env``. The
     executor's bin directories go first on PATH.
     """
-    env = {k: v for k, v in base.items() if k in PASS_THROUGH or k.startswith(PASS_PREFIXES)}
+    env = passed(base)
     env.setdefault("PATH", os.defpath)
     env.update({name: str(threads) for name in THREAD_VARS})
     env["PYTHONUNBUFFERED"] = "1"
@@ -85,6 +85,15 @@ def build(
     if path_prefix:
         env["PATH"] = os.pathsep.join([*path_prefix, env["PATH"]])
     return env
+
+
+def passed(base: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed variables of ``base`` (a worker keeps those of ``os.environ`` once per
+    process: reading ``os.environ`` decodes every variable it holds, on every run)."""
+    return {k: v for k, v in base.items() if k in _PASSED or k.startswith(PASS_PREFIXES)}
+
+
+_PASSED = frozenset(PASS_THROUGH)
 
 
 def agent_vars(run_id: str, run_dir: Path, output_dir: Path, queue: str) -> dict[str, str]:

@@ -45,17 +45,23 @@ def _load() -> Any:
             if _state["module"] is None:
                 raise NvmlUnavailable(_state["reason"])
             return _state["module"]
-        _state.update(pid=os.getpid(), module=None, reason="")
         try:
             import pynvml
 
             pynvml.nvmlInit()
         except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, DriverNotLoaded, ...
-            _state["reason"] = f"NVML unavailable: {exc!r}"
-            logger.debug("%s", _state["reason"])
-            raise NvmlUnavailable(_state["reason"]) from None
-        _state["module"] = pynvml
+            reason = f"NVML unavailable: {exc!r}"
+            logger.debug("%s", reason)
+            _known(None, reason)
+            raise NvmlUnavailable(reason) from None
+        _known(pynvml, "")
         return pynvml
+
+
+def _known(module: Any, reason: str) -> None:
+    """Record this process's outcome; the pid last, as :func:`nvml_available` reads it unlocked."""
+    _state["module"], _state["reason"] = module, reason
+    _state["pid"] = os.getpid()
 
 
 def nvml(name: str, *args: Any) -> Any:
@@ -76,6 +82,8 @@ def value(name: str, *args: Any) -> Any:
 
 def nvml_available() -> bool:
     """Whether NVML works here (the package, library and driver are all present)."""
+    if _state["pid"] == os.getpid():  # (known for this process: no lock, no exception)
+        return _state["module"] is not None
     try:
         _load()
         return True

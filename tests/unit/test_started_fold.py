@@ -77,6 +77,12 @@ def test_a_message_with_ignore_result_unset_leaves_both_results_to_the_run():
     done = json.loads(pipe.calls[2][1][1])
     assert done["status"] == "SUCCESS" and done["result"] == {"run_id": "r1", "status": "succeeded"}
     assert done["task_id"] == "r1" and done["date_done"]
+    celerys = task.backend._get_result_meta(result=done["result"], state="SUCCESS", traceback=None,
+                                            request=task.request) | {"task_id": "r1"}  # fmt: skip
+    assert list(done) == list(celerys), "the fields of Celery's own SUCCESS meta, in its order"
+    assert {k: v for k, v in done.items() if k != "date_done"} == json.loads(
+        task.backend.encode({k: v for k, v in celerys.items() if k != "date_done"})
+    )
     result.store({"run_id": "r1"})
     assert task.backend.stored == [], "the end write carried it"
 
