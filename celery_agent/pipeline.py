@@ -9,7 +9,6 @@ whose runner died with attempts left).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -26,7 +25,7 @@ from .attempts import DuplicateRun
 from .context import ResultWrites, WorkerContext
 from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout, UnknownRunError
 from .executors import get_executor
-from .executors.base import ExecutorSettings, PreparedEnv, RunRequest
+from .executors.base import PreparedEnv, RunRequest
 from .gpus import gpu_ids, pin_env
 from .keeper import Held
 from .monitoring.gpu import GpuDevice
@@ -218,16 +217,15 @@ class Job:
     def prepare(self, spec: TaskSpec, co: Checkout) -> PreparedEnv:
         """Reuse or build the run's environment."""
         t0 = time.time()
-        executor = get_executor(spec.executor, self._env_settings())
+        settings = self.ctx.executor_settings.within(self.clock.remaining("env"))
+        executor = get_executor(spec.executor, settings)
         try:
             prepared = executor.prepare(spec, self._workdir(spec, co), self.note)
         except AgentError as err:
             self.clock.check("env", t0)
             err.stage = err.stage or ("env" if isinstance(err, StageTimeout) else "")
             raise
-        self.timing("env", t0)
-        hit = "cache hit" if prepared.cache_hit else f"built with {prepared.installer}"
-        self.note(f"environment {prepared.cache_key or '-'}: {hit} in {prepared.seconds:.2f}s")
+        self.timing("env", t0)  # (the executor's own lines say what it reused or built)
         self._defer(env_key=prepared.cache_key, env_hit=prepared.cache_hit, freeze=prepared.freeze)
         self.check_abort()
         return prepared
@@ -438,13 +436,6 @@ class Job:
             if self.stop_reason() == "drain":
                 raise Drained()
             raise Cancelled("cancelled while preparing")
-
-    def _env_settings(self) -> ExecutorSettings:
-        limit = self.clock.remaining("env")
-        base = self.ctx.executor_settings
-        if limit is None or (base.build_timeout is not None and base.build_timeout <= limit):
-            return base
-        return dataclasses.replace(base, build_timeout=limit)
 
     def _agent_vars(self, spec: TaskSpec) -> dict[str, str]:
         """Who the run is, where its files go, and (outside containers) how to reach the agent,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -27,6 +28,12 @@ class ExecutorSettings:
     max_env_bytes: int | None = None
     failure_ttl: float = 600.0
     build_timeout: float | None = None  #: seconds; over it the build raises StageTimeout
+
+    def within(self, seconds: float | None) -> ExecutorSettings:
+        """These settings with builds limited to ``seconds`` as well (None: no further limit)."""
+        if seconds is None or (self.build_timeout is not None and self.build_timeout <= seconds):
+            return self
+        return dataclasses.replace(self, build_timeout=seconds)
 
 
 @dataclass

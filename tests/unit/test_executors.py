@@ -254,3 +254,11 @@ def test_installer_gets_an_explicit_env_without_virtualenv_or_pythonpath(
     assert steps.run([sys.executable, "-c", code], "probe", "")[-1] == "[]"
     assert "PATH" in steps.env and "HOME" in steps.env
     assert os.environ["PYTHONPATH"] == "/injected"
+
+
+def test_a_stage_limit_tightens_the_build_timeout_only_when_it_is_shorter(tmp_path):
+    base = ExecutorSettings(cache_root=tmp_path, build_timeout=60.0)
+    assert base.within(None) is base and base.within(120.0) is base
+    assert base.within(5.0).build_timeout == 5.0 and base.within(5.0).cache_root == tmp_path
+    assert ExecutorSettings(cache_root=tmp_path).within(30.0).build_timeout == 30.0
+    assert base.build_timeout == 60.0, "the worker's own settings are left as they are"
