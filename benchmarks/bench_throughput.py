@@ -1,10 +1,11 @@
 """Throughput: trivial runs through one agent worker (concurrency 2), against bare Celery tasks
 that only spawn the same subprocess on a worker of the same concurrency and settings.
 
-The runs go in four blocks per side, in the order agent, baseline, baseline, agent, so that a
-machine that gets faster or slower during the measurement (a 2-core VM's neighbours) weighs on
-both sides alike. In a block all runs are sent at once; its clock runs from the first send to the
-last result. A side's rate is its runs over the sum of its blocks' times.
+The runs go in blocks that alternate agent, baseline, baseline, agent, twice over (eight
+blocks), so that a machine that gets faster or slower during the measurement (a 2-core VM's
+neighbours, which move the rate by 10-30 % within seconds) weighs on both sides alike. In a
+block all its runs are sent at once; its clock runs from the first send to the last result. A
+side's rate is its runs over the sum of its blocks' times.
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ def run(ctx: Context) -> list[Row]:
 
     _elapsed(agent_send, 4)  # warm both pool children
     _elapsed(baseline_send, 4)
-    block = max(1, n // 4)
+    order = (agent_send, baseline_send, baseline_send, agent_send) * 2
     took = {agent_send: 0.0, baseline_send: 0.0}
-    for send in (agent_send, baseline_send, baseline_send, agent_send):
-        took[send] += _elapsed(send, block)
-    agent, baseline = 2 * block / took[agent_send], 2 * block / took[baseline_send]
-    n = 4 * block
+    runs = {agent_send: 0, baseline_send: 0}
+    for i, send in enumerate(order):  # (n split over the blocks: each side gets n / 2)
+        size = max(1, n // len(order) + (i < n % len(order)))
+        took[send] += _elapsed(send, size)
+        runs[send] += size
+    agent, baseline = runs[agent_send] / took[agent_send], runs[baseline_send] / took[baseline_send]
+    n = sum(runs.values())
     folders = _folders(ctx.root / "folder-probe", FOLDERS)
     return [Row(f"throughput: {n} trivial runs, c=2", agent, baseline, "/s", "ratio", ">= 0.8x",
                 agent >= TARGET * baseline),

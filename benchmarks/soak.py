@@ -193,11 +193,13 @@ def wait_all(store, ids: list[str], timeout: float, chaos: Chaos) -> dict[str, s
         stalled = chaos.stop.is_set() and time.monotonic() - progress > STALL
         if all(ended) or stalled or time.monotonic() > deadline:
             for rid, s in states.items():
-                if s not in ("succeeded", "failed", "lost", "aborted", "timed_out"):
+                if s != "succeeded":  # (what a person needs to see why)
                     record = store.get(rid)
                     keys = ("state", "attempt", "worker", "lost_attempts", "requeued_at",
-                            "last_error", "preparing_at")  # fmt: skip
-                    logger.warning("unfinished %s: %s", rid, {k: record.get(k) for k in keys})
+                            "last_error", "error", "preparing_at")  # fmt: skip
+                    logger.warning("%s %s: %s", "unfinished" if s not in (
+                        "failed", "lost", "aborted", "timed_out") else s, rid,
+                        {k: record.get(k) for k in keys})  # fmt: skip
             return states
         if sum(s == "succeeded" for s in states.values()) > len(ids) * 0.8:
             chaos.stop.set()  # let the tail finish in peace
