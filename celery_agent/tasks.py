@@ -12,9 +12,9 @@ from :func:`.runenv.stash` on the worker.
 Celery's own result writes cost a delivery four round trips of their own: STARTED
 (``task_track_started``: a GET, then a SET and a PUBLISH) before the task runs, SUCCESS (the
 same) after it. When the result backend is the state store's Redis, the worker leaves them to the
-run: ``run_task`` gets ``track_started`` and ``ignore_result`` off at worker start (errors are still
-stored by Celery: ``store_errors_even_if_ignored``), and the run's start and end writes - round
-trips it makes anyway - carry the same SET and PUBLISH (:class:`FoldedResult`). The result reads
+run: at worker start ``run_task`` gets ``track_started`` off and ``ignore_result`` on (errors are
+still stored by Celery: ``store_errors_even_if_ignored``), and the run's start and end writes -
+round trips it makes anyway - carry the same SET and PUBLISH (:class:`FoldedResult`). The result reads
 STARTED from the moment the run is recorded as started and SUCCESS from the moment it is recorded
 as ended. Runs are sent with ``ignore_result`` unset (not False), so the worker's setting decides;
 a sender that asks for no result (``ignore_result=True``) gets none, and a message that says False
