@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import attempts, metrics, runenv, state
+from . import attempts, metrics, runenv, stages, state
 from . import leases as leases_mod
 from . import params as params_mod
 from .attempts import DuplicateRun
@@ -340,6 +340,7 @@ class Job:
             self.summary["error"] = str(error)
             self.summary["error_stage"] = error.stage or stage
             self.note(f"{status}: {error}")
+        self.summary = stages.leading(self.summary)  # (what short previews show first)
         fields = {k: v for k, v in self.summary.items() if k not in ("run_id", "status")}
         self._end(status, fields)
         return self.summary

@@ -77,6 +77,16 @@ def stage_hint(outcome: ProcessOutcome) -> str:
     return f"last line: {lines[-1][:300]}" if lines else "the run printed nothing"
 
 
+#: the summary's first fields: what its short previews show (Celery's worker log and
+#: task-succeeded event cut the result's repr at 256 characters; Flower's result column)
+LEADS = ("run_id", "status", "exit_code", "error", "error_stage", "worker", "commit", "output_dir")
+
+
+def leading(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with the fields of :data:`LEADS` first (the rest in their order)."""
+    return {k: summary[k] for k in LEADS if k in summary} | summary
+
+
 def record_end(
     store: RunStore, run_id: str, status: str, fields: dict[str, Any], retry_for: float
 ) -> None:
