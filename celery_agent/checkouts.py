@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .envcache import touch_now_and_then
+from .filestamps import touch_now_and_then
 
 logger = logging.getLogger(__name__)
 

@@ -11,13 +11,12 @@ One entry per key, built once and reused in place::
     root/<key>.failed       a cached build failure, re-raised until it is older than the failure ttl
 
 A hit is the common case and stays cheap: one stat of ``ready`` (meta.json is parsed again only
-when that stamp changed, see :class:`FileMemo`) and a touch of ``last_used`` at most once per
-:data:`TOUCH_INTERVAL` seconds per entry and process.
+when that stamp changed, see :class:`~.filestamps.FileMemo`) and a touch of ``last_used`` at
+most once per :data:`~.filestamps.TOUCH_INTERVAL` seconds per entry and process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -29,11 +28,12 @@ import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from .errors import EnvBuildError, StateError
+from .filestamps import FileMemo, Stamp, touch, touch_now_and_then
 
 logger = logging.getLogger(__name__)
 
@@ -42,67 +42,6 @@ _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,127}$")
 
 #: a builder: gets the final env path (to create), returns metadata stored as meta.json
 Builder = Callable[[Path], dict[str, Any]]
-
-#: a hit touches last_used at most this often per entry and process, so eviction may rank two
-#: entries used within this many seconds of each other either way (the cost of a syscall per hit)
-TOUCH_INTERVAL = 10.0
-
-#: a file's identity and change times: (mode, device, inode, size, mtime ns, ctime ns)
-Stamp = tuple[int, int, int, int, int, int]
-
-#: a stamp is trusted for memoizing once the file's ctime lies this far before the stat (see FileMemo)
-SETTLE_NS = 3_000_000_000
-
-#: memo tables are emptied when they reach this size (checkouts and envs come and go)
-_MEMO_ENTRIES = 1024
-
-T = TypeVar("T")
-
-
-def file_stamp(path: str) -> Stamp | None:
-    """The stat stamp of ``path`` (symlinks followed), or None when nothing is there."""
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return (st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def is_settled(stamp: Stamp, since_ns: int) -> bool:
-    """Whether the file had stopped changing :data:`SETTLE_NS` before ``since_ns`` (wall clock ns,
-    read before the stat that made ``stamp``), so that any later change gets a different ctime."""
-    return since_ns - stamp[5] >= SETTLE_NS
-
-
-class FileMemo(Generic[T]):
-    """Values computed from files, reused while a file's :func:`file_stamp` is unchanged.
-
-    File times are coarse (a clock tick, whole seconds on some file systems): a file rewritten in
-    the tick it was stamped, with the same size, keeps its stamp. So a stamp is kept only once the
-    file has settled (:func:`is_settled`); until then the value is computed on every call. The
-    stat comes before the read, so a change racing the read leaves a stamp that no longer matches.
-    """
-
-    def __init__(self, compute: Callable[[str, Stamp], T]) -> None:
-        self.compute = compute
-        self._held: dict[str, tuple[Stamp, T]] = {}
-
-    def get(self, path: str) -> T | None:
-        """``compute(path, stamp)``, or the value kept for this stamp; None when there is no file."""
-        since = time.time_ns()
-        stamp = file_stamp(path)
-        held = self._held.get(path)
-        if held is not None and held[0] == stamp:
-            return held[1]
-        self._held.pop(path, None)
-        if stamp is None:
-            return None
-        value = self.compute(path, stamp)
-        if is_settled(stamp, since):
-            if len(self._held) >= _MEMO_ENTRIES:
-                self._held.clear()
-            self._held[path] = (stamp, value)
-        return value
 
 
 @dataclass(frozen=True)
@@ -140,10 +79,6 @@ _READY: FileMemo[_Ready] = FileMemo(_read_ready)
 def _ready(entry: str) -> _Ready | None:
     """The entry if its ready marker is there; meta.json is parsed only when the marker changed."""
     return _READY.get(os.path.join(entry, "ready"))
-
-
-#: path -> time.monotonic() of this process's last touch of it (see :func:`touch_now_and_then`)
-_TOUCHED: dict[str, float] = {}
 
 
 class EnvCache:
@@ -266,7 +201,7 @@ class EnvCache:
         _write_json(entry / "meta.json", meta)
         info = {"label": label, "bytes": _tree_bytes(entry), "built_at": time.time()}
         _write_json(entry / "entry.json", info | {"build_seconds": round(seconds, 3)})
-        _touch(entry / "last_used")
+        touch(entry / "last_used")
         _write_json(entry / "ready", {"at": time.time()})
 
     def _evict_after_build(self, key: str) -> None:
@@ -396,31 +331,6 @@ def _read_json_or_empty(path: Path) -> dict[str, Any]:
         return _read_json(path)
     except (OSError, ValueError):
         return {}
-
-
-def touch_now_and_then(path: str, *, create: bool = True) -> None:
-    """Touch ``path`` (its mtime orders eviction) unless this process did in the last
-    :data:`TOUCH_INTERVAL` s: eviction needs only the order of uses minutes apart, and a touch is
-    a file system write. A missing file is made when ``create``, else left missing."""
-    now = time.monotonic()
-    last = _TOUCHED.get(path)
-    if last is not None and now - last < TOUCH_INTERVAL:
-        return
-    if create:
-        _touch(Path(path))
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(path)
-    if len(_TOUCHED) >= _MEMO_ENTRIES:
-        _TOUCHED.clear()
-    _TOUCHED[path] = now
-
-
-def _touch(path: Path) -> None:
-    try:
-        os.utime(path)
-    except FileNotFoundError:
-        path.touch()
 
 
 def _mtime(path: Path) -> float:

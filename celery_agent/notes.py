@@ -17,6 +17,11 @@ FLUSH_AFTER = 0.5  #: the agent's lines reach the file at most this many seconds
 _BUFFER = 1 << 13  #: (a size given: no isatty/fstat probe of the file at open)
 
 
+def open_log(log_file: Path) -> IO[str]:
+    """A run's log file opened to append (by the agent's lines and by the runner's pump)."""
+    return open(log_file, "a", encoding="utf-8", buffering=_BUFFER)  # noqa: SIM115
+
+
 class RunNotes:
     """The agent's lines of one run, for ``log_file`` (opened once its folder exists)."""
 
@@ -30,7 +35,7 @@ class RunNotes:
         if self._file is None:
             if not self.log_file.parent.is_dir():
                 return
-            self._file = open(self.log_file, "a", encoding="utf-8", buffering=_BUFFER)  # noqa: SIM115
+            self._file = open_log(self.log_file)
         self._file.write(line + "\n")
         if time.monotonic() - self._flushed >= FLUSH_AFTER:
             self.flush()

@@ -30,6 +30,7 @@ from typing import IO, Literal
 from .errors import RunError
 from .guard import guard
 from .logpump import MAX_LINE, LineSink, LogPump
+from .notes import open_log
 from .proctree import TreeSampler, alive, collect, kill_tree, proc_group_empty, terminate
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ _LEFTOVER_GRACE = 1.0  # longest TERM -> KILL wait for processes left behind by 
 _EVENT_SLICE = 0.02  # seconds between looks at an abort event while waiting for the child
 _PIPE_DRAIN = 2.0  # how long the pipe may stay open after the run's processes are gone
 _REAP_TIMEOUT = 5.0  # how long to wait for the direct child's exit status after a KILL
-_LOG_BUFFER = 1 << 13  # the run's log file buffer (the pump flushes after each batch)
 _FIRST_SAMPLE = 0.2  # the first look at the run's process tree (a short run needs none: its
 #                      usage comes with its exit status)
 
@@ -132,12 +132,11 @@ def _open_log(log_file: Path | None) -> IO[str] | None:
     if log_file is None:
         return None
     try:
-        # (closed by the pump; a buffer size given: no isatty/fstat probe at open)
-        try:
-            return open(log_file, "a", encoding="utf-8", buffering=_LOG_BUFFER)  # noqa: SIM115
+        try:  # (closed by the pump)
+            return open_log(log_file)
         except FileNotFoundError:  # its folder is missing: make it
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            return open(log_file, "a", encoding="utf-8", buffering=_LOG_BUFFER)  # noqa: SIM115
+            return open_log(log_file)
     except OSError as exc:
         raise RunError(
             f"cannot open the run's log file {log_file}: {exc.strerror or exc}",

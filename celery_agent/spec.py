@@ -320,6 +320,15 @@ class TaskSpec(BaseModel):
             return self
         return self.model_copy(update={"env": env, "repo": repo})
 
+    @staticmethod
+    def masks_nothing(data: Any) -> bool:
+        """Whether a spec's fields as sent hold nothing :meth:`masked` would hide (told without
+        validating them: no ``secret_env``, no credentials in ``repo``)."""
+        if not isinstance(data, dict) or data.get("secret_env"):
+            return False
+        repo = data.get("repo")
+        return isinstance(repo, str) and redact(repo) == repo
+
     @property
     def masked_names(self) -> list[str]:
         """The names in ``secret_env`` whose value is the mask (a spec read back from a record)."""

@@ -40,7 +40,6 @@ from .app import app, get_registry, get_settings, get_store
 from .defaults import SWEEP_TASK
 from .errors import SpecError, UnknownRunError
 from .flower import args_repr, display_name
-from .gitcmd import redact
 from .requeue import celery_finished, celery_resend, celery_revoked, ended_summary
 from .spec import TaskSpec
 
@@ -164,7 +163,7 @@ def _fail(ctx: pipeline.WorkerContext, run_id: str, err: SpecError) -> dict[str,
 def _mask_stored_args(task: Any = None, args: Any = None, **_: Any) -> None:
     """Celery stores a task's arguments with its result (``result_extended``) from
     ``task.request``: a run's spec is stored masked there (the run itself gets the real one)."""
-    if getattr(task, "name", None) != run_task.name or not args or _nothing_masked(args[0]):
+    if getattr(task, "name", None) != run_task.name or not args or TaskSpec.masks_nothing(args[0]):
         return
     try:
         spec = TaskSpec.parse(args[0])
@@ -172,15 +171,6 @@ def _mask_stored_args(task: Any = None, args: Any = None, **_: Any) -> None:
         return
     if spec.masked() is not spec:
         task.request.args = [spec.to_json(), *args[1:]]
-
-
-def _nothing_masked(raw: Any) -> bool:
-    """Whether a spec as sent has nothing :meth:`TaskSpec.masked` would hide (told without
-    parsing it: the run parses it once, later)."""
-    if not isinstance(raw, dict) or raw.get("secret_env"):
-        return False
-    repo = raw.get("repo")
-    return isinstance(repo, str) and redact(repo) == repo
 
 
 def _context(hostname: str | None) -> pipeline.WorkerContext:

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..envcache import Stamp, file_stamp, is_settled
 from ..errors import EnvBuildError
+from ..filestamps import Stamp, file_stamp, is_settled
 from .steps import clean_env, clean_env_key
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def find_interpreter(wanted: str | None, *, uv: str | None = None) -> Interprete
     The answer is memoized per process by (wanted, uv, PATH). That is safe because it depends only
     on those and on two files: the one looked up (symlinks followed, so a retargeted link counts)
     and the executable the probe reported. Each call stats both and looks up again when either
-    stamp changed; stamps are kept only once settled (see :class:`~celery_agent.envcache.FileMemo`),
+    stamp changed; stamps are kept only once settled (see :class:`~celery_agent.filestamps.FileMemo`),
     so a replacement within a clock tick cannot hide. What no stamp shows, such as a new python in
     an earlier PATH folder, is picked up within :data:`REDISCOVER_S` seconds. Failures are not
     memoized.

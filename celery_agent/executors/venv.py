@@ -25,8 +25,9 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from ..envcache import EnvCache, FileMemo, Stamp
+from ..envcache import EnvCache
 from ..errors import ExecutorUnavailable
+from ..filestamps import FileMemo, Stamp
 from ..spec import TaskSpec
 from .base import Executor, PreparedEnv
 from .interpreters import Interpreter, find_interpreter

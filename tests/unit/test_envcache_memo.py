@@ -1,6 +1,6 @@
 """What a cache hit memoizes (requirements, interpreter, ready entries, touches) and what undoes it.
 
-Memos keep a file's value only once its stamp has settled (``envcache.SETTLE_NS``); tests that
+Memos keep a file's value only once its stamp has settled (``filestamps.SETTLE_NS``); tests that
 need a memoized value set that margin to 0 and give the edited file a distinct mtime, since two
 writes within one clock tick may share a stamp (the case the margin exists for).
 """
@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from celery_agent import envcache
-from celery_agent.envcache import EnvCache, FileMemo, Stamp
+from celery_agent import envcache, filestamps
+from celery_agent.envcache import EnvCache
 from celery_agent.errors import EnvBuildError
 from celery_agent.executors import venv
 from celery_agent.executors.interpreters import Interpreter, find_interpreter
 from celery_agent.executors.venv import env_key, key_parts, read_requirements
+from celery_agent.filestamps import FileMemo, Stamp
 from celery_agent.spec import TaskSpec
 
 PY = Interpreter(path="/opt/python3.11/bin/python3.11", version="3.11.7 (main) [GCC 12.2.0]")
@@ -60,7 +61,7 @@ class Counting:
 @pytest.fixture
 def settle_now(monkeypatch: pytest.MonkeyPatch) -> None:
     """Memoize files at once instead of after SETTLE_NS."""
-    monkeypatch.setattr(envcache, "SETTLE_NS", 0)
+    monkeypatch.setattr(filestamps, "SETTLE_NS", 0)
 
 
 # -- FileMemo -------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def test_a_removed_entry_is_rebuilt_though_its_hit_was_memoized(
     cache, build = EnvCache(tmp_path), Builder()
     cache.get_or_build("k1", build)
     with monkeypatch.context() as m:
-        m.setattr(envcache, "SETTLE_NS", 0)
+        m.setattr(filestamps, "SETTLE_NS", 0)
         assert cache.get_or_build("k1", build).hit
     shutil.rmtree(tmp_path / "k1")
     assert cache.lookup("k1") is None
@@ -212,7 +213,7 @@ def test_hits_touch_last_used_at_most_once_per_interval(
     old = _age_last_used(cache, "k1")
     cache.get_or_build("k1", Builder())
     assert last_used.stat().st_mtime == old, "a hit within TOUCH_INTERVAL does not"
-    monkeypatch.setattr(envcache, "TOUCH_INTERVAL", 0.0)
+    monkeypatch.setattr(filestamps, "TOUCH_INTERVAL", 0.0)
     cache.get_or_build("k1", Builder())
     assert time.time() - last_used.stat().st_mtime < 60
 

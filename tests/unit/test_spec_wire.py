@@ -9,7 +9,6 @@ from kombu.utils.json import dumps, loads
 
 from celery_agent import TaskSpec
 from celery_agent.app import app  # noqa: F401 - registers the spec's JSON form
-from celery_agent.tasks import _nothing_masked
 
 
 def test_a_spec_is_sent_as_its_fields_and_read_back_as_data():
@@ -30,8 +29,10 @@ def test_an_enveloped_spec_from_an_earlier_version_reads_as_its_fields():
 
 
 def test_what_the_stored_arguments_would_mask_is_told_without_parsing():
-    assert _nothing_masked({"repo": "https://example.org/r.git", "entry": "a.py"})
-    assert not _nothing_masked({"repo": "https://u:tok@example.org/r.git", "entry": "a.py"})
-    assert not _nothing_masked({"repo": "r", "entry": "a.py", "env": {"K": "v"},
+    assert TaskSpec.masks_nothing({"repo": "https://example.org/r.git", "entry": "a.py"})
+    assert not TaskSpec.masks_nothing({"repo": "https://u:tok@example.org/r.git", "entry": "a.py"})
+    assert not TaskSpec.masks_nothing({"repo": "r", "entry": "a.py", "env": {"K": "v"},
                                 "secret_env": ["K"]})  # fmt: skip
-    assert not _nothing_masked("not a spec") and not _nothing_masked({"entry": "a.py"})
+    assert not TaskSpec.masks_nothing("not a spec") and not TaskSpec.masks_nothing(
+        {"entry": "a.py"}
+    )
