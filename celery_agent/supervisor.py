@@ -20,11 +20,12 @@ It exits 0 once every worker has stopped after a stop signal.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
-import shlex
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -126,9 +127,8 @@ class Supervisor:
             self._exited(child, child.proc.returncode)
         if child.proc is None and self.stopping:
             child.done = True
-        elif child.proc is None and child.restart_at is not None:
-            if self.clock() >= child.restart_at:
-                self.start(child)
+        elif child.proc is None and self.clock() >= (child.restart_at or float("inf")):
+            self.start(child)
 
     def _exited(self, child: Child, code: int) -> None:
         ran = self.clock() - child.started
@@ -169,10 +169,8 @@ def _ended(code: int) -> str:
 
 
 def _signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it exited just now; the next step notices
         os.kill(pid, signum)
-    except ProcessLookupError:  # it exited just now; the next step notices
-        pass
 
 
 def _die_with(parent: int) -> Callable[[], None] | None:
