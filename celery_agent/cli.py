@@ -363,11 +363,11 @@ def config() -> int:
 
 def _register_commands() -> None:
     from .cli_search import metrics, search
-    from .cli_services import flower, redis, services
+    from .cli_services import flower, redis, services, workers
     from .cli_show import show
     from .cli_status import status
 
-    for command in (show, status, search, metrics, services, flower, redis):
+    for command in (show, status, search, metrics, workers, services, flower, redis):
         cli.add_command(command)
 
 

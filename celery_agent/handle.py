@@ -110,10 +110,13 @@ def submit(
     return handle
 
 
-def get_run(ref: str) -> RunHandle:
-    """A handle to an already submitted run, by its id, a unique id prefix or a unique name."""
-    from .app import get_store
+def get_run(ref: str, store: RunStore | None = None) -> RunHandle:
+    """A handle to an already submitted run in ``store`` (this process's run store by default),
+    by its id, a unique id prefix or a unique name."""
     from .lookup import find_run
 
-    store = get_store()
+    if store is None:
+        from .app import get_store
+
+        store = get_store()
     return RunHandle(find_run(store, ref), store)
