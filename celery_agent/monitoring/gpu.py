@@ -91,6 +91,15 @@ def nvml_available() -> bool:
         return False
 
 
+def nvml_unavailable_reason() -> str | None:
+    """Why NVML cannot be used here (no package, library or driver), or None when it can."""
+    try:
+        _load()
+    except NvmlUnavailable as exc:
+        return str(exc)
+    return None
+
+
 @dataclass
 class GpuDevice:
     """One physical GPU as NVML names it."""
