@@ -73,9 +73,11 @@ def submit(spec: TaskSpec | dict[str, Any], **options: Any) -> RunHandle:
     return RunHandle(result.id, get_store(), result)
 
 
-def get_run(run_id: str) -> RunHandle:
-    """A handle to an already submitted run (the id may be a unique prefix)."""
-    from .app import get_store
+def get_run(run_id: str, store: RunStore | None = None) -> RunHandle:
+    """A handle to an already submitted run in ``store`` (this process's run store by default);
+    the id may be a unique prefix."""
+    if store is None:
+        from .app import get_store
 
-    store = get_store()
+        store = get_store()
     return RunHandle(store.find(run_id), store)

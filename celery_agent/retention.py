@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import state
+from .settings import Settings
 from .state import RunStore
 
 logger = logging.getLogger(__name__)
@@ -101,14 +102,11 @@ def prune_run_dirs(runs_dir: Path, store: RunStore, days: float,
     return removed
 
 
-def prune_this_machine() -> list[str]:
-    """:func:`prune_run_dirs` with this process's settings and store, logging what it did; for a
-    worker to call (in the background) when it starts. Errors are logged, never raised."""
-    from .app import get_settings, get_store
-
-    settings = get_settings()
+def prune_this_machine(settings: Settings, store: RunStore) -> list[str]:
+    """:func:`prune_run_dirs` with a worker's ``settings`` and ``store``, logging what it did; for
+    a worker to call now and then (in the background). Errors are logged, never raised."""
     try:
-        removed = prune_run_dirs(settings.runs_dir, get_store(), settings.run_retention_days)
+        removed = prune_run_dirs(settings.runs_dir, store, settings.run_retention_days)
     except Exception as err:
         logger.warning("pruning old run folders failed: %s", err)
         return []

@@ -306,11 +306,6 @@ class TaskSpec(BaseModel):
         """The module name when the entry is '-m module', else None."""
         return self.entry[3:] if self.entry.startswith("-m ") else None
 
-    @property
-    def display_name(self) -> str:
-        """What people see: the name, or the entry."""
-        return self.name or self.entry
-
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict with only the fields that differ from their defaults, plus repo/entry.
 

@@ -19,10 +19,20 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import retention, state
-from .requeue import Finished, Resend, Revoked, recover
+from .requeue import (
+    Finished,
+    Resend,
+    Revoked,
+    celery_finished,
+    celery_resend,
+    celery_revoked,
+    recover,
+)
+from .settings import Settings
 from .state import RunStore
 from .workers import WorkerRegistry
 
@@ -37,13 +47,13 @@ def sweep(
     lock_ttl: float = 10.0,
     resend: Resend | None = None,
     revoked: Revoked | None = None,
-    retention_days: float | None = None,
+    retention_days: float = Settings.run_retention_days,
     retention_batch: int = retention.BATCH,
     finished: Finished | None = None,
 ) -> dict[str, Any]:
     """Sweep once; returns what changed (``skipped`` when another sweep holds the lock).
 
-    ``retention_days`` defaults to the ``run_retention_days`` setting (0 keeps everything).
+    Runs and searches that ended more than ``retention_days`` ago are deleted (0 keeps everything).
     """
     token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
     if not store.r.set(store.keys.sweep_lock(), token, nx=True, px=max(1, int(lock_ttl * 1000))):
@@ -62,12 +72,32 @@ def sweep(
     return {"lost_workers": lost_workers, **found, "forgotten": forgotten, **expired}
 
 
-def _expire(store: RunStore, days: float | None, batch: int) -> dict[str, int]:
-    """Delete runs and searches past their retention; how many of each went."""
-    if days is None:
-        from .app import get_settings
+#: the parts of a sweep's result that say it changed something (logged as a warning)
+CHANGES = ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs")
 
-        days = get_settings().run_retention_days
+
+def sweeper(
+    app: Any, settings: Settings, store: RunStore, registry: WorkerRegistry
+) -> Callable[[], dict[str, Any]]:
+    """The cluster sweep as both beat's scheduled task and the workers' chore run it: runs sent
+    again through ``app``, revoked runs and the outcomes of ended runs read and stored through its
+    result backend, the lock and retention from ``settings``; a sweep that changed anything is
+    logged."""
+    resend, revoked, finished = celery_resend(app), celery_revoked(app), celery_finished(app, store)
+
+    def run() -> dict[str, Any]:
+        result = sweep(store, registry, lock_ttl=settings.sweep_interval / 2, resend=resend,
+                       revoked=revoked, retention_days=settings.run_retention_days,
+                       finished=finished)  # fmt: skip
+        if any(result.get(k) for k in CHANGES):
+            logger.warning("sweep: %s", result)
+        return result
+
+    return run
+
+
+def _expire(store: RunStore, days: float, batch: int) -> dict[str, int]:
+    """Delete runs and searches past their retention; how many of each went."""
     try:
         runs = retention.expire_runs(store, days, batch=batch)
         searches = retention.expire_searches(store, days, batch=batch)

@@ -17,7 +17,7 @@ def make(**kw):
 def test_minimal_spec_has_documented_defaults():
     spec = make()
     assert spec.executor == "venv" and spec.queue == "default" and spec.params == {}
-    assert spec.requirements is None and spec.display_name == "train.py"
+    assert spec.requirements is None and spec.name is None
 
 
 @pytest.mark.parametrize(
