@@ -369,10 +369,10 @@ def config() -> int:
 
 def _register_commands() -> None:
     from .cli_search import metrics, search
-    from .cli_services import flower, redis, services
+    from .cli_services import flower, redis, services, workers
     from .cli_status import status
 
-    for command in (status, search, metrics, services, flower, redis):
+    for command in (status, search, metrics, workers, services, flower, redis):
         cli.add_command(command)
 
 

@@ -100,6 +100,15 @@ def cuda_driver_version() -> tuple[int, int] | None:
     return raw // 1000, (raw % 1000) // 10
 
 
+def nvml_unavailable_reason() -> str | None:
+    """Why NVML cannot be used here (no package, library or driver), or None when it can."""
+    try:
+        _load()
+    except NvmlUnavailable as exc:
+        return str(exc)
+    return None
+
+
 @dataclass
 class GpuDevice:
     """One physical GPU as NVML names it."""
