@@ -100,6 +100,8 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
     "--find-links", "find_links", multiple=True, help="a local wheel folder or page (repeat)"
 )
 @click.option("--index-url", default=None, help="package index to install from")
+@click.option("--extra-index-url", "extra_index_urls", multiple=True, help="another index (repeat)")
+@click.option("--no-index", is_flag=True, help="install only from --find-links folders")
 @click.option("--python", default=None, help="interpreter version or path for the env")
 @click.option("--executor", default="venv", show_default=True)
 @click.option("--name", default=None, help="a label for the run")
@@ -120,7 +122,8 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
 def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], requirements: tuple[str, ...],
            find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
-           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, wait: bool) -> int:  # fmt: skip
+           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, wait: bool,
+           extra_index_urls: tuple[str, ...] = (), no_index: bool = False) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
 
     \b
@@ -136,7 +139,8 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
         | {"secret_env": list(secret_env)}
-        | {"find_links": list(find_links), "index_url": index_url}
+        | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
+        | {"extra_index_urls": list(extra_index_urls)}
         | ({"requirements": list(requirements)} if requirements else {})
     )
     run = submit_spec(spec)

@@ -8,7 +8,8 @@ Runs:
 - ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
 - ``{p}:run:{id}:secrets`` JSON of the values the record shows masked (secret env, repo
   credentials), kept (TTL a week) until the run ends, for a requeue
-- ``{p}:retention:{runs|searches}`` where the retention sweep goes on in its index next time
+- ``{p}:retention:{runs|searches}`` where the retention sweep goes on in its index next time;
+  ``{p}:retention:lock`` (TTL) paces the deletions to one sweep a minute
 
 Searches (see :mod:`.search.record`):
 
@@ -127,3 +128,7 @@ class Keys:
     def searches(self) -> str:
         """Sorted set of search ids by start time."""
         return self._join("searches")
+
+    def retention_lock(self) -> str:
+        """Set (with a TTL) by the sweep that deletes old runs: the next sweeps leave it be."""
+        return self._join("retention", "lock")

@@ -120,8 +120,14 @@ class TaskSpec(BaseModel):
     requirements: list[str] | None = Field(
         None, description="pip requirements; None means the repo's requirements.txt if any"
     )
-    index_url: str | None = Field(None, description="package index to install from")
+    index_url: str | None = Field(
+        None, description="package index to install from; ${NAME} is filled in on the worker"
+    )
+    extra_index_urls: list[str] = Field(
+        default_factory=list, description="more indexes searched besides index_url"
+    )
     find_links: list[str] = Field(default_factory=list, description="local wheel folders / pages")
+    no_index: bool = Field(False, description="install only from find_links, no index at all")
     python: str | None = Field(None, description="interpreter version ('3.11') or path")
     executor: str = Field("venv", description="venv (default), local, docker or conda")
     queue: str = Field("default", description="Celery queue the run is sent to")
@@ -263,6 +269,13 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
+        if self.no_index and (self.index_url or self.extra_index_urls):
+            raise ValueError(
+                "no_index turns every index off, yet index_url or extra_index_urls names one: "
+                "drop no_index, or the index URLs"
+            )
+        if self.no_index and not self.find_links:
+            raise ValueError("no_index needs find_links (wheel folders) to install from")
         if self.diff and not self.diff.endswith("\n"):
             object.__setattr__(self, "diff", self.diff + "\n")
         if self.executor == "docker" and self.docker is None:
@@ -311,15 +324,19 @@ class TaskSpec(BaseModel):
         ``***``, and ``user:password@`` removed from the repo URL."""
         env = {k: MASK if k in self.secret_env else v for k, v in self.env.items()}
         repo = redact(self.repo)
-        if env == self.env and repo == self.repo:
+        indexes = _masked_indexes(self)
+        if env == self.env and repo == self.repo and not indexes:
             return self
-        return self.model_copy(update={"env": env, "repo": repo})
+        return self.model_copy(update={"env": env, "repo": repo} | indexes)
 
     @staticmethod
     def masks_nothing(data: Any) -> bool:
         """Whether a spec's fields as sent hold nothing :meth:`masked` would hide (told without
         validating them: no ``secret_env``, no credentials in ``repo``)."""
         if not isinstance(data, dict) or data.get("secret_env"):
+            return False
+        urls = [data.get("index_url") or "", *(data.get("extra_index_urls") or ())]
+        if any("@" in str(url) for url in urls + list(data.get("find_links") or ())):
             return False
         repo = data.get("repo")
         return isinstance(repo, str) and redact(repo) == repo
@@ -332,6 +349,24 @@ class TaskSpec(BaseModel):
     def with_changes(self, **changes: Any) -> TaskSpec:
         """A validated copy with some fields changed."""
         return TaskSpec.parse(self.model_dump(mode="json") | changes)
+
+
+def _masked_indexes(spec: TaskSpec) -> dict[str, Any]:
+    """The index fields whose URLs hold a written password, masked (``${NAME}`` is kept)."""
+    urls = [spec.index_url or "", *spec.extra_index_urls, *spec.find_links]
+    if not any("@" in url for url in urls):  # (the common case: nothing to mask, no import)
+        return {}
+    from .executors.indexes import mask  # lazy: executors import this module
+
+    out: dict[str, Any] = {}
+    if spec.index_url and mask(spec.index_url) != spec.index_url:
+        out["index_url"] = mask(spec.index_url)
+    for name in ("extra_index_urls", "find_links"):
+        urls = getattr(spec, name)
+        masked = [mask(url) for url in urls]
+        if masked != urls:
+            out[name] = masked
+    return out
 
 
 def _inside_repo(path: str, what: str) -> None:

@@ -69,7 +69,8 @@ def test_a_sweep_works_off_a_backlog_in_bounded_batches(own):
     registry = WorkerRegistry(own.r, own.keys)
     rounds = []
     for _ in range(6):
-        result = sweep(own, registry, lock_ttl=0.001, retention_days=30, retention_batch=5)
+        result = sweep(own, registry, lock_ttl=0.001, retention_days=30, retention_batch=5,
+                       retention_every=0)  # fmt: skip
         rounds.append(result["expired_runs"])
         time.sleep(0.005)
     assert max(rounds) <= 5 and sum(rounds) == 12, rounds
@@ -97,7 +98,8 @@ def test_trials_of_a_running_search_stay_until_it_ends(own):
 def test_a_retention_of_zero_keeps_everything(own):
     run_id = add_run(own, state.SUCCEEDED, 4000)
     registry = WorkerRegistry(own.r, own.keys)
-    assert sweep(own, registry, lock_ttl=0.001, retention_days=0)["expired_runs"] == 0
+    result = sweep(own, registry, lock_ttl=0.001, retention_days=0, retention_every=0)
+    assert result["expired_runs"] == 0
     assert len(keys_of(own, run_id)) == 7
 
 

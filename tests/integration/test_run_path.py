@@ -32,7 +32,7 @@ print("oops", file=sys.stderr)
 def spec_for(repo: Path, worker, wheels: Path | None = None, **kw) -> TaskSpec:
     fields = {"repo": str(repo), "entry": "train.py", "queue": worker.queues}
     if wheels is not None:
-        fields |= {"requirements": ["cademo"], "find_links": [str(wheels)]}
+        fields |= {"requirements": ["cademo"], "find_links": [str(wheels)], "no_index": True}
     return TaskSpec.parse(fields | kw)
 
 
@@ -92,7 +92,7 @@ def test_failed_run_returns_its_outcome_instead_of_raising(worker, make_repo):
         ({"train.py": "x"}, {"entry": "missing.py"}, "entry 'missing.py' does not exist"),
         ({"train.py": "a\n"}, {"diff": "--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-zzz\n+b\n"}, "train.py"),
         ({"train.py": "x"}, {"repo": "/nonexistent/repo"}, "/nonexistent/repo"),
-        ({"train.py": "x"}, {"requirements": ["no-such-package-xyz-123"], "find_links": ["{wheels}"],
+        ({"train.py": "x"}, {"requirements": ["no-such-package-xyz-123"], "find_links": ["{wheels}"], "no_index": True,
                              "executor": "venv"}, "no-such-package-xyz-123"),
     ],
 )  # fmt: skip
@@ -204,6 +204,8 @@ def test_requirements_txt_in_repo_is_used_when_spec_has_none(worker, make_repo, 
     repo = make_repo(
         {"train.py": "import cademo; print('v', cademo.VERSION)\n", "requirements.txt": "cademo\n"}
     )
-    out = submit_task.delay(spec_for(repo, worker, find_links=[str(wheels)])).get(timeout=180)
+    out = submit_task.delay(spec_for(repo, worker, find_links=[str(wheels)], no_index=True)).get(
+        timeout=180
+    )
     assert out["status"] == "succeeded", out
     assert "v txt" in out["log_tail"]
