@@ -182,7 +182,7 @@ def test_cancel_of_a_queued_run_means_it_never_starts(make_repo, make_worker, st
     repo = make_repo({"train.py": "open('ran', 'w')\n"})
     run = submit({"repo": str(repo), "entry": "train.py", "queue": queue, "executor": "local"})
     assert run.state == "queued"
-    assert run.cancel() == "aborted" and run.state == "aborted"
+    assert run.cancel() == "queued" and run.state == "aborted"
     make_worker(queue)
     out = run.result.get(timeout=60)
     assert out["status"] == "aborted"
