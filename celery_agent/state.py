@@ -111,10 +111,6 @@ class RunStore:
         return cls(client, prefix, log_maxlen)
 
     # -- keys -----------------------------------------------------------------------------------
-    def key(self, *parts: str) -> str:
-        """A prefixed key: key('run', id) -> 'ca:run:<id>'."""
-        return self.keys.join(*parts)
-
     # -- records --------------------------------------------------------------------------------
     def create_run(self, run_id: str, spec: Mapping[str, Any], queue: str, **fields: Any) -> bool:
         """Record a queued run; False (and nothing changed) when the id is already recorded."""

@@ -110,12 +110,12 @@ def test_bad_runs_end_failed_with_a_clear_error(
 
 
 def test_invalid_spec_raises_at_submit_and_records_nothing(redis_url, store):
-    before = store.r.zcard(store.key("runs"))
+    before = store.r.zcard(store.keys.runs())
     with pytest.raises(SpecError, match="entry"):
         submit_task.delay({"repo": "/r", "entry": "../escape.py"})
     with pytest.raises(SpecError, match="executor"):
         submit({"repo": "/r", "entry": "t.py", "executor": "nope"})
-    assert store.r.zcard(store.key("runs")) == before
+    assert store.r.zcard(store.keys.runs()) == before
 
 
 def test_submit_with_redis_down_fails_fast_with_the_url(redis_url, monkeypatch):
