@@ -7,7 +7,8 @@
   lost at once);
 - workers not seen for :data:`RETENTION` seconds are forgotten with their history;
 - runs and searches that ended more than ``run_retention_days`` ago are deleted, a bounded batch
-  per sweep (see :mod:`.retention`).
+  at most every :data:`RETENTION_EVERY` seconds across the cluster (see :mod:`.retention`): the
+  sweep itself runs every couple of seconds, so that a dead worker's runs come back promptly.
 
 Every step is idempotent (a lost worker or run is marked once, a terminal run never changes), and a
 short Redis lock keeps two beats from sweeping at the same moment.
@@ -39,6 +40,7 @@ from .workers import WorkerRegistry
 logger = logging.getLogger(__name__)
 
 RETENTION = 7 * 86400  #: seconds a worker that is gone stays listed
+RETENTION_EVERY = 60.0  #: seconds between two deletions of old runs, whoever sweeps
 
 
 def sweep(
@@ -50,10 +52,12 @@ def sweep(
     retention_days: float = Settings.run_retention_days,
     retention_batch: int = retention.BATCH,
     finished: Finished | None = None,
+    retention_every: float = RETENTION_EVERY,
 ) -> dict[str, Any]:
     """Sweep once; returns what changed (``skipped`` when another sweep holds the lock).
 
-    Runs and searches that ended more than ``retention_days`` ago are deleted (0 keeps everything).
+    Runs and searches that ended more than ``retention_days`` ago are deleted (0 keeps everything),
+    by at most one sweep per ``retention_every`` seconds.
     """
     token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
     if not store.r.set(store.keys.sweep_lock(), token, nx=True, px=max(1, int(lock_ttl * 1000))):
@@ -68,7 +72,9 @@ def sweep(
         for run_id, what in _orphan_runs(store, registry, name, alive, resend, revoked, finished):
             found[_BUCKET[what]].append(run_id)
     forgotten = registry.trim(time.time() - RETENTION)
-    expired = _expire(store, retention_days, retention_batch)
+    expired = {"expired_runs": 0, "expired_searches": 0}
+    if _due(store, token, retention_every):
+        expired = _expire(store, retention_days, retention_batch)
     return {"lost_workers": lost_workers, **found, "forgotten": forgotten, **expired}
 
 
@@ -94,6 +100,13 @@ def sweeper(
         return result
 
     return run
+
+
+def _due(store: RunStore, token: str, every: float) -> bool:
+    """Whether this sweep deletes old runs (one sweep per ``every`` seconds does)."""
+    if every <= 0:
+        return True
+    return bool(store.r.set(store.keys.retention_lock(), token, nx=True, px=int(every * 1000)))
 
 
 def _expire(store: RunStore, days: float, batch: int) -> dict[str, int]:

@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import click
-from celery import Celery, bootsteps
+from celery import bootsteps
 from celery.signals import worker_process_init
 
 from . import attempts, orphan, retention
@@ -37,19 +36,6 @@ logger = logging.getLogger(__name__)
 
 REAP_EVERY = 6  #: heartbeats between looks for processes of dead runs on this machine
 PRUNE_EVERY = 86400.0  #: seconds between looks for run folders past the retention
-
-OPTIONS = [
-    click.Option(["--gpus"], default=None, help="GPUs this worker owns: 0 | 0,1 | 0-3 | all"),
-    click.Option(["--dynamic"], is_flag=True, default=False, help="lease --gpus to runs by need"),
-    click.Option(["--cpu-only"], is_flag=True, default=False, help="runs see no GPU"),
-]
-
-
-def install(app: Celery) -> None:
-    """Add the worker options and the agent's bootstep to ``app``."""
-    for option in OPTIONS:
-        app.user_options["worker"].add(option)
-    app.steps["worker"].add(AgentStep)
 
 
 class Heartbeat:
