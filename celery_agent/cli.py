@@ -224,7 +224,7 @@ def show(run_id: str, as_json: bool) -> int:
         return EXIT_OK
     table = Table(show_header=False, box=None)
     for key in ("run_id", "name", "state", "queue", "worker", "attempt", "commit", "exit_code",
-                "error", "output_dir"):  # fmt: skip
+                "error", "output_dir", "env_index"):  # fmt: skip
         if record.get(key) not in (None, ""):
             table.add_row(key, str(record[key]))
     for key in ("submitted_at", "preparing_at", "running_at", f"{record.get('state')}_at"):

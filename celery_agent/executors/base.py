@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..envcache import EnvCache
 from ..runner import LineSink, ProcessOutcome, run_process
@@ -71,6 +71,16 @@ class PreparedEnv:
     cache_hit: bool = False
     seconds: float = 0.0  #: time prepare() took
     installer: str = "none"  #: "uv", "pip" or "none"
+    record: dict[str, str] = field(default_factory=dict)  #: more fields for the run's record
+
+    def record_fields(self) -> dict[str, Any]:
+        """What the run's record keeps of this environment: its key, hit, frozen set and more."""
+        return {
+            "env_key": self.cache_key,
+            "env_hit": self.cache_hit,
+            "freeze": self.freeze,
+            **self.record,
+        }
 
 
 class Executor(ABC):
