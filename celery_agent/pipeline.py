@@ -226,7 +226,7 @@ class Job:
             err.stage = err.stage or ("env" if isinstance(err, StageTimeout) else "")
             raise
         self.timing("env", t0)  # (the executor's own lines say what it reused or built)
-        self._defer(**prepared.record_fields())
+        self._defer(**prepared.record())
         self.check_abort()
         return prepared
 

@@ -12,6 +12,7 @@ run, worker and queue. The container is supervised like a local process and remo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -32,6 +33,7 @@ from .docker_env import SiteInstall, folder_listing
 from .docker_index import IndexConfig, worker_index
 from .docker_run import ContainerRun
 from .docker_setup import setup_image
+from .indexes import plain
 from .steps import LogFn
 from .venv import Requirements, read_requirements
 
@@ -130,7 +132,7 @@ class DockerExecutor(Executor):
         parts = {
             "executor": "docker", "image": prepared.image_id, "python": options.python,
             "installer": prepared.installer, "requirements": list(reqs.lines),
-            "requirements_file": reqs.file_sha256, "index_url": spec.index_url,
+            "requirements_file": reqs.file_sha256, "sources": dataclasses.asdict(plain(spec)),
             "find_links": [[link, folder_listing(link)] for link in links],
             "worker_index": options.index_config != "none",
         }  # fmt: skip
@@ -146,7 +148,7 @@ class DockerExecutor(Executor):
         prepared.site_dir = str(cached.path)
         prepared.cache_key, prepared.cache_hit = key, cached.hit
         prepared.freeze = list(cached.meta.get("freeze", []))
-        prepared.record["env_index"] = str(cached.meta.get("index", "none"))
+        prepared.facts["env_index"] = str(cached.meta.get("index", "none"))
 
     def run(self, prepared: PreparedEnv, argv: Sequence[str], job: RunRequest) -> ProcessOutcome:
         """Run ``argv`` (interpreter arguments) in a new container and supervise it."""
@@ -265,13 +267,9 @@ def _options(spec: TaskSpec) -> DockerOptions:
 
 def _install_args(spec: TaskSpec, reqs: Requirements, source_dir: Path) -> list[str]:
     """Installer arguments after ``install``: index options, then the requirements."""
-    args = ["--index-url", spec.index_url] if spec.index_url else []
-    for link in spec.find_links:
-        folder = _local_folder(link, source_dir)
-        args += ["--find-links", str(folder) if folder else link]
-    if spec.find_links and not spec.index_url:
-        args.append("--no-index")
-    return args + (["-r", str(reqs.file)] if reqs.file else list(reqs.lines))
+    links = [str(_local_folder(link, source_dir) or link) for link in spec.find_links]
+    sources = dataclasses.replace(plain(spec), find_links=tuple(links))
+    return sources.args() + (["-r", str(reqs.file)] if reqs.file else list(reqs.lines))
 
 
 def _local_folder(link: str, source_dir: Path) -> Path | None:
