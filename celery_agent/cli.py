@@ -173,6 +173,7 @@ def _send(spec: TaskSpec, require_worker: bool) -> Any:
 def _source_fields(
     repo: str | None, commit: str | None, no_diff: bool, entry: str
 ) -> dict[str, Any]:
+    from .capture import missing_entry
     from .source import capture
 
     if repo is not None:
@@ -180,6 +181,9 @@ def _source_fields(
     captured = capture(Path.cwd())
     entry = _relative_entry(entry, captured.root)
     diff = "" if (no_diff or commit) else captured.diff
+    problem = missing_entry(captured.root, entry, commit or captured.commit, diff)
+    if problem is not None:  # said here, not minutes later by the worker
+        raise problem
     return {
         "repo": captured.repo,
         "commit": commit or captured.commit,
