@@ -89,7 +89,7 @@ class Keys:
 
     def worker_reserved(self, name: str) -> str:
         """Hash of the run messages the worker took: run id -> delivery tag."""
-        return self.join("worker", name, "reserved")
+        return self._join("worker", name, "reserved")
 
     def worker_drain(self, name: str) -> str:
         """Flag telling a draining worker's runs to stop and go back to their queue."""
