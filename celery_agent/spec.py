@@ -53,6 +53,16 @@ class DockerOptions(BaseModel):
     workdir: str | None = Field(None, description="working directory inside the container")
     entrypoint: list[str] | None = Field(None, description="override the image's entrypoint")
     pull: Literal["never", "if-missing", "always"] = Field("if-missing", description="pull policy")
+    index_config: Literal["install", "run", "none"] = Field(
+        "install",
+        description="the worker's pip/uv index settings (variables, config files, CA bundles) "
+        "in the container: for the install step, for the run too, or not at all",
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="shell commands run as root on the image once, e.g. 'apt-get install -y "
+        "libgl1'; the result is kept as a derived image reused by later runs",
+    )
 
     @field_validator("volumes")
     @classmethod
@@ -99,11 +109,17 @@ class CondaOptions(BaseModel):
 class TaskSpec(BaseModel):
     """One experiment: code (repo, commit, diff), what to run, parameters, environment, resources.
 
-    Unknown fields are rejected (a typo must not be silently ignored). Construct it directly or
-    with :meth:`parse` to get a :class:`~celery_agent.errors.SpecError` instead of pydantic's error.
+    Unknown fields are rejected (a typo must not be silently ignored). Constructed directly or
+    with :meth:`parse`, a bad field raises :class:`~celery_agent.errors.SpecError` naming it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise spec_error(exc) from None
 
     name: str | None = Field(None, description="a label for people; defaults to the entry")
     repo: str = Field(..., description="git URL or local path of the repository")
@@ -252,11 +268,18 @@ class TaskSpec(BaseModel):
             )
         return v
 
-    @field_validator("timeout", "grace")
+    @field_validator("timeout")
     @classmethod
-    def _positive(cls, v: float | None) -> float | None:
+    def _timeout(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"{v} is not a timeout: give seconds > 0, or leave it unset for none")
+        return v
+
+    @field_validator("grace")
+    @classmethod
+    def _grace(cls, v: float | None) -> float | None:
         if v is not None and v < 0:
-            raise ValueError("must be >= 0 seconds")
+            raise ValueError(f"{v} is not a grace period: give seconds >= 0 (0 = KILL at once)")
         return v
 
     @field_validator("timeouts")
@@ -264,7 +287,10 @@ class TaskSpec(BaseModel):
     def _stage_timeouts(cls, v: dict[str, float]) -> dict[str, float]:
         bad = sorted(stage for stage, seconds in v.items() if seconds <= 0)
         if bad:
-            raise ValueError(f"stage timeouts must be > 0 seconds; not so for {', '.join(bad)}")
+            raise ValueError(
+                f"stage timeouts must be > 0 seconds; not so for {', '.join(bad)} "
+                "(leave a stage out for its default deadline)"
+            )
         return v
 
     @model_validator(mode="after")
@@ -299,7 +325,7 @@ class TaskSpec(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise SpecError(format_validation_error(exc)) from None
+            raise spec_error(exc) from None
 
     @property
     def module(self) -> str | None:
@@ -375,6 +401,16 @@ def _inside_repo(path: str, what: str) -> None:
         raise ValueError(
             f"{what} {path!r} points outside the repository: give a path relative to the repo root"
         )
+
+
+def spec_error(exc: ValidationError) -> SpecError:
+    """The :class:`SpecError` for pydantic's error: every problem with its field, and the fields."""
+    fields = dict.fromkeys(".".join(str(x) for x in e["loc"]) or "spec" for e in exc.errors())
+    return SpecError(
+        format_validation_error(exc),
+        "fix the field named, or see `celery-agent submit --help` and the TaskSpec fields",
+        ",".join(fields),
+    )
 
 
 def format_validation_error(exc: ValidationError) -> str:
