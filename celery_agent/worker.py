@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 REAP_EVERY = 6  #: heartbeats between looks for processes of dead runs on this machine
 PRUNE_EVERY = 86400.0  #: seconds between looks for run folders past the retention
+ENV_CACHE_EVERY = 6  #: heartbeats between measures of the environment cache's size
 
 
 class Heartbeat:
@@ -149,6 +150,8 @@ class AgentStep(bootsteps.StartStopStep):
                      lambda: attempts.reap(store))  # fmt: skip
         hb.add_chore("pruning old run folders", PRUNE_EVERY,
                      lambda: retention.prune_this_machine(settings, store))  # fmt: skip
+        hb.add_chore("measuring the env cache", ENV_CACHE_EVERY * interval,
+                     _cache_meter(hb.record, settings))  # fmt: skip
         # the sweep runs here too, beside beat's scheduled task: it must not wait for a free pool
         # slot, which a fleet busy with long runs or a backlog may not have for hours (the sweep's
         # lock lets one process sweep at a time)
@@ -212,6 +215,14 @@ class _Chore:
     every: float
     run: Callable[[], object]
     next_at: float = 0.0
+
+
+def _cache_meter(record: dict[str, Any], settings: Any) -> Callable[[], object]:
+    """Put the environment cache's size (entries, bytes, in use, limits) in the heartbeat."""
+    from .envcache import usage_under
+
+    limits = {"max_entries": settings.max_envs, "max_bytes": settings.env_cache_bytes}
+    return lambda: record.update(env_cache=usage_under(settings.env_cache, **limits))
 
 
 def _announce(hostname: str, queues: list[str], gpus: WorkerGpus) -> None:
