@@ -87,6 +87,7 @@ class Workload:
                 "args": list(args),
                 "requirements": [WHEEL[0]],
                 "find_links": [str(self.wheels)],
+                "no_index": True,
                 "queue": queue,
             }
             | fields

@@ -1,4 +1,4 @@
-"""Commands for running the cluster's processes: `services`, `flower` and `redis`.
+"""Commands for running the cluster's processes: `workers`, `services`, `flower` and `redis`.
 
 Each one execs (or becomes) the process a Procfile, docker-compose or Kubernetes starts, so
 signals reach it directly; see ``Procfile`` and ``deploy/``.
@@ -6,12 +6,15 @@ signals reach it directly; see ``Procfile`` and ``deploy/``.
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
 import click
 
+from .layout import CPU_QUEUES, POOLED, SHARED_QUEUES, plan
 from .services import SERVICES_CONCURRENCY, SERVICES_NAME, SERVICES_QUEUE, services_argv
 
 
@@ -29,6 +32,56 @@ def services(queues: str, concurrency: int, name: str, celery_args: tuple[str, .
     argv = services_argv(queues, concurrency, name, celery_args)
     os.execv(argv[0], argv)
     return 0  # not reached
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--per-gpu/--pooled",
+    "per_gpu",
+    default=True,
+    show_default=True,
+    help="one worker per GPU, or one worker leasing all of them (--dynamic)",
+)
+@click.option("--gpus", default="all", show_default=True, help="the GPUs to serve: all, 0,1, 0-3")
+@click.option(
+    "--queues",
+    "-Q",
+    default=SHARED_QUEUES,
+    show_default=True,
+    help="queues a GPU worker serves after its own gpuN",
+)
+@click.option(
+    "--cpu-queues",
+    default=CPU_QUEUES,
+    show_default=True,
+    help="queues of the CPU worker run when the machine has no GPU",
+)
+@click.option("--concurrency", "-c", default=1, show_default=True, help="runs at once per GPU")
+@click.option("--dry-run", is_flag=True, help="print the worker commands and exit")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def workers(per_gpu: bool, gpus: str, queues: str, cpu_queues: str, concurrency: int,
+            dry_run: bool, celery_args: tuple[str, ...]) -> int:  # fmt: skip
+    """Run this machine's workers under one process: one per GPU found (pinned to it, on its own
+    queue gpuN, then gpu,default), or one CPU worker on default when there is no GPU. A worker
+    that dies is started again; SIGTERM/SIGINT are passed on, so workers drain.
+
+    Extra arguments go to every `celery worker` (e.g. --loglevel INFO).
+    """
+    from .supervisor import supervise
+
+    layout = plan("per-gpu" if per_gpu else POOLED, gpus, queues, cpu_queues, concurrency)
+    lines = [(w.name, w.argv(celery_args)) for w in layout.workers]
+    if dry_run:
+        click.echo(f"# {layout.reason}")
+        for _, argv in lines:
+            click.echo(shlex.join(argv))
+        return 0
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="[%(asctime)s: %(levelname)s/workers] %(message)s"
+        )
+    logging.getLogger(__name__).info("%s", layout.reason)
+    return supervise(lines)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from . import leases as leases_mod
 from . import runenv
 from .executors.base import ExecutorSettings
+from .executors.indexes import IndexDefaults
 from .gpus import DYNAMIC, WorkerGpus
 from .keeper import keeper_for
 from .settings import Settings
@@ -44,11 +45,10 @@ class WorkerContext:
             cache_root=self.settings.env_cache,
             installer=self.settings.installer,
             max_envs=self.settings.max_envs,
-            max_env_bytes=int(self.settings.max_env_gb * 2**30)
-            if self.settings.max_env_gb
-            else None,
+            max_env_bytes=self.settings.env_cache_bytes,
             failure_ttl=self.settings.env_failure_ttl,
             build_timeout=self.settings.env_build_timeout,
+            indexes=IndexDefaults.of(self.settings),
         )
 
 

@@ -225,7 +225,7 @@ class Job:
             err.stage = err.stage or ("env" if isinstance(err, StageTimeout) else "")
             raise
         self.timing("env", t0)  # (the executor's own lines say what it reused or built)
-        self._defer(env_key=prepared.cache_key, env_hit=prepared.cache_hit, freeze=prepared.freeze)
+        self._defer(**prepared.record())
         self.check_abort()
         return prepared
 

@@ -10,6 +10,7 @@ execs the entry. The container is supervised like a local process and removed wh
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from . import docker_options as opt
 from .base import Executor, PreparedEnv, RunRequest
 from .docker_engine import connect, ensure_image, probe_installer, reap_stale_containers, short_id
 from .docker_run import ContainerRun
+from .indexes import plain
 from .steps import LogFn
 from .venv import Requirements, read_requirements
 
@@ -187,13 +189,9 @@ def _options(spec: TaskSpec) -> DockerOptions:
 
 def _install_args(spec: TaskSpec, reqs: Requirements, source_dir: Path) -> list[str]:
     """Installer arguments after ``install``: index options, then the requirements."""
-    args = ["--index-url", spec.index_url] if spec.index_url else []
-    for link in spec.find_links:
-        folder = _local_folder(link, source_dir)
-        args += ["--find-links", str(folder) if folder else link]
-    if spec.find_links and not spec.index_url:
-        args.append("--no-index")
-    return args + (["-r", str(reqs.file)] if reqs.file else list(reqs.lines))
+    links = [str(_local_folder(link, source_dir) or link) for link in spec.find_links]
+    sources = dataclasses.replace(plain(spec), find_links=tuple(links))
+    return sources.args() + (["-r", str(reqs.file)] if reqs.file else list(reqs.lines))
 
 
 def _local_folder(link: str, source_dir: Path) -> Path | None:

@@ -111,7 +111,9 @@ def test_requirements_install_in_the_container_from_a_local_wheelhouse(
     docker_client, worker, make_repo, wheelhouse, store
 ):
     repo = make_repo({"train.py": "import cademo\nprint('cademo', cademo.VERSION)\n"})
-    spec = docker_spec(repo, worker, requirements=["cademo"], find_links=[str(wheelhouse)])
+    spec = docker_spec(
+        repo, worker, requirements=["cademo"], find_links=[str(wheelhouse)], no_index=True
+    )
     out = submit_task.delay(spec).get(timeout=180)
     assert out["status"] == "succeeded", out
     _, lines = store.read_log(out["run_id"])

@@ -1,115 +1,121 @@
-"""What runs is what you have, where you are, with parameters that tell the truth: the command
-line against a real worker, real git (a bare remote), real child processes (joblib's loky,
-multiprocessing spawn and forkserver)."""
+"""Submit tells the truth: a queue nobody serves is said at once and while one waits, a queued
+run shows how long it waited, runs are found by name or prefix, exit codes follow outcomes."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import time
+import uuid
 
 import pytest
-from conftest import git
-from test_cli import cli
+
+from celery_agent import follow, get_run, submit
+from celery_agent.app import get_registry
+from celery_agent.cli import EXIT_ABORTED, EXIT_ERROR, main
+from celery_agent.errors import StateError
+from celery_agent.serving import NoWorkerError, NoWorkerWarning, queue_cover
 
 pytestmark = pytest.mark.integration
 
-CHILDREN = """\
-import argparse, multiprocessing
-from joblib import Parallel, delayed
 
-def child_lr(_):  # (a spawned child's sys.argv is its parent's: it parses no words)
-    p = argparse.ArgumentParser()
-    p.add_argument("--lr", type=float, default=1.0)
-    p.add_argument("--process-name", default="child")
-    return p.parse_known_args([])[0].lr
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--lr", type=float, default=0.1)
-    a = p.parse_args()
-    seen = set(Parallel(n_jobs=2, backend="loky")(delayed(child_lr)(i) for i in range(4)))
-    for method in ("spawn", "forkserver"):
-        with multiprocessing.get_context(method).Pool(1) as pool:
-            seen |= set(pool.map(child_lr, [0]))
-    print("main", a.lr, "children", sorted(seen))
-"""
+def served(queue: str, timeout: float = 30) -> None:
+    """Wait until a worker's heartbeat lists ``queue``."""
+    deadline = time.monotonic() + timeout
+    while not queue_cover(get_registry(), queue).covered:
+        assert time.monotonic() < deadline, f"no heartbeat for queue {queue} within {timeout}s"
+        time.sleep(0.1)
 
 
-def run_id_of(done) -> str:
-    return done.stderr.split("submitted run ")[1].split()[0]
+def last_run_id(store) -> str:
+    return store.list_runs(1)[0]["run_id"]
 
 
-def test_joblib_and_multiprocessing_children_leave_the_params_alone(worker, make_repo, store):
-    repo = make_repo({"fit.py": CHILDREN})
-    os.chdir(repo)
-    done = cli("submit", "fit.py", "--queue", worker.queues, "--executor", "local",
-               "-p", "lr=0.5", "-p", "process_name=main", "--wait")  # fmt: skip
-    assert "main 0.5 children [1.0]" in done.stdout, done.stdout + done.stderr
-    record = store.get(run_id_of(done))
-    assert record["params"] == {"lr": 0.5}
-    assert record["unused_params"] == ["process_name"]  # only the children have that option
-
-
-def test_a_param_no_parser_reads_is_reported_and_strict_params_fails_the_run(
-    worker, make_repo, store
+def test_submit_to_an_unserved_queue_warns_at_once_naming_the_served_ones(
+    worker, make_repo, store, capsys
 ):
-    repo = make_repo({"study.py": "import sys\nprint('trials', 100, sys.argv[1:])\n"})
-    os.chdir(repo)
-    done = cli("submit", "study.py", "--queue", worker.queues, "--executor", "local",
-               "-p", "n_trials=3", "--wait")  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "unused parameters: n_trials=3" in done.stdout
-    run_id = run_id_of(done)
-    assert store.get(run_id)["unused_params"] == ["n_trials"]
-    shown = cli("show", run_id)
-    assert "unused params" in shown.stdout and "n_trials" in shown.stdout
-    strict = cli("submit", "study.py", "--queue", worker.queues, "--executor", "local",
-                 "-p", "n_trials=3", "--strict-params", "--wait")  # fmt: skip
-    assert strict.returncode == 1, strict.stdout + strict.stderr
-    record = store.get(run_id_of(strict))
-    assert record["state"] == "failed" and record["exit_code"] == 0
-    assert "did not use parameter n_trials" in record["error"]
+    served(worker.queues)
+    repo = make_repo({"train.py": "print('hi')\n"})
+    nobody = f"nobody-{uuid.uuid4().hex[:6]}"
+    t0 = time.monotonic()
+    assert main(["submit", "train.py", "--repo", str(repo), "--queue", nobody]) == 0
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert f"no online worker serves queue '{nobody}'" in err, err
+    assert worker.queues in err and worker.name in err and took < 5
+    run_id = last_run_id(store)
+    assert main(["cancel", run_id]) == 0
+    assert "it was queued and will not start" in capsys.readouterr().out
+    assert store.get(run_id)["state"] == "aborted"
 
 
-def test_submit_from_a_subfolder_runs_there(worker, make_repo, store):
-    repo = make_repo({"sklearn/simple.py": "print(open('data.txt').read())\n",
-                      "sklearn/data.txt": "from the subfolder", "data.txt": "from the root"})  # fmt: skip
-    os.chdir(repo / "sklearn")
-    done = cli("submit", "simple.py", "--queue", worker.queues, "--executor", "local", "--wait")
-    assert "from the subfolder" in done.stdout, done.stdout + done.stderr
-    spec = store.get(run_id_of(done))["spec"]
-    assert (spec["entry"], spec["workdir"]) == ("sklearn/simple.py", "sklearn")
-    assert "workdir" in cli("show", run_id_of(done)).stdout
-    up = cli("submit", "simple.py", "--workdir", "..", "--queue", worker.queues,
-             "--executor", "local", "--wait")  # fmt: skip
-    assert "from the root" in up.stdout, up.stdout + up.stderr
-    assert "workdir" not in store.get(run_id_of(up))["spec"]  # the root: the default
+def test_require_worker_refuses_and_queues_nothing(make_repo, store, capsys):
+    repo = make_repo({"train.py": "print('hi')\n"})
+    nobody = f"nobody-{uuid.uuid4().hex[:6]}"
+    before = [r["run_id"] for r in store.list_runs(5)]
+    code = main(["submit", "train.py", "--repo", str(repo), "-q", nobody, "--require-worker"])
+    assert code == EXIT_ERROR
+    assert f"no online worker serves queue '{nobody}'" in capsys.readouterr().err
+    assert [r["run_id"] for r in store.list_runs(5)] == before
 
 
-def test_unpushed_commits_run_and_require_pushed_refuses_them(worker, tmp_path, store):
-    bare, work = tmp_path / "remote.git", tmp_path / "work"
-    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
-    git(tmp_path, "clone", "-q", str(bare), str(work))
-    (work / "old.py").write_text("print('pushed')\n")
-    git(work, "add", "-A")
-    git(work, "commit", "-q", "-m", "pushed")
-    git(work, "push", "-q", "origin", "main")
-    git(work, "mv", "old.py", "run.py")
-    (work / "run.py").write_text("print('unpushed', open('blob.bin', 'rb').read()[:3])\n")
-    (work / "blob.bin").write_bytes(bytes([0, 255, 7]) * 100)
-    git(work, "add", "-A")
-    git(work, "commit", "-q", "-m", "not pushed")
-    os.chdir(work)
-    done = cli("submit", "run.py", "--queue", worker.queues, "--executor", "local", "--wait")
-    assert "unpushed b'\\x00\\xff\\x07'" in done.stdout, done.stdout + done.stderr
-    assert "1 unpushed commit as a diff" in done.stderr
-    refused = cli("submit", "run.py", "--queue", worker.queues, "--require-pushed")
-    assert refused.returncode == 1 and "git push origin main" in refused.stderr
-    assert refused.stdout == ""  # nothing was submitted
+def test_wait_says_none_online_every_few_seconds_and_honours_its_timeout(
+    make_repo, store, capsys, monkeypatch
+):
+    monkeypatch.setattr(follow, "NOTICE_EVERY", 0.3)
+    repo = make_repo({"train.py": "print('hi')\n"})
+    nobody = f"nobody-{uuid.uuid4().hex[:6]}"
+    t0 = time.monotonic()
+    code = main(["submit", "train.py", "--repo", str(repo), "-q", nobody, "--wait",
+                 "--wait-timeout", "1.5"])  # fmt: skip
+    assert code == EXIT_ERROR and time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert err.count(f"waiting for a worker on queue {nobody}, none online") >= 2, err
+    assert "stopped waiting" in err and "still queued after 1.5s" in err
+    run_id = last_run_id(store)
+    notices: list[str] = []
+    with pytest.raises(StateError, match="still queued"):
+        get_run(run_id).wait(timeout=1.0, notify=notices.append)
+    assert notices and nobody in notices[0]
+    get_run(run_id).cancel()
+    assert main(["logs", "-f", run_id]) == EXIT_ABORTED
+    assert f"run {run_id} aborted" in capsys.readouterr().err
 
 
-@pytest.fixture(autouse=True)
-def _back_home(tmp_path: Path):
-    here = Path.cwd()
-    yield
-    os.chdir(here)
+def test_python_submit_warns_or_raises_when_no_worker_serves_the_queue(make_repo, store):
+    repo = make_repo({"train.py": "print('hi')\n"})
+    spec = {"repo": str(repo), "entry": "train.py", "queue": f"nobody-{uuid.uuid4().hex[:6]}"}
+    with pytest.raises(NoWorkerError, match="no online worker serves queue"):
+        submit(spec, require_worker=True)
+    with pytest.warns(NoWorkerWarning, match="no online worker serves queue"):
+        run = submit(spec)
+    assert run.cover is not None and not run.cover.covered
+    assert run.cancel() == "queued"
+
+
+def test_show_finds_a_run_by_name_prints_brackets_whole_and_says_it_waits(make_repo, store, capsys):
+    repo = make_repo({"train.py": "print('hi')\n"})
+    name = f"optuna-integration[pytorch_ignite]-{uuid.uuid4().hex[:6]}"
+    nobody = f"nobody-{uuid.uuid4().hex[:6]}"
+    assert main(["submit", "train.py", "--repo", str(repo), "-q", nobody, "--name", name]) == 0
+    run_id = last_run_id(store)
+    capsys.readouterr()
+    assert main(["show", name]) == 0
+    out = capsys.readouterr().out
+    assert name in out and run_id in out
+    assert "s in the queue" in out and f"no online worker serves queue '{nobody}'" in out
+    assert main(["submit", "train.py", "--repo", str(repo), "-q", nobody, "--name", name]) == 0
+    second = last_run_id(store)
+    capsys.readouterr()
+    assert main(["show", name]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "2 runs match" in err and run_id in err and second in err
+    for rid in (run_id, second):
+        assert main(["cancel", rid[:12]]) == 0
+
+
+def test_wait_prints_a_final_status_line_when_the_run_succeeds(worker, make_repo, capsys):
+    repo = make_repo({"train.py": "print('done here')\n"})
+    code = main(["submit", "train.py", "--repo", str(repo), "-q", worker.queues,
+                 "--executor", "local", "--wait", "--wait-timeout", "120"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0 and "done here" in captured.out
+    assert " succeeded (exit 0) in " in captured.err, captured.err
