@@ -191,20 +191,26 @@ def _source_fields(
     entry: str,
     workdir: str | None,
 ) -> dict[str, Any]:
+    from .capture import missing_entry
     from .source import capture
 
     if repo is not None:  # no checkout here: paths are the repository's own
         return {"repo": repo, "commit": commit, "entry": entry, "workdir": workdir}
     if commit is not None:  # the commit named: neither a diff nor a check that it is pushed
         captured = capture(Path.cwd(), changes=False)
-        fields = {"repo": captured.repo, "commit": commit}
+        fields = {"repo": captured.repo, "commit": commit, "diff": ""}
     else:
         captured = capture(Path.cwd(), changes=not no_diff, require_pushed=require_pushed)
         fields = {"repo": captured.repo, "commit": captured.commit, "diff": captured.diff}
         if captured.unpushed:
             err_console.print(captured.describe_unpushed(), markup=False)
+    if not entry.startswith("-m"):
+        entry = _in_repo(entry, captured.root, "entry") or "."
+    problem = missing_entry(captured.root, entry, fields["commit"], fields["diff"])
+    if problem is not None:  # said here, not minutes later by the worker
+        raise problem
     return fields | {
-        "entry": entry if entry.startswith("-m") else _in_repo(entry, captured.root, "entry"),
+        "entry": entry,
         "workdir": _in_repo(workdir or ".", captured.root, "--workdir"),
     }
 

@@ -128,6 +128,7 @@ class Job:
                 raise Cancelled("cancelled before it started")
             self.begin(spec, record)
             self.checkout = self.materialize(spec)
+            entry_head(spec, self.checkout)  # a missing entry fails now, before the env is built
             prepared = self.prepare(spec, self.checkout)
             outcome = self.execute(spec, self.checkout, prepared)
             return self.collect(outcome, spec)
@@ -382,7 +383,6 @@ class Job:
         held, self.held = self.held, None
         if held is None:
             return
-
         try:
             held.write(self._release)
         except Exception as err:

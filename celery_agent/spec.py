@@ -53,6 +53,16 @@ class DockerOptions(BaseModel):
     workdir: str | None = Field(None, description="working directory inside the container")
     entrypoint: list[str] | None = Field(None, description="override the image's entrypoint")
     pull: Literal["never", "if-missing", "always"] = Field("if-missing", description="pull policy")
+    index_config: Literal["install", "run", "none"] = Field(
+        "install",
+        description="the worker's pip/uv index settings (variables, config files, CA bundles) "
+        "in the container: for the install step, for the run too, or not at all",
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="shell commands run as root on the image once, e.g. 'apt-get install -y "
+        "libgl1'; the result is kept as a derived image reused by later runs",
+    )
 
     @field_validator("volumes")
     @classmethod

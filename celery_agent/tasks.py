@@ -162,7 +162,7 @@ def _context(hostname: str | None) -> pipeline.WorkerContext:
     name = hostname or f"celery@{socket.gethostname()}"
     key = (os.getpid(), name)
     if key not in _contexts:
-        _contexts[key] = pipeline.WorkerContext(
+        _contexts[key] = pipeline.WorkerContext.create(
             get_settings(), get_store(), name, resend=celery_resend(app)
         )
     return _contexts[key]
