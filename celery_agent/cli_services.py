@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import sys
 from pathlib import Path
 
 import click
@@ -76,10 +75,7 @@ def workers(per_gpu: bool, gpus: str, queues: str, cpu_queues: str, concurrency:
         for _, argv in lines:
             click.echo(shlex.join(argv))
         return 0
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="[%(asctime)s: %(levelname)s/workers] %(message)s"
-        )
+    _log_to_stderr("workers")
     logging.getLogger(__name__).info("%s", layout.reason)
     return supervise(lines)
 
@@ -106,15 +102,23 @@ def flower(flower_args: tuple[str, ...]) -> int:
 @click.option("--port", default=6379, show_default=True, help="TCP port")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--dir", "data_dir", default=None, help="data folder [CELERY_AGENT_HOME/redis]")
-def redis(port: int, bind: str, data_dir: str | None) -> int:
-    """Run the embedded Redis in the foreground (append-only file, log on stdout)."""
+@click.option("--linger", default=4.0, show_default=True,
+              help="seconds to wait, once stopped, for the processes using it to leave")  # fmt: skip
+def redis(port: int, bind: str, data_dir: str | None, linger: float) -> int:
+    """Run the embedded Redis in the foreground (append-only file, log on stdout); on SIGTERM it
+    stops once its other clients have left. Uses a Redis that already answers on the port."""
     from .app import get_settings
     from .embedded import EmbeddedRedis
+    from .redisservice import serve
 
     folder = Path(data_dir) if data_dir else get_settings().home / "redis"
-    folder.mkdir(parents=True, exist_ok=True)
-    argv = EmbeddedRedis(folder, port=port, host=bind).argv()
-    argv[argv.index("--logfile") + 1] = ""  # "" = stdout
-    sys.stdout.flush()
-    os.execv(argv[0], argv)
-    return 0  # not reached
+    _log_to_stderr("redis")
+    return serve(EmbeddedRedis(folder, port=port, host=bind), linger)
+
+
+def _log_to_stderr(name: str) -> None:
+    """Log this command's INFO lines to stderr (a Procfile line's output), unless set up already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format=f"[%(asctime)s: %(levelname)s/{name}] %(message)s"
+        )

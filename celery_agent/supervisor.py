@@ -148,7 +148,7 @@ class Supervisor:
         logger.info("starting %s: %s", child.label, shlex.join(child.argv))
         child.proc = subprocess.Popen(
             child.argv, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_die_with(os.getpid()),
+            preexec_fn=die_with(os.getpid()),
         )  # fmt: skip
         child.started, child.restart_at = self.clock(), None
 
@@ -173,7 +173,7 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _die_with(parent: int) -> Callable[[], None] | None:
+def die_with(parent: int) -> Callable[[], None] | None:
     """A pre-exec hook that has the kernel SIGTERM the child when ``parent`` dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -121,16 +122,21 @@ def test_a_second_delivery_while_the_first_holds_the_claim_is_dropped(ctx, execu
 def test_a_run_cancelled_while_preparing_ends_aborted_without_running(ctx, executor, store,
                                                                       tmp_path):  # fmt: skip
     run_id, spec = submitted(store)
-    executor.on_prepare = lambda: _cancel(store, run_id)
-    summary = pipeline.Job(run_id, with_sources(ctx, FakeSources(tmp_path))).run(spec)
+    job = pipeline.Job(run_id, with_sources(ctx, FakeSources(tmp_path)))
+
+    def cancel_and_wait_until_heard() -> None:
+        assert store.request_abort(run_id) == state.PREPARING
+        deadline = time.monotonic() + 10
+        while not job.stops():  # (the cancel reaches the run through pub/sub or its poll)
+            assert time.monotonic() < deadline, "the run never heard of the cancel"
+            time.sleep(0.01)
+
+    executor.on_prepare = cancel_and_wait_until_heard
+    summary = job.run(spec)
     record = store.get(run_id)
     assert summary["status"] == record["state"] == state.ABORTED and executor.runs == 0
     assert "cancelled while preparing" in record["error"]
     assert not store.r.exists(store.keys.claim(run_id))
-
-
-def _cancel(store: Any, run_id: str) -> None:
-    assert store.request_abort(run_id) == state.PREPARING
 
 
 def test_a_source_failure_ends_the_run_failed_in_the_source_stage(ctx, executor, store, tmp_path):

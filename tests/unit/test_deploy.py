@@ -12,10 +12,13 @@ from typing import Any
 import yaml
 
 from celery_agent.layout import gpu_worker
+from celery_agent.redisservice import LINGER
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DEFAULTED = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
+ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+HONCHO_KILL_WAIT = 5  #: seconds honcho gives its processes after SIGTERM before SIGKILL
 #: the processes every deployment runs (Redis differs: the official image outside the Procfile;
 #: GPU workers too: `celery-agent workers` in the Procfile, one container or pod per GPU elsewhere)
 SHARED = ("services", "beat", "flower")
@@ -34,8 +37,21 @@ def fixed(argv: str | list[str]) -> list[str]:
     """A command's words with ``${VAR:-default}`` taken as its default, leaving out the words
     that depend on where it runs (a file path, $(VAR))."""
     words = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    while words and ASSIGNMENT.match(words[0]):  # the line's environment, not its command
+        words.pop(0)
     words = [DEFAULTED.sub(r"\1", w) for w in words]
     return [w for w in words if "$" not in w and "/celerybeat-schedule" not in w]
+
+
+def assignments(line: str) -> dict[str, str]:
+    """The ``NAME=value`` words in front of a Procfile command, defaults taken."""
+    out = {}
+    for word in shlex.split(line):
+        if not ASSIGNMENT.match(word):
+            break
+        name, _, value = DEFAULTED.sub(r"\1", word).partition("=")
+        out[name] = value
+    return out
 
 
 def k8s_docs() -> dict[str, dict[str, Any]]:
@@ -58,6 +74,16 @@ def test_procfile_runs_redis_workers_services_beat_and_flower():
     assert list(procs) == ["redis", "workers", "services", "beat", "flower"]
     assert procs["redis"].startswith("celery-agent redis")
     assert fixed(procs["workers"]) == ["celery-agent", "workers", "--per-gpu", "--loglevel", "INFO"]
+
+
+def test_procfile_workers_drain_within_the_time_honcho_gives_them():
+    # honcho SIGKILLs what still runs 5 s after its SIGTERM: runs still going by then must
+    # already be back on their queues, and Redis (which waits for them) still up
+    procs = procfile()
+    for name in ("workers", "services"):
+        grace = float(assignments(procs[name])["CELERY_AGENT_DRAIN_GRACE"])
+        assert 0 <= grace <= HONCHO_KILL_WAIT - 3, name
+    assert "--linger" not in procs["redis"] and LINGER < HONCHO_KILL_WAIT  # Redis goes first
 
 
 def test_compose_services_start_the_procfile_commands():
