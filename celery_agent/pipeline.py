@@ -120,7 +120,7 @@ class Job:
         return summary
 
     def _claimed(self, spec: TaskSpec, record: dict[str, Any]) -> dict[str, Any]:
-        self.clock = StageClock.for_spec(spec, self.started)
+        self.clock = StageClock.for_spec(spec, self.started, self.ctx.settings)
         try:
             if self.stop_reason() == "cancel":
                 if record.get("state") in state.ACTIVE:  # its last runner died
@@ -197,11 +197,10 @@ class Job:
         co = self.ctx.sources.checkout(
             spec.repo,
             self.run_dir / "src" if self.ctx.settings.keep_source else None,
-            commit=spec.commit,
-            branch=spec.branch,
-            diff=spec.diff,
+            commit=spec.commit, branch=spec.branch, diff=spec.diff,
             timeout=self.clock.remaining("source"),
-        )
+            stop=self.check_abort,  # a cancel ends a stalled fetch or lock wait within 0.1 s
+        )  # fmt: skip
         self.timing("source", t0)
         self.clock.check("source", t0)
         self._defer(commit=co.commit)

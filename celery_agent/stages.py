@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import AgentError, SourceError, StageTimeout
 from .runner import ProcessOutcome
+from .settings import Settings
 from .source import Checkout
 from .spec import TaskSpec
 from .state import RunStore
@@ -26,10 +27,16 @@ class StageClock:
     limits: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def for_spec(cls, spec: TaskSpec, started: float) -> StageClock:
-        """The clock of ``spec`` for a run that began at ``started`` (epoch seconds)."""
+    def for_spec(
+        cls, spec: TaskSpec, started: float, settings: Settings | None = None
+    ) -> StageClock:
+        """The clock of ``spec`` for a run that began at ``started`` (epoch seconds); a stage the
+        spec gives no limit gets the worker's default (``source_timeout``, ``env_build_timeout``)."""
         deadline = started + spec.timeout if spec.timeout else None
-        return cls(deadline, {str(k): float(v) for k, v in spec.timeouts.items()})
+        limits = {str(k): float(v) for k, v in spec.timeouts.items()}
+        for stage, default in _defaults(settings).items():
+            limits.setdefault(stage, default)
+        return cls(deadline, limits)
 
     def remaining(self, stage: str) -> float | None:
         """Seconds ``stage`` may take: the least of the run's time left and the stage's own limit;
@@ -49,6 +56,14 @@ class StageClock:
         limit = self.remaining(stage)
         if limit is not None and time.time() - t0 >= limit - 0.05:
             raise stage_timeout(f"{stage} stage timed out after {time.time() - t0:.1f}s", stage)
+
+
+def _defaults(settings: Settings | None) -> dict[str, float]:
+    """The stage limits a worker's settings give (a stage with None has none)."""
+    if settings is None:
+        return {}
+    given = {"source": settings.source_timeout, "env": settings.env_build_timeout}
+    return {stage: float(seconds) for stage, seconds in given.items() if seconds}
 
 
 def stage_timeout(message: str, stage: str) -> StageTimeout:
