@@ -247,6 +247,23 @@ def test_build_over_its_timeout_is_killed_and_raises_stage_timeout(tmp_path: Pat
     assert "env stage timed out after 0.5s" in caught.value.message
 
 
+def test_a_stop_ends_a_build_step_within_a_second_and_kills_its_group(tmp_path: Path) -> None:
+    import psutil
+
+    from celery_agent.errors import Cancelled
+
+    lines: list[str] = []
+    asked = time.monotonic() + 0.3
+    code = "import os, time; print(os.getpid(), flush=True); time.sleep(30)"
+    steps = Steps(clean_env(), lines.append, timeout=60, cwd=tmp_path,
+                  stop=lambda: time.monotonic() >= asked)  # fmt: skip
+    with pytest.raises(Cancelled, match=r"cancelled while preparing \(during pip install\)"):
+        steps.run([sys.executable, "-c", code], "pip install", "")
+    assert time.monotonic() - asked < 1.0
+    pid = int(next(line for line in lines if line.isdigit()))
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
 def test_installer_gets_an_explicit_env_without_virtualenv_or_pythonpath(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
