@@ -48,7 +48,11 @@ class DockerOptions(BaseModel):
         default_factory=list, description="'host:container[:rw|ro]' (ro default)"
     )
     shm_size: str | None = Field(None, description="e.g. '8g'")
-    network: str | None = Field(None, description="network mode, e.g. 'host' or 'none'")
+    network: str | None = Field(
+        None,
+        description="network mode, e.g. 'host' or 'none'; unset: the bridged namespace the "
+        "worker's runs share; 'bridge': one of the run's own",
+    )
     user: str | None = Field(None, description="user[:group] inside the container")
     workdir: str | None = Field(None, description="working directory inside the container")
     entrypoint: list[str] | None = Field(None, description="override the image's entrypoint")
