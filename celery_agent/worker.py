@@ -167,7 +167,8 @@ class AgentStep(bootsteps.StartStopStep):
         self.heartbeat.start()
         threading.Thread(target=_reap_containers, args=(parent.hostname,), daemon=True).start()
         threading.Thread(
-            target=_announce, args=(parent.hostname, record["queues"], self.gpus, settings),
+            target=_announce,
+            args=(parent.hostname, record["queues"], self.gpus, settings),
             daemon=True,
         ).start()
 
