@@ -97,6 +97,10 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
     "--req", "requirements", multiple=True, help="a requirement (repeat); default: requirements.txt"
 )
 @click.option(
+    "--requirements-file", "-r", "requirements_file", default=None,
+    help="a requirements file in the repo (from the submit folder or the repo root)",
+)  # fmt: skip
+@click.option(
     "--find-links", "find_links", multiple=True, help="a local wheel folder or page (repeat)"
 )
 @click.option("--index-url", default=None, help="package index to install from")
@@ -119,7 +123,7 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 @click.option("--no-diff", is_flag=True, help="run the commit without your uncommitted changes")
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
 def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], requirements: tuple[str, ...],
-           find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
+           requirements_file: str | None, find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
            secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, wait: bool) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
 
@@ -129,7 +133,9 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
     """
     from .handle import submit as submit_spec
 
-    fields = _source_fields(repo, commit, no_diff, entry)
+    fields = _source_fields(repo, commit, no_diff, entry, requirements_file)
+    if requirements and requirements_file:
+        raise click.BadParameter("give --req or --requirements-file, not both", param_hint="-r")
     run_env = _with_secrets(_env(env), secret_env)
     spec = TaskSpec.parse(
         fields
@@ -146,12 +152,12 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
 
 
 def _source_fields(
-    repo: str | None, commit: str | None, no_diff: bool, entry: str
+    repo: str | None, commit: str | None, no_diff: bool, entry: str, reqs_file: str | None
 ) -> dict[str, Any]:
     from .source import capture
 
     if repo is not None:
-        return {"repo": repo, "commit": commit, "entry": entry}
+        return {"repo": repo, "commit": commit, "entry": entry, "requirements_file": reqs_file}
     captured = capture(Path.cwd())
     entry = _relative_entry(entry, captured.root)
     diff = "" if (no_diff or commit) else captured.diff
@@ -160,7 +166,24 @@ def _source_fields(
         "commit": commit or captured.commit,
         "diff": diff,
         "entry": entry,
+        "requirements_file": reqs_file and _in_checkout(reqs_file, captured.root),
     }
+
+
+def _in_checkout(path: str, root: Path) -> str:
+    """A requirements file named from the submit folder, else from the repo root, as a path from
+    the repo root; an error when it is in neither or outside the repository."""
+    for base in (Path.cwd(), root):
+        found = (base / path).resolve()
+        if found.is_file():
+            try:
+                return found.relative_to(root.resolve()).as_posix()
+            except ValueError:
+                break
+    raise click.BadParameter(
+        f"{path} is not a file in this repository (looked in {Path.cwd()} and {root})",
+        param_hint="--requirements-file",
+    )
 
 
 def _relative_entry(entry: str, root: Path) -> str:
@@ -224,7 +247,7 @@ def show(run_id: str, as_json: bool) -> int:
         return EXIT_OK
     table = Table(show_header=False, box=None)
     for key in ("run_id", "name", "state", "queue", "worker", "attempt", "commit", "exit_code",
-                "error", "output_dir"):  # fmt: skip
+                "error", "output_dir", "env_source"):  # fmt: skip
         if record.get(key) not in (None, ""):
             table.add_row(key, str(record[key]))
     for key in ("submitted_at", "preparing_at", "running_at", f"{record.get('state')}_at"):

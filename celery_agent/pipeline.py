@@ -220,13 +220,13 @@ class Job:
         settings = self.ctx.executor_settings.within(self.clock.remaining("env"))
         executor = get_executor(spec.executor, settings)
         try:
-            prepared = executor.prepare(spec, self._workdir(spec, co), self.note)
+            prepared = executor.prepare(spec, co.path, self.note)
         except AgentError as err:
             self.clock.check("env", t0)
             err.stage = err.stage or ("env" if isinstance(err, StageTimeout) else "")
             raise
         self.timing("env", t0)  # (the executor's own lines say what it reused or built)
-        self._defer(env_key=prepared.cache_key, env_hit=prepared.cache_hit, freeze=prepared.freeze)
+        self._defer(**prepared.record())
         self.check_abort()
         return prepared
 

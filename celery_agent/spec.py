@@ -118,7 +118,10 @@ class TaskSpec(BaseModel):
         default_factory=list, description="names in env whose values are secret (shown as ***)"
     )
     requirements: list[str] | None = Field(
-        None, description="pip requirements; None means the repo's requirements.txt if any"
+        None, description="pip requirements; None: requirements_file, else the repo's own"
+    )
+    requirements_file: str | None = Field(
+        None, description="a requirements file in the repo (-r/-c lines read relative to it)"
     )
     index_url: str | None = Field(None, description="package index to install from")
     find_links: list[str] = Field(default_factory=list, description="local wheel folders / pages")
@@ -167,6 +170,13 @@ class TaskSpec(BaseModel):
     def _workdir(cls, v: str | None) -> str | None:
         if v is not None:
             _inside_repo(v, "workdir")
+        return v
+
+    @field_validator("requirements_file")
+    @classmethod
+    def _requirements_file(cls, v: str | None) -> str | None:
+        if v is not None:
+            _inside_repo(v, "requirements_file")
         return v
 
     @field_validator("params")
@@ -265,6 +275,10 @@ class TaskSpec(BaseModel):
     def _consistent(self) -> TaskSpec:
         if self.diff and not self.diff.endswith("\n"):
             object.__setattr__(self, "diff", self.diff + "\n")
+        if self.requirements is not None and self.requirements_file:
+            raise ValueError(
+                "give requirements or requirements_file, not both (the list would hide the file)"
+            )
         if self.executor == "docker" and self.docker is None:
             raise ValueError(
                 "executor 'docker' needs docker options: docker={'image': 'python:3.11-slim'}"

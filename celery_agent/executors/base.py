@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..envcache import EnvCache
 from ..runner import LineSink, ProcessOutcome, run_process
@@ -71,6 +71,16 @@ class PreparedEnv:
     cache_hit: bool = False
     seconds: float = 0.0  #: time prepare() took
     installer: str = "none"  #: "uv", "pip" or "none"
+    source: str = ""  #: where the requirements came from: file and hash (see envsource)
+
+    def record(self) -> dict[str, Any]:
+        """The fields of the run record this environment fills."""
+        return {
+            "env_key": self.cache_key,
+            "env_hit": self.cache_hit,
+            "freeze": self.freeze,
+            "env_source": self.source,
+        }
 
 
 class Executor(ABC):
