@@ -31,6 +31,7 @@ from . import (
     bench_env,
     bench_fleet,
     bench_heartbeat,
+    bench_lock,
     bench_logs,
     bench_throughput,
 )
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "heartbeat": bench_heartbeat.run,
     "fleet": bench_fleet.run,
     "env_cold": bench_env.run_cold,
+    "env_lock": bench_lock.run,
 }
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from packaging.markers import InvalidMarker, Marker
+from packaging.utils import canonicalize_name
 
 from ..errors import EnvBuildError
 from . import pyprojects
@@ -26,11 +27,22 @@ _LOCK_HINT = "the lock file is not readable: make it again (uv lock, poetry lock
 
 
 def uv_sync_argv(uv: str, project: Path, python: str) -> list[str]:
-    """``uv sync --frozen`` of ``project`` into the environment UV_PROJECT_ENVIRONMENT names."""
+    """``uv sync --frozen`` of ``project`` into the environment UV_PROJECT_ENVIRONMENT names (uv
+    makes the venv there with ``python``)."""
     return [
         uv, "sync", "--frozen", "--no-install-workspace", "--project", str(project),
         "--python", python, "--compile-bytecode", "--no-progress",
     ]  # fmt: skip
+
+
+def installed(env_dir: Path) -> list[str]:
+    """'name==version' of each distribution in the venv at ``env_dir``, read from its dist-info
+    folders (what a freeze prints for packages installed from a lock, without a process)."""
+    pins = []
+    for info in env_dir.glob("lib/python*/site-packages/*.dist-info"):
+        name, _, version = info.name.removesuffix(".dist-info").partition("-")
+        pins.append(f"{canonicalize_name(name)}=={version}")
+    return sorted(pins)
 
 
 def pylock_file(lock: Path, repo: Path, scratch: Path) -> Path:

@@ -241,10 +241,15 @@ class _Build:
         cwd = self.source_dir if self.source_dir.is_dir() else None
         self.steps = Steps(env, self.log, timeout=self.timeout, cwd=cwd)  # the clock starts now
         self.log(f"env: building venv with {self.installer} for python {self.python.short_version}")
-        self.steps.run(self._create_argv(env_dir), "venv creation", "check the interpreter")
+        synced = self.reqs.kind == "uv.lock"  # uv sync makes the venv and knows what it holds
+        if not synced:
+            self.steps.run(self._create_argv(env_dir), "venv creation", "check the interpreter")
         if self.reqs:
             self._install(env_dir)
-        freeze = self.steps.run(self._freeze_argv(env_dir), "freeze", _INSTALL_HINT, quiet=True)
+        if synced:
+            freeze = lockfiles.installed(env_dir)
+        else:
+            freeze = self.steps.run(self._freeze_argv(env_dir), "freeze", _INSTALL_HINT, quiet=True)
         return {
             "python": self.python.path,
             "python_version": self.python.version,
@@ -257,7 +262,7 @@ class _Build:
         """Install the source: a lock exactly as locked, else requirements through the installer."""
         kind, lock, scratch = self.reqs.kind, self.reqs.file, env_dir.parent / "source"
         if kind == "uv.lock" and lock is not None:
-            argv = lockfiles.uv_sync_argv(_uv(), lock.parent, str(env_dir / "bin" / "python"))
+            argv = lockfiles.uv_sync_argv(_uv(), lock.parent, self.python.path)
             self.steps.run(argv, "uv sync --frozen", _LOCK_HINT)  # (UV_PROJECT_ENVIRONMENT set)
             return
         extra: list[str] = []

@@ -23,6 +23,7 @@ ROWS = (
     "fleet: heartbeats + runs, Redis CPU",
     "fleet: Redis memory per worker",
     "cold env",
+    "uv.lock cold env",
 )
 
 
