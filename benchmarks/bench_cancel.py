@@ -48,7 +48,7 @@ def _cancel_once(ctx: Context) -> float:
 
 def _started_pids(ctx: Context, run_id: str, timeout: float = 60) -> list[int]:
     """The pids the script printed, read from its log stream as soon as the line lands."""
-    key, after = ctx.store.key("run", run_id, "log"), "0-0"
+    key, after = ctx.store.keys.log(run_id), "0-0"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for _, entries in ctx.store.r.xread({key: after}, block=500) or []:

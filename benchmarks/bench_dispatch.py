@@ -63,7 +63,7 @@ def _dispatch_samples(ctx: Context, n: int) -> tuple[list[float], list[float]]:
 
 def _first_user_entry(ctx: Context, run_id: str) -> float:
     """Wall-clock time Redis stamped on the first stream entry holding a line of the user's."""
-    for entry_id, data in ctx.store.r.xrange(ctx.store.key("run", run_id, "log")):
+    for entry_id, data in ctx.store.r.xrange(ctx.store.keys.log(run_id)):
         if any(not line.startswith(TAG) for line in data["l"].split("\n")):
             return int(entry_id.split("-")[0]) / 1000
     raise RuntimeError(f"run {run_id} has no user line in its log stream")

@@ -98,7 +98,8 @@ def _ours(ctx: Context, spec: TaskSpec, project: Path, folder: Path) -> float:
     finally:
         for name, value in saved.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
-    assert not prepared.cache_hit and prepared.source.startswith("uv.lock"), prepared.source
+    source = str(prepared.facts.get("env_source"))
+    assert not prepared.cache_hit and source.startswith("uv.lock"), source
     return elapsed
 
 

@@ -76,7 +76,7 @@ def _latency(ctx: Context) -> list[Row]:
 
 def _follow(ctx: Context, run_id: str, ticks: int, timeout: float = 120) -> list[float]:
     """Receive-minus-print delays of the run's tick lines, read as they arrive."""
-    key, after = ctx.store.key("run", run_id, "log"), "0-0"
+    key, after = ctx.store.keys.log(run_id), "0-0"
     delays: list[float] = []
     deadline = time.monotonic() + timeout
     while len(delays) < ticks:

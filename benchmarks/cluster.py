@@ -20,6 +20,7 @@ import psutil
 import redis
 
 from celery_agent.embedded import EmbeddedRedis, free_port
+from celery_agent.testing import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 _PR_SET_PDEATHSIG = 1
@@ -50,65 +51,17 @@ def start_redis(server: EmbeddedRedis, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-class Worker:
-    """A ``celery -A <app> worker`` process with its own home and log file."""
+class Worker(WorkerProcess):
+    """A ``celery -A <app> worker`` process named ``<queue>@%h`` serving ``queue``, with its own
+    home and log file, that gets SIGTERM should this process die."""
 
     def __init__(self, app: str, queue: str, home: Path, url: str, concurrency: int = 2,
                  env: dict[str, str] | None = None) -> None:  # fmt: skip
-        self.app, self.queue, self.home = app, queue, home
-        self.log = home / "worker.log"
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        self.env = dict(
-            os.environ, CELERY_AGENT_REDIS_URL=url, CELERY_AGENT_HOME=str(home), PYTHONPATH=path
-        ) | (env or {})
-        self.argv = [
-            sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
-            "-c", str(concurrency), "-n", f"{queue}@%h", "--loglevel", "INFO",
-            "--without-mingle", "--without-gossip",
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60) -> Worker:
-        """Start the worker and wait until it says it is ready."""
-        return self.launch().wait_ready(timeout)
-
-    def launch(self) -> Worker:
-        """Start the worker process without waiting for it (see :meth:`wait_ready`)."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        with self.log.open("wb") as fh:
-            self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.home,
-                preexec_fn=die_with_parent,
-            )  # fmt: skip
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> Worker:
-        """Wait until the launched worker says it is ready; stop it and raise if it does not."""
-        assert self.proc is not None, "launch() the worker first"
-        deadline = time.monotonic() + timeout
-        while b" ready." not in self.log.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"worker {self.queue} did not start:\n{self.tail()}")
-            time.sleep(0.1)
-        return self
-
-    def stop(self, timeout: float = 30) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL to the whole group."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def tail(self, chars: int = 3000) -> str:
-        """The end of the worker's log."""
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+        super().__init__(app, queue, home, url, queue, concurrency,
+                         env={"PYTHONPATH": path} | (env or {}), log=home / "worker.log",
+                         preexec_fn=die_with_parent)  # fmt: skip
+        self.queue = queue
 
 
 class Cluster:

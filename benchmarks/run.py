@@ -31,6 +31,7 @@ from . import (
     bench_env,
     bench_fleet,
     bench_heartbeat,
+    bench_import,
     bench_lock,
     bench_logs,
     bench_throughput,
@@ -42,6 +43,7 @@ Benchmark = Callable[[Context], list[Row]]
 
 #: name -> benchmark, in the order a full run does them (the cold build last: it loads the CPUs)
 BENCHMARKS: dict[str, Benchmark] = {
+    "import": bench_import.run,
     "env_hit": bench_env.run_hit,
     "dispatch": bench_dispatch.run,
     "logs": bench_logs.run,

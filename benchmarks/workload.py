@@ -3,16 +3,14 @@ its commit, and a local wheel the run's environment installs (no index needed)."
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import os
-import subprocess
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from celery_agent import TaskSpec
+from celery_agent.testing import git, init_repo, write_wheel
+
+__all__ = ["SCRIPTS", "Workload", "git", "write_wheel"]
 
 #: the user scripts, by entry name
 SCRIPTS = {
@@ -44,20 +42,6 @@ SCRIPTS = {
 FILLER_FILES = 45
 WHEEL = ("cabench", "1.0")
 
-_GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
-    "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com",
-}  # fmt: skip
-
-
-def git(cwd: Path, *args: str) -> str:
-    """Run git in ``cwd``; return its stdout."""
-    env = dict(os.environ, **_GIT_ENV)
-    done = subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
-    )
-    return done.stdout.strip()
-
 
 @dataclass(frozen=True)
 class Workload:
@@ -87,6 +71,7 @@ class Workload:
                 "args": list(args),
                 "requirements": [WHEEL[0]],
                 "find_links": [str(self.wheels)],
+                "no_index": True,
                 "queue": queue,
             }
             | fields
@@ -94,18 +79,12 @@ class Workload:
 
 
 def _commit_repo(repo: Path) -> str:
-    repo.mkdir(parents=True)
-    git(repo, "init", "-q", "-b", "main")
-    for name, text in SCRIPTS.items():
-        (repo / name).write_text(text)
-    (repo / "pkg").mkdir()
+    files = dict(SCRIPTS)
     for i in range(FILLER_FILES):
         body = "".join(f"def f{j}(x):\n    return x * {j} + {i}\n\n" for j in range(20))
-        (repo / "pkg" / f"mod_{i:02d}.py").write_text(body)
-    (repo / "config.yaml").write_text("lr: 0.1\nepochs: 3\nbatch: 64\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "benchmark workload")
-    return git(repo, "rev-parse", "HEAD")
+        files[f"pkg/mod_{i:02d}.py"] = body
+    files["config.yaml"] = "lr: 0.1\nepochs: 3\nbatch: 64\n"
+    return init_repo(repo, files, "benchmark workload")
 
 
 def _make_diff(repo: Path) -> str:
@@ -114,25 +93,3 @@ def _make_diff(repo: Path) -> str:
     (repo / "notes.txt").write_text("tried a smaller learning rate\n")
     git(repo, "add", "-N", "notes.txt")
     return git(repo, "diff", "HEAD") + "\n"
-
-
-def write_wheel(folder: Path, name: str, version: str, code: str) -> Path:
-    """Write a pure-Python wheel ``name-version`` holding module ``name`` with ``code``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}.py": code,
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: bench\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    record = []
-    with zipfile.ZipFile(path, "w") as zf:
-        for arc, text in files.items():
-            data = text.encode()
-            zf.writestr(arc, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            record.append(f"{arc},sha256={digest.decode()},{len(data)}")
-        record.append(f"{dist}/RECORD,,")
-        zf.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
-    return path

@@ -11,7 +11,7 @@
   sets ``task_serializer = "auth"`` turns on message signing (Celery's ``setup_security``).
 
 The worker command gains ``--gpus``, ``--dynamic`` and ``--cpu-only`` and a bootstep that sends
-heartbeats (see :mod:`.worker`).
+heartbeats (see :mod:`.worker`), named here and imported only by a worker.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+import click
 from celery import Celery
 from kombu.utils.json import register_type
 
-from . import defaults, redisconn, worker
+from . import defaults, redisconn
 from .errors import ConfigError
 from .settings import Settings
 from .spec import TaskSpec
@@ -34,6 +35,14 @@ from .state import RunStore
 from .workers import WorkerRegistry
 
 CONFIG_MODULE_ENV = "CELERY_AGENT_CONFIG"
+#: the agent's worker bootstep, by name: the worker imports it, a client never does
+WORKER_STEP = "celery_agent.worker:AgentStep"
+#: options the agent adds to ``celery worker`` (the bootstep takes them)
+WORKER_OPTIONS = [
+    click.Option(["--gpus"], default=None, help="GPUs this worker owns: 0 | 0,1 | 0-3 | all"),
+    click.Option(["--dynamic"], is_flag=True, default=False, help="lease --gpus to runs by need"),
+    click.Option(["--cpu-only"], is_flag=True, default=False, help="runs see no GPU"),
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +60,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> Celery:
         app.config_from_object(module)
         app.on_after_configure.connect(_setup_signing, weak=False)
     app.on_after_configure.connect(_use_redis_urls, weak=False)
-    worker.install(app)
+    for option in WORKER_OPTIONS:
+        app.user_options["worker"].add(option)
+    app.steps["worker"].add(WORKER_STEP)
     return app
 
 

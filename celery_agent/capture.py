@@ -90,3 +90,24 @@ def _working_diff(git: Git, root: Path) -> str:
         git.ok(["add", "--all"], root, {"GIT_INDEX_FILE": scratch})
         out = git.ok(_DIFF_OPTIONS, root, {"GIT_INDEX_FILE": scratch}).stdout
     return out.decode("utf-8", "surrogateescape")
+
+
+def missing_entry(root: Path, entry: str, commit: str, diff: str) -> SourceError | None:
+    """Why the script ``entry`` (a path from the repository root) would not be in a run made of
+    ``commit`` + ``diff``; None when it would be (or when it is a module, '-m name')."""
+    if entry.startswith("-m"):
+        return None
+    git = Git(git_env(os.environ))
+    in_commit = git.run(["cat-file", "-e", f"{commit}:{entry}"], root).returncode == 0
+    deleted = f"--- a/{entry}\n+++ /dev/null\n" in diff
+    added = f"\n+++ b/{entry}\n" in f"\n{diff}"
+    if (in_commit and not deleted) or added:
+        return None
+    where = f"{commit[:12]}" + (" plus your uncommitted changes" if diff else "")
+    hint = "check the path (relative to the current directory), or commit the file"
+    if (root / entry).is_file():
+        ignored = git.run(["check-ignore", "-q", "--", entry], root).returncode == 0
+        hint = "it is ignored by git, so it does not travel: un-ignore it" if ignored else hint
+        if not diff and not ignored:
+            hint = "it is not committed: commit it, or drop --no-diff/--commit to send your changes"
+    return SourceError(f"entry {entry!r} is not in {where}", hint)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -12,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import AgentError
@@ -19,8 +19,8 @@ from .spec import TaskSpec, parse_param
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_TIMED_OUT, EXIT_ABORTED = 124, 130
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # (messages are never broken mid-line)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +104,8 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
     "--find-links", "find_links", multiple=True, help="a local wheel folder or page (repeat)"
 )
 @click.option("--index-url", default=None, help="package index to install from")
+@click.option("--extra-index-url", "extra_index_urls", multiple=True, help="another index (repeat)")
+@click.option("--no-index", is_flag=True, help="install only from --find-links folders")
 @click.option("--python", default=None, help="interpreter version or path for the env")
 @click.option("--executor", default="venv", show_default=True)
 @click.option("--name", default=None, help="a label for the run")
@@ -122,17 +124,23 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 )
 @click.option("--no-diff", is_flag=True, help="run the commit without your uncommitted changes")
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
+@click.option("--wait-timeout", type=float, default=None, help="with --wait: give up after N s")
+@click.option(
+    "--require-worker",
+    is_flag=True,
+    help="fail instead of queueing when no worker serves the queue",
+)
 def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], requirements: tuple[str, ...],
            requirements_file: str | None, find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
-           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, wait: bool) -> int:  # fmt: skip
+           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, wait: bool,
+           wait_timeout: float | None, require_worker: bool,
+           extra_index_urls: tuple[str, ...] = (), no_index: bool = False) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
 
     \b
     celery-agent submit train.py --queue gpu0 -p lr=0.5 --wait -- --epochs 3
     celery-agent submit train.py --secret-env WANDB_API_KEY   # value from this environment
     """
-    from .handle import submit as submit_spec
-
     fields = _source_fields(repo, commit, no_diff, entry, requirements_file)
     if requirements and requirements_file:
         raise click.BadParameter("give --req or --requirements-file, not both", param_hint="-r")
@@ -142,18 +150,36 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
         | {"secret_env": list(secret_env)}
-        | {"find_links": list(find_links), "index_url": index_url}
+        | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
+        | {"extra_index_urls": list(extra_index_urls)}
         | ({"requirements": list(requirements)} if requirements else {})
     )
-    run = submit_spec(spec)
+    run = _send(spec, require_worker)
     err_console.print(f"submitted run {run.id} to queue {spec.queue}", markup=False)
     console.print(run.id, markup=False) if not wait else None
-    return _follow(run.id) if wait else EXIT_OK
+    return _follow(run.id, wait_timeout) if wait else EXIT_OK
+
+
+def _send(spec: TaskSpec, require_worker: bool) -> Any:
+    """Submit ``spec``; say so when no online worker serves its queue (or fail, if required)."""
+    import warnings
+
+    from .handle import submit as submit_spec
+    from .serving import NoWorkerWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoWorkerWarning)  # (said below, in the CLI's words)
+        run = submit_spec(spec, require_worker=require_worker)
+    if run.cover is not None and not run.cover.covered:
+        err_console.print(f"warning: {run.cover.problem()}", markup=False)
+        err_console.print(f"  the run waits until one does: {run.cover.hint()}", markup=False)
+    return run
 
 
 def _source_fields(
     repo: str | None, commit: str | None, no_diff: bool, entry: str, reqs_file: str | None
 ) -> dict[str, Any]:
+    from .capture import missing_entry
     from .source import capture
 
     if repo is not None:
@@ -161,6 +187,9 @@ def _source_fields(
     captured = capture(Path.cwd())
     entry = _relative_entry(entry, captured.root)
     diff = "" if (no_diff or commit) else captured.diff
+    problem = missing_entry(captured.root, entry, commit or captured.commit, diff)
+    if problem is not None:  # said here, not minutes later by the worker
+        raise problem
     return {
         "repo": captured.repo,
         "commit": commit or captured.commit,
@@ -199,14 +228,30 @@ def _relative_entry(entry: str, root: Path) -> str:
         ) from None
 
 
-def _follow(run_id: str) -> int:
+def _follow(run_id: str, timeout: float | None = None) -> int:
+    """Print the run's log until it ends, then a status line; the exit code says the outcome."""
     from .handle import get_run
 
     run = get_run(run_id)
-    for line in run.logs(follow=True):
+    for line in run.logs(follow=True, timeout=timeout, notify=_notice):
         console.print(line, markup=False, soft_wrap=True)
     record = run.info()
+    err_console.print(outcome_line(record), markup=False)
     return exit_code_of(record)
+
+
+def _notice(text: str) -> None:
+    err_console.print(text, markup=False)
+
+
+def outcome_line(record: dict[str, Any]) -> str:
+    """'run abc succeeded (exit 0) in 12.3s' or 'run abc failed: <error>'."""
+    state, code = record.get("state"), record.get("exit_code")
+    took = record.get(f"{state}_at") and record.get("submitted_at")
+    line = f"run {record['run_id']} {state}" + ("" if code is None else f" (exit {code})")
+    if took:
+        line += f" in {float(record[f'{state}_at']) - float(record['submitted_at']):.1f}s"
+    return line + (f": {record['error']}" if record.get("error") else "")
 
 
 def exit_code_of(record: dict[str, Any]) -> int:
@@ -223,66 +268,19 @@ def exit_code_of(record: dict[str, Any]) -> int:
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @click.option("--follow", "-f", is_flag=True, help="keep following until the run ends")
-def logs(run_id: str, follow: bool) -> int:
-    """Print a run's log."""
+@click.option("--timeout", type=float, default=None, help="with -f: give up after N seconds")
+def logs(run_id: str, follow: bool, timeout: float | None) -> int:
+    """Print a run's log (RUN: its id, an id prefix or its name); with -f the exit code follows
+    the run's outcome."""
     from .handle import get_run
 
-    for line in get_run(run_id).logs(follow=follow):
+    if follow:
+        return _follow(get_run(run_id).id, timeout)
+    for line in get_run(run_id).logs():
         console.print(line, markup=False, soft_wrap=True)
     return EXIT_OK
-
-
-@cli.command()
-@click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="print the whole record as JSON")
-def show(run_id: str, as_json: bool) -> int:
-    """Show a run's record: state, spec, outcome, timings."""
-    from .handle import get_run
-
-    record = get_run(run_id).info()
-    if as_json:
-        console.print_json(json.dumps(record, default=str))
-        return EXIT_OK
-    table = Table(show_header=False, box=None)
-    for key in ("run_id", "name", "state", "queue", "worker", "attempt", "commit", "exit_code",
-                "error", "output_dir", "env_source"):  # fmt: skip
-        if record.get(key) not in (None, ""):
-            table.add_row(key, str(record[key]))
-    for key in ("submitted_at", "preparing_at", "running_at", f"{record.get('state')}_at"):
-        if record.get(key):
-            table.add_row(key, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record[key])))
-    for key in ("timings", "params", "usage", "gpus"):
-        if record.get(key):
-            table.add_row(key, json.dumps(record[key]))
-    if (record.get("usage") or {}).get("gpu_memory_peak_bytes") is not None:
-        table.add_row("gpu memory", gpu_memory_line(record["usage"]))
-    if record.get("freeze"):
-        table.add_row("packages", f"{len(record['freeze'])} pinned (see --json)")
-    _metric_rows(table, record["run_id"])
-    console.print(table)
-    return EXIT_OK
-
-
-def _metric_rows(table: Table, run_id: str) -> None:
-    """The last value of each metric the run reported."""
-    from .app import get_store
-    from .metrics import last_values
-
-    for name, last in last_values(get_store(), run_id).items():
-        step = "" if last["step"] is None else f" (step {last['step']})"
-        table.add_row(f"metric {name}", f"{last['value']:.6g}{step}")
-
-
-def gpu_memory_line(usage: dict[str, Any]) -> str:
-    """'peak 1.50 GiB, mean 1.20 GiB (12 samples)' from a run's usage summary."""
-    gib = 2**30
-    return (
-        f"peak {usage['gpu_memory_peak_bytes'] / gib:.2f} GiB, "
-        f"mean {usage.get('gpu_memory_mean_bytes', 0) / gib:.2f} GiB "
-        f"({usage.get('gpu_samples', 0)} samples)"
-    )
 
 
 @cli.command(name="ls")
@@ -295,27 +293,35 @@ def list_runs(limit: int, state: str | None) -> int:
     table = Table("run id", "name", "state", "queue", "worker", "submitted", "exit")
     for row in get_store().list_runs(limit, state):
         when = time.strftime("%m-%d %H:%M:%S", time.localtime(row.get("submitted_at") or 0))
-        table.add_row(row["run_id"], str(row.get("name", "")), str(row.get("state", "")),
-                      str(row.get("queue", "")), str(row.get("worker", "")), when,
-                      "" if row.get("exit_code") is None else str(row["exit_code"]))  # fmt: skip
+        cells = (row["run_id"], row.get("name", ""), row.get("state", ""), row.get("queue", ""),
+                 row.get("worker", ""), when, "" if row.get("exit_code") is None else row["exit_code"])  # fmt: skip
+        table.add_row(*(escape(str(c)) for c in cells))
     console.print(table)
     return EXIT_OK
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 def cancel(run_id: str) -> int:
-    """Cancel a run: a queued one never starts, a running one is stopped (TERM, grace, KILL)."""
+    """Cancel a run (RUN: its id, an id prefix or its name): a queued one never starts, a
+    running one is stopped (TERM, grace, KILL)."""
     from .handle import get_run
+    from .state import QUEUED, TERMINAL
 
     run = get_run(run_id)
     was = run.cancel()
-    console.print(f"cancel requested for {run.id} (it was {was})", markup=False)
+    if was == QUEUED:
+        text = f"cancelled run {run.id}: it was queued and will not start"
+    elif was in TERMINAL:
+        text = f"run {run.id} had already ended ({was}): nothing to cancel"
+    else:
+        text = f"cancel requested for {run.id} (it was {was}); it stops within seconds"
+    console.print(text, markup=False)
     return EXIT_OK
 
 
 @cli.command()
-@click.argument("run_id")
+@click.argument("run_id", metavar="RUN")
 @click.option("--param", "-p", "params", multiple=True, help="change a parameter: name=value")
 @click.option("--queue", "-q", default=None, help="send it to another queue")
 @click.option("--env", "env", multiple=True, help="set a variable (a secret one too): NAME=value")
@@ -325,17 +331,17 @@ def cancel(run_id: str) -> int:
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
 def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[str, ...],
           no_pin: bool, wait: bool) -> int:  # fmt: skip
-    """Run a past run again: same commit, diff and package versions, with edits.
+    """Run a past run again (RUN: its id, an id prefix or its name): same commit, diff and
+    package versions, with edits.
 
     Secret variables are not kept with a run: each comes from --env NAME=value or this environment.
     """
     from .handle import get_run
-    from .handle import submit as submit_spec
     from .rerun import respec
 
     record = get_run(run_id).info()
     spec = respec(record, _params(params), queue=queue, pin=not no_pin, env=_env(env))
-    run = submit_spec(spec)
+    run = _send(spec, require_worker=False)
     err_console.print(f"submitted run {run.id} (rerun of {record['run_id']})", markup=False)
     console.print(run.id, markup=False) if not wait else None
     return _follow(run.id) if wait else EXIT_OK
@@ -381,17 +387,18 @@ def config() -> int:
 
     table = Table("setting", "value", "from")
     for name, value, source in Settings.load().describe():
-        table.add_row(name, str(value), source)
+        table.add_row(escape(name), escape(str(value)), escape(source))
     console.print(table)
     return EXIT_OK
 
 
 def _register_commands() -> None:
     from .cli_search import metrics, search
-    from .cli_services import flower, redis, services
+    from .cli_services import flower, redis, services, workers
+    from .cli_show import show
     from .cli_status import status
 
-    for command in (status, search, metrics, services, flower, redis):
+    for command in (show, status, search, metrics, workers, services, flower, redis):
         cli.add_command(command)
 
 

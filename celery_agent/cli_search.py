@@ -106,9 +106,11 @@ def _detach(sid: str, folder: Path, args: list[str]) -> int:
 
 def _run(spec: dict[str, Any], params: list[str], objective: str, direction: Any, trials: int,
          parallel: int, sampler: str, **kw: Any) -> int:  # fmt: skip
+    from .app import get_settings, get_store
     from .search.controller import prepare, save_outputs
 
-    search_ = prepare(spec, params, objective, direction, trials, parallel, sampler, store=None, poll=0.5, **kw)  # fmt: skip
+    search_ = prepare(spec, params, objective, direction, trials, parallel, sampler,
+                      store=get_store(), home=get_settings().home, poll=0.5, **kw)  # fmt: skip
     search_.on_trial = _print_trial
     err_console.print(f"search {search_.result.search_id}: {trials} trials, {parallel} at a time", markup=False)  # fmt: skip
     try:

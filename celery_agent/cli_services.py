@@ -1,4 +1,4 @@
-"""Commands for running the cluster's processes: `services`, `flower` and `redis`.
+"""Commands for running the cluster's processes: `workers`, `services`, `flower` and `redis`.
 
 Each one execs (or becomes) the process a Procfile, docker-compose or Kubernetes starts, so
 signals reach it directly; see ``Procfile`` and ``deploy/``.
@@ -6,12 +6,14 @@ signals reach it directly; see ``Procfile`` and ``deploy/``.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
+import shlex
 from pathlib import Path
 
 import click
 
+from .layout import CPU_QUEUES, POOLED, SHARED_QUEUES, plan
 from .services import SERVICES_CONCURRENCY, SERVICES_NAME, SERVICES_QUEUE, services_argv
 
 
@@ -29,6 +31,53 @@ def services(queues: str, concurrency: int, name: str, celery_args: tuple[str, .
     argv = services_argv(queues, concurrency, name, celery_args)
     os.execv(argv[0], argv)
     return 0  # not reached
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--per-gpu/--pooled",
+    "per_gpu",
+    default=True,
+    show_default=True,
+    help="one worker per GPU, or one worker leasing all of them (--dynamic)",
+)
+@click.option("--gpus", default="all", show_default=True, help="the GPUs to serve: all, 0,1, 0-3")
+@click.option(
+    "--queues",
+    "-Q",
+    default=SHARED_QUEUES,
+    show_default=True,
+    help="queues a GPU worker serves after its own gpuN",
+)
+@click.option(
+    "--cpu-queues",
+    default=CPU_QUEUES,
+    show_default=True,
+    help="queues of the CPU worker run when the machine has no GPU",
+)
+@click.option("--concurrency", "-c", default=1, show_default=True, help="runs at once per GPU")
+@click.option("--dry-run", is_flag=True, help="print the worker commands and exit")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def workers(per_gpu: bool, gpus: str, queues: str, cpu_queues: str, concurrency: int,
+            dry_run: bool, celery_args: tuple[str, ...]) -> int:  # fmt: skip
+    """Run this machine's workers under one process: one per GPU found (pinned to it, on its own
+    queue gpuN, then gpu,default), or one CPU worker on default when there is no GPU. A worker
+    that dies is started again; SIGTERM/SIGINT are passed on, so workers drain.
+
+    Extra arguments go to every `celery worker` (e.g. --loglevel INFO).
+    """
+    from .supervisor import supervise
+
+    layout = plan("per-gpu" if per_gpu else POOLED, gpus, queues, cpu_queues, concurrency)
+    lines = [(w.name, w.argv(celery_args)) for w in layout.workers]
+    if dry_run:
+        click.echo(f"# {layout.reason}")
+        for _, argv in lines:
+            click.echo(shlex.join(argv))
+        return 0
+    _log_to_stderr("workers")
+    logging.getLogger(__name__).info("%s", layout.reason)
+    return supervise(lines)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -53,15 +102,23 @@ def flower(flower_args: tuple[str, ...]) -> int:
 @click.option("--port", default=6379, show_default=True, help="TCP port")
 @click.option("--bind", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--dir", "data_dir", default=None, help="data folder [CELERY_AGENT_HOME/redis]")
-def redis(port: int, bind: str, data_dir: str | None) -> int:
-    """Run the embedded Redis in the foreground (append-only file, log on stdout)."""
+@click.option("--linger", default=4.0, show_default=True,
+              help="seconds to wait, once stopped, for the processes using it to leave")  # fmt: skip
+def redis(port: int, bind: str, data_dir: str | None, linger: float) -> int:
+    """Run the embedded Redis in the foreground (append-only file, log on stdout); on SIGTERM it
+    stops once its other clients have left. Uses a Redis that already answers on the port."""
     from .app import get_settings
     from .embedded import EmbeddedRedis
+    from .redisservice import serve
 
     folder = Path(data_dir) if data_dir else get_settings().home / "redis"
-    folder.mkdir(parents=True, exist_ok=True)
-    argv = EmbeddedRedis(folder, port=port, host=bind).argv()
-    argv[argv.index("--logfile") + 1] = ""  # "" = stdout
-    sys.stdout.flush()
-    os.execv(argv[0], argv)
-    return 0  # not reached
+    _log_to_stderr("redis")
+    return serve(EmbeddedRedis(folder, port=port, host=bind), linger)
+
+
+def _log_to_stderr(name: str) -> None:
+    """Log this command's INFO lines to stderr (a Procfile line's output), unless set up already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format=f"[%(asctime)s: %(levelname)s/{name}] %(message)s"
+        )

@@ -9,6 +9,7 @@ from typing import Any
 import click
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from .status import cluster_status
@@ -57,15 +58,15 @@ def status_view(data: dict[str, Any]) -> Group:
     workers = Table("worker", "host", "queues", "state", "GPUs", "current run", "uptime", "cpu %",
                     title="workers", title_justify="left")  # fmt: skip
     for w in data["workers"]:
-        workers.add_row(w["name"], w["host"] or "", ",".join(w["queues"]), _state(w["state"]),
-                        _gpus(w), ", ".join(r[:12] for r in w["runs"]) or "-",
+        workers.add_row(escape(w["name"]), escape(w["host"] or ""), escape(",".join(w["queues"])),
+                        _state(w["state"]), _gpus(w), escape(", ".join(r[:12] for r in w["runs"]) or "-"),
                         _duration(w["uptime"]), _num(w["cpu_percent"]))  # fmt: skip
     gpus = Table("host", "gpu", "name", "util", "memory", "temp", "power", "worker / lease",
                  title="GPUs", title_justify="left")  # fmt: skip
     for g in data["gpus"]:
-        gpus.add_row(g["host"], f"{g['index']} {g['uuid'][:12]}", g["name"] or "",
+        gpus.add_row(escape(g["host"]), f"{g['index']} {g['uuid'][:12]}", escape(g["name"] or ""),
                      bar(g["util"], 100), _memory(g), _num(g["temperature"], "°C"),
-                     _num(g["power_w"], " W"), _owner(g))  # fmt: skip
+                     _num(g["power_w"], " W"), escape(_owner(g)))  # fmt: skip
     return Group(workers, gpus) if data["gpus"] else Group(workers)
 
 
@@ -73,7 +74,7 @@ def history_view(data: dict[str, Any]) -> Table:
     """Sparklines of a worker's recent CPU, memory, load and per-GPU use."""
     points = data["history"]
     table = Table("series", "last", f"recent ({len(points)} points)", box=None,
-                  title=f"history of {data['worker']}", title_justify="left")  # fmt: skip
+                  title=f"history of {escape(data['worker'])}", title_justify="left")  # fmt: skip
     if not points:
         table.add_row("(no history)", "", "")
         return table
@@ -143,7 +144,7 @@ def _gpus(w: dict[str, Any]) -> str:
 
 
 def _state(state: str) -> str:
-    return {"online": "[green]online[/]", "lost": "[red]lost[/]"}.get(state, state)
+    return {"online": "[green]online[/]", "lost": "[red]lost[/]"}.get(state, escape(state))
 
 
 def _duration(seconds: float | None) -> str:

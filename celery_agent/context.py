@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import leases as leases_mod
 from . import runenv
 from .executors.base import ExecutorSettings
+from .executors.indexes import IndexDefaults
 from .gpus import DYNAMIC, WorkerGpus
-from .keeper import keeper_for
+from .keeper import Keeper, keeper_for
 from .settings import Settings
 from .source import SourceCache
 from .state import RunStore
@@ -20,36 +22,69 @@ from .workers import WorkerRegistry
 
 @dataclass
 class WorkerContext:
-    """What a worker process needs to run jobs: settings, state store, caches, its name."""
+    """What a worker process needs to run jobs: settings, state store, caches, its name, its GPUs.
+
+    A plain container: :meth:`create` builds one from a worker's settings, store and environment;
+    a test builds one from whatever parts it wants."""
 
     settings: Settings
     store: RunStore
     worker: str
-    resend: Any = None  #: resend(run_id, spec_json, queue) puts a run back on its queue
+    resend: Any  #: resend(run_id, spec_json, queue) puts a run back on its queue (or None)
+    base_env: dict[str, str]  #: the worker's variables a run gets (see runenv.passed)
+    threads: int  #: thread-pool size a run is given (its CPU share)
+    sources: SourceCache
+    registry: WorkerRegistry
+    keeper: Keeper  #: claims, cancels, deferred writes of its runs
+    gpus: WorkerGpus  #: published by the worker's main process
+    leases: leases_mod.GpuLeases | None  #: dynamic GPU leases (a dynamic worker only)
+    executor_settings: ExecutorSettings
 
-    def __post_init__(self) -> None:
-        #: the worker's variables a run gets (see runenv.passed), read once
-        self.base_env = runenv.passed(os.environ)
-        self.threads = runenv.cpu_share()  #: thread-pool size a run is given (its CPU share)
-        self.sources = SourceCache(self.settings.git_cache, keep=self.settings.checkouts_kept)
-        self.registry = WorkerRegistry(self.store.r, self.store.keys)
-        self.keeper = keeper_for(self.store)  # claims, cancels, deferred writes of its runs
-        self.gpus = WorkerGpus.from_env()  # published by the worker's main process
-        self.leases = (
-            leases_mod.GpuLeases(self.store.r, self.store.keys, socket.gethostname())
-            if self.gpus.mode == DYNAMIC
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        store: RunStore,
+        worker: str,
+        resend: Any = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> WorkerContext:
+        """The context of a worker named ``worker`` with ``settings`` and ``store``, its
+        environment (GPUs, pool size, variables runs get) read once from ``environ``."""
+        environ = os.environ if environ is None else environ
+        gpus = WorkerGpus.from_env(environ)
+        leases = (
+            leases_mod.GpuLeases(store.r, store.keys, socket.gethostname())
+            if gpus.mode == DYNAMIC
             else None
         )
-        self.executor_settings = ExecutorSettings(
-            cache_root=self.settings.env_cache,
-            installer=self.settings.installer,
-            max_envs=self.settings.max_envs,
-            max_env_bytes=int(self.settings.max_env_gb * 2**30)
-            if self.settings.max_env_gb
-            else None,
-            failure_ttl=self.settings.env_failure_ttl,
-            build_timeout=self.settings.env_build_timeout,
+        return cls(
+            settings=settings,
+            store=store,
+            worker=worker,
+            resend=resend,
+            base_env=runenv.passed(environ),
+            threads=runenv.cpu_share(environ),
+            sources=SourceCache(settings.git_cache, keep=settings.checkouts_kept),
+            registry=WorkerRegistry(store.r, store.keys),
+            keeper=keeper_for(store),
+            gpus=gpus,
+            leases=leases,
+            executor_settings=executor_settings(settings),
         )
+
+
+def executor_settings(settings: Settings) -> ExecutorSettings:
+    """What the executors of a worker with ``settings`` are given."""
+    return ExecutorSettings(
+        cache_root=settings.env_cache,
+        installer=settings.installer,
+        max_envs=settings.max_envs,
+        max_env_bytes=settings.env_cache_bytes,
+        failure_ttl=settings.env_failure_ttl,
+        build_timeout=settings.env_build_timeout,
+        indexes=IndexDefaults.of(settings),
+    )
 
 
 class ResultWrites(Protocol):

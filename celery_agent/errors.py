@@ -35,9 +35,17 @@ class ConfigError(AgentError):
 
 
 class SpecError(AgentError, ValueError):
-    """A TaskSpec is invalid; raised at construction or submit, before anything is queued."""
+    """A TaskSpec is invalid; raised at construction or submit, before anything is queued.
+
+    ``field`` names the spec field(s) at fault ("" when the spec as a whole is).
+    """
 
     stage = "submit"
+
+    def __init__(self, message: str, hint: str | None = None, field: str = "") -> None:
+        super().__init__(message, hint)
+        self.args = (message, hint, field)
+        self.field = field
 
 
 class StateError(AgentError):

@@ -1,8 +1,6 @@
-"""Flower integration: readable names for runs, and a hardware page inside Flower's web app.
+"""Flower integration: a hardware page inside Flower's web app.
 
-Every run is the one Celery task ``celery_agent.run``, so Flower would list them all under that
-name with the whole spec (diff and env included) as arguments. :func:`display_name` and
-:func:`args_repr` give the ``shadow`` name and the ``argsrepr`` sent with each run instead.
+(The readable names Flower shows for runs are sent with each run: see :mod:`.dispatch`.)
 
 Flower has no plugin API, but its tornado application takes its handler list from
 ``flower.urls.handlers``; :func:`install_handlers` inserts ours ahead of the catch-all there, before
@@ -17,8 +15,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .gitcmd import redact
-from .spec import TaskSpec
 from .state import RunStore
 from .status import cluster_status
 from .workers import ONLINE, WorkerRegistry
@@ -27,28 +23,6 @@ logger = logging.getLogger(__name__)
 
 HARDWARE_PATH = "/celery-agent/hardware"
 HARDWARE_API_PATH = "/celery-agent/api/hardware"
-#: longest argsrepr sent; Flower shows it in one table cell
-MAX_REPR = 240
-
-
-def display_name(spec: TaskSpec) -> str:
-    """The name Flower shows for a run: ``run: <name or entry> [<queue>]``."""
-    return f"run: {spec.name or spec.entry} [{spec.queue}]"
-
-
-def args_repr(spec: TaskSpec) -> str:
-    """A short, secret-free view of a run's arguments: repo, revision, entry and params.
-
-    Never the diff, the environment or credentials in the repo URL.
-    """
-    revision = (spec.commit or "")[:12] or spec.branch or "HEAD"
-    parts = [f"repo={redact(spec.repo)!r}", f"commit={revision!r}", f"entry={spec.entry!r}"]
-    if spec.params:
-        parts.append(f"params={spec.params!r}")
-    if spec.diff:
-        parts.append("+diff")
-    text = "(" + ", ".join(parts) + ")"
-    return text if len(text) <= MAX_REPR else text[: MAX_REPR - 1] + "…"
 
 
 def hardware_data(

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+import logging
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
 from celery.result import AsyncResult
 
-from .errors import StateError
+from . import follow as follow_mod
+from .serving import NoWorkerWarning, QueueCover, queue_cover
 from .spec import TaskSpec
-from .state import TERMINAL, RunStore
+from .state import RunStore
+from .workers import WorkerRegistry
+
+logger = logging.getLogger(__name__)
 
 
 class RunHandle:
@@ -20,6 +26,8 @@ class RunHandle:
         self.run_id = run_id
         self.store = store
         self.result = result
+        #: who served the run's queue when it was submitted (None for a handle from get_run)
+        self.cover: QueueCover | None = None
 
     def __repr__(self) -> str:
         return f"RunHandle({self.run_id!r})"
@@ -38,44 +46,77 @@ class RunHandle:
         """queued, preparing, running, or a terminal state."""
         return str(self.info().get("state", ""))
 
-    def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
-        """Block until the run ends; returns its record. Raises StateError on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = self.info()
-            if record.get("state") in TERMINAL:
-                return record
-            if deadline is not None and time.monotonic() > deadline:
-                raise StateError(
-                    f"run {self.run_id} is still {record.get('state')} after {timeout}s",
-                    "wait longer, or check the worker with `celery-agent show`",
-                )
-            time.sleep(poll)
+    def wait(
+        self,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        notify: Callable[[str], None] | None = logger.warning,
+    ) -> dict[str, Any]:
+        """Block until the run ends; returns its record. Raises StateError after ``timeout``
+        seconds. While the run waits on a queue no online worker serves, ``notify`` is told so
+        every few seconds (a warning in this module's log by default)."""
+        return follow_mod.wait(self._watch(timeout, notify), poll)
 
-    def logs(self, follow: bool = False) -> Iterator[str]:
-        """The run's log lines; with ``follow``, until the run ends."""
+    def logs(
+        self,
+        follow: bool = False,
+        timeout: float | None = None,
+        notify: Callable[[str], None] | None = logger.warning,
+    ) -> Iterator[str]:
+        """The run's log lines; with ``follow``, until the run ends (or ``timeout`` seconds pass:
+        then StateError), ``notify`` told every few seconds while no worker serves its queue."""
         if follow:
-            yield from self.store.follow_log(self.run_id)
+            yield from follow_mod.follow(self._watch(timeout, notify))
         else:
             yield from self.store.read_log(self.run_id)[1]
+
+    def _watch(
+        self, timeout: float | None, notify: Callable[[str], None] | None
+    ) -> follow_mod.Watch:
+        return follow_mod.Watch(self.store, self.run_id, timeout=timeout, notify=notify)
 
     def cancel(self) -> str:
         """Ask the run to stop; returns the state it was in (a queued run ends at once)."""
         return self.store.request_abort(self.run_id)
 
 
-def submit(spec: TaskSpec | dict[str, Any], **options: Any) -> RunHandle:
-    """Validate, record and queue a run on its spec's queue; returns a handle to it."""
+def submit(
+    spec: TaskSpec | dict[str, Any], *, require_worker: bool = False, **options: Any
+) -> RunHandle:
+    """Validate, record and queue a run on its spec's queue; returns a handle to it.
+
+    The worker registry is looked at first: when no online worker serves the queue, a
+    :class:`~celery_agent.serving.NoWorkerWarning` names the queues that are served (the run
+    waits for a worker), or with ``require_worker`` a
+    :class:`~celery_agent.serving.NoWorkerError` is raised and nothing is sent."""
     from .app import get_store
     from .tasks import submit_task
 
-    result = submit_task.apply_async(args=[TaskSpec.parse(spec)], **options)
-    return RunHandle(result.id, get_store(), result)
-
-
-def get_run(run_id: str) -> RunHandle:
-    """A handle to an already submitted run (the id may be a unique prefix)."""
-    from .app import get_store
-
+    spec = TaskSpec.parse(spec)
     store = get_store()
-    return RunHandle(store.find(run_id), store)
+    queue = str(options.get("queue") or spec.queue)
+    try:
+        cover = queue_cover(WorkerRegistry(store.r, store.keys), queue)
+    except redis.RedisError:
+        store.ping()  # (raises the StateError that says where Redis was expected)
+        raise
+    if not cover.covered:
+        if require_worker:
+            raise cover.error()
+        warnings.warn(f"{cover.problem()} ({cover.hint()})", NoWorkerWarning, stacklevel=2)
+    result = submit_task.apply_async(args=[spec], **options)
+    handle = RunHandle(result.id, store, result)
+    handle.cover = cover
+    return handle
+
+
+def get_run(ref: str, store: RunStore | None = None) -> RunHandle:
+    """A handle to an already submitted run in ``store`` (this process's run store by default),
+    by its id, a unique id prefix or a unique name."""
+    from .lookup import find_run
+
+    if store is None:
+        from .app import get_store
+
+        store = get_store()
+    return RunHandle(find_run(store, ref), store)

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 FLUSH_AFTER = 0.05  #: seconds a deferred note or field may wait before the keeper sends it
 _IDLE_WAIT = 0.25  #: the listener's wait when no run is held
+#: claim renewals per claim TTL: a runner stalled (paused, cut off from Redis) for less than
+#: ``(1 - 1/RENEWALS) * claim_ttl`` keeps its claim, so its run is never given to another worker
+RENEWALS = 6
 
 
 class Held:
@@ -36,7 +39,7 @@ class Held:
     def __init__(self, store: RunStore, run_id: str, token: str, ttl: float) -> None:
         self.store, self.run_id, self.token, self.ttl = store, run_id, token, ttl
         self.cancel_heard = False
-        self.renew_at = time.monotonic() + ttl / 3
+        self.renew_at = time.monotonic() + ttl / RENEWALS
         self._lock = threading.Lock()
         self._fields: dict[str, Any] = {}
         self._state: tuple[str, dict[str, Any]] | None = None
@@ -175,7 +178,7 @@ class Keeper:
                 if held.due(now):
                     held.write()
                 if now >= held.renew_at:
-                    held.renew_at = now + held.ttl / 3
+                    held.renew_at = now + held.ttl / RENEWALS
                     self._renew(held)
             except (redis.RedisError, StateError) as err:
                 logger.warning("run %s: %s", held.run_id, err)

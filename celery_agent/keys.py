@@ -8,7 +8,15 @@ Runs:
 - ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
 - ``{p}:run:{id}:secrets`` JSON of the values the record shows masked (secret env, repo
   credentials), kept (TTL a week) until the run ends, for a requeue
-- ``{p}:retention:{runs|searches}`` where the retention sweep goes on in its index next time
+- ``{p}:retention:{runs|searches}`` where the retention sweep goes on in its index next time;
+  ``{p}:retention:lock`` (TTL) paces the deletions to one sweep a minute
+
+Searches (see :mod:`.search.record`):
+
+- ``{p}:search:{id}`` hash: state, objective, direction, sampler, space, base spec, out_dir, times,
+  best trial (number, value, run id); ``{p}:searches`` sorted set of search ids by start time
+- ``{p}:search:{id}:trials`` hash: trial number -> JSON of the trial (params, run id, state, value)
+- ``{p}:search:{id}:cancel`` flag: set to cancel the search (its controller cancels the trials)
 
 Workers and GPUs:
 
@@ -33,74 +41,94 @@ class Keys:
 
     prefix: str = "ca"
 
-    def join(self, *parts: str) -> str:
-        """A prefixed key: join('run', id) -> 'ca:run:<id>'."""
+    def _join(self, *parts: str) -> str:
+        """A prefixed key: _join('run', id) -> 'ca:run:<id>'."""
         return ":".join((self.prefix, *parts))
 
     def run(self, run_id: str) -> str:
         """The run record hash."""
-        return self.join("run", run_id)
+        return self._join("run", run_id)
 
     def runs(self) -> str:
         """Sorted set of run ids by submit time."""
-        return self.join("runs")
+        return self._join("runs")
 
     def log(self, run_id: str) -> str:
         """The run's log stream."""
-        return self.join("run", run_id, "log")
+        return self._join("run", run_id, "log")
 
     def metrics(self, run_id: str) -> str:
         """The run's metrics stream: scalars the script reports (name, value, step)."""
-        return self.join("run", run_id, "metrics")
+        return self._join("run", run_id, "metrics")
 
     def claim(self, run_id: str) -> str:
         """The run's claim (the worker running it)."""
-        return self.join("run", run_id, "claim")
+        return self._join("run", run_id, "claim")
 
     def abort(self, run_id: str) -> str:
         """The run's cancel flag."""
-        return self.join("run", run_id, "abort")
+        return self._join("run", run_id, "abort")
 
     def abort_channel(self) -> str:
         """Pub/sub channel announcing cancel requests."""
-        return self.join("abort")
+        return self._join("abort")
 
     def worker(self, name: str) -> str:
         """The worker's heartbeat hash."""
-        return self.join("worker", name)
+        return self._join("worker", name)
 
     def worker_history(self, name: str) -> str:
         """The worker's capped stream of hardware snapshots."""
-        return self.join("worker", name, "hw")
+        return self._join("worker", name, "hw")
 
     def worker_runs(self, name: str) -> str:
         """Set of run ids the worker runs now."""
-        return self.join("worker", name, "runs")
+        return self._join("worker", name, "runs")
 
     def worker_drain(self, name: str) -> str:
         """Flag telling a draining worker's runs to stop and go back to their queue."""
-        return self.join("worker", name, "drain")
+        return self._join("worker", name, "drain")
 
     def workers(self) -> str:
         """Sorted set of known workers by last heartbeat."""
-        return self.join("workers")
+        return self._join("workers")
 
     def workers_gone(self) -> str:
         """Hash of workers that stopped or were lost."""
-        return self.join("workers", "gone")
+        return self._join("workers", "gone")
 
     def gpu_lease(self, host: str, uuid: str) -> str:
         """A dynamic lease on one GPU of one machine."""
-        return self.join("gpu", host, uuid)
+        return self._join("gpu", host, uuid)
 
     def sweep_lock(self) -> str:
         """The cluster sweep's lock."""
-        return self.join("sweep", "lock")
+        return self._join("sweep", "lock")
 
     def secrets(self, run_id: str) -> str:
         """The values a run's record shows masked, kept for a requeue."""
-        return self.join("run", run_id, "secrets")
+        return self._join("run", run_id, "secrets")
 
     def retention_cursor(self, index: str) -> str:
         """Where the retention sweep goes on in ``index`` ('runs' or 'searches')."""
-        return self.join("retention", index)
+        return self._join("retention", index)
+
+    def search(self, search_id: str) -> str:
+        """The search's hash."""
+        return self._join("search", search_id)
+
+    def search_trials(self, search_id: str) -> str:
+        """The search's trials hash."""
+        return self._join("search", search_id, "trials")
+
+    def search_cancel(self, search_id: str) -> str:
+        """The search's cancel flag."""
+        return self._join("search", search_id, "cancel")
+
+    def searches(self) -> str:
+        """Sorted set of search ids by start time."""
+        return self._join("searches")
+
+    def retention_lock(self) -> str:
+        """Set (with a TTL) by the sweep that deletes old runs: the next sweeps leave it be."""
+        return self._join("retention", "lock")

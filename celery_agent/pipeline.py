@@ -40,7 +40,6 @@ from .stopwatch import CHECK_EVERY, StopWatch
 logger = logging.getLogger(__name__)
 TAG = "[celery-agent]"
 
-
 __all__ = ["DuplicateRun", "Job", "Requeued", "WorkerContext", "entry_head", "execute"]
 
 
@@ -129,6 +128,7 @@ class Job:
                 raise Cancelled("cancelled before it started")
             self.begin(spec, record)
             self.checkout = self.materialize(spec)
+            entry_head(spec, self.checkout)  # a missing entry fails now, before the env is built
             prepared = self.prepare(spec, self.checkout)
             outcome = self.execute(spec, self.checkout, prepared)
             return self.collect(outcome)

@@ -14,16 +14,12 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from . import attempts, state
-from .defaults import REQUEUE_PRIORITY
+from . import attempts, dispatch, state
 from .errors import SpecError
-from .flower import args_repr, display_name
 from .spec import TaskSpec
 from .state import RunStore
 
 logger = logging.getLogger(__name__)
-
-RUN_TASK = "celery_agent.run"
 
 #: resend(run_id, spec_json, queue): send the run's message again
 Resend = Callable[[str, dict[str, Any], str], None]
@@ -37,11 +33,7 @@ def celery_resend(app: Any) -> Resend:
     """A :data:`Resend` that sends the run task through ``app`` with the run's id as task id."""
 
     def resend(run_id: str, spec: dict[str, Any], queue: str) -> None:
-        parsed = TaskSpec.parse(spec)
-        app.send_task(
-            RUN_TASK, args=[spec], task_id=run_id, queue=queue, priority=REQUEUE_PRIORITY,
-            shadow=display_name(parsed), argsrepr=args_repr(parsed),
-        )  # fmt: skip
+        dispatch.resend(app, run_id, spec, queue)
         logger.info("run %s sent again to queue %s", run_id, queue)
 
     return resend

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import state
+from .settings import Settings
 from .state import RunStore
 
 logger = logging.getLogger(__name__)
@@ -56,11 +57,9 @@ def expire_runs(store: RunStore, days: float, now: float | None = None,
 def expire_searches(store: RunStore, days: float, now: float | None = None,
                     batch: int = BATCH) -> list[str]:  # fmt: skip
     """Delete searches that ended more than ``days`` ago (one window of ``batch``); their ids."""
-    from .search.record import SearchKeys
-
     if days <= 0:
         return []
-    keys, cutoff = SearchKeys(store), (now or time.time()) - days * DAY
+    keys, cutoff = store.keys, (now or time.time()) - days * DAY
     offset, ids = _window(store, keys.searches(), "searches", cutoff, batch)
     pipe = store.r.pipeline(transaction=False)
     for search_id in ids:
@@ -72,7 +71,8 @@ def expire_searches(store: RunStore, days: float, now: float | None = None,
     ]
     pipe = store.r.pipeline(transaction=False)
     for search_id in gone:
-        pipe.unlink(keys.search(search_id), keys.trials(search_id), keys.cancel(search_id))
+        pipe.unlink(keys.search(search_id), keys.search_trials(search_id),
+                    keys.search_cancel(search_id))  # fmt: skip
     if gone:
         pipe.zrem(keys.searches(), *gone)
     pipe.execute()
@@ -101,14 +101,11 @@ def prune_run_dirs(runs_dir: Path, store: RunStore, days: float,
     return removed
 
 
-def prune_this_machine() -> list[str]:
-    """:func:`prune_run_dirs` with this process's settings and store, logging what it did; for a
-    worker to call (in the background) when it starts. Errors are logged, never raised."""
-    from .app import get_settings, get_store
-
-    settings = get_settings()
+def prune_this_machine(settings: Settings, store: RunStore) -> list[str]:
+    """:func:`prune_run_dirs` with a worker's ``settings`` and ``store``, logging what it did; for
+    a worker to call now and then (in the background). Errors are logged, never raised."""
     try:
-        removed = prune_run_dirs(settings.runs_dir, get_store(), settings.run_retention_days)
+        removed = prune_run_dirs(settings.runs_dir, store, settings.run_retention_days)
     except Exception as err:
         logger.warning("pruning old run folders failed: %s", err)
         return []
@@ -144,12 +141,10 @@ def _expired(row: dict[str, Any], cutoff: float, running_searches: set[str]) -> 
 
 
 def _running_searches(store: RunStore, names: Sequence[str | None]) -> set[str]:
-    from .search.record import SearchKeys
-
     found = {m["search"] for n in names if n and (m := _TRIAL.match(n))}
     if not found:
         return set()
-    keys, ordered = SearchKeys(store), sorted(found)
+    keys, ordered = store.keys, sorted(found)
     pipe = store.r.pipeline(transaction=False)
     for search_id in ordered:
         pipe.hget(keys.search(search_id), "state")
@@ -163,7 +158,7 @@ def _delete_runs(store: RunStore, run_ids: Sequence[str]) -> None:
     pipe = store.r.pipeline(transaction=False)
     for run_id in run_ids:  # secrets: runenv keeps a run's secret values there until it ends
         pipe.unlink(k.run(run_id), k.log(run_id), k.metrics(run_id), k.claim(run_id),
-                    k.abort(run_id), k.join("run", run_id, "secrets"))  # fmt: skip
+                    k.abort(run_id), k.secrets(run_id))  # fmt: skip
     pipe.zrem(k.runs(), *run_ids)
     pipe.execute()
 

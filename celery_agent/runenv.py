@@ -109,17 +109,13 @@ def agent_vars(run_id: str, run_dir: Path, output_dir: Path, queue: str) -> dict
     }
 
 
-def cluster_vars(settings: Settings | None = None) -> dict[str, str]:
+def cluster_vars(settings: Settings) -> dict[str, str]:
     """Broker and state-store settings, so a controller run can submit runs and wait for them.
 
     Read from the worker's settings (environment, config file), not from its raw environment;
     the broker and result backend only when set. For runs on the worker's host: a container
     gets none of them (a loopback URL means nothing there, and it keeps the run's own env).
     """
-    if settings is None:
-        from .app import get_settings  # the worker's settings; imported late (Celery app)
-
-        settings = get_settings()
     out = {"CELERY_AGENT_REDIS_URL": settings.redis_url, "CELERY_AGENT_PREFIX": settings.prefix}
     if settings.broker_url:
         out["CELERY_BROKER_URL"] = settings.broker_url

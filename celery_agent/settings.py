@@ -18,6 +18,10 @@ from .errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 ENV_PREFIX = "CELERY_AGENT_"
+#: the PyTorch wheel index; ``{variant}`` is ``cpu`` or a CUDA build such as ``cu121``
+DEFAULT_TORCH_TEMPLATE = "https://download.pytorch.org/whl/{variant}"
+#: the CUDA builds PyTorch publishes, oldest first; a driver runs builds up to its CUDA version
+DEFAULT_CUDA_VARIANTS = ("cu118", "cu121", "cu124", "cu126", "cu128", "cu129", "cu130")
 
 
 @dataclass(frozen=True)
@@ -31,20 +35,27 @@ class Settings:
     home: Path = field(default_factory=lambda: Path.home() / ".celery-agent")
     installer: str = "auto"
     max_envs: int = 20
-    max_env_gb: float | None = None
+    env_cache_max_gb: float | None = None  # GB the cached environments may take (per executor)
+    max_env_gb: float | None = None  # the former name of env_cache_max_gb, still read
+    index_url: str | None = None  # the package index a spec without one installs from (a mirror)
+    extra_index_urls: tuple[
+        str, ...
+    ] = ()  # more indexes for specs that name none (space-separated)
+    torch_index_template: str = DEFAULT_TORCH_TEMPLATE  # the torch wheel index per build ("": off)
+    torch_cuda_variants: tuple[str, ...] = DEFAULT_CUDA_VARIANTS  # CUDA builds of torch there
     env_failure_ttl: float = 600.0
     env_build_timeout: float | None = 3600.0  # seconds an environment build may take
     grace: float = 10.0
-    claim_ttl: float = 60.0  # seconds a dead runner's claim outlives it
+    claim_ttl: float = 12.0  # seconds a dead runner's claim outlives it (renewed every quarter)
     drain_grace: float = 300.0  # seconds a stopping worker lets its runs finish before requeueing
     record_retry: float = 120.0  # seconds a run's final state is retried while Redis is away
     abort_poll: float = 1.0  # backstop read of the cancel/drain flags; pub/sub is the fast path
     log_maxlen: int = 100_000
     keep_source: bool = False  # keep each run's worktree in its run folder (none is reused)
     checkouts_kept: int = 8  # pristine worktrees kept per repository for reuse (0: none)
-    heartbeat_interval: float = 5.0  # seconds between a worker's heartbeats
-    heartbeat_history: int = 720  # hardware snapshots kept per worker (1 h at 5 s)
-    sweep_interval: float = 30.0  # seconds between cluster sweeps (celery beat)
+    heartbeat_interval: float = 2.0  # seconds between a worker's heartbeats (TTL: three of them)
+    heartbeat_history: int = 1800  # hardware snapshots kept per worker (1 h at 2 s)
+    sweep_interval: float = 2.0  # seconds between cluster sweeps (beat and each worker)
     sweep_queue: str = "celery-agent.sweep"  # every worker also consumes this queue
     run_retention_days: float = 30.0  # finished runs older than this are deleted (0: keep all)
     gpu_wait: float = 300.0  # seconds a dynamic run waits for free GPUs before it fails
@@ -66,6 +77,13 @@ class Settings:
     def env_cache(self) -> Path:
         """The environment cache root; each executor has a folder under it."""
         return self.home / "cache" / "envs"
+
+    @property
+    def env_cache_bytes(self) -> int | None:
+        """The size bound of the environment cache in bytes (``env_cache_max_gb``, else the
+        former ``max_env_gb``), None when unbounded."""
+        gb = self.env_cache_max_gb if self.env_cache_max_gb is not None else self.max_env_gb
+        return int(gb * 2**30) if gb else None
 
     @property
     def broker(self) -> str:
@@ -174,6 +192,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert(kind: str, value: Any) -> Any:
+    if kind.startswith("tuple"):
+        return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else _words(value)
     if kind.startswith("Path"):
         return Path(value).expanduser()
     if kind.startswith("bool"):
@@ -183,6 +203,11 @@ def _convert(kind: str, value: Any) -> Any:
     if kind.startswith("float"):
         return float(value)
     return str(value)
+
+
+def _words(text: Any) -> tuple[str, ...]:
+    """A list setting given as text: items separated by spaces or commas."""
+    return tuple(word for word in str(text).replace(",", " ").split() if word)
 
 
 def _parse_bool(text: str) -> bool:

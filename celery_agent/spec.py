@@ -53,6 +53,16 @@ class DockerOptions(BaseModel):
     workdir: str | None = Field(None, description="working directory inside the container")
     entrypoint: list[str] | None = Field(None, description="override the image's entrypoint")
     pull: Literal["never", "if-missing", "always"] = Field("if-missing", description="pull policy")
+    index_config: Literal["install", "run", "none"] = Field(
+        "install",
+        description="the worker's pip/uv index settings (variables, config files, CA bundles) "
+        "in the container: for the install step, for the run too, or not at all",
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="shell commands run as root on the image once, e.g. 'apt-get install -y "
+        "libgl1'; the result is kept as a derived image reused by later runs",
+    )
 
     @field_validator("volumes")
     @classmethod
@@ -99,11 +109,17 @@ class CondaOptions(BaseModel):
 class TaskSpec(BaseModel):
     """One experiment: code (repo, commit, diff), what to run, parameters, environment, resources.
 
-    Unknown fields are rejected (a typo must not be silently ignored). Construct it directly or
-    with :meth:`parse` to get a :class:`~celery_agent.errors.SpecError` instead of pydantic's error.
+    Unknown fields are rejected (a typo must not be silently ignored). Constructed directly or
+    with :meth:`parse`, a bad field raises :class:`~celery_agent.errors.SpecError` naming it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise spec_error(exc) from None
 
     name: str | None = Field(None, description="a label for people; defaults to the entry")
     repo: str = Field(..., description="git URL or local path of the repository")
@@ -123,8 +139,14 @@ class TaskSpec(BaseModel):
     requirements_file: str | None = Field(
         None, description="a requirements file in the repo (-r/-c lines read relative to it)"
     )
-    index_url: str | None = Field(None, description="package index to install from")
+    index_url: str | None = Field(
+        None, description="package index to install from; ${NAME} is filled in on the worker"
+    )
+    extra_index_urls: list[str] = Field(
+        default_factory=list, description="more indexes searched besides index_url"
+    )
     find_links: list[str] = Field(default_factory=list, description="local wheel folders / pages")
+    no_index: bool = Field(False, description="install only from find_links, no index at all")
     python: str | None = Field(None, description="interpreter version ('3.11') or path")
     executor: str = Field("venv", description="venv (default), local, docker or conda")
     queue: str = Field("default", description="Celery queue the run is sent to")
@@ -256,11 +278,18 @@ class TaskSpec(BaseModel):
             )
         return v
 
-    @field_validator("timeout", "grace")
+    @field_validator("timeout")
     @classmethod
-    def _positive(cls, v: float | None) -> float | None:
+    def _timeout(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"{v} is not a timeout: give seconds > 0, or leave it unset for none")
+        return v
+
+    @field_validator("grace")
+    @classmethod
+    def _grace(cls, v: float | None) -> float | None:
         if v is not None and v < 0:
-            raise ValueError("must be >= 0 seconds")
+            raise ValueError(f"{v} is not a grace period: give seconds >= 0 (0 = KILL at once)")
         return v
 
     @field_validator("timeouts")
@@ -268,11 +297,21 @@ class TaskSpec(BaseModel):
     def _stage_timeouts(cls, v: dict[str, float]) -> dict[str, float]:
         bad = sorted(stage for stage, seconds in v.items() if seconds <= 0)
         if bad:
-            raise ValueError(f"stage timeouts must be > 0 seconds; not so for {', '.join(bad)}")
+            raise ValueError(
+                f"stage timeouts must be > 0 seconds; not so for {', '.join(bad)} "
+                "(leave a stage out for its default deadline)"
+            )
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
+        if self.no_index and (self.index_url or self.extra_index_urls):
+            raise ValueError(
+                "no_index turns every index off, yet index_url or extra_index_urls names one: "
+                "drop no_index, or the index URLs"
+            )
+        if self.no_index and not self.find_links:
+            raise ValueError("no_index needs find_links (wheel folders) to install from")
         if self.diff and not self.diff.endswith("\n"):
             object.__setattr__(self, "diff", self.diff + "\n")
         if self.requirements is not None and self.requirements_file:
@@ -300,17 +339,12 @@ class TaskSpec(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise SpecError(format_validation_error(exc)) from None
+            raise spec_error(exc) from None
 
     @property
     def module(self) -> str | None:
         """The module name when the entry is '-m module', else None."""
         return self.entry[3:] if self.entry.startswith("-m ") else None
-
-    @property
-    def display_name(self) -> str:
-        """What people see: the name, or the entry."""
-        return self.name or self.entry
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict with only the fields that differ from their defaults, plus repo/entry.
@@ -330,15 +364,19 @@ class TaskSpec(BaseModel):
         ``***``, and ``user:password@`` removed from the repo URL."""
         env = {k: MASK if k in self.secret_env else v for k, v in self.env.items()}
         repo = redact(self.repo)
-        if env == self.env and repo == self.repo:
+        indexes = _masked_indexes(self)
+        if env == self.env and repo == self.repo and not indexes:
             return self
-        return self.model_copy(update={"env": env, "repo": repo})
+        return self.model_copy(update={"env": env, "repo": repo} | indexes)
 
     @staticmethod
     def masks_nothing(data: Any) -> bool:
         """Whether a spec's fields as sent hold nothing :meth:`masked` would hide (told without
         validating them: no ``secret_env``, no credentials in ``repo``)."""
         if not isinstance(data, dict) or data.get("secret_env"):
+            return False
+        urls = [data.get("index_url") or "", *(data.get("extra_index_urls") or ())]
+        if any("@" in str(url) for url in urls + list(data.get("find_links") or ())):
             return False
         repo = data.get("repo")
         return isinstance(repo, str) and redact(repo) == repo
@@ -353,12 +391,40 @@ class TaskSpec(BaseModel):
         return TaskSpec.parse(self.model_dump(mode="json") | changes)
 
 
+def _masked_indexes(spec: TaskSpec) -> dict[str, Any]:
+    """The index fields whose URLs hold a written password, masked (``${NAME}`` is kept)."""
+    urls = [spec.index_url or "", *spec.extra_index_urls, *spec.find_links]
+    if not any("@" in url for url in urls):  # (the common case: nothing to mask, no import)
+        return {}
+    from .executors.indexes import mask  # lazy: executors import this module
+
+    out: dict[str, Any] = {}
+    if spec.index_url and mask(spec.index_url) != spec.index_url:
+        out["index_url"] = mask(spec.index_url)
+    for name in ("extra_index_urls", "find_links"):
+        urls = getattr(spec, name)
+        masked = [mask(url) for url in urls]
+        if masked != urls:
+            out[name] = masked
+    return out
+
+
 def _inside_repo(path: str, what: str) -> None:
     norm = posixpath.normpath(path.replace("\\", "/"))
     if path.startswith("/") or norm == ".." or norm.startswith("../"):
         raise ValueError(
             f"{what} {path!r} points outside the repository: give a path relative to the repo root"
         )
+
+
+def spec_error(exc: ValidationError) -> SpecError:
+    """The :class:`SpecError` for pydantic's error: every problem with its field, and the fields."""
+    fields = dict.fromkeys(".".join(str(x) for x in e["loc"]) or "spec" for e in exc.errors())
+    return SpecError(
+        format_validation_error(exc),
+        "fix the field named, or see `celery-agent submit --help` and the TaskSpec fields",
+        ",".join(fields),
+    )
 
 
 def format_validation_error(exc: ValidationError) -> str:

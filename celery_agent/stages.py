@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import AgentError, RunError, StageTimeout
+from .errors import AgentError, SourceError, StageTimeout
 from .runner import ProcessOutcome
 from .source import Checkout
 from .spec import TaskSpec
@@ -59,12 +59,14 @@ def stage_timeout(message: str, stage: str) -> StageTimeout:
 
 
 def entry_head(spec: TaskSpec, co: Checkout) -> list[str]:
-    """The interpreter arguments that name what to run: ['-m', module] or [script path]."""
+    """The interpreter arguments that name what to run: ['-m', module] or [script path].
+
+    Raises :class:`SourceError` (stage source) when the script is not in the checkout."""
     if spec.module:
         return ["-m", spec.module]
     script = co.path / spec.entry
     if not script.is_file():
-        raise RunError(
+        raise SourceError(
             f"entry {spec.entry!r} does not exist in {co.repo_url} at {co.commit[:12]}",
             "check the path (relative to the repository root) and that the file is committed or in the diff",
         )

@@ -26,7 +26,7 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, LOST})
 ACTIVE = frozenset({PREPARING, RUNNING})
 #: the record fields a delivery reads as it claims a run (the spec and the rest are not needed)
 START_FIELDS = ("state", "attempt", "lost_attempts", "preparing_at")
-_JSON_FIELDS = ("spec", "params", "usage", "freeze", "timings", "log_tail", "gpus")
+_JSON_FIELDS = ("spec", "params", "usage", "freeze", "timings", "log_tail", "gpus", "torch_index")
 
 # Move a run to a new state unless it already ended; returns the state it had ("" if none).
 # The fields come as one JSON object of strings (ARGV[4]): a run's end writes ~20 fields, and
@@ -111,10 +111,6 @@ class RunStore:
         return cls(client, prefix, log_maxlen)
 
     # -- keys -----------------------------------------------------------------------------------
-    def key(self, *parts: str) -> str:
-        """A prefixed key: key('run', id) -> 'ca:run:<id>'."""
-        return self.keys.join(*parts)
-
     # -- records --------------------------------------------------------------------------------
     def create_run(self, run_id: str, spec: Mapping[str, Any], queue: str, **fields: Any) -> bool:
         """Record a queued run; False (and nothing changed) when the id is already recorded."""
@@ -280,14 +276,15 @@ class RunStore:
         self._release(keys=[self.keys.claim(run_id)], args=[worker])
 
     def request_abort(self, run_id: str, ttl: float = 7 * 86400) -> str:
-        """Ask for the run to stop; a queued run is marked aborted at once. Returns its state."""
+        """Ask for the run to stop; a queued run is marked aborted at once. Returns the state it
+        was in ('queued' for a run that thus never starts)."""
         record = self.get(run_id)
         with _errors(self):
             self.r.set(self.keys.abort(run_id), "1", ex=int(ttl))
             self.r.publish(self.keys.abort_channel(), run_id)
         if record.get("state") == QUEUED:
             self.transition(run_id, ABORTED, error="cancelled before it started")
-            return ABORTED
+            return QUEUED
         return str(record.get("state", ""))
 
     def is_aborted(self, run_id: str) -> bool:

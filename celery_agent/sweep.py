@@ -7,7 +7,8 @@
   lost at once);
 - workers not seen for :data:`RETENTION` seconds are forgotten with their history;
 - runs and searches that ended more than ``run_retention_days`` ago are deleted, a bounded batch
-  per sweep (see :mod:`.retention`).
+  at most every :data:`RETENTION_EVERY` seconds across the cluster (see :mod:`.retention`): the
+  sweep itself runs every couple of seconds, so that a dead worker's runs come back promptly.
 
 Every step is idempotent (a lost worker or run is marked once, a terminal run never changes), and a
 short Redis lock keeps two beats from sweeping at the same moment.
@@ -19,16 +20,27 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import retention, state
-from .requeue import Finished, Resend, Revoked, recover
+from .requeue import (
+    Finished,
+    Resend,
+    Revoked,
+    celery_finished,
+    celery_resend,
+    celery_revoked,
+    recover,
+)
+from .settings import Settings
 from .state import RunStore
 from .workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
 RETENTION = 7 * 86400  #: seconds a worker that is gone stays listed
+RETENTION_EVERY = 60.0  #: seconds between two deletions of old runs, whoever sweeps
 
 
 def sweep(
@@ -37,13 +49,15 @@ def sweep(
     lock_ttl: float = 10.0,
     resend: Resend | None = None,
     revoked: Revoked | None = None,
-    retention_days: float | None = None,
+    retention_days: float = Settings.run_retention_days,
     retention_batch: int = retention.BATCH,
     finished: Finished | None = None,
+    retention_every: float = RETENTION_EVERY,
 ) -> dict[str, Any]:
     """Sweep once; returns what changed (``skipped`` when another sweep holds the lock).
 
-    ``retention_days`` defaults to the ``run_retention_days`` setting (0 keeps everything).
+    Runs and searches that ended more than ``retention_days`` ago are deleted (0 keeps everything),
+    by at most one sweep per ``retention_every`` seconds.
     """
     token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
     if not store.r.set(store.keys.sweep_lock(), token, nx=True, px=max(1, int(lock_ttl * 1000))):
@@ -58,16 +72,45 @@ def sweep(
         for run_id, what in _orphan_runs(store, registry, name, alive, resend, revoked, finished):
             found[_BUCKET[what]].append(run_id)
     forgotten = registry.trim(time.time() - RETENTION)
-    expired = _expire(store, retention_days, retention_batch)
+    expired = {"expired_runs": 0, "expired_searches": 0}
+    if _due(store, token, retention_every):
+        expired = _expire(store, retention_days, retention_batch)
     return {"lost_workers": lost_workers, **found, "forgotten": forgotten, **expired}
 
 
-def _expire(store: RunStore, days: float | None, batch: int) -> dict[str, int]:
-    """Delete runs and searches past their retention; how many of each went."""
-    if days is None:
-        from .app import get_settings
+#: the parts of a sweep's result that say it changed something (logged as a warning)
+CHANGES = ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs")
 
-        days = get_settings().run_retention_days
+
+def sweeper(
+    app: Any, settings: Settings, store: RunStore, registry: WorkerRegistry
+) -> Callable[[], dict[str, Any]]:
+    """The cluster sweep as both beat's scheduled task and the workers' chore run it: runs sent
+    again through ``app``, revoked runs and the outcomes of ended runs read and stored through its
+    result backend, the lock and retention from ``settings``; a sweep that changed anything is
+    logged."""
+    resend, revoked, finished = celery_resend(app), celery_revoked(app), celery_finished(app, store)
+
+    def run() -> dict[str, Any]:
+        result = sweep(store, registry, lock_ttl=settings.sweep_interval / 2, resend=resend,
+                       revoked=revoked, retention_days=settings.run_retention_days,
+                       finished=finished)  # fmt: skip
+        if any(result.get(k) for k in CHANGES):
+            logger.warning("sweep: %s", result)
+        return result
+
+    return run
+
+
+def _due(store: RunStore, token: str, every: float) -> bool:
+    """Whether this sweep deletes old runs (one sweep per ``every`` seconds does)."""
+    if every <= 0:
+        return True
+    return bool(store.r.set(store.keys.retention_lock(), token, nx=True, px=int(every * 1000)))
+
+
+def _expire(store: RunStore, days: float, batch: int) -> dict[str, int]:
+    """Delete runs and searches past their retention; how many of each went."""
     try:
         runs = retention.expire_runs(store, days, batch=batch)
         searches = retention.expire_searches(store, days, batch=batch)

@@ -34,13 +34,12 @@ from celery.exceptions import Ignore
 from celery.signals import celeryd_init, task_prerun, worker_ready
 from celery.utils import uuid
 
-from . import attempts, pipeline, runenv, state
+from . import attempts, dispatch, pipeline, runenv, state
 from . import sweep as sweep_mod
 from .app import app, get_registry, get_settings, get_store
 from .defaults import SWEEP_TASK
 from .errors import SpecError, UnknownRunError
-from .flower import args_repr, display_name
-from .requeue import celery_finished, celery_resend, celery_revoked, ended_summary
+from .requeue import celery_resend, ended_summary
 from .spec import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -64,11 +63,7 @@ class SubmitTask(Task):
         if not args:
             raise TypeError("submit_task needs a TaskSpec (or dict) as its first argument")
         spec = TaskSpec.parse(args[0])
-        options.setdefault("queue", spec.queue)
-        options.setdefault("shadow", display_name(spec))  # what Flower and events show
-        options.setdefault("argsrepr", args_repr(spec))  # short, secret-free
-        if "ignore_result" not in options and not self.ignore_result:
-            options["ignore_result"] = None  # unset: the worker decides who writes the result
+        dispatch.first_send(spec, options, bool(self.ignore_result))  # queue, shadow, argsrepr
         task_id = task_id or uuid()
         store = get_store()
         store.create_run(task_id, spec.to_json(), options["queue"])  # masked: no secret values
@@ -78,7 +73,7 @@ class SubmitTask(Task):
 
 # resultrepr_maxsize: the summary's preview in the worker's log and the task-succeeded event
 # (Flower's result column); its run id, status, exit code and error lead it (stages.LEADS).
-@app.task(bind=True, base=SubmitTask, name="celery_agent.run", acks_late=True,
+@app.task(bind=True, base=SubmitTask, name=dispatch.RUN_TASK, acks_late=True,
           resultrepr_maxsize=256)  # fmt: skip
 def run_task(self: Task, spec: Any = None, *extra: Any, **options: Any) -> dict[str, Any]:
     """Run one experiment on this worker; returns its summary (never raises for a failed run).
@@ -125,17 +120,7 @@ submit_task = run_task
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> dict[str, Any]:
     """Mark lost workers and the runs they held; forget long-gone workers (scheduled by beat)."""
-    result = sweep_mod.sweep(
-        get_store(),
-        get_registry(),
-        lock_ttl=get_settings().sweep_interval / 2,
-        resend=celery_resend(app),
-        revoked=celery_revoked(app),
-        finished=celery_finished(app, get_store()),
-    )
-    if any(result.get(k) for k in ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs")):
-        logger.warning("sweep: %s", result)
-    return result
+    return sweep_mod.sweeper(app, get_settings(), get_store(), get_registry())()
 
 
 def _unmask(store: Any, run_id: str, raw: Any) -> Any:
@@ -177,7 +162,7 @@ def _context(hostname: str | None) -> pipeline.WorkerContext:
     name = hostname or f"celery@{socket.gethostname()}"
     key = (os.getpid(), name)
     if key not in _contexts:
-        _contexts[key] = pipeline.WorkerContext(
+        _contexts[key] = pipeline.WorkerContext.create(
             get_settings(), get_store(), name, resend=celery_resend(app)
         )
     return _contexts[key]

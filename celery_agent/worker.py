@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import click
-from celery import Celery, bootsteps
+from celery import bootsteps
 from celery.signals import worker_process_init
 
 from . import attempts, orphan, retention
@@ -30,25 +29,13 @@ from .drain import Drain
 from .drain import install as install_drain
 from .gpus import WORKER_GPUS_ENV, WorkerGpus
 from .monitoring import Monitor
+from .sweep import sweeper
 from .workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
 REAP_EVERY = 6  #: heartbeats between looks for processes of dead runs on this machine
 PRUNE_EVERY = 86400.0  #: seconds between looks for run folders past the retention
-
-OPTIONS = [
-    click.Option(["--gpus"], default=None, help="GPUs this worker owns: 0 | 0,1 | 0-3 | all"),
-    click.Option(["--dynamic"], is_flag=True, default=False, help="lease --gpus to runs by need"),
-    click.Option(["--cpu-only"], is_flag=True, default=False, help="runs see no GPU"),
-]
-
-
-def install(app: Celery) -> None:
-    """Add the worker options and the agent's bootstep to ``app``."""
-    for option in OPTIONS:
-        app.user_options["worker"].add(option)
-    app.steps["worker"].add(AgentStep)
 
 
 class Heartbeat:
@@ -159,9 +146,13 @@ class AgentStep(bootsteps.StartStopStep):
         hb, interval = self.heartbeat, settings.heartbeat_interval
         hb.add_chore("looking for processes of dead runs", REAP_EVERY * interval,
                      lambda: attempts.reap(store))  # fmt: skip
-        hb.add_chore("pruning old run folders", PRUNE_EVERY, retention.prune_this_machine)
+        hb.add_chore("pruning old run folders", PRUNE_EVERY,
+                     lambda: retention.prune_this_machine(settings, store))  # fmt: skip
+        # the sweep runs here too, beside beat's scheduled task: it must not wait for a free pool
+        # slot, which a fleet busy with long runs or a backlog may not have for hours (the sweep's
+        # lock lets one process sweep at a time)
         hb.add_chore("cluster sweep", settings.sweep_interval,
-                     _sweeper(parent.app, store, registry, settings.sweep_interval))  # fmt: skip
+                     sweeper(parent.app, settings, store, registry))  # fmt: skip
         self.drain = Drain(store, parent.hostname, settings.drain_grace)
         self.drain.reset()
         install_drain(self.drain)
@@ -200,24 +191,6 @@ class _Chore:
     every: float
     run: Callable[[], object]
     next_at: float = 0.0
-
-
-def _sweeper(app: Celery, store: Any, registry: WorkerRegistry, interval: float) -> Any:
-    """The cluster sweep as the worker's main process runs it (beside beat's scheduled task): a
-    sweep must not wait for a free pool slot, which a fleet busy with long runs or a backlog may
-    not have for hours. The sweep's lock lets one process sweep at a time."""
-    from . import sweep as sweep_mod
-    from .requeue import celery_finished, celery_resend, celery_revoked
-
-    resend, revoked, finished = celery_resend(app), celery_revoked(app), celery_finished(app, store)
-
-    def run() -> None:
-        result = sweep_mod.sweep(store, registry, lock_ttl=interval / 2, resend=resend,
-                                 revoked=revoked, finished=finished)  # fmt: skip
-        if any(result.get(k) for k in ("lost_workers", "lost_runs", "requeued_runs")):
-            logger.warning("sweep: %s", result)
-
-    return run
 
 
 def _announce(hostname: str, queues: list[str], gpus: WorkerGpus) -> None:

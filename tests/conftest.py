@@ -5,15 +5,11 @@ Integration tests talk to services the fixtures start on loopback; nothing is fa
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +17,9 @@ import psutil
 import pytest
 
 from celery_agent.guard import guard
+from celery_agent.testing import WorkerProcess, git, init_repo, write_wheel
+
+__all__ = ["ROOT", "Worker", "git", "write_wheel"]  # (imported by tests from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 _fixture_pids: set[int] = set()
@@ -100,8 +99,8 @@ def _spawn(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> subpro
     return proc
 
 
-class Worker:
-    """A real `celery -A celery_agent worker` process."""
+class Worker(WorkerProcess):
+    """A real `celery -A celery_agent worker` process; the leak check knows it as a fixture's."""
 
     def __init__(
         self,
@@ -112,39 +111,14 @@ class Worker:
         args: tuple[str, ...] = (),
         **env: str,
     ) -> None:
-        self.home, self.url, self.queues = home, url, queues
-        self.name = f"w{uuid.uuid4().hex[:6]}"
-        self.log = home / f"{self.name}.log"
-        self.env = dict(os.environ, CELERY_AGENT_REDIS_URL=url, CELERY_AGENT_HOME=str(home), **env)
-        self.argv = [
-            sys.executable, "-m", "celery", "-A", "celery_agent", "worker", "-Q", queues,
-            "-c", str(concurrency), "-n", f"{self.name}@%h", "--loglevel", "INFO",
-            "--without-mingle", "--without-gossip", *args,
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
+        name = f"w{uuid.uuid4().hex[:6]}"
+        super().__init__("celery_agent", queues, home, url, name, concurrency, args, env)
 
-    def start(self, timeout: float = 60) -> Worker:
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.proc = _spawn(self.argv, self.env, self.log, self.home)
-        deadline = time.monotonic() + timeout
-        while b" ready." not in self.log.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
+    def launch(self) -> Worker:
+        super().launch()
+        assert self.proc is not None
+        _fixture_pids.add(self.proc.pid)
         return self
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture(scope="session")
@@ -217,21 +191,6 @@ def make_beat(redis_url: str, tmp_path: Path) -> Iterator[object]:
 
 
 # -- git ----------------------------------------------------------------------------------------
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
-    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
-}  # fmt: skip
-
-
-def git(cwd: Path, *args: str) -> str:
-    """Run git in ``cwd`` and return its stdout."""
-    env = dict(os.environ, **GIT_ENV)
-    done = subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True
-    )
-    return done.stdout.strip()
-
-
 @pytest.fixture()
 def make_repo(tmp_path: Path):
     """make_repo({'train.py': '...'}) -> path of a new git repo with those files committed."""
@@ -239,40 +198,13 @@ def make_repo(tmp_path: Path):
     def factory(files: dict[str, str], name: str = "repo") -> Path:
         path = tmp_path / name
         path.mkdir()
-        git(path, "init", "-q", "-b", "main")
-        for rel, text in files.items():
-            (path / rel).parent.mkdir(parents=True, exist_ok=True)
-            (path / rel).write_text(text)
-        git(path, "add", "-A")
-        git(path, "commit", "-q", "-m", "initial")
+        init_repo(path, files)
         return path
 
     return factory
 
 
 # -- a wheelhouse made on the spot (no index needed) ---------------------------------------------
-def write_wheel(folder: Path, name: str, version: str, code: str) -> Path:
-    """Write a pure-Python wheel ``name-version`` holding module ``name`` with ``code``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dist = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}.py": code,
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as zf:
-        for arc, text in files.items():
-            data = text.encode()
-            zf.writestr(arc, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{arc},sha256={digest},{len(data)}")
-        record.append(f"{dist}/RECORD,,")
-        zf.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
-    return path
-
-
 @pytest.fixture()
 def wheelhouse(tmp_path: Path) -> Path:
     """A folder with wheel 'cademo' 1.0 (module cademo, VERSION = '1.0')."""

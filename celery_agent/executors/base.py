@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from ..envcache import EnvCache
 from ..runner import LineSink, ProcessOutcome, run_process
 from ..spec import TaskSpec
+from .indexes import IndexDefaults
 from .steps import LogFn
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class ExecutorSettings:
     max_env_bytes: int | None = None
     failure_ttl: float = 600.0
     build_timeout: float | None = None  #: seconds; over it the build raises StageTimeout
+    indexes: IndexDefaults = field(default_factory=IndexDefaults)  #: mirror, torch index
 
     def within(self, seconds: float | None) -> ExecutorSettings:
         """These settings with builds limited to ``seconds`` as well (None: no further limit)."""
@@ -71,16 +73,13 @@ class PreparedEnv:
     cache_hit: bool = False
     seconds: float = 0.0  #: time prepare() took
     installer: str = "none"  #: "uv", "pip" or "none"
-    source: str = ""  #: where the requirements came from: file and hash (see envsource)
+    facts: dict[str, Any] = field(default_factory=dict)  #: more for the run's record (torch index)
 
     def record(self) -> dict[str, Any]:
-        """The fields of the run record this environment fills."""
-        return {
-            "env_key": self.cache_key,
-            "env_hit": self.cache_hit,
-            "freeze": self.freeze,
-            "env_source": self.source,
-        }
+        """What the run's record keeps of its environment."""
+        return {"env_key": self.cache_key, "env_hit": self.cache_hit, "freeze": self.freeze} | (
+            self.facts
+        )
 
 
 class Executor(ABC):

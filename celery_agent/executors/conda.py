@@ -33,6 +33,7 @@ from ..spec import CondaOptions, TaskSpec
 from .base import Executor, PreparedEnv
 from .conda_env import CondaBuild, find_tool
 from .conda_inputs import CondaInput, current_platform, key_parts, read_input
+from .indexes import plain
 from .steps import LogFn
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def _pip_index(spec: TaskSpec, inp: CondaInput) -> dict[str, Any]:
     """The pip index options, part of the key only when there is something to pip install."""
     if not inp.pip:
         return {}
-    return {"index_url": spec.index_url, "find_links": list(spec.find_links)}
+    return {"find_links": list(spec.find_links)} | plain(spec).key_parts()
 
 
 def _label(inp: CondaInput) -> str:

@@ -20,8 +20,9 @@ from ..errors import EnvBuildError
 from ..spec import TaskSpec
 from . import conda_build
 from .conda_inputs import CondaInput, current_platform, rattler_module
+from .indexes import plain
 from .steps import LogFn, Steps, clean_env
-from .venv import index_args, uv_binary
+from .venv import uv_binary
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class CondaBuild:
             freeze = [python, "-m", "pip", "freeze", "--disable-pip-version-check"]
         reqs = prefix.parent / "pip-requirements.txt"  # option lines (--find-links, -e) work too
         reqs.write_text("\n".join(self.inp.pip) + "\n")
-        self.steps.run(head + index_args(self.spec) + ["-r", str(reqs)], "pip install", _PIP_HINT)
+        self.steps.run(head + plain(self.spec).args() + ["-r", str(reqs)], "pip install", _PIP_HINT)
         lines = self.steps.run(freeze, "pip freeze", _PIP_HINT, quiet=True)
         return [line for line in lines if "==" in line or " @ " in line]
 

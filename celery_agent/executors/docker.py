@@ -1,22 +1,27 @@
 """The docker executor: run a spec in a container made from an image, with its code mounted.
 
-``prepare`` reaches the engine, applies the pull policy and, when requirements are to be installed,
-asks the image once which installer it has (uv, else pip). ``run`` creates a container with the
-checkout, output folder, run folder and argparse hook mounted under ``/celery-agent``, the run's
+``prepare`` reaches the engine, applies the pull policy, applies ``docker.setup`` once per (image,
+commands) as a derived image (:mod:`.docker_setup`), asks the image once which installer it has
+(uv, else pip), and installs the requirements once per (image, requirement set, installer) into a
+cached folder, with the worker's package-index configuration (:mod:`.docker_env`,
+:mod:`.docker_index`). ``run`` creates a container with the checkout, output folder, run folder,
+argparse hook and that folder (read-only) mounted under ``/celery-agent`` and ``/tmp``, the run's
 argv and environment translated to container paths, GPUs by device request, and labels naming the
-run, worker and queue; its command installs the requirements (pip cache in a shared volume) and then
-execs the entry. The container is supervised like a local process and removed when the run ends.
+run, worker and queue. The container is supervised like a local process and removed when it ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..envcache import EnvCache
 from ..errors import EnvBuildError, ExecutorUnavailable, RunError
 from ..params import HOOK_DIR
 from ..runner import ProcessOutcome
@@ -24,7 +29,11 @@ from ..spec import DockerOptions, TaskSpec
 from . import docker_options as opt
 from .base import Executor, PreparedEnv, RunRequest
 from .docker_engine import connect, ensure_image, probe_installer, reap_stale_containers, short_id
+from .docker_env import SiteInstall, folder_listing
+from .docker_index import IndexConfig, worker_index
 from .docker_run import ContainerRun
+from .docker_setup import setup_image
+from .indexes import plain
 from .steps import LogFn
 from .venv import Requirements, read_requirements
 
@@ -38,12 +47,14 @@ _PING_TIMEOUT = 10
 
 @dataclass
 class DockerPrepared(PreparedEnv):
-    """A prepared docker run: the image by id and what the container must do before the entry."""
+    """A prepared docker run: the image by id and the cached folder of its requirements."""
 
     image_id: str = ""
     options: DockerOptions | None = None
-    install_args: list[str] = field(default_factory=list)  #: host paths; empty: no install step
-    link_dirs: list[str] = field(default_factory=list)  #: local find-links folders to mount
+    site_dir: str | None = None  #: host folder of the installed requirements; None: nothing
+    image_path: str = opt.DEFAULT_PATH  #: the image's own PATH
+    index: IndexConfig = field(default_factory=IndexConfig)  #: carried into the run ("run")
+    index_files: list[opt.Mount] = field(default_factory=list)  #: its config files' mounts
     env_names: list[str] = field(default_factory=list)  #: the spec's and docker options' variables
 
 
@@ -61,38 +72,90 @@ class DockerExecutor(Executor):
         return None
 
     def prepare(self, spec: TaskSpec, source_dir: Path, log: LogFn) -> PreparedEnv:
-        """Get the image (pull policy) and plan the install step; installs happen at run time."""
+        """Get the image (pull policy, then ``docker.setup``) and its requirements: installed
+        once per (image, requirement set, installer) into a cached folder, reused in place."""
         start = time.perf_counter()
         options = _options(spec)
         for volume in options.volumes:
             opt.parse_volume(volume)  # a malformed one fails here, before the engine is asked
+        index = worker_index() if options.index_config != "none" else IndexConfig()
         client = connect()
         try:
             image, pulled = ensure_image(client, options.image, options.pull, log)
+            if options.setup:
+                image, built = setup_image(
+                    client, image, options.setup, lock_dir=self._root, environ=os.environ,
+                    network=options.network, log=log,
+                )  # fmt: skip
+                pulled = pulled or built
             reqs = read_requirements(spec, source_dir) if options.install else Requirements()
             installer = self._installer(client, image, options, reqs)
         finally:
             client.close()
         _note(log, options, image, pulled, installer, spec)
-        links = _link_dirs(spec.find_links, source_dir) if reqs else []
-        return DockerPrepared(
+        prepared = DockerPrepared(
             python=options.python,
             env=dict(options.env),
             cache_key=short_id(image),
             cache_hit=not pulled,
-            seconds=time.perf_counter() - start,
             installer=installer,
             image_id=str(image.id),
             options=options,
-            install_args=_install_args(spec, reqs, source_dir) if reqs else [],
-            link_dirs=links,
+            image_path=image_path(image),
             env_names=sorted({*spec.env, *options.env}),
         )
+        if options.index_config == "run":
+            prepared.index = index
+            prepared.index_files = index.written(self._root / "index")
+        if reqs:
+            self._install(prepared, spec, reqs, source_dir, index, log)
+        prepared.seconds = time.perf_counter() - start
+        return prepared
+
+    @property
+    def _root(self) -> Path:
+        return Path(self.settings.cache_root) / self.name
+
+    def _install(
+        self,
+        prepared: DockerPrepared,
+        spec: TaskSpec,
+        reqs: Requirements,
+        source_dir: Path,
+        index: IndexConfig,
+        log: LogFn,
+    ) -> None:
+        options = prepared.options
+        assert options is not None
+        links = _link_dirs(spec.find_links, source_dir)
+        args = _install_args(spec, reqs, source_dir)
+        parts = {
+            "executor": "docker", "image": prepared.image_id, "python": options.python,
+            "installer": prepared.installer, "requirements": list(reqs.lines),
+            "requirements_file": reqs.file_sha256, "sources": dataclasses.asdict(plain(spec)),
+            "find_links": [[link, folder_listing(link)] for link in links],
+            "worker_index": options.index_config != "none",
+        }  # fmt: skip
+        install = SiteInstall(
+            prepared.image_id, prepared.installer, options.python, args, Path(source_dir), links,
+            index, options.index_config, self._root / "index", options.network, log,
+            self.settings.build_timeout,
+        )  # fmt: skip
+        key = EnvCache.key(parts)
+        cached = self.env_cache().get_or_build(key, install, label=_label(options, reqs))
+        how = "reused" if cached.hit else "installed"
+        log(f"env: requirements {how} in {cached.path} ({key}) in {cached.seconds:.3f}s")
+        prepared.site_dir = str(cached.path)
+        prepared.cache_key, prepared.cache_hit = key, cached.hit
+        prepared.freeze = list(cached.meta.get("freeze", []))
+        prepared.facts["env_index"] = str(cached.meta.get("index", "none"))
 
     def run(self, prepared: PreparedEnv, argv: Sequence[str], job: RunRequest) -> ProcessOutcome:
         """Run ``argv`` (interpreter arguments) in a new container and supervise it."""
         if not isinstance(prepared, DockerPrepared) or prepared.options is None:
             raise RunError("the docker executor got an environment it did not prepare")
+        if prepared.options.user:
+            opt.open_to_user(_writable(job), prepared.options.user)
         create = container_config(prepared, argv, job)
         client = connect()
         try:
@@ -105,7 +168,7 @@ class DockerExecutor(Executor):
     ) -> str:
         if not reqs:
             return "none"
-        found = probe_installer(client, image, options.python, self.settings.cache_root / "docker")
+        found = probe_installer(client, image, options.python, self._root)
         if found == "missing":
             raise EnvBuildError(
                 f"image {options.image!r} has no interpreter {options.python!r}",
@@ -126,21 +189,20 @@ def container_config(
     """The keyword arguments of ``containers.create`` for this run."""
     options = prepared.options
     assert options is not None
-    paths = mount_plan(job, prepared.link_dirs)
+    paths = mount_plan(job)
     env = opt.container_env(job.env, prepared.env_names, paths) | opt.visible_devices(job.gpus)
-    install = None
-    if prepared.install_args:
-        install_args = [paths.translate(a) for a in prepared.install_args]
-        install = opt.install_argv(prepared.installer, options.python, install_args)
-        env |= opt.installer_env(prepared.installer)
-        env["PYTHONPATH"] = opt.with_site(env.get("PYTHONPATH"))
     mounts = [*paths.mounts, *(opt.parse_volume(v) for v in options.volumes)]
-    if install:
-        mounts.append(opt.Mount(opt.CACHE_VOLUME, opt.CACHE, read_only=False))
+    if prepared.site_dir:
+        mounts.append(opt.Mount(prepared.site_dir, opt.SITE))
+        env["PYTHONPATH"] = opt.with_site(env.get("PYTHONPATH"))
+        env["PATH"] = f"{opt.SITE}/bin:{prepared.image_path}"
+    if prepared.index:
+        env = prepared.index.env | env
+        mounts += [*prepared.index.mounts, *prepared.index_files]
     entry = [options.python, *(paths.translate(a) for a in argv)]
     return {
         "image": prepared.image_id,
-        "command": opt.bootstrap(install, entry, prepared.installer),
+        "command": entry,
         "entrypoint": options.entrypoint,
         "environment": env,
         "working_dir": options.workdir or paths.translate(str(job.cwd)),
@@ -157,7 +219,7 @@ def container_config(
     }
 
 
-def mount_plan(job: RunRequest, link_dirs: Sequence[str] = ()) -> opt.PathMap:
+def mount_plan(job: RunRequest) -> opt.PathMap:
     """The run's host folders and where they are mounted in the container."""
     paths = opt.PathMap()
     paths.add(job.source_dir or job.cwd, opt.SRC)
@@ -170,10 +232,28 @@ def mount_plan(job: RunRequest, link_dirs: Sequence[str] = ()) -> opt.PathMap:
     params_out = job.env.get("CELERY_AGENT_PARAMS_OUT")
     if params_out and not paths.covers(params_out):
         paths.add(Path(params_out).parent, opt.PARAMS)
-    for i, folder in enumerate(link_dirs):
-        if not paths.covers(folder):
-            paths.add(folder, f"{opt.LINKS}/{i}", read_only=True)
     return paths
+
+
+def _writable(job: RunRequest) -> list[str]:
+    """The run's folders its container writes: output, run folder, the params file's folder."""
+    found = [str(job.output_dir)] if job.output_dir is not None else []
+    found += [job.env[n] for n in ("CELERY_AGENT_RUN_DIR",) if job.env.get(n)]
+    params_out = job.env.get("CELERY_AGENT_PARAMS_OUT")
+    return found + ([str(Path(params_out).parent)] if params_out else [])
+
+
+def image_path(image: Any) -> str:
+    """The PATH an image sets, else the usual default."""
+    for item in (image.attrs.get("Config") or {}).get("Env") or []:
+        if item.startswith("PATH="):
+            return str(item[5:])
+    return opt.DEFAULT_PATH
+
+
+def _label(options: DockerOptions, reqs: Requirements) -> str:
+    names = ", ".join(reqs.lines[:4]) + (" ..." if len(reqs.lines) > 4 else "")
+    return f"{options.image}: {names or 'requirements.txt'}"
 
 
 def _options(spec: TaskSpec) -> DockerOptions:
@@ -187,13 +267,9 @@ def _options(spec: TaskSpec) -> DockerOptions:
 
 def _install_args(spec: TaskSpec, reqs: Requirements, source_dir: Path) -> list[str]:
     """Installer arguments after ``install``: index options, then the requirements."""
-    args = ["--index-url", spec.index_url] if spec.index_url else []
-    for link in spec.find_links:
-        folder = _local_folder(link, source_dir)
-        args += ["--find-links", str(folder) if folder else link]
-    if spec.find_links and not spec.index_url:
-        args.append("--no-index")
-    return args + (["-r", str(reqs.file)] if reqs.file else list(reqs.lines))
+    links = [str(_local_folder(link, source_dir) or link) for link in spec.find_links]
+    sources = dataclasses.replace(plain(spec), find_links=tuple(links))
+    return sources.args() + (["-r", str(reqs.file)] if reqs.file else list(reqs.lines))
 
 
 def _local_folder(link: str, source_dir: Path) -> Path | None:
@@ -213,7 +289,7 @@ def _note(
     log: LogFn, options: DockerOptions, image: Any, pulled: bool, installer: str, spec: TaskSpec
 ) -> None:
     how = "pulled" if pulled else "present"
-    step = f"requirements installed in the container with {installer}"
+    step = f"requirements installed with {installer} into a cached folder"
     if installer == "none":
         step = "nothing to install" if options.install else "docker.install is false"
     log(f"env: image {options.image} ({short_id(image)}, {how}); {step}")

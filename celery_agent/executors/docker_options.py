@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,8 @@ CACHE = f"{ROOT}/cache"  #: the installer cache volume shared by all runs
 CACHE_VOLUME = "celery-agent-pip-cache"
 #: where requirements are installed inside the container (its own writable layer)
 SITE = "/tmp/celery-agent-site"
+#: the PATH of an image that sets none
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: label prefix of every container the agent creates
 LABEL_PREFIX = "celery-agent."
 MANAGED_LABEL = f"{LABEL_PREFIX}managed"
@@ -216,18 +217,16 @@ def installer_env(installer: str) -> dict[str, str]:
     }
 
 
-def bootstrap(
-    install: Sequence[str] | None, entry: Sequence[str], installer: str = "pip"
-) -> list[str]:
-    """The container command: ``entry``, preceded by the install step when there is one.
-
-    The install runs in ``sh``; on success the shell is replaced by the entry (``exec``), with
-    the installed packages' scripts first on the image's PATH."""
-    if not install:
-        return list(entry)
-    script = (
-        f'echo "[celery-agent] installing requirements with {installer}" && '
-        + shlex.join(install)
-        + f' && PATH="{SITE}/bin:$PATH" && export PATH && exec "$@"'
-    )
-    return ["sh", "-c", script, "celery-agent-install", *entry]
+def open_to_user(folders: Iterable[str | os.PathLike[str]], user: str) -> None:
+    """Let a container's non-root ``user`` (``docker.user``) write ``folders`` (the run's output
+    and run folders): given to a numeric ``uid[:gid]`` when the worker is root, else opened to all
+    (a user name is only known inside the image)."""
+    name, _, group = user.partition(":")
+    if name in ("0", "root"):
+        return
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+        if name.isdigit() and os.geteuid() == 0:
+            os.chown(folder, int(name), int(group) if group.isdigit() else -1)
+        else:
+            os.chmod(folder, 0o777)

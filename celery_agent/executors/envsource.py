@@ -51,6 +51,11 @@ class EnvSource:
         return bool(self.lines) or self.file is not None
 
     @property
+    def file_sha256(self) -> str | None:
+        """The hash of the file handed to the installer as it is (None for requirement lines)."""
+        return self.sha256 if self.file is not None else None
+
+    @property
     def locked(self) -> bool:
         """Whether the source is a lock file (installed exactly, without a solve)."""
         return self.kind in LOCKS

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..errors import EnvBuildError, StageTimeout
+from .indexes import mask_text
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ class Steps:
 
     def run(self, argv: list[str], what: str, hint: str, *, quiet: bool = False) -> list[str]:
         """Run one step; its output lines are logged (unless ``quiet``) and returned."""
-        self.log(f"$ {shlex.join(argv)}")
-        logger.info("env: %s", shlex.join(argv))
+        shown = mask_text(shlex.join(argv))  # (an index URL may carry a password)
+        self.log(f"$ {shown}")
+        logger.info("env: %s", shown)
         proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
@@ -72,7 +74,7 @@ class Steps:
         try:
             assert proc.stdout is not None
             for raw in proc.stdout:
-                lines.append(raw.rstrip("\n"))
+                lines.append(mask_text(raw.rstrip("\n")))
                 if not quiet:
                     self.log(lines[-1])
             proc.wait()

@@ -25,9 +25,10 @@ from typing import Any
 from ..envcache import EnvCache
 from ..errors import ExecutorUnavailable
 from ..spec import TaskSpec
-from . import lockfiles
+from . import indexes, lockfiles
 from .base import Executor, PreparedEnv
 from .envsource import EnvSource, resolve
+from .indexes import IndexOptions
 from .interpreters import Interpreter, find_interpreter
 from .reqfiles import normalize as normalize  # (its home before envsource)
 from .steps import LogFn, Steps, clean_env
@@ -130,16 +131,23 @@ class VenvExecutor(Executor):
         reqs = read_requirements(spec, source_dir, locks=True)
         _check_installer(reqs, installer)
         log(f"env: requirements from {reqs.describe()}")
-        key = env_key(python, installer, reqs, spec, source_dir)
-        build = _Build(self, installer, python, reqs, spec, source_dir, log)
+        sources = self.sources(spec, reqs)
+        if sources.torch_variant:
+            log(f"env: torch from the {sources.torch_variant} wheel index {sources.torch_index}")
+        key = env_key(python, installer, reqs, sources, source_dir)
+        build = _Build(self, installer, python, reqs, sources, source_dir, log)
         cached = self.env_cache().get_or_build(key, build, label=_label(python, reqs))
         how = "reused" if cached.hit else "built"
         log(f"env: {how} venv {key} ({cached.path}) in {cached.seconds:.3f}s")
         prepared = _prepared(cached.path, cached.meta, key, cached.hit, start, installer)
-        prepared.source = reqs.describe()
+        prepared.facts = sources.record() | {"env_source": reqs.describe()}
         if reqs.pythonpath():
             prepared.env["PYTHONPATH"] = str(reqs.pythonpath())
         return prepared
+
+    def sources(self, spec: TaskSpec, reqs: Requirements) -> IndexOptions:
+        """Where this spec's packages come from on this worker (the torch index picked here)."""
+        return indexes.resolve(spec, self.settings.indexes, _requirement_lines(reqs))
 
 
 def _check_installer(reqs: EnvSource, installer: str) -> None:
@@ -150,20 +158,31 @@ def _check_installer(reqs: EnvSource, installer: str) -> None:
         )
 
 
+def _requirement_lines(reqs: Requirements) -> tuple[str, ...]:
+    """The requirement lines, read from the file when they are kept as one (a lock's packages
+    come from where the lock says: none of them asks for an index)."""
+    if reqs.file is None or reqs.locked:
+        return reqs.lines
+    try:
+        return tuple(reqs.file.read_text().splitlines())
+    except OSError:
+        return ()
+
+
 def key_parts(
-    python: Interpreter, installer: str, reqs: Requirements, spec: TaskSpec, source_dir: Path
+    python: Interpreter, installer: str, reqs: Requirements, sources: IndexOptions, source_dir: Path
 ) -> dict[str, Any]:
     """Everything that decides what a venv contains; its hash is the cache key."""
-    links = _link_listings(spec.find_links, source_dir)
-    return _parts(python, installer, reqs, spec.index_url, links)
+    links = _link_listings(sources.find_links, source_dir)
+    return _parts(python, installer, reqs, sources, links)
 
 
 def env_key(
-    python: Interpreter, installer: str, reqs: Requirements, spec: TaskSpec, source_dir: Path
+    python: Interpreter, installer: str, reqs: Requirements, sources: IndexOptions, source_dir: Path
 ) -> str:
     """``EnvCache.key(key_parts(...))``, with the JSON and its hash made once per distinct parts."""
-    links = _link_listings(spec.find_links, source_dir)
-    return _hashed_key(python, installer, reqs, spec.index_url, links)
+    links = _link_listings(sources.find_links, source_dir)
+    return _hashed_key(python, installer, reqs, sources, links)
 
 
 @functools.lru_cache(maxsize=256)
@@ -171,29 +190,32 @@ def _hashed_key(
     python: Interpreter,
     installer: str,
     reqs: Requirements,
-    index_url: str | None,
+    sources: IndexOptions,
     links: tuple[LinkListing, ...],
 ) -> str:
-    return EnvCache.key(_parts(python, installer, reqs, index_url, links))
+    return EnvCache.key(_parts(python, installer, reqs, sources, links))
 
 
 def _parts(
     python: Interpreter,
     installer: str,
     reqs: Requirements,
-    index_url: str | None,
+    sources: IndexOptions,
     links: tuple[LinkListing, ...],
 ) -> dict[str, Any]:
-    return {
-        "executor": "venv",
-        "python": python.path,
-        "python_version": python.version,
-        "installer": installer,
-        "requirements": list(reqs.lines),
-        "requirements_file": None,
-        "index_url": index_url,
-        "find_links": [_link_entry(link, listing) for link, listing in links],
-    } | reqs.key_parts()
+    return (
+        {
+            "executor": "venv",
+            "python": python.path,
+            "python_version": python.version,
+            "installer": installer,
+            "requirements": list(reqs.lines),
+            "requirements_file": None,
+            "find_links": [_link_entry(link, listing) for link, listing in links],
+        }
+        | sources.key_parts()
+        | reqs.key_parts()
+    )
 
 
 def _label(python: Interpreter, reqs: Requirements) -> str:
@@ -226,11 +248,11 @@ class _Build:
         installer: str,
         python: Interpreter,
         reqs: Requirements,
-        spec: TaskSpec,
+        sources: IndexOptions,
         source_dir: Path,
         log: LogFn,
     ) -> None:
-        self.installer, self.python, self.reqs, self.spec = installer, python, reqs, spec
+        self.installer, self.python, self.reqs, self.sources = installer, python, reqs, sources
         self.source_dir, self.log = Path(source_dir), log
         self.timeout = executor.settings.build_timeout
 
@@ -305,7 +327,7 @@ class _Build:
             ]
         else:
             head = [env_python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
-        return head + index_args(self.spec) + (requirements or self._requirement_args())
+        return head + self.sources.args() + (requirements or self._requirement_args())
 
     def _requirement_args(self) -> list[str]:
         return ["-r", str(self.reqs.file)] if self.reqs.file else list(self.reqs.lines)
@@ -327,13 +349,3 @@ def _uv() -> str:
     if found is None:
         raise ExecutorUnavailable("uv is not installed", "pip install uv, or set installer to pip")
     return found
-
-
-def index_args(spec: TaskSpec) -> list[str]:
-    """Installer options for the spec's index and wheel folders (only local wheels: no index)."""
-    args = ["--index-url", spec.index_url] if spec.index_url else []
-    for link in spec.find_links:
-        args += ["--find-links", link]
-    if spec.find_links and not spec.index_url:
-        args.append("--no-index")
-    return args

@@ -91,6 +91,24 @@ def nvml_available() -> bool:
         return False
 
 
+def cuda_driver_version() -> tuple[int, int] | None:
+    """The newest CUDA version the installed driver supports, as (major, minor); None without
+    NVML. NVML reports it as 1000 * major + 10 * minor (12040 is CUDA 12.4)."""
+    raw = value("nvmlSystemGetCudaDriverVersion")
+    if not isinstance(raw, int) or raw <= 0:
+        return None
+    return raw // 1000, (raw % 1000) // 10
+
+
+def nvml_unavailable_reason() -> str | None:
+    """Why NVML cannot be used here (no package, library or driver), or None when it can."""
+    try:
+        _load()
+    except NvmlUnavailable as exc:
+        return str(exc)
+    return None
+
+
 @dataclass
 class GpuDevice:
     """One physical GPU as NVML names it."""

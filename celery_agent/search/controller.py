@@ -139,10 +139,13 @@ def run_search(base_spec: TaskSpec | dict[str, Any], space: SpaceLike,
                poll: float = 0.5, search_id: str | None = None) -> SearchResult:  # fmt: skip
     """Search ``space`` for the best ``objective`` (the last value of that metric) of runs of
     ``base_spec``; writes ``results.json`` and ``plot.png`` into ``out_dir`` (default: the agent
-    home's ``searches/<id>``) and returns the :class:`SearchResult`."""
+    home's ``searches/<id>``) and returns the :class:`SearchResult`. ``store`` defaults to this
+    process's run store."""
+    from ..app import get_settings, get_store
+
     search = prepare(base_spec, space, objective, direction, trials, parallel, sampler,
-                     seed=seed, storage=storage, out_dir=out_dir, store=store, poll=poll,
-                     search_id=search_id)  # fmt: skip
+                     seed=seed, storage=storage, out_dir=out_dir, store=store or get_store(),
+                     home=get_settings().home, poll=poll, search_id=search_id)  # fmt: skip
     search.on_trial = on_trial
     if cancel is not None:
         search.cancel_event = cancel
@@ -155,16 +158,15 @@ def run_search(base_spec: TaskSpec | dict[str, Any], space: SpaceLike,
 def prepare(base_spec: TaskSpec | dict[str, Any], space: SpaceLike,
             objective: str, direction: Direction, trials: int, parallel: int, sampler: str, *,
             seed: int | None, storage: str | None, out_dir: Path | None,
-            store: RunStore | None, poll: float, search_id: str | None) -> Search:  # fmt: skip
-    """A recorded search, ready to :meth:`Search.run`."""
-    from ..app import get_settings, get_store
-
+            store: RunStore, home: Path, poll: float, search_id: str | None) -> Search:  # fmt: skip
+    """A recorded search in ``store``, ready to :meth:`Search.run`; its outputs go to
+    ``out_dir``, by default ``searches/<id>`` in the agent's ``home``."""
     base, dims = TaskSpec.parse(base_spec), parse_space(space)
     sid = search_id or uuid.uuid4().hex[:12]
-    folder = out_dir or get_settings().home / "searches" / sid
+    folder = out_dir or home / "searches" / sid
     result = SearchResult(sid, objective, direction, sampler, describe(dims), out_dir=str(folder))
     chosen = make_sampler(sampler, dims, direction, trials, seed=seed, storage=storage, study_name=sid)  # fmt: skip
-    search = Search(base, chosen, result, store or get_store(), trials, parallel, poll)
+    search = Search(base, chosen, result, store, trials, parallel, poll)
     search.record.create(result, base.to_json())
     return search
 

@@ -1,11 +1,4 @@
-"""A search's record in Redis, next to the runs it started.
-
-- ``{p}:search:{id}`` hash: state, objective, direction, sampler, space, base spec, out_dir, times,
-  best trial (number, value, run id)
-- ``{p}:search:{id}:trials`` hash: trial number -> JSON of the trial (params, run id, state, value)
-- ``{p}:search:{id}:cancel`` flag: set to cancel the search (its controller cancels the trials)
-- ``{p}:searches`` sorted set of search ids by start time
-"""
+"""A search's record in Redis, next to the runs it started (its keys: see :mod:`..keys`)."""
 
 from __future__ import annotations
 
@@ -20,34 +13,11 @@ if TYPE_CHECKING:
     from ..state import RunStore
 
 
-class SearchKeys:
-    """Key names of searches (to move into keys.Keys as search(), search_trials(), ...)."""
-
-    def __init__(self, store: RunStore) -> None:
-        self.k = store.keys
-
-    def search(self, search_id: str) -> str:
-        """The search's hash."""
-        return self.k.join("search", search_id)
-
-    def trials(self, search_id: str) -> str:
-        """The search's trials hash."""
-        return self.k.join("search", search_id, "trials")
-
-    def cancel(self, search_id: str) -> str:
-        """The search's cancel flag."""
-        return self.k.join("search", search_id, "cancel")
-
-    def searches(self) -> str:
-        """Sorted set of search ids by start time."""
-        return self.k.join("searches")
-
-
 class SearchRecord:
     """Reads and writes one store's search records."""
 
     def __init__(self, store: RunStore) -> None:
-        self.r, self.keys = store.r, SearchKeys(store)
+        self.r, self.keys = store.r, store.keys
 
     def create(self, result: SearchResult, base_spec: dict[str, Any]) -> None:
         """Record a new search as running."""
@@ -63,7 +33,9 @@ class SearchRecord:
 
     def put_trial(self, search_id: str, trial: TrialResult) -> None:
         """Record a trial as it is now."""
-        self.r.hset(self.keys.trials(search_id), str(trial.number), json.dumps(trial.to_json()))
+        self.r.hset(
+            self.keys.search_trials(search_id), str(trial.number), json.dumps(trial.to_json())
+        )
 
     def finish(self, result: SearchResult) -> None:
         """Record the search's final state and its best trial."""
@@ -79,7 +51,7 @@ class SearchRecord:
         raw = self.r.hgetall(self.keys.search(search_id))
         if not raw:
             raise UnknownRunError(f"no search {search_id!r} is recorded")
-        trials = self.r.hvals(self.keys.trials(search_id))
+        trials = self.r.hvals(self.keys.search_trials(search_id))
         return SearchResult(
             search_id, raw.get("objective", ""), raw.get("direction", "max"),
             raw.get("sampler", ""), json.loads(raw.get("space") or "{}"),
@@ -95,8 +67,8 @@ class SearchRecord:
         """Ask the search's controller to stop and cancel its trials."""
         if not self.r.exists(self.keys.search(search_id)):
             raise UnknownRunError(f"no search {search_id!r} is recorded")
-        self.r.set(self.keys.cancel(search_id), "1", ex=ttl)
+        self.r.set(self.keys.search_cancel(search_id), "1", ex=ttl)
 
     def cancel_requested(self, search_id: str) -> bool:
         """Whether someone asked the search to stop."""
-        return bool(self.r.exists(self.keys.cancel(search_id)))
+        return bool(self.r.exists(self.keys.search_cancel(search_id)))

@@ -42,7 +42,7 @@ def test_submit_from_checkout_runs_what_is_on_disk_and_exits_with_its_code(
     (repo / "sub" / "new.py").write_text("raise SystemExit(7)\n")
     os.chdir(repo / "sub")
     done = cli("submit", "../train.py", "--queue", worker.queues, "-p", "lr=0.5", "--req", "cademo",
-               "--find-links", str(wheels), "--wait", "--", "--epochs", "3")  # fmt: skip
+               "--find-links", str(wheels), "--no-index", "--wait", "--", "--epochs", "3")  # fmt: skip
     assert "working copy 0.5 3 1.0" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 0
     run_id = done.stderr.split("submitted run ")[1].split()[0]
@@ -91,7 +91,9 @@ def test_rerun_keeps_pinned_versions_and_applies_new_params(finished_run, worker
     from celery_agent.rerun import respec
 
     base = submit(
-        respec(first, {"lr": 0.75}).with_changes(find_links=[str(wheels)], requirements=["cademo"])
+        respec(first, {"lr": 0.75}).with_changes(
+            find_links=[str(wheels)], no_index=True, requirements=["cademo"]
+        )
     )
     assert base.wait(timeout=180)["state"] == "succeeded"
     write_wheel(wheels, "cademo", "2.0", "VERSION = '2.0'\n")

@@ -19,9 +19,11 @@ import pytest
 from conftest import ROOT
 
 from celery_agent import TaskSpec, submit, submit_task
+from celery_agent.cli import main
 from celery_agent.errors import ExecutorUnavailable
 from celery_agent.executors.docker import reap_stale_containers
 from celery_agent.executors.docker_engine import connect
+from celery_agent.executors.docker_index import worker_index
 from celery_agent.executors.docker_options import CACHE_VOLUME, LABEL_PREFIX, MANAGED_LABEL
 
 pytestmark = pytest.mark.integration
@@ -111,14 +113,95 @@ def test_requirements_install_in_the_container_from_a_local_wheelhouse(
     docker_client, worker, make_repo, wheelhouse, store
 ):
     repo = make_repo({"train.py": "import cademo\nprint('cademo', cademo.VERSION)\n"})
-    spec = docker_spec(repo, worker, requirements=["cademo"], find_links=[str(wheelhouse)])
+    spec = docker_spec(
+        repo, worker, requirements=["cademo"], find_links=[str(wheelhouse)], no_index=True
+    )
     out = submit_task.delay(spec).get(timeout=180)
     assert out["status"] == "succeeded", out
     _, lines = store.read_log(out["run_id"])
-    assert "[celery-agent] installing requirements with pip" in lines
+    assert any("installing requirements in a container of image" in line for line in lines)
     assert "cademo 1.0" in lines
     assert any("Successfully installed cademo-1.0" in line for line in lines)
     assert docker_client.volumes.get(CACHE_VOLUME).name == CACHE_VOLUME
+
+
+def _worker_has_its_own_ca() -> bool:
+    """Whether this worker reaches its index through a CA of its own (PIP_CERT, pip's cert)."""
+    index = worker_index()
+    return any(k in index.env for k in ("PIP_CERT", "SSL_CERT_FILE")) or any(
+        line.startswith("cert") for line in index.files.get("pip.conf", "").splitlines()
+    )
+
+
+def test_a_requirement_from_the_default_index_installs_once_and_is_reused(
+    docker_client, worker, make_repo, store, capsys
+):
+    repo = make_repo({"train.py": "import six\nprint('six', six.__version__)\n"})
+    spec = docker_spec(repo, worker, requirements=["six"])
+    first = submit_task.delay(spec).get(timeout=300)
+    assert first["status"] == "succeeded", first
+    _, lines = store.read_log(first["run_id"])
+    assert any(line.startswith("six 1.") for line in lines)
+    assert any("index configuration:" in line for line in lines)
+    second = submit_task.delay(spec).get(timeout=180)
+    assert second["status"] == "succeeded", second
+    _, again = store.read_log(second["run_id"])
+    assert any("env: requirements reused in " in line for line in again), again
+    assert not any("Successfully installed" in line for line in again)
+    record = store.get(second["run_id"])
+    assert record["env_key"] == store.get(first["run_id"])["env_key"] and record["env_hit"]
+    assert any(p.startswith("six==") for p in record["freeze"])
+    assert record["env_index"] == store.get(first["run_id"])["env_index"]
+    if _worker_has_its_own_ca():
+        assert "pip.conf" in record["env_index"] or "PIP_CERT" in record["env_index"]
+    capsys.readouterr()
+    assert main(["show", second["run_id"]]) == 0
+    assert "env_index" in capsys.readouterr().out
+
+
+def test_index_config_none_fails_naming_the_index_the_tls_problem_and_what_to_set(
+    docker_client, worker, make_repo
+):
+    if not _worker_has_its_own_ca():
+        pytest.skip("this worker reaches its package index without a CA of its own")
+    repo = make_repo({"train.py": "import six\n"})
+    spec = docker_spec(
+        repo, worker, requirements=["six"], docker={"index_config": "none"}
+    )  # fmt: skip
+    out = submit_task.delay(spec).get(timeout=300)
+    assert out["status"] == "failed" and out["error_stage"] == "env", out
+    assert "TLS certificate of the package index https://" in out["error"]
+    assert "docker.index_config is 'none'" in out["error"]
+    assert "set docker.index_config to 'install'" in out["error"]
+
+
+def test_setup_commands_make_a_derived_image_once_and_a_non_root_user_writes_its_output(
+    docker_client, worker, make_repo, store
+):
+    marker = uuid.uuid4().hex[:8]
+    script = (
+        "import os, six\n"
+        "print('setup', open('/etc/celery-agent-setup.txt').read().strip(), 'uid', os.getuid())\n"
+        "open(os.path.join(os.environ['CELERY_AGENT_OUTPUT_DIR'], 'o.txt'), 'w').write('ok')\n"
+    )
+    setup = [f"echo {marker} > /etc/celery-agent-setup.txt"]
+    spec = docker_spec(
+        make_repo({"train.py": script}), worker, requirements=["six"],
+        docker={"setup": setup, "user": "1000:1000"},
+    )  # fmt: skip
+    first = submit_task.delay(spec).get(timeout=300)
+    assert first["status"] == "succeeded", first
+    _, lines = store.read_log(first["run_id"])
+    assert f"setup {marker} uid 1000" in lines
+    assert any("env: building setup image celery-agent-setup:" in line for line in lines)
+    assert Path(first["output_dir"], "o.txt").read_text() == "ok"
+    second = submit_task.delay(spec).get(timeout=180)
+    assert second["status"] == "succeeded", second
+    _, again = store.read_log(second["run_id"])
+    tag = next(line.split()[4] for line in again if "env: setup image " in line)
+    assert any(line.endswith(" reused") and tag in line for line in again)
+    assert docker_client.images.get(tag).attrs["Config"]["User"] == ""
+    docker_client.images.remove(tag, force=True)
 
 
 def test_cancel_stops_and_removes_the_container(docker_client, worker, make_repo, store):

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from celery_agent import RunHandle, TaskSpec, submit, submit_task
+from celery_agent.dispatch import args_repr, display_name
 from celery_agent.embedded import free_port
-from celery_agent.flower import args_repr, display_name
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,6 @@ import pytest
 
 from celery_agent import metrics, retention, state
 from celery_agent.cli import EXIT_ERROR, main
-from celery_agent.search.record import SearchKeys
 from celery_agent.state import RunStore
 from celery_agent.sweep import sweep
 from celery_agent.workers import WorkerRegistry
@@ -38,7 +37,7 @@ def add_run(store: RunStore, run_state: str, days_ago: float, name: str = "") ->
     metrics.append(store, run_id, [metrics.Metric("loss", 0.5, 1)])
     store.claim(run_id, "w|h|1", ttl=600)
     store.r.set(store.keys.abort(run_id), "1", ex=600)
-    store.r.set(store.keys.join("run", run_id, "secrets"), "{}", ex=600)
+    store.r.set(store.keys.secrets(run_id), "{}", ex=600)
     return run_id
 
 
@@ -70,7 +69,8 @@ def test_a_sweep_works_off_a_backlog_in_bounded_batches(own):
     registry = WorkerRegistry(own.r, own.keys)
     rounds = []
     for _ in range(6):
-        result = sweep(own, registry, lock_ttl=0.001, retention_days=30, retention_batch=5)
+        result = sweep(own, registry, lock_ttl=0.001, retention_days=30, retention_batch=5,
+                       retention_every=0)  # fmt: skip
         rounds.append(result["expired_runs"])
         time.sleep(0.005)
     assert max(rounds) <= 5 and sum(rounds) == 12, rounds
@@ -79,11 +79,11 @@ def test_a_sweep_works_off_a_backlog_in_bounded_batches(own):
 
 
 def test_trials_of_a_running_search_stay_until_it_ends(own):
-    keys, sid = SearchKeys(own), uuid.uuid4().hex[:12]
+    keys, sid = own.keys, uuid.uuid4().hex[:12]
     start = time.time() - 50 * DAY
     own.r.hset(keys.search(sid), mapping={"state": "running", "started_at": repr(start)})
     own.r.zadd(keys.searches(), {sid: start})
-    own.r.hset(keys.trials(sid), "0", "{}")
+    own.r.hset(keys.search_trials(sid), "0", "{}")
     trial = add_run(own, state.SUCCEEDED, 45, name=f"search-{sid}-t0")
     other = add_run(own, state.SUCCEEDED, 45, name="search-elsewhere-t0")
     assert retention.expire_runs(own, days=30) == [other]
@@ -98,7 +98,8 @@ def test_trials_of_a_running_search_stay_until_it_ends(own):
 def test_a_retention_of_zero_keeps_everything(own):
     run_id = add_run(own, state.SUCCEEDED, 4000)
     registry = WorkerRegistry(own.r, own.keys)
-    assert sweep(own, registry, lock_ttl=0.001, retention_days=0)["expired_runs"] == 0
+    result = sweep(own, registry, lock_ttl=0.001, retention_days=0, retention_every=0)
+    assert result["expired_runs"] == 0
     assert len(keys_of(own, run_id)) == 7
 
 

@@ -32,7 +32,7 @@ print("oops", file=sys.stderr)
 def spec_for(repo: Path, worker, wheels: Path | None = None, **kw) -> TaskSpec:
     fields = {"repo": str(repo), "entry": "train.py", "queue": worker.queues}
     if wheels is not None:
-        fields |= {"requirements": ["cademo"], "find_links": [str(wheels)]}
+        fields |= {"requirements": ["cademo"], "find_links": [str(wheels)], "no_index": True}
     return TaskSpec.parse(fields | kw)
 
 
@@ -92,7 +92,7 @@ def test_failed_run_returns_its_outcome_instead_of_raising(worker, make_repo):
         ({"train.py": "x"}, {"entry": "missing.py"}, "entry 'missing.py' does not exist"),
         ({"train.py": "a\n"}, {"diff": "--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-zzz\n+b\n"}, "train.py"),
         ({"train.py": "x"}, {"repo": "/nonexistent/repo"}, "/nonexistent/repo"),
-        ({"train.py": "x"}, {"requirements": ["no-such-package-xyz-123"], "find_links": ["{wheels}"],
+        ({"train.py": "x"}, {"requirements": ["no-such-package-xyz-123"], "find_links": ["{wheels}"], "no_index": True,
                              "executor": "venv"}, "no-such-package-xyz-123"),
     ],
 )  # fmt: skip
@@ -110,12 +110,12 @@ def test_bad_runs_end_failed_with_a_clear_error(
 
 
 def test_invalid_spec_raises_at_submit_and_records_nothing(redis_url, store):
-    before = store.r.zcard(store.key("runs"))
+    before = store.r.zcard(store.keys.runs())
     with pytest.raises(SpecError, match="entry"):
         submit_task.delay({"repo": "/r", "entry": "../escape.py"})
     with pytest.raises(SpecError, match="executor"):
         submit({"repo": "/r", "entry": "t.py", "executor": "nope"})
-    assert store.r.zcard(store.key("runs")) == before
+    assert store.r.zcard(store.keys.runs()) == before
 
 
 def test_submit_with_redis_down_fails_fast_with_the_url(redis_url, monkeypatch):
@@ -182,7 +182,7 @@ def test_cancel_of_a_queued_run_means_it_never_starts(make_repo, make_worker, st
     repo = make_repo({"train.py": "open('ran', 'w')\n"})
     run = submit({"repo": str(repo), "entry": "train.py", "queue": queue, "executor": "local"})
     assert run.state == "queued"
-    assert run.cancel() == "aborted" and run.state == "aborted"
+    assert run.cancel() == "queued" and run.state == "aborted"
     make_worker(queue)
     out = run.result.get(timeout=60)
     assert out["status"] == "aborted"
@@ -204,6 +204,8 @@ def test_requirements_txt_in_repo_is_used_when_spec_has_none(worker, make_repo, 
     repo = make_repo(
         {"train.py": "import cademo; print('v', cademo.VERSION)\n", "requirements.txt": "cademo\n"}
     )
-    out = submit_task.delay(spec_for(repo, worker, find_links=[str(wheels)])).get(timeout=180)
+    out = submit_task.delay(spec_for(repo, worker, find_links=[str(wheels)], no_index=True)).get(
+        timeout=180
+    )
     assert out["status"] == "succeeded", out
     assert "v txt" in out["log_tail"]

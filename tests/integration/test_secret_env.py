@@ -138,7 +138,7 @@ def test_a_run_sent_again_from_its_masked_record_gets_its_secret_back(worker, ma
     out = app.AsyncResult(run_id).get(timeout=60)  # stored once the task has cleaned up
     assert out["status"] == "succeeded", out
     assert f"sha {sha(secret)}" in store.read_log(run_id)[1]
-    assert not store.r.exists(store.keys.join("run", run_id, "secrets")), "dropped at the end"
+    assert not store.r.exists(store.keys.secrets(run_id)), "dropped at the end"
     assert secret not in redis_text(store)
 
 

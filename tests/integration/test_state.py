@@ -79,7 +79,7 @@ def test_transition_fields_keep_every_character_in_a_pipeline_and_alone(store: R
 def test_terminal_state_is_not_overwritten_by_a_late_transition(store: RunStore):
     rid = new_id()
     store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
-    assert store.request_abort(rid) == "aborted"
+    assert store.request_abort(rid) == "queued"
     assert store.transition(rid, "preparing") == "aborted"
     assert store.get(rid)["state"] == "aborted"
     store.transition(rid, "failed", force=True)

@@ -63,7 +63,7 @@ def executor(tmp_path: Path, installer: str) -> Executor:
 
 
 def spec(demo_wheels: Path, **fields: object) -> TaskSpec:
-    base = {"repo": ".", "entry": "train.py", "find_links": [str(demo_wheels)]}
+    base = {"repo": ".", "entry": "train.py", "find_links": [str(demo_wheels)], "no_index": True}
     return TaskSpec.parse(base | fields)
 
 

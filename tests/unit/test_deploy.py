@@ -11,13 +11,19 @@ from typing import Any
 
 import yaml
 
+from celery_agent.layout import gpu_worker
+from celery_agent.redisservice import LINGER
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DEFAULTED = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
-#: the processes every deployment runs (Redis differs: the official image outside the Procfile)
-SHARED = ("gpu0", "services", "beat", "flower")
-K8S = {"gpu0": "celery-agent-gpu-worker", "services": "celery-agent-services",
-       "beat": "celery-agent-beat", "flower": "celery-agent-flower"}  # fmt: skip
+ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+HONCHO_KILL_WAIT = 5  #: seconds honcho gives its processes after SIGTERM before SIGKILL
+#: the processes every deployment runs (Redis differs: the official image outside the Procfile;
+#: GPU workers too: `celery-agent workers` in the Procfile, one container or pod per GPU elsewhere)
+SHARED = ("services", "beat", "flower")
+K8S = {"services": "celery-agent-services", "beat": "celery-agent-beat",
+       "flower": "celery-agent-flower"}  # fmt: skip
 
 
 def procfile() -> dict[str, str]:
@@ -31,8 +37,21 @@ def fixed(argv: str | list[str]) -> list[str]:
     """A command's words with ``${VAR:-default}`` taken as its default, leaving out the words
     that depend on where it runs (a file path, $(VAR))."""
     words = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    while words and ASSIGNMENT.match(words[0]):  # the line's environment, not its command
+        words.pop(0)
     words = [DEFAULTED.sub(r"\1", w) for w in words]
     return [w for w in words if "$" not in w and "/celerybeat-schedule" not in w]
+
+
+def assignments(line: str) -> dict[str, str]:
+    """The ``NAME=value`` words in front of a Procfile command, defaults taken."""
+    out = {}
+    for word in shlex.split(line):
+        if not ASSIGNMENT.match(word):
+            break
+        name, _, value = DEFAULTED.sub(r"\1", word).partition("=")
+        out[name] = value
+    return out
 
 
 def k8s_docs() -> dict[str, dict[str, Any]]:
@@ -44,21 +63,41 @@ def k8s_docs() -> dict[str, dict[str, Any]]:
     return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
 
 
+def planned(index: int) -> list[str]:
+    """The words of the worker `celery-agent workers --per-gpu --loglevel INFO` starts for GPU
+    ``index``, as a Procfile or compose file writes it (``celery`` instead of ``python -m celery``)."""
+    return ["celery", *gpu_worker(index).argv(["--loglevel", "INFO"])[3:]]
+
+
 def test_procfile_runs_redis_workers_services_beat_and_flower():
     procs = procfile()
-    assert set(procs) >= {"redis", "gpu0", "gpu1", "services", "beat", "flower"}
+    assert list(procs) == ["redis", "workers", "services", "beat", "flower"]
     assert procs["redis"].startswith("celery-agent redis")
-    assert "--gpus 0" in procs["gpu0"] and "--gpus 1" in procs["gpu1"]
+    assert fixed(procs["workers"]) == ["celery-agent", "workers", "--per-gpu", "--loglevel", "INFO"]
+
+
+def test_procfile_workers_drain_within_the_time_honcho_gives_them():
+    # honcho SIGKILLs what still runs 5 s after its SIGTERM: runs still going by then must
+    # already be back on their queues, and Redis (which waits for them) still up
+    procs = procfile()
+    for name in ("workers", "services"):
+        grace = float(assignments(procs[name])["CELERY_AGENT_DRAIN_GRACE"])
+        assert 0 <= grace <= HONCHO_KILL_WAIT - 3, name
+    assert "--linger" not in procs["redis"] and LINGER < HONCHO_KILL_WAIT  # Redis goes first
 
 
 def test_compose_services_start_the_procfile_commands():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
     procs = procfile()
-    for name in (*SHARED, "gpu1"):
+    for name in SHARED:
         assert fixed(compose[name]["command"]) == fixed(procs[name]), name
+    for index in (0, 1):
+        name = f"gpu{index}"
+        assert fixed(compose[name]["command"]) == planned(index), name
+        devices = compose[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["device_ids"] == [str(index)] and devices[0]["driver"] == "nvidia"
+    for name in (*SHARED, "gpu0", "gpu1"):
         assert compose[name]["environment"]["CELERY_AGENT_REDIS_URL"] == "redis://redis:6379/0"
-    devices = compose["gpu1"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["device_ids"] == ["1"] and devices[0]["driver"] == "nvidia"
 
 
 def test_k8s_pods_start_the_procfile_commands():
@@ -67,6 +106,15 @@ def test_k8s_pods_start_the_procfile_commands():
         (container,) = docs[f"Deployment/{name}"]["spec"]["template"]["spec"]["containers"]
         assert fixed(container["command"]) == fixed(procs[proc]), name
         assert container["envFrom"] == [{"configMapRef": {"name": "celery-agent"}}]
+
+
+def test_k8s_gpu_worker_runs_the_planned_gpu0_worker_without_its_own_queue():
+    (container,) = k8s_docs()["Deployment/celery-agent-gpu-worker"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    words = planned(0)
+    words[words.index("-Q") + 1] = "gpu,default"  # a pod's GPU 0 differs from pod to pod
+    assert fixed(container["command"]) == words
 
 
 def test_k8s_gpu_worker_gets_one_gpu_and_beat_one_replica():
@@ -83,4 +131,4 @@ def test_honcho_accepts_the_procfile():
     done = subprocess.run([sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "check"],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "redis, gpu0, gpu1, services, beat, flower" in done.stderr
+    assert "redis, workers, services, beat, flower" in done.stderr

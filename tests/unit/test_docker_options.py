@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from celery_agent.executors.docker import (
     mount_plan,
     reap_stale_containers,
 )
+from celery_agent.executors.docker_index import IndexConfig
 from celery_agent.params import HOOK_DIR
 from celery_agent.spec import DockerOptions, TaskSpec
 
@@ -156,24 +158,6 @@ def test_install_commands_target_the_site_folder() -> None:
     assert opt.installer_env("pip")["PIP_CACHE_DIR"].startswith(opt.CACHE)
 
 
-def test_without_install_the_entry_is_the_command() -> None:
-    assert opt.bootstrap(None, ["python3", "t.py"]) == ["python3", "t.py"]
-
-
-def test_bootstrap_installs_then_execs_the_entry_with_its_arguments_intact(tmp_path: Path) -> None:
-    install = ["sh", "-c", f"echo installed > {tmp_path}/mark; echo 'it''s' ok"]
-    argv = opt.bootstrap(install, ["printf", "[%s]", "a b", "$HOME"])
-    done = subprocess.run(argv, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    assert (tmp_path / "mark").read_text() == "installed\n"
-    assert done.stdout.splitlines()[-1] == "[a b][$HOME]"
-
-
-def test_bootstrap_stops_when_the_install_fails() -> None:
-    argv = opt.bootstrap(["false"], ["echo", "ran"])
-    done = subprocess.run(argv, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    assert done.returncode != 0 and "ran" not in done.stdout
-
-
 # -- the whole container config -------------------------------------------------------------------
 def _job(run: Path, **kw: object) -> RunRequest:
     env = {
@@ -211,23 +195,56 @@ def test_container_config_translates_argv_cwd_and_mounts(tmp_path: Path) -> None
     assert config["labels"]["celery-agent.run-id"] == "r1"
 
 
-def test_container_config_with_install_mounts_links_and_the_cache(tmp_path: Path) -> None:
-    run, links = tmp_path / "r1", tmp_path / "wheels"
+def test_container_config_with_installed_requirements_mounts_them_read_only(tmp_path: Path) -> None:
+    run, site = tmp_path / "r1", tmp_path / "cache" / "k1" / "env"
     prepared = DockerPrepared(
         python="python3", options=DockerOptions(image="img"), image_id="sha256:1",
-        installer="pip", install_args=["--find-links", str(links), "--no-index", "cademo"],
-        link_dirs=[str(links)],
+        installer="pip", site_dir=str(site), image_path="/opt/py/bin:/usr/bin",
     )  # fmt: skip
     config = container_config(prepared, ["t.py"], _job(run, gpus=["0"]))
-    script = config["command"][2]
-    assert "--find-links /celery-agent/links/0 --no-index cademo" in script
-    assert config["command"][-2:] == ["python3", "t.py"]
-    targets = {m["Target"]: m["Source"] for m in config["mounts"]}
-    assert targets["/celery-agent/links/0"] == str(links)
-    assert targets[opt.CACHE] == opt.CACHE_VOLUME
+    assert config["command"] == ["python3", "t.py"]
+    targets = {m["Target"]: (m["Source"], m["ReadOnly"]) for m in config["mounts"]}
+    assert targets[opt.SITE] == (str(site), True)
     assert config["environment"]["PYTHONPATH"] == f"/celery-agent/hook:{opt.SITE}"
+    assert config["environment"]["PATH"] == f"{opt.SITE}/bin:/opt/py/bin:/usr/bin"
     assert config["device_requests"][0]["DeviceIDs"] == ["0"]
     assert config["environment"]["NVIDIA_VISIBLE_DEVICES"] == "0"
+
+
+def test_index_config_run_carries_the_index_into_the_run(tmp_path: Path) -> None:
+    index = IndexConfig(
+        env={"PIP_CERT": "/etc/ca.pem"}, mounts=(opt.Mount("/etc/ca.pem", "/etc/ca.pem"),)
+    )
+    prepared = DockerPrepared(
+        python="python3", options=DockerOptions(image="img", index_config="run"),
+        image_id="sha256:1", index=index,
+    )  # fmt: skip
+    config = container_config(prepared, ["t.py"], _job(tmp_path / "r1"))
+    assert config["environment"]["PIP_CERT"] == "/etc/ca.pem"
+    targets = {m["Target"]: (m["Source"], m["ReadOnly"]) for m in config["mounts"]}
+    assert targets["/etc/ca.pem"] == ("/etc/ca.pem", True)
+    plain = container_config(
+        replace(prepared, index=IndexConfig()), ["t.py"], _job(tmp_path / "r1")
+    )
+    assert "PIP_CERT" not in plain["environment"]
+
+
+def test_a_non_root_user_gets_the_runs_folders_opened(tmp_path: Path) -> None:
+    out, run = tmp_path / "output", tmp_path / "run"
+    opt.open_to_user([out, run], "1000:1000")
+    for folder in (out, run):
+        st = folder.stat()
+        if os.geteuid() == 0:
+            assert (st.st_uid, st.st_gid) == (1000, 1000)
+        else:
+            assert st.st_mode & 0o777 == 0o777
+    named = tmp_path / "named"
+    opt.open_to_user([named], "app")
+    assert named.stat().st_mode & 0o777 == 0o777
+    untouched = tmp_path / "root"
+    untouched.mkdir(mode=0o755)
+    opt.open_to_user([untouched], "root")
+    assert untouched.stat().st_mode & 0o777 == 0o755
 
 
 def test_params_file_outside_the_run_dir_gets_its_own_mount(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from celery_agent import envcache, filestamps
 from celery_agent.envcache import EnvCache
 from celery_agent.errors import EnvBuildError
 from celery_agent.executors import reqfiles
+from celery_agent.executors.indexes import plain
 from celery_agent.executors.interpreters import Interpreter, find_interpreter
 from celery_agent.executors.venv import env_key, key_parts, read_requirements
 from celery_agent.filestamps import FileMemo, Stamp
@@ -33,7 +34,7 @@ def spec(**fields: object) -> TaskSpec:
 
 def key(source: Path, **fields: object) -> str:
     s = spec(**fields)
-    return env_key(PY, "uv", read_requirements(s, source), s, source)
+    return env_key(PY, "uv", read_requirements(s, source), plain(s), source)
 
 
 def rewrite_in_place(path: Path, text: str) -> None:
@@ -93,7 +94,7 @@ def test_env_key_is_the_hash_of_key_parts(tmp_path: Path) -> None:
     (tmp_path / "wheels" / "six-1.0-py3-none-any.whl").write_bytes(b"zip")
     fields = {"requirements": ["six"], "find_links": ["wheels"], "index_url": "https://m.example"}
     s = spec(**fields)
-    parts = key_parts(PY, "uv", read_requirements(s, tmp_path), s, tmp_path)
+    parts = key_parts(PY, "uv", read_requirements(s, tmp_path), plain(s), tmp_path)
     assert key(tmp_path, **fields) == EnvCache.key(parts)
 
 

@@ -14,6 +14,7 @@ from celery_agent.envcache import EnvCache
 from celery_agent.errors import EnvBuildError, ExecutorUnavailable, StageTimeout
 from celery_agent.executors import ExecutorSettings, available, get_executor
 from celery_agent.executors.base import Executor, PreparedEnv
+from celery_agent.executors.indexes import plain
 from celery_agent.executors.interpreters import Interpreter, find_interpreter
 from celery_agent.executors.local import LocalExecutor
 from celery_agent.executors.steps import Steps, clean_env
@@ -34,7 +35,7 @@ def spec(**fields: object) -> TaskSpec:
 
 def key(source: Path, python: Interpreter = PY, **fields: object) -> str:
     s = spec(**fields)
-    return EnvCache.key(key_parts(python, "uv", read_requirements(s, source), s, source))
+    return EnvCache.key(key_parts(python, "uv", read_requirements(s, source), plain(s), source))
 
 
 @pytest.fixture

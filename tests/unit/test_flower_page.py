@@ -1,13 +1,7 @@
 from __future__ import annotations
 
-from celery_agent.flower import (
-    HARDWARE_API_PATH,
-    HARDWARE_PATH,
-    MAX_REPR,
-    args_repr,
-    display_name,
-    install_handlers,
-)
+from celery_agent.dispatch import MAX_REPR, args_repr, display_name
+from celery_agent.flower import HARDWARE_API_PATH, HARDWARE_PATH, install_handlers
 from celery_agent.flowerui.page import history_chart, render_page
 from celery_agent.spec import TaskSpec
 

@@ -17,7 +17,7 @@ def make(**kw):
 def test_minimal_spec_has_documented_defaults():
     spec = make()
     assert spec.executor == "venv" and spec.queue == "default" and spec.params == {}
-    assert spec.requirements is None and spec.display_name == "train.py"
+    assert spec.requirements is None and spec.name is None
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,10 @@ def test_minimal_spec_has_documented_defaults():
         ({"params": {"bad name": 1}}, "parameter name 'bad name'"),
         ({"requirements": ["numpy>>1"]}, "requirement 'numpy>>1' is not valid"),
         ({"gpus": "zero"}, "gpus 'zero'"),
-        ({"timeout": -1}, "must be >= 0"),
+        ({"timeout": -1}, "give seconds > 0"),
+        ({"timeout": 0}, "timeout: 0.0 is not a timeout"),
+        ({"timeouts": {"source": 0}}, "not so for source"),
+        ({"grace": -1}, "give seconds >= 0"),
         ({"epochs": 3}, "unknown field"),
         ({"env": {"1BAD": "x"}}, "environment variable name"),
     ],
@@ -41,6 +44,31 @@ def test_invalid_spec_names_the_field_and_the_fix(fields, words):
         make(**fields)
     assert words in str(info.value)
     assert str(info.value).startswith("invalid task spec: ")
+
+
+def test_spec_built_directly_raises_spec_error_naming_the_field():
+    with pytest.raises(SpecError) as info:
+        TaskSpec(repo="r", entry="train.py", timeout=0)
+    err = info.value
+    assert isinstance(err, ValueError) and err.field == "timeout"
+    assert "timeout: 0.0 is not a timeout" in err.message and "TaskSpec fields" in (err.hint or "")
+
+
+def test_spec_error_keeps_its_field_through_celery_and_pickle():
+    import pickle
+
+    from celery.backends.base import DisabledBackend
+
+    from celery_agent import app
+
+    try:
+        TaskSpec(repo="r", entry="../x.py", executor="kube")
+    except SpecError as err:
+        sent = err
+    backend = DisabledBackend(app=app)
+    back = backend.exception_to_python(backend.prepare_exception(sent, serializer="json"))
+    assert back.field == "entry,executor" and back.args == sent.args
+    assert pickle.loads(pickle.dumps(sent)).field == "entry,executor"
 
 
 def test_missing_repo_is_named():

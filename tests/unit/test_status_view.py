@@ -52,7 +52,7 @@ def test_views_render_without_error():
 
 
 def test_show_prints_a_runs_gpu_memory_summary():
-    from celery_agent.cli import gpu_memory_line
+    from celery_agent.cli_show import gpu_memory_line
 
     usage = {"gpu_memory_peak_bytes": 3 * 2**30, "gpu_memory_mean_bytes": 2**30, "gpu_samples": 4}
     assert gpu_memory_line(usage) == "peak 3.00 GiB, mean 1.00 GiB (4 samples)"

@@ -1,0 +1,88 @@
+"""Worker loss on default settings: a dead worker's run is back within seconds, a paused one's
+run is never started twice (heartbeat TTL < claim TTL - renewal period, see the README)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import uuid
+
+import pytest
+from test_reliability_recovery import SCRIPT, pids, spec, wait_for
+
+from celery_agent import submit_task
+from celery_agent.keeper import RENEWALS
+from celery_agent.settings import Settings
+from celery_agent.workers import LOST
+
+pytestmark = pytest.mark.integration
+
+DEFAULTS = Settings()
+#: the run goes back within this many seconds of its worker's death (the issue's goal)
+RECOVERY_GOAL = 20.0
+
+
+def two_workers(make_worker, tag: str):
+    """Two workers with the default timings on a queue of their own."""
+    queue = f"{tag}-{uuid.uuid4().hex[:8]}"
+    return queue, [make_worker(queue, concurrency=1) for _ in range(2)]
+
+
+def holder(workers, store, run_id: str):
+    """The worker whose pool runs ``run_id`` now, and the other one."""
+    name = store.get(run_id)["worker"]
+    first = next(w for w in workers if name == f"{w.name}@{socket.gethostname()}")
+    return first, next(w for w in workers if w is not first)
+
+
+def test_a_killed_worker_run_is_back_within_seconds_on_default_settings(
+    make_worker, make_repo, tmp_path, store
+):
+    queue, workers = two_workers(make_worker, "dflt-kill")
+    r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=60))
+    wait_for(lambda: pids(tmp_path), 30)
+    victim, _ = holder(workers, store, r.id)
+    os.killpg(victim.proc.pid, signal.SIGKILL)  # the whole worker: a dead machine
+    killed_at = time.monotonic()
+    victim.proc.wait()
+    wait_for(lambda: len(pids(tmp_path)) == 2, RECOVERY_GOAL + 5)
+    back = time.monotonic() - killed_at
+    record = store.get(r.id)
+    assert record["attempt"] == 2 and record["lost_attempts"] == 1, record
+    assert victim.name in record["last_error"]
+    assert back < RECOVERY_GOAL, f"the run was back {back:.1f}s after its worker died"
+    store.request_abort(r.id)
+    assert r.get(timeout=30)["status"] == "aborted"
+
+
+def test_a_paused_worker_past_its_heartbeat_ttl_keeps_its_run(
+    make_worker, make_repo, tmp_path, store
+):
+    """SIGSTOP the whole worker (its pool and the run) past the heartbeat TTL: the sweep marks
+    the worker lost, but its run's claim outlives the pause, so the run is never sent again."""
+    heartbeat_ttl = 3 * DEFAULTS.heartbeat_interval
+    pause = heartbeat_ttl + DEFAULTS.sweep_interval
+    assert pause < DEFAULTS.claim_ttl * (1 - 1 / RENEWALS), "the claim must outlive the pause"
+    queue, workers = two_workers(make_worker, "dflt-pause")
+    r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=pause + 4))
+    wait_for(lambda: pids(tmp_path), 30)
+    paused, _ = holder(workers, store, r.id)
+    name = store.get(r.id)["worker"]
+    from celery_agent.app import get_registry
+
+    os.killpg(paused.proc.pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        row = lambda: next(w for w in get_registry().overview() if w["name"] == name)  # noqa: E731
+        wait_for(lambda: row()["state"] == LOST, pause)  # the other worker's sweep saw it
+        time.sleep(max(0.0, pause - (time.monotonic() - stopped_at)))  # the pause itself
+    finally:
+        os.killpg(paused.proc.pid, signal.SIGCONT)
+    wait_for(lambda: row()["state"] == "online", 10)  # beating again
+    out = r.get(timeout=60)
+    assert out["status"] == "succeeded", out
+    record = store.get(r.id)
+    assert record["attempt"] == 1 and int(record.get("lost_attempts") or 0) == 0, record
+    assert len(pids(tmp_path)) == 1, "the run started once"
