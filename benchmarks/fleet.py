@@ -4,7 +4,7 @@ Each simulated worker is what a real one writes, through the agent's own code
 (:class:`WorkerRegistry`, :class:`RunStore`): a heartbeat every ``interval`` (SMEMBERS of its run
 set, then the record hash with a TTL, the ``workers`` zset and the capped ``:hw`` stream in one
 pipeline), and, with runs on, one run in flight on a GPU machine: the runner's stop check every
-``abort_poll`` (MGET of the cancel and drain flags), a log chunk every ``log_every`` seconds, the claim renewed every third of
+``abort_poll`` (MGET of the cancel and drain flags), a log chunk every ``log_every`` seconds, the claim renewed ``RENEWALS`` times in
 its TTL, and a new run every ``run_seconds`` (its record created, claimed, moved through its states
 and finished). The snapshot is that of a plausible GPU machine: 64 cores, 8 GPUs with a process.
 """
@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery_agent.keeper import RENEWALS
+from celery_agent.settings import Settings
 from celery_agent.state import RUNNING, RunStore
 from celery_agent.workers import WorkerRegistry, compact
 
@@ -31,19 +33,19 @@ class Load:
     """What each simulated worker does, and how often (seconds)."""
 
     workers: int
-    interval: float = 5.0  #: heartbeat (Settings.heartbeat_interval)
-    history: int = 720  #: hardware snapshots kept (Settings.heartbeat_history)
+    interval: float = Settings.heartbeat_interval  #: heartbeat
+    history: int = Settings.heartbeat_history  #: hardware snapshots kept
     abort_poll: float = 1.0  #: the runner's backstop flag read (Settings.abort_poll)
     log_every: float = 1.0  #: one log chunk per second per run
     lines_per_chunk: int = 3
-    claim_ttl: float = 60.0  #: renewed every third of it (Settings.claim_ttl)
+    claim_ttl: float = Settings.claim_ttl  #: renewed RENEWALS times per TTL
     run_seconds: float = 600.0  #: a new run every 10 minutes per worker
 
     def planned(self, seconds: float, runs: bool) -> float:
         """Round trips the fleet should send in ``seconds`` (a beat counts as two)."""
         per_worker = 2 / self.interval
         if runs:
-            per_worker += 1 / self.abort_poll + 1 / self.log_every + 3 / self.claim_ttl
+            per_worker += 1 / self.abort_poll + 1 / self.log_every + RENEWALS / self.claim_ttl
         return per_worker * self.workers * seconds
 
 
@@ -104,7 +106,7 @@ class Fleet:
             if runs:
                 w.due |= {"run": w.run_ends, "abort": now + offset * self.load.abort_poll,
                           "log": now + offset * self.load.log_every,
-                          "claim": now + offset * self.load.claim_ttl / 3}  # fmt: skip
+                          "claim": now + offset * self.load.claim_ttl / RENEWALS}  # fmt: skip
         threads = [
             threading.Thread(target=self._send, args=(self.workers[i::THREADS], now + seconds))
             for i in range(THREADS)
@@ -165,7 +167,7 @@ class Fleet:
             return 1
         if kind == "claim":
             store.renew_claim(w.run_id, w.name, load.claim_ttl)
-            w.due[kind] = now + load.claim_ttl / 3
+            w.due[kind] = now + load.claim_ttl / RENEWALS
             return 1
         _finish_run(store, registry, w)  # kind == "run": the run ended; the next one starts
         return 3 + self._start_run(store, registry, w)

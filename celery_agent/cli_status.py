@@ -56,11 +56,12 @@ def _watch(console: Console, registry: Any, interval: float) -> int:
 def status_view(data: dict[str, Any]) -> Group:
     """The workers table and the GPU table."""
     workers = Table("worker", "host", "queues", "state", "GPUs", "current run", "uptime", "cpu %",
-                    title="workers", title_justify="left")  # fmt: skip
+                    "env cache", title="workers", title_justify="left")  # fmt: skip
     for w in data["workers"]:
         workers.add_row(escape(w["name"]), escape(w["host"] or ""), escape(",".join(w["queues"])),
                         _state(w["state"]), _gpus(w), escape(", ".join(r[:12] for r in w["runs"]) or "-"),
-                        _duration(w["uptime"]), _num(w["cpu_percent"]))  # fmt: skip
+                        _duration(w["uptime"]), _num(w["cpu_percent"]),
+                        env_cache_text(w.get("env_cache")))  # fmt: skip
     gpus = Table("host", "gpu", "name", "util", "memory", "temp", "power", "worker / lease",
                  title="GPUs", title_justify="left")  # fmt: skip
     for g in data["gpus"]:
@@ -68,6 +69,16 @@ def status_view(data: dict[str, Any]) -> Group:
                      bar(g["util"], 100), _memory(g), _num(g["temperature"], "°C"),
                      _num(g["power_w"], " W"), escape(_owner(g)))  # fmt: skip
     return Group(workers, gpus) if data["gpus"] else Group(workers)
+
+
+def env_cache_text(usage: dict[str, Any] | None) -> str:
+    """'3 envs, 1.2/20.0 GiB, 1 in use': a worker's environment cache; '-' before it is measured."""
+    if not usage:
+        return "-"
+    size = f"{usage['bytes'] / GIB:.1f}"
+    size += f"/{usage['max_bytes'] / GIB:.1f} GiB" if usage.get("max_bytes") else " GiB"
+    in_use = f", {usage['in_use']} in use" if usage.get("in_use") else ""
+    return f"{usage['entries']} envs, {size}{in_use}"
 
 
 def history_view(data: dict[str, Any]) -> Table:

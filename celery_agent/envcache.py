@@ -9,6 +9,11 @@ One entry per key, built once and reused in place::
     root/<key>/last_used    touched on hits; its mtime orders eviction (least recently used first)
     root/<key>.lock         per-key lock held while building or removing
     root/<key>.failed       a cached build failure, re-raised until it is older than the failure ttl
+    root/<alias>.alias      another key for an entry (its frozen set): holds the entry's key
+    root/.users/<key>/      leases of the processes using the entry (see :mod:`.envusers`)
+
+Entries a live process holds a lease on are never evicted: eviction passes them by and takes the
+next least recently used one.
 
 A hit is the common case and stays cheap: one stat of ``ready`` (meta.json is parsed again only
 when that stamp changed, see :class:`~.filestamps.FileMemo`) and a touch of ``last_used`` at
@@ -17,6 +22,7 @@ most once per :data:`~.filestamps.TOUCH_INTERVAL` seconds per entry and process.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,7 +30,6 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .entryfiles import mtime, read_json, read_json_or_empty, remove_tree, tree_sizes, write_json
+from .envusers import EnvUsers, Lease
 from .errors import EnvBuildError, StateError
 from .filestamps import FileMemo, Stamp, touch, touch_now_and_then
 
@@ -56,6 +63,7 @@ class CachedEnv:
     hit: bool
     seconds: float
     meta: dict[str, Any]
+    lease: Lease | None = None  #: held while a run uses the entry; give it back when it ends
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class _Ready:
 
 def _read_ready(ready: str, _stamp: Stamp) -> _Ready:
     entry = Path(ready).parent
-    return _Ready(entry / "env", _read_json(entry / "meta.json"))
+    return _Ready(entry / "env", read_json(entry / "meta.json"))
 
 
 #: ready markers by path; the marker is written last and replaced by any rebuild, so its stamp
@@ -98,6 +106,7 @@ class EnvCache:
         self.max_bytes = max_bytes
         self.failure_ttl = failure_ttl
         self.lock_timeout = lock_timeout
+        self.users = EnvUsers(self.root)
 
     # -- keys and paths ---------------------------------------------------------------------------
     @staticmethod
@@ -145,17 +154,33 @@ class EnvCache:
         return CachedEnv(key, ready.env, True, seconds, dict(ready.meta))
 
     # -- building ---------------------------------------------------------------------------------
-    def get_or_build(self, key: str, build: Builder, *, label: str = "") -> CachedEnv:
+    def get_or_build(
+        self, key: str, build: Builder, *, label: str = "", hold: bool = False
+    ) -> CachedEnv:
         """The entry for ``key``: reused in place when ready, else built once by ``build(env_path)``.
 
         Concurrent callers (threads or processes) wait on a per-key lock, and all but the first
         find the entry ready. A build that raises :class:`EnvBuildError` is remembered for
-        ``failure_ttl`` seconds: calls in that window re-raise it without building again.
+        ``failure_ttl`` seconds: calls in that window re-raise it without building again. With
+        ``hold`` the entry comes with a lease (taken before it is looked up, so eviction cannot
+        take it away in between) that keeps it from eviction until released. A key made an alias
+        of another entry (:meth:`alias`) gets that entry.
         """
         start = time.perf_counter()
-        found = self._hit(key, start)
-        if found is not None:
-            return found
+        lease = self.users.hold(key) if hold else None
+        try:
+            found = self._hit(key, start) or self._aliased(key, start, hold)
+            if found is None:
+                found = self._build(key, build, label, start)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        if hold and found.lease is None:
+            found = dataclasses.replace(found, lease=lease)
+        return found
+
+    def _build(self, key: str, build: Builder, label: str, start: float) -> CachedEnv:
         self._raise_cached_failure(key)
         try:
             with self._lock(key, self.lock_timeout):
@@ -170,13 +195,34 @@ class EnvCache:
             self._evict_after_build(key)
         return result
 
+    # -- aliases ----------------------------------------------------------------------------------
+    def alias(self, alias: str, key: str) -> None:
+        """Make ``alias`` name the entry of ``key`` (e.g. the key its frozen set would have)."""
+        if alias != key:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_json(self.root / f"{self._checked(alias)}.alias", {"key": self._checked(key)})
+
+    def _aliased(self, alias: str, start: float, hold: bool) -> CachedEnv | None:
+        """The ready entry ``alias`` names, leased first when ``hold``; None when there is none."""
+        target = read_json_or_empty(self.root / f"{alias}.alias").get("key")
+        if not isinstance(target, str) or not _KEY.match(target):
+            return None
+        lease = self.users.hold(target) if hold else None
+        found = self._hit(target, start)
+        if found is None:
+            if lease is not None:
+                lease.release()
+            return None
+        logger.debug("env cache %s is an alias of %s", alias, target)
+        return dataclasses.replace(found, lease=lease)
+
     def _build_locked(self, key: str, build: Builder, label: str, start: float) -> CachedEnv:
         found = self._hit(key, start)
         if found is not None:
             return found
         self._raise_cached_failure(key)
         entry = self._dir(key)
-        _remove_tree(entry)  # a partial build left by a crash
+        remove_tree(entry)  # a partial build left by a crash
         entry.mkdir(parents=True)
         logger.info("building env %s %s", key, label)
         meta = self._run_builder(key, build, entry)
@@ -189,20 +235,21 @@ class EnvCache:
         try:
             meta = build(entry / "env")
         except EnvBuildError as exc:
-            _remove_tree(entry)
+            remove_tree(entry)
             self._record_failure(key, exc)
             raise
         except BaseException:
-            _remove_tree(entry)
+            remove_tree(entry)
             raise
         return dict(meta or {})
 
     def _finish(self, entry: Path, meta: dict[str, Any], label: str, seconds: float) -> None:
-        _write_json(entry / "meta.json", meta)
-        info = {"label": label, "bytes": _tree_bytes(entry), "built_at": time.time()}
-        _write_json(entry / "entry.json", info | {"build_seconds": round(seconds, 3)})
+        write_json(entry / "meta.json", meta)
+        nbytes, shared = tree_sizes(entry)
+        info = {"label": label, "bytes": nbytes, "shared_bytes": shared, "built_at": time.time()}
+        write_json(entry / "entry.json", info | {"build_seconds": round(seconds, 3)})
         touch(entry / "last_used")
-        _write_json(entry / "ready", {"at": time.time()})
+        write_json(entry / "ready", {"at": time.time()})
 
     def _evict_after_build(self, key: str) -> None:
         try:
@@ -215,12 +262,12 @@ class EnvCache:
         if self.failure_ttl <= 0:
             return
         record = {"message": exc.message, "hint": exc.hint, "time": time.time()}
-        _write_json(self.root / f"{key}.failed", record)
+        write_json(self.root / f"{key}.failed", record)
 
     def _raise_cached_failure(self, key: str) -> None:
         path = self.root / f"{key}.failed"
         try:
-            record = _read_json(path)
+            record = read_json(path)
         except (OSError, ValueError):
             return
         age = time.time() - float(record.get("time", 0))
@@ -235,21 +282,37 @@ class EnvCache:
 
     # -- listing and eviction ---------------------------------------------------------------------
     def entries(self) -> list[dict[str, Any]]:
-        """Ready entries, least recently used first: key, path, bytes, last_used, label."""
+        """Ready entries, least recently used first: key, path, bytes (``shared_bytes`` of them in
+        files linked elsewhere too, as uv links them from its cache), last_used, label."""
         rows = []
         for entry in self._ready_dirs():
-            info = _read_json_or_empty(entry / "entry.json")
-            nbytes = info.get("bytes")
+            info = read_json_or_empty(entry / "entry.json")
+            if info.get("bytes") is None:
+                info |= dict(zip(("bytes", "shared_bytes"), tree_sizes(entry), strict=True))
             rows.append(
                 {
                     "key": entry.name,
                     "path": entry / "env",
-                    "bytes": int(nbytes) if nbytes is not None else _tree_bytes(entry),
-                    "last_used": _mtime(entry / "last_used") or _mtime(entry / "ready"),
+                    "bytes": int(info["bytes"]),
+                    "shared_bytes": int(info.get("shared_bytes") or 0),
+                    "last_used": mtime(entry / "last_used") or mtime(entry / "ready"),
                     "label": info.get("label", ""),
                 }
             )
         return sorted(rows, key=lambda row: row["last_used"])
+
+    def usage(self) -> dict[str, Any]:
+        """How big the cache is: entries, bytes (``shared_bytes`` of them shared with the
+        installer's cache), entries in use, and its limits."""
+        rows = self.entries()
+        return {
+            "entries": len(rows),
+            "bytes": sum(row["bytes"] for row in rows),
+            "shared_bytes": sum(row["shared_bytes"] for row in rows),
+            "in_use": sum(1 for row in rows if self.users.in_use(row["key"])),
+            "max_entries": self.max_entries,
+            "max_bytes": self.max_bytes,
+        }
 
     def _ready_dirs(self) -> list[Path]:
         if not self.root.is_dir():
@@ -259,8 +322,9 @@ class EnvCache:
     def evict(self, keep: Collection[str] = ()) -> list[str]:
         """Remove least recently used entries until ``max_entries`` and ``max_bytes`` hold.
 
-        Never removes an entry named in ``keep`` or one whose lock a builder holds. Returns the
-        evicted keys, oldest first.
+        Never removes an entry named in ``keep``, one whose lock a builder holds, or one a live
+        process uses (holds a lease on): those are passed by for the next least recently used.
+        Returns the evicted keys, oldest first.
         """
         self._sweep()
         rows = self.entries()
@@ -269,13 +333,38 @@ class EnvCache:
         for row in rows:
             if not self._over_limits(count, total):
                 break
-            if row["key"] in keep or not self.remove(row["key"], wait=False):
+            if row["key"] in keep or not self._evict_one(row["key"]):
                 continue
             evicted.append(row["key"])
             count, total = count - 1, total - row["bytes"]
         if evicted:
             logger.info("evicted envs %s", ", ".join(evicted))
+        if self._over_limits(count, total):
+            logger.info("env cache over its limits (%d entries, %d bytes): the rest is in use",
+                        count, total)  # fmt: skip
         return evicted
+
+    def _evict_one(self, key: str) -> bool:
+        """Remove an entry no one uses; False when it is in use or being built.
+
+        Its ready marker is moved aside before the last look at its leases: a run that leased
+        it after that look finds it not ready, and waits on the lock to build it again.
+        """
+        entry = self._dir(key)
+        try:
+            with self._lock(key, 0):
+                if self.users.in_use(key):
+                    return False
+                aside = entry / "ready.evicting"
+                os.replace(entry / "ready", aside)
+                if self.users.in_use(key):  # leased in between: it stays
+                    os.replace(aside, entry / "ready")
+                    return False
+                (self.root / f"{key}.failed").unlink(missing_ok=True)
+                remove_tree(entry)
+        except (Timeout, FileNotFoundError):
+            return False
+        return True
 
     def _sweep(self) -> None:
         """Remove what crashed processes left: half-removed trees and unlocked partial builds."""
@@ -284,6 +373,10 @@ class EnvCache:
         for path in self.root.iterdir():
             if ".trash-" in path.name:
                 shutil.rmtree(path, ignore_errors=True)
+            elif path.name.endswith(".alias"):
+                target = read_json_or_empty(path).get("key")
+                if not isinstance(target, str) or not (self.root / target).is_dir():
+                    path.unlink(missing_ok=True)
             elif _KEY.match(path.name) and not (path / "ready").exists():
                 self._remove_partial(path.name)
 
@@ -291,7 +384,7 @@ class EnvCache:
         try:
             with self._lock(key, 0):
                 if not (self._dir(key) / "ready").exists():
-                    _remove_tree(self._dir(key))
+                    remove_tree(self._dir(key))
         except Timeout:
             return  # a builder is at work on it
 
@@ -307,55 +400,19 @@ class EnvCache:
         try:
             with self._lock(key, self.lock_timeout if wait else 0):
                 (self.root / f"{key}.failed").unlink(missing_ok=True)
-                _remove_tree(entry)
+                remove_tree(entry)
         except Timeout:
             return False
         return True
 
 
-# -- small file helpers ---------------------------------------------------------------------------
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON atomically: a temporary sibling renamed over the target."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    return data if isinstance(data, dict) else {}
-
-
-def _read_json_or_empty(path: Path) -> dict[str, Any]:
-    try:
-        return _read_json(path)
-    except (OSError, ValueError):
-        return {}
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a directory: renamed aside first, so no reader sees a half-removed entry."""
-    if not path.exists():
-        return
-    trash = path.with_name(f"{path.name}.trash-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _tree_bytes(path: Path) -> int:
-    """Apparent size of the files under ``path`` (symlinks counted, not followed)."""
-    total = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
+def usage_under(root: Path, **limits: Any) -> dict[str, Any]:
+    """:meth:`EnvCache.usage` summed over the executors' caches under ``root`` (venv, conda)."""
+    total: dict[str, Any] = {"entries": 0, "bytes": 0, "shared_bytes": 0, "in_use": 0}
+    folders = sorted(p for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []
+    for folder in folders:
+        one = EnvCache(folder, **limits).usage()
+        for name in ("entries", "bytes", "shared_bytes", "in_use"):
+            total[name] += one[name]
+        total |= {"max_entries": one["max_entries"], "max_bytes": one["max_bytes"]}
     return total

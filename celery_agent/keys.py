@@ -24,6 +24,8 @@ Workers and GPUs:
 - ``{p}:worker:{name}:hw`` capped stream of hardware snapshots (history for plots)
 - ``{p}:worker:{name}:drain`` set when the worker's drain grace ran out: its runs stop and requeue
 - ``{p}:worker:{name}:runs`` set of run ids the worker's pool is running now (pipeline adds/removes)
+- ``{p}:worker:{name}:reserved`` hash run id -> delivery tag of each run message the worker holds
+  (Redis broker; rewritten each heartbeat, handed back by the sweep once the worker is dead)
 - ``{p}:workers`` sorted set: every worker seen, scored by its last heartbeat time
 - ``{p}:workers:gone`` hash: worker name -> JSON {"state": "stopped"|"lost", "at": time}
 - ``{p}:gpu:{host}:{uuid}`` a dynamic GPU lease: value ``{worker}/{run id}``, with a TTL
@@ -84,6 +86,10 @@ class Keys:
     def worker_runs(self, name: str) -> str:
         """Set of run ids the worker runs now."""
         return self._join("worker", name, "runs")
+
+    def worker_reserved(self, name: str) -> str:
+        """Hash of the run messages the worker took: run id -> delivery tag."""
+        return self._join("worker", name, "reserved")
 
     def worker_drain(self, name: str) -> str:
         """Flag telling a draining worker's runs to stop and go back to their queue."""

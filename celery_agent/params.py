@@ -76,6 +76,7 @@ def hook_env(
         "CELERY_AGENT_PARAMS": json.dumps(dict(params)),
         "CELERY_AGENT_PARAMS_OUT": str(out_file),
         "CELERY_AGENT_APPENDED": json.dumps(list(appended)),
+        "CELERY_AGENT_HOOK_PID": "",  # the run's first interpreter claims it (its children not)
     }
 
 
@@ -99,8 +100,16 @@ def resolve(
 ) -> tuple[list[str], dict[str, str]]:
     """Rewrite the args and build the hook's environment; a stale ``out_file`` is removed."""
     Path(out_file).unlink(missing_ok=True)
+    Path(f"{out_file}.usage").unlink(missing_ok=True)
     args, appended = rewrite_argv(spec_args, params)
     return args, hook_env(params, out_file, appended, base_pythonpath)
+
+
+def written_in(args: Sequence[str], name: str) -> bool:
+    """Whether ``args`` (before a ``--``) already name the option of parameter ``name``."""
+    head, _ = _split_at_dashdash(list(args))
+    options = _option_names(name)
+    return any(word.partition("=")[0] in options for word in head)
 
 
 # -- argv rewriting ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import attempts, metrics, runenv, stages, state
+from . import attempts, metrics, paramusage, runenv, stages, state
 from . import leases as leases_mod
 from . import params as params_mod
 from .attempts import DuplicateRun
@@ -120,7 +120,7 @@ class Job:
         return summary
 
     def _claimed(self, spec: TaskSpec, record: dict[str, Any]) -> dict[str, Any]:
-        self.clock = StageClock.for_spec(spec, self.started)
+        self.clock = StageClock.for_spec(spec, self.started, self.ctx.settings)
         try:
             if self.stop_reason() == "cancel":
                 if record.get("state") in state.ACTIVE:  # its last runner died
@@ -131,7 +131,7 @@ class Job:
             entry_head(spec, self.checkout)  # a missing entry fails now, before the env is built
             prepared = self.prepare(spec, self.checkout)
             outcome = self.execute(spec, self.checkout, prepared)
-            return self.collect(outcome)
+            return self.collect(outcome, spec)
         except StageTimeout as err:
             return self.finish(state.TIMED_OUT, error=err)
         except Cancelled as err:
@@ -197,11 +197,10 @@ class Job:
         co = self.ctx.sources.checkout(
             spec.repo,
             self.run_dir / "src" if self.ctx.settings.keep_source else None,
-            commit=spec.commit,
-            branch=spec.branch,
-            diff=spec.diff,
+            commit=spec.commit, branch=spec.branch, diff=spec.diff,
             timeout=self.clock.remaining("source"),
-        )
+            stop=self.check_abort,  # a cancel ends a stalled fetch or lock wait within 0.1 s
+        )  # fmt: skip
         self.timing("source", t0)
         self.clock.check("source", t0)
         self._defer(commit=co.commit)
@@ -301,16 +300,15 @@ class Job:
             self.summary["timings"]["first_line"] = round(outcome.first_line_at - self.started, 3)
         return outcome
 
-    def collect(self, outcome: ProcessOutcome) -> dict[str, Any]:
-        """Record the outcome: status, exit code, resolved params, usage, log tail."""
-        self.summary["params"] = params_mod.read_resolved(self.run_dir / "params.json") or {}
-        self.summary["usage"] = {
-            "cpu_seconds": outcome.usage.cpu_seconds,
-            "max_rss_bytes": outcome.usage.max_rss_bytes,
-        } | self.gpu_usage
+    def collect(self, outcome: ProcessOutcome, spec: TaskSpec) -> dict[str, Any]:
+        """Record the outcome: status, exit code, resolved and unused params, usage, log tail."""
+        strict = paramusage.record(spec, self.run_dir / "params.json", self.summary, self.note)
+        cpu, rss = outcome.usage.cpu_seconds, outcome.usage.max_rss_bytes
+        self.summary["usage"] = {"cpu_seconds": cpu, "max_rss_bytes": rss} | self.gpu_usage
         self.summary["log_tail"] = outcome.tail
         self.summary["log_lines"] = outcome.lines
         error = None
+        status: str = outcome.status
         if outcome.status == state.ABORTED and self.stop_reason() == "drain":
             return self.requeue(f"worker {self.ctx.worker} drained while it ran")
         if outcome.status == state.FAILED:
@@ -319,7 +317,9 @@ class Job:
             error = stage_timeout(f"run stage timed out: {outcome.reason}", "run")
         elif outcome.status == state.ABORTED:
             error = Cancelled("cancelled while running")
-        return self.finish(outcome.status, exit_code=outcome.exit_code, error=error, stage="run")
+        elif strict is not None:  # it succeeded, but left parameters unused
+            error, status = strict, state.FAILED
+        return self.finish(status, exit_code=outcome.exit_code, error=error, stage="run")
 
     def finish(
         self,
@@ -382,7 +382,6 @@ class Job:
         held, self.held = self.held, None
         if held is None:
             return
-
         try:
             held.write(self._release)
         except Exception as err:

@@ -45,6 +45,7 @@ class Settings:
     torch_cuda_variants: tuple[str, ...] = DEFAULT_CUDA_VARIANTS  # CUDA builds of torch there
     env_failure_ttl: float = 600.0
     env_build_timeout: float | None = 3600.0  # seconds an environment build may take
+    source_timeout: float | None = 1800.0  # seconds a run's source stage may take (clone, fetch)
     grace: float = 10.0
     claim_ttl: float = 12.0  # seconds a dead runner's claim outlives it (renewed every quarter)
     drain_grace: float = 300.0  # seconds a stopping worker lets its runs finish before requeueing

@@ -129,6 +129,7 @@ class TaskSpec(BaseModel):
     entry: str = Field(..., description="a script path inside the repo, or '-m module'")
     args: list[str] = Field(default_factory=list, description="arguments after the entry")
     params: dict[str, ParamValue] = Field(default_factory=dict, description="parameter overrides")
+    strict_params: bool = Field(False, description="fail the run if a parameter goes unused")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     secret_env: list[str] = Field(
         default_factory=list, description="names in env whose values are secret (shown as ***)"
@@ -159,7 +160,7 @@ class TaskSpec(BaseModel):
     max_attempts: int = Field(
         2, ge=1, le=100, description="starts allowed when a worker is lost (2 = one retry)"
     )
-    workdir: str | None = Field(None, description="working directory inside the repo")
+    workdir: str | None = Field(None, description="working directory, a path from the repo root")
     docker: DockerOptions | None = Field(None, description="options of the docker executor")
     conda: CondaOptions | None = Field(None, description="options of the conda executor")
 

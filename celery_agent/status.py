@@ -32,6 +32,7 @@ def worker_row(record: dict[str, Any], now: float) -> dict[str, Any]:
         "cpu_percent": host.get("cpu_percent"),
         "memory_percent": host.get("memory_percent"),
         "pid": record.get("pid"),
+        "env_cache": record.get("env_cache"),
     }
 
 

@@ -5,6 +5,8 @@
   died) is put back on its queue with the same run id while it has attempts left, else marked
   ``lost`` with an error naming the worker (see :mod:`.requeue`; without a ``resend`` it is marked
   lost at once);
+- a dead worker's messages of runs it took but never claimed go back on their queues at once,
+  not after the broker's visibility timeout (see :mod:`.reserved`; Redis broker);
 - workers not seen for :data:`RETENTION` seconds are forgotten with their history;
 - runs and searches that ended more than ``run_retention_days`` ago are deleted, a bounded batch
   at most every :data:`RETENTION_EVERY` seconds across the cluster (see :mod:`.retention`): the
@@ -33,9 +35,10 @@ from .requeue import (
     celery_revoked,
     recover,
 )
+from .reserved import Reservations, Restore, kombu_restore
 from .settings import Settings
 from .state import RunStore
-from .workers import WorkerRegistry
+from .workers import Seen, WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ def sweep(
     retention_batch: int = retention.BATCH,
     finished: Finished | None = None,
     retention_every: float = RETENTION_EVERY,
+    restore: Restore | None = None,
 ) -> dict[str, Any]:
     """Sweep once; returns what changed (``skipped`` when another sweep holds the lock).
 
@@ -63,13 +67,19 @@ def sweep(
     if not store.r.set(store.keys.sweep_lock(), token, nx=True, px=max(1, int(lock_ttl * 1000))):
         return {"skipped": True}
     lost_workers: list[str] = []
-    found: dict[str, list[str]] = {"lost_runs": [], "requeued_runs": [], "aborted_runs": []}
-    for name in registry.names():
-        alive = registry.is_alive(name)
-        if not alive and registry.mark_lost(name):
-            logger.warning("worker %s is lost: its heartbeat expired", name)
-            lost_workers.append(name)
-        for run_id, what in _orphan_runs(store, registry, name, alive, resend, revoked, finished):
+    found: dict[str, list[str]] = {"lost_runs": [], "requeued_runs": [], "aborted_runs": [],
+                                   "restored_runs": []}  # fmt: skip
+    reservations = Reservations(store.r, store.keys)
+    fleet = registry.survey(registry.names())
+    claimed = _claimed(store, [run_id for seen in fleet for run_id in seen.runs])
+    for seen in fleet:
+        if not seen.alive and not seen.gone and registry.mark_lost(seen.name):
+            logger.warning("worker %s is lost: its heartbeat expired", seen.name)
+            lost_workers.append(seen.name)
+        if not seen.alive and seen.holds and restore is not None:
+            found["restored_runs"] += _hand_back(reservations, seen.name, restore)
+        orphans = [run_id for run_id in seen.runs if run_id not in claimed]
+        for run_id, what in _orphan_runs(store, registry, seen, orphans, resend, revoked, finished):
             found[_BUCKET[what]].append(run_id)
     forgotten = registry.trim(time.time() - RETENTION)
     expired = {"expired_runs": 0, "expired_searches": 0}
@@ -79,7 +89,7 @@ def sweep(
 
 
 #: the parts of a sweep's result that say it changed something (logged as a warning)
-CHANGES = ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs")
+CHANGES = ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs", "restored_runs")
 
 
 def sweeper(
@@ -90,16 +100,25 @@ def sweeper(
     result backend, the lock and retention from ``settings``; a sweep that changed anything is
     logged."""
     resend, revoked, finished = celery_resend(app), celery_revoked(app), celery_finished(app, store)
+    restore = kombu_restore(app)
 
     def run() -> dict[str, Any]:
         result = sweep(store, registry, lock_ttl=settings.sweep_interval / 2, resend=resend,
                        revoked=revoked, retention_days=settings.run_retention_days,
-                       finished=finished)  # fmt: skip
+                       finished=finished, restore=restore)  # fmt: skip
         if any(result.get(k) for k in CHANGES):
             logger.warning("sweep: %s", result)
         return result
 
     return run
+
+
+def _hand_back(reservations: Reservations, name: str, restore: Restore) -> list[str]:
+    try:
+        return reservations.hand_back(name, restore)
+    except Exception as err:  # the broker away: the next sweep tries again
+        logger.warning("sweep: could not hand back the messages worker %s held: %s", name, err)
+        return []
 
 
 def _due(store: RunStore, token: str, every: float) -> bool:
@@ -126,27 +145,34 @@ def _expire(store: RunStore, days: float, batch: int) -> dict[str, int]:
 _BUCKET = {state.LOST: "lost_runs", state.QUEUED: "requeued_runs", state.ABORTED: "aborted_runs"}
 
 
+def _claimed(store: RunStore, run_ids: list[str]) -> set[str]:
+    """Those of ``run_ids`` whose claim is held (one round trip)."""
+    pipe = store.r.pipeline(transaction=False)
+    for run_id in run_ids:
+        pipe.exists(store.keys.claim(run_id))
+    return {run_id for run_id, held in zip(run_ids, pipe.execute(), strict=True) if held}
+
+
 def _orphan_runs(
     store: RunStore,
     registry: WorkerRegistry,
-    name: str,
-    alive: bool,
+    seen: Seen,
+    orphans: list[str],
     resend: Resend | None,
     revoked: Revoked | None,
     finished: Finished | None = None,
 ) -> list[tuple[str, str]]:
     done = []
-    for run_id in registry.current_runs(name):
-        if store.r.exists(store.keys.claim(run_id)):
-            continue
+    for run_id in orphans:
         try:
-            what = recover(store, run_id, _why(name, alive), resend, revoked, finished)
+            why = _why(seen.name, seen.alive)
+            what = recover(store, run_id, why, resend, revoked, finished)
         except Exception as err:  # one bad record must not stop the sweep
             logger.warning("sweep: could not recover run %s: %s", run_id, err)
             what = ""
-        registry.remove_run(name, run_id)
+        registry.remove_run(seen.name, run_id)
         if what:
-            logger.warning("run %s of worker %s: %s", run_id, name, what)
+            logger.warning("run %s of worker %s: %s", run_id, seen.name, what)
             done.append((run_id, what))
     return done
 

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import worker_process_init
+from celery.signals import task_received, worker_process_init
 
 from . import attempts, orphan, retention
 from .drain import Drain
 from .drain import install as install_drain
 from .gpus import WORKER_GPUS_ENV, WorkerGpus
 from .monitoring import Monitor
+from .reserved import RUN_TASK, Reservations, held_runs, kombu_restore
 from .sweep import sweeper
 from .workers import WorkerRegistry
 
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 REAP_EVERY = 6  #: heartbeats between looks for processes of dead runs on this machine
 PRUNE_EVERY = 86400.0  #: seconds between looks for run folders past the retention
+ENV_CACHE_EVERY = 6  #: heartbeats between measures of the environment cache's size
 
 
 class Heartbeat:
@@ -148,11 +150,15 @@ class AgentStep(bootsteps.StartStopStep):
                      lambda: attempts.reap(store))  # fmt: skip
         hb.add_chore("pruning old run folders", PRUNE_EVERY,
                      lambda: retention.prune_this_machine(settings, store))  # fmt: skip
+        hb.add_chore("measuring the env cache", ENV_CACHE_EVERY * interval,
+                     _cache_meter(hb.record, settings))  # fmt: skip
         # the sweep runs here too, beside beat's scheduled task: it must not wait for a free pool
         # slot, which a fleet busy with long runs or a backlog may not have for hours (the sweep's
         # lock lets one process sweep at a time)
         hb.add_chore("cluster sweep", settings.sweep_interval,
                      sweeper(parent.app, settings, store, registry))  # fmt: skip
+        if kombu_restore(parent.app) is not None:  # (RabbitMQ gives a dead worker's messages back)
+            self._note_reserved(parent.hostname, Reservations(store.r, store.keys))
         self.drain = Drain(store, parent.hostname, settings.drain_grace)
         self.drain.reset()
         install_drain(self.drain)
@@ -162,6 +168,24 @@ class AgentStep(bootsteps.StartStopStep):
         threading.Thread(
             target=_announce, args=(parent.hostname, record["queues"], self.gpus), daemon=True
         ).start()
+
+    def _note_reserved(self, name: str, reservations: Reservations) -> None:
+        """Note each run message this worker takes at once, and its whole list with each beat,
+        so that the sweep can hand them back should it die before it claims them."""
+
+        def received(request: Any = None, **_: Any) -> None:
+            tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+            if getattr(request, "type", None) != RUN_TASK or tag is None:  # (name: the shadow)
+                return
+            try:
+                reservations.add(name, request.id, str(tag))
+            except Exception as err:  # the next beat notes it
+                logger.warning("could not note run message %s: %s", request.id, err)
+
+        task_received.connect(received, weak=False)
+        assert self.heartbeat is not None
+        self.heartbeat.add_chore("noting run messages held", self.heartbeat.interval,
+                                 lambda: reservations.replace(name, held_runs()))  # fmt: skip
 
     def _reap_now(self, store: Any) -> None:
         try:
@@ -191,6 +215,14 @@ class _Chore:
     every: float
     run: Callable[[], object]
     next_at: float = 0.0
+
+
+def _cache_meter(record: dict[str, Any], settings: Any) -> Callable[[], object]:
+    """Put the environment cache's size (entries, bytes, in use, limits) in the heartbeat."""
+    from .envcache import usage_under
+
+    limits = {"max_entries": settings.max_envs, "max_bytes": settings.env_cache_bytes}
+    return lambda: record.update(env_cache=usage_under(settings.env_cache, **limits))
 
 
 def _announce(hostname: str, queues: list[str], gpus: WorkerGpus) -> None:

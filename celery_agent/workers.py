@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -22,7 +22,17 @@ from .keys import Keys
 logger = logging.getLogger(__name__)
 
 ONLINE, STOPPED, LOST = "online", "stopped", "lost"
-_JSON = ("queues", "gpus", "runs", "snapshot", "leases")
+_JSON = ("queues", "gpus", "runs", "snapshot", "leases", "env_cache")
+
+
+class Seen(NamedTuple):
+    """One worker as the sweep sees it (:meth:`WorkerRegistry.survey`)."""
+
+    name: str
+    alive: bool  #: its heartbeat is current
+    gone: bool  #: already marked stopped or lost
+    runs: list[str]  #: its current-run set
+    holds: bool  #: it has a list of run messages it took (see :mod:`.reserved`)
 
 
 class WorkerRegistry:
@@ -106,6 +116,20 @@ class WorkerRegistry:
         entries = self.r.xrevrange(self.keys.worker_history(name), count=count)
         return [json.loads(data["s"]) for _, data in reversed(entries) if "s" in data]
 
+    def survey(self, names: list[str]) -> list[Seen]:
+        """What the sweep needs of each worker, in one round trip for the whole fleet."""
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(self.keys.worker(name))
+            pipe.hexists(self.keys.workers_gone(), name)
+            pipe.smembers(self.keys.worker_runs(name))
+            pipe.exists(self.keys.worker_reserved(name))
+        got = pipe.execute()
+        return [
+            Seen(name, bool(got[i]), bool(got[i + 1]), sorted(got[i + 2]), bool(got[i + 3]))
+            for name, i in zip(names, range(0, len(got), 4), strict=True)
+        ]
+
     def is_alive(self, name: str) -> bool:
         """Whether the worker's heartbeat is still current."""
         return bool(self.r.exists(self.keys.worker(name)))
@@ -122,7 +146,8 @@ class WorkerRegistry:
             pipe = self.r.pipeline(transaction=False)
             pipe.zrem(self.keys.workers(), name)
             pipe.hdel(self.keys.workers_gone(), name)
-            pipe.delete(self.keys.worker_history(name), self.keys.worker_runs(name))
+            pipe.delete(self.keys.worker_history(name), self.keys.worker_runs(name),
+                        self.keys.worker_reserved(name))  # fmt: skip
             pipe.execute()
         return old
 

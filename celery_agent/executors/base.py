@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..envcache import EnvCache
+from ..envusers import Lease
 from ..runner import LineSink, ProcessOutcome, run_process
 from ..spec import TaskSpec
 from .indexes import IndexDefaults
@@ -74,6 +75,8 @@ class PreparedEnv:
     seconds: float = 0.0  #: time prepare() took
     installer: str = "none"  #: "uv", "pip" or "none"
     facts: dict[str, Any] = field(default_factory=dict)  #: more for the run's record (torch index)
+    #: the cache entry's lease (see :mod:`..envusers`), given back when the run ends
+    lease: Lease | None = field(default=None, repr=False, compare=False)
 
     def record(self) -> dict[str, Any]:
         """What the run's record keeps of its environment."""
@@ -107,7 +110,17 @@ class Executor(ABC):
 
         The default spawns a local process group; an executor that runs elsewhere (a container)
         overrides this and honours the same request: log sink, timeout, grace and abort check.
+        The environment's lease is given back when the run ends.
         """
+        try:
+            return self._run_here(prepared, argv, job)
+        finally:
+            if prepared.lease is not None:
+                prepared.lease.release()
+
+    def _run_here(
+        self, prepared: PreparedEnv, argv: Sequence[str], job: RunRequest
+    ) -> ProcessOutcome:
         return run_process(
             self.command(prepared, argv),
             env=job.env,

@@ -8,7 +8,8 @@
 
 The project (2, 3) is the nearest folder from the entry's up to the repository root that holds a
 lock file or a pyproject.toml with a ``[project]`` (or ``[tool.poetry]``) table; a pyproject.toml
-with tool settings only is not one. The entry's folder is read under the spec's ``workdir``.
+with tool settings only is not one. A script entry is a path from the repository root; a module
+entry ('-m pkg.mod') is looked for under the spec's ``workdir``.
 
 The source's ``sha256`` is the hash of what is installed (a lock file, a requirements file with
 its includes): it goes into the environment's cache key, so an unchanged lock reuses its
@@ -112,14 +113,15 @@ def resolve(spec: TaskSpec, root: Path, *, locks: bool = True) -> EnvSource:
 
 
 def entry_folder(spec: TaskSpec, root: Path) -> Path:
-    """The folder the entry lives in (under ``workdir``); for '-m pkg.mod', pkg's folder if any."""
+    """The folder the entry lives in: a script's (a path from the root); for '-m pkg.mod', pkg's
+    folder under ``workdir`` (where the run starts, so where Python finds the module) if any."""
+    if not spec.module:
+        return (root / spec.entry).parent
     base = root / spec.workdir if spec.workdir else root
-    if spec.module:
-        parts = spec.module.split(".")[:-1]
-        while parts and not (base.joinpath(*parts)).is_dir():
-            parts.pop()
-        return base.joinpath(*parts)
-    return (base / spec.entry).parent
+    parts = spec.module.split(".")[:-1]
+    while parts and not (base.joinpath(*parts)).is_dir():
+        parts.pop()
+    return base.joinpath(*parts)
 
 
 def _upward(start: Path, root: Path) -> Iterator[Path]:

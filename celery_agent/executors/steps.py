@@ -60,7 +60,8 @@ class Steps:
         if expired.is_set():
             raise StageTimeout(
                 f"env stage timed out after {self.timeout:g}s during {what}",
-                "raise the build timeout, or pre-build the env on this worker",
+                "the limit is the spec's timeouts['env'] or timeout, else the worker's "
+                "env_build_timeout setting; raise it, or pre-build the env on this worker",
             )
         if proc.returncode != 0:
             tail = "\n".join(collections.deque(lines, maxlen=TAIL_LINES))

@@ -22,7 +22,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..envcache import EnvCache
+from packaging.requirements import InvalidRequirement
+
+from ..envcache import CachedEnv, EnvCache
 from ..errors import ExecutorUnavailable
 from ..spec import TaskSpec
 from . import indexes, lockfiles
@@ -136,14 +138,36 @@ class VenvExecutor(Executor):
             log(f"env: torch from the {sources.torch_variant} wheel index {sources.torch_index}")
         key = env_key(python, installer, reqs, sources, source_dir)
         build = _Build(self, installer, python, reqs, sources, source_dir, log)
-        cached = self.env_cache().get_or_build(key, build, label=_label(python, reqs))
+        cache = self.env_cache()
+        cached = cache.get_or_build(key, build, label=_label(python, reqs), hold=True)
         how = "reused" if cached.hit else "built"
-        log(f"env: {how} venv {key} ({cached.path}) in {cached.seconds:.3f}s")
-        prepared = _prepared(cached.path, cached.meta, key, cached.hit, start, installer)
+        log(f"env: {how} venv {cached.key} ({cached.path}) in {cached.seconds:.3f}s")
+        if not cached.hit:  # a rerun pinned to its frozen set finds this entry
+            self._alias_frozen(cache, cached, spec, (python, installer), source_dir)
+        prepared = _prepared(cached.path, cached.meta, cached.key, cached.hit, start, installer)
         prepared.facts = sources.record() | {"env_source": reqs.describe()}
+        prepared.lease = cached.lease
         if reqs.pythonpath():
             prepared.env["PYTHONPATH"] = str(reqs.pythonpath())
         return prepared
+
+    def _alias_frozen(
+        self,
+        cache: EnvCache,
+        cached: CachedEnv,
+        spec: TaskSpec,
+        how: tuple[Interpreter, str],
+        source_dir: Path,
+    ) -> None:
+        """Give the entry the key a spec listing its frozen set would have (what ``rerun``
+        sends), so the rerun reuses this environment instead of building its twin."""
+        pins = [line for line in cached.meta.get("freeze", []) if not line.startswith("-e")]
+        try:
+            frozen = Requirements(lines=normalize(pins))
+        except InvalidRequirement:
+            return
+        sources = self.sources(spec, frozen)
+        cache.alias(env_key(*how, frozen, sources, source_dir), cached.key)
 
     def sources(self, spec: TaskSpec, reqs: Requirements) -> IndexOptions:
         """Where this spec's packages come from on this worker (the torch index picked here)."""
@@ -324,6 +348,8 @@ class _Build:
                 "--python",
                 env_python,
                 "--compile-bytecode",
+                "--link-mode",
+                "hardlink",  # files shared with uv's cache (a copy where the filesystem says no)
             ]
         else:
             head = [env_python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]

@@ -17,6 +17,8 @@ ROWS = (
     "log volume",
     "log latency",
     "cancel",
+    "feedback: submit -> 'no worker serves'",
+    "feedback: cancel in source stage",
     "throughput",
     "heartbeat: worker main process CPU",
     "fleet: heartbeats, Redis CPU",

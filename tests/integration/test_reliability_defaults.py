@@ -9,6 +9,7 @@ import socket
 import time
 import uuid
 
+import psutil
 import pytest
 from test_reliability_recovery import SCRIPT, pids, spec, wait_for
 
@@ -86,3 +87,31 @@ def test_a_paused_worker_past_its_heartbeat_ttl_keeps_its_run(
     record = store.get(r.id)
     assert record["attempt"] == 1 and int(record.get("lost_attempts") or 0) == 0, record
     assert len(pids(tmp_path)) == 1, "the run started once"
+
+
+def test_a_message_whose_worker_died_before_claiming_it_goes_to_another_worker(
+    make_worker, make_repo, tmp_path, store
+):
+    """The worker takes the run's message (its pool processes stopped, so nobody claims it) and
+    dies: the sweep hands the message back once the heartbeat expired, not after the broker's
+    visibility timeout (6 h)."""
+    queue = f"dflt-held-{uuid.uuid4().hex[:8]}"
+    taker = make_worker(queue, concurrency=1)
+    pool = psutil.Process(taker.proc.pid).children()
+    for proc in pool:
+        proc.suspend()
+    r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=0.5))
+    name = f"{taker.name}@{socket.gethostname()}"
+    reserved = store.keys.worker_reserved(name)
+    wait_for(lambda: store.r.hget(reserved, r.id), 15)  # the main process took the message
+    os.killpg(taker.proc.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    taker.proc.wait()
+    assert store.get(r.id)["state"] == "queued" and not store.r.exists(store.keys.claim(r.id))
+    make_worker(queue, concurrency=1)
+    out = r.get(timeout=RECOVERY_GOAL + 10)
+    back = time.monotonic() - killed_at
+    assert out["status"] == "succeeded", out
+    assert store.get(r.id)["attempt"] == 1 and len(pids(tmp_path)) == 1
+    assert not store.r.exists(reserved), "the dead worker's list was handed back and dropped"
+    assert back < RECOVERY_GOAL, f"the run ended {back:.1f}s after its worker died"

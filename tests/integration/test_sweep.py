@@ -22,9 +22,10 @@ def sweep_now(store, registry=None, **kw):
     return sweep(store, registry or get_registry(), **kw)
 
 
-def dead_worker_with_a_run(store, ttl: float = 0.2) -> tuple[str, str]:
+def dead_worker_with_a_run(store, ttl: float = 0.2, registry=None) -> tuple[str, str]:
     """A worker that beat once (record expiring after ``ttl``) while running a run it no longer claims."""
-    registry, name, run_id = get_registry(), f"dead-{uuid.uuid4().hex[:6]}@h", uuid.uuid4().hex
+    registry = registry or get_registry()
+    name, run_id = f"dead-{uuid.uuid4().hex[:6]}@h", uuid.uuid4().hex
     store.create_run(run_id, {"entry": "x.py"}, "q")
     store.transition(run_id, state.RUNNING, worker=name)
     registry.add_run(name, run_id)
@@ -113,3 +114,32 @@ def test_a_run_the_sweep_ends_gets_its_outcome_as_the_celery_result(store):
     sweep_now(store, lock_ttl=0.05, finished=celery_finished(app, store))
     out = app.AsyncResult(run_id).get(timeout=10)
     assert out["status"] == state.LOST and out["run_id"] == run_id and name in out["error"]
+
+
+def test_a_dead_workers_messages_of_queued_unclaimed_runs_are_handed_back_once(store):
+    """Of the run messages a dead worker held: a queued, unclaimed run's goes back; a claimed
+    one's waits for its claim; a started run's is dropped from the list (its claim tells)."""
+    from celery_agent.reserved import Reservations
+    from celery_agent.state import RunStore
+    from celery_agent.workers import WorkerRegistry
+
+    own = RunStore(store.r, prefix=f"res{uuid.uuid4().hex[:8]}")  # no background sweep here
+    registry = WorkerRegistry(own.r, own.keys)
+    name, started = dead_worker_with_a_run(own, ttl=0.2, registry=registry)
+    waiting, claimed = uuid.uuid4().hex, uuid.uuid4().hex
+    for run_id in (waiting, claimed):
+        own.create_run(run_id, {"entry": "x.py"}, "q")
+    own.claim(started, name, 30)
+    own.claim(claimed, "other|h|1", 30)
+    Reservations(own.r, own.keys).replace(name, {waiting: "w", claimed: "c", started: "s"})
+    time.sleep(0.3)
+    restored: list[str] = []
+    result = sweep(own, registry, lock_ttl=0.05, restore=restored.append)
+    assert restored == ["w"] and result["restored_runs"] == [waiting]
+    assert own.r.hkeys(own.keys.worker_reserved(name)) == [claimed]
+    own.r.delete(own.keys.claim(claimed))
+    time.sleep(0.1)
+    assert sweep(own, registry, lock_ttl=0.05, restore=restored.append)["restored_runs"] == [
+        claimed
+    ]
+    assert restored == ["w", "c"] and not own.r.exists(own.keys.worker_reserved(name))

@@ -38,9 +38,12 @@ def test_the_requirements_txt_nearest_the_entry_wins_over_the_roots(tmp_path: Pa
     )
 
 
-def test_the_entry_is_read_under_the_workdir(tmp_path: Path) -> None:
+def test_a_script_is_a_path_from_the_root_and_a_module_is_found_under_the_workdir(
+    tmp_path: Path,
+) -> None:
     files(tmp_path, {"requirements.txt": "numpy\n", "ex/a/requirements.txt": "six\n"})
-    assert resolve(spec("run.py", workdir="ex/a"), tmp_path).rel == "ex/a/requirements.txt"
+    assert resolve(spec("ex/a/run.py", workdir="ex"), tmp_path).rel == "ex/a/requirements.txt"
+    assert resolve(spec("run.py", workdir="ex/a"), tmp_path).rel == "requirements.txt"
     assert entry_folder(spec("-m pkg.sub.mod", workdir="ex"), tmp_path) == tmp_path / "ex"
     (tmp_path / "ex/pkg/sub").mkdir(parents=True)
     assert entry_folder(spec("-m pkg.sub.mod", workdir="ex"), tmp_path) == tmp_path / "ex/pkg/sub"
