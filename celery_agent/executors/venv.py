@@ -278,14 +278,16 @@ class _Build:
     ) -> None:
         self.installer, self.python, self.reqs, self.sources = installer, python, reqs, sources
         self.source_dir, self.log = Path(source_dir), log
-        self.timeout = executor.settings.build_timeout
+        self.timeout, self.stop = executor.settings.build_timeout, executor.settings.stop
 
     def __call__(self, env_dir: Path) -> dict[str, Any]:
         env = clean_env() | {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
         if self.reqs.kind == "uv.lock":
             env["UV_PROJECT_ENVIRONMENT"] = str(env_dir)
         cwd = self.source_dir if self.source_dir.is_dir() else None
-        self.steps = Steps(env, self.log, timeout=self.timeout, cwd=cwd)  # the clock starts now
+        self.steps = Steps(
+            env, self.log, timeout=self.timeout, cwd=cwd, stop=self.stop
+        )  # clock starts
         self.log(f"env: building venv with {self.installer} for python {self.python.short_version}")
         synced = self.reqs.kind == "uv.lock"  # uv sync makes the venv and knows what it holds
         if not synced:

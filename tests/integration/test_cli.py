@@ -108,7 +108,8 @@ def test_rerun_keeps_pinned_versions_and_applies_new_params(finished_run, worker
 
 def test_cancel_command_and_unknown_run_error(worker, capsys, redis_url):
     assert main(["cancel", "no-such-run-id"]) == 1
-    assert "no run" in capsys.readouterr().err or True
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'no-such-run-id'" in err and "celery-agent ls" in err
     assert main(["show", "no-such-run-id"]) == 1
     assert "celery-agent ls" in capsys.readouterr().err
 
