@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
-import shlex
 from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -28,7 +27,8 @@ ParamValue = str | int | float | bool | None
 #: executors a spec may name; the registry in executors/ says which are installed on a worker
 EXECUTORS = ("venv", "local", "docker", "conda")
 
-_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+#: what a parameter name may look like
+PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]+$")
 #: what a secret value is replaced by wherever a spec is shown or stored
@@ -48,7 +48,11 @@ class DockerOptions(BaseModel):
         default_factory=list, description="'host:container[:rw|ro]' (ro default)"
     )
     shm_size: str | None = Field(None, description="e.g. '8g'")
-    network: str | None = Field(None, description="network mode, e.g. 'host' or 'none'")
+    network: str | None = Field(
+        None,
+        description="network mode, e.g. 'host' or 'none'; unset: the bridged namespace the "
+        "worker's runs share; 'bridge': one of the run's own",
+    )
     user: str | None = Field(None, description="user[:group] inside the container")
     workdir: str | None = Field(None, description="working directory inside the container")
     entrypoint: list[str] | None = Field(None, description="override the image's entrypoint")
@@ -129,12 +133,16 @@ class TaskSpec(BaseModel):
     entry: str = Field(..., description="a script path inside the repo, or '-m module'")
     args: list[str] = Field(default_factory=list, description="arguments after the entry")
     params: dict[str, ParamValue] = Field(default_factory=dict, description="parameter overrides")
+    strict_params: bool = Field(False, description="fail the run if a parameter goes unused")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     secret_env: list[str] = Field(
         default_factory=list, description="names in env whose values are secret (shown as ***)"
     )
     requirements: list[str] | None = Field(
-        None, description="pip requirements; None means the repo's requirements.txt if any"
+        None, description="pip requirements; None: requirements_file, else the repo's own"
+    )
+    requirements_file: str | None = Field(
+        None, description="a requirements file in the repo (-r/-c lines read relative to it)"
     )
     index_url: str | None = Field(
         None, description="package index to install from; ${NAME} is filled in on the worker"
@@ -156,7 +164,7 @@ class TaskSpec(BaseModel):
     max_attempts: int = Field(
         2, ge=1, le=100, description="starts allowed when a worker is lost (2 = one retry)"
     )
-    workdir: str | None = Field(None, description="working directory inside the repo")
+    workdir: str | None = Field(None, description="working directory, a path from the repo root")
     docker: DockerOptions | None = Field(None, description="options of the docker executor")
     conda: CondaOptions | None = Field(None, description="options of the conda executor")
 
@@ -191,11 +199,18 @@ class TaskSpec(BaseModel):
             _inside_repo(v, "workdir")
         return v
 
+    @field_validator("requirements_file")
+    @classmethod
+    def _requirements_file(cls, v: str | None) -> str | None:
+        if v is not None:
+            _inside_repo(v, "requirements_file")
+        return v
+
     @field_validator("params")
     @classmethod
     def _params(cls, v: dict[str, ParamValue]) -> dict[str, ParamValue]:
         for name in v:
-            if not _PARAM_NAME.match(name):
+            if not PARAM_NAME.match(name):
                 raise ValueError(
                     f"parameter name {name!r} is not valid: use letters, digits, '_', '-' or '.', "
                     "starting with a letter or '_' (like lr or optim.lr)"
@@ -304,6 +319,10 @@ class TaskSpec(BaseModel):
             raise ValueError("no_index needs find_links (wheel folders) to install from")
         if self.diff and not self.diff.endswith("\n"):
             object.__setattr__(self, "diff", self.diff + "\n")
+        if self.requirements is not None and self.requirements_file:
+            raise ValueError(
+                "give requirements or requirements_file, not both (the list would hide the file)"
+            )
         if self.executor == "docker" and self.docker is None:
             raise ValueError(
                 "executor 'docker' needs docker options: docker={'image': 'python:3.11-slim'}"
@@ -423,38 +442,6 @@ def format_validation_error(exc: ValidationError) -> str:
             msg = f"unknown field; known fields: {', '.join(TaskSpec.model_fields)}"
         parts.append(f"{loc}: {msg}")
     return "invalid task spec: " + "; ".join(parts)
-
-
-def parse_param(text: str) -> tuple[str, ParamValue]:
-    """Parse a command-line override 'name=value'; the value is read as JSON when it is JSON."""
-    import json
-
-    name, sep, raw = text.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise SpecError(f"parameter {text!r} is malformed", "write it as name=value, like lr=0.01")
-    if not _PARAM_NAME.match(name):
-        raise SpecError(
-            f"parameter name {name!r} is not valid", "use letters, digits, '_', '-' or '.'"
-        )
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return name, raw
-    if isinstance(value, (list, dict)):
-        return name, raw
-    return name, value
-
-
-def entry_argv(spec: TaskSpec) -> list[str]:
-    """The argv after the interpreter: ['-m', mod] or [script], then the spec's args."""
-    head = ["-m", spec.module] if spec.module else [spec.entry]
-    return head + list(spec.args)
-
-
-def quote_argv(argv: list[str]) -> str:
-    """An argv as a shell would show it (for logs)."""
-    return shlex.join(argv)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -81,9 +81,14 @@ def entry_head(spec: TaskSpec, co: Checkout) -> list[str]:
         return ["-m", spec.module]
     script = co.path / spec.entry
     if not script.is_file():
+        in_workdir = f"{spec.workdir}/{spec.entry}" if spec.workdir else ""
+        hint = (
+            f"the entry is a path from the repository root, not from the workdir: give {in_workdir!r}"
+            if in_workdir and (co.path / in_workdir).is_file()
+            else "check the path (relative to the repository root) and that the file is committed or in the diff"
+        )
         raise SourceError(
-            f"entry {spec.entry!r} does not exist in {co.repo_url} at {co.commit[:12]}",
-            "check the path (relative to the repository root) and that the file is committed or in the diff",
+            f"entry {spec.entry!r} does not exist in {co.repo_url} at {co.commit[:12]}", hint
         )
     return [str(script)]
 
