@@ -28,6 +28,7 @@ from types import FrameType
 from . import (
     bench_cancel,
     bench_dispatch,
+    bench_docker,
     bench_env,
     bench_feedback,
     bench_fleet,
@@ -52,6 +53,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "throughput": bench_throughput.run,
     "heartbeat": bench_heartbeat.run,
     "fleet": bench_fleet.run,
+    "docker": bench_docker.run,
     "env_cold": bench_env.run_cold,
 }
 

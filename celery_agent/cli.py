@@ -15,7 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import AgentError
-from .spec import TaskSpec, parse_param
+from .params import parse_param
+from .spec import TaskSpec
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_TIMED_OUT, EXIT_ABORTED = 124, 130

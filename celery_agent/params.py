@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
-from .spec import ParamValue
+from .spec import PARAM_NAME, ParamValue
 
 logger = logging.getLogger(__name__)
 
@@ -192,3 +192,22 @@ def _appended_tokens(name: str, value: ParamValue) -> list[str]:
     if isinstance(value, bool):
         return [f"--{name}"] if value else []
     return _option_with_value(f"--{name}", format_value(value))
+
+
+def parse_param(text: str) -> tuple[str, ParamValue]:
+    """Parse a command-line override 'name=value'; the value is read as JSON when it is JSON."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise SpecError(f"parameter {text!r} is malformed", "write it as name=value, like lr=0.01")
+    if not PARAM_NAME.match(name):
+        raise SpecError(
+            f"parameter name {name!r} is not valid", "use letters, digits, '_', '-' or '.'"
+        )
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return name, raw
+    if isinstance(value, (list, dict)):
+        return name, raw
+    return name, value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import socket
 import time
@@ -33,7 +34,7 @@ from .monitoring.sampler import RunGpuSampler
 from .notes import RunNotes
 from .runner import ProcessOutcome
 from .source import Checkout
-from .spec import TaskSpec, quote_argv
+from .spec import TaskSpec
 from .stages import StageClock, entry_head, record_end, stage_hint, stage_timeout, with_retry
 from .stopwatch import CHECK_EVERY, StopWatch
 
@@ -257,7 +258,10 @@ class Job:
         env = runenv.build(
             base=self.ctx.base_env,
             spec_env=spec.env,
-            agent=self._agent_vars(spec) | hook,
+            agent=runenv.run_vars(
+                self.run_id, self.run_dir, self.output_dir, spec, self.ctx.settings
+            )
+            | hook,  # fmt: skip
             path_prefix=prepared.path_prefix,
             extra=prepared.env,
             threads=self.ctx.threads,
@@ -273,7 +277,7 @@ class Job:
         # still waiting at the end go with the end record; metric lines also go to the run's
         # metrics stream
         sink = metrics.tap(send, self.store, self.run_id)
-        self.note(f"$ {quote_argv(argv)}")
+        self.note(f"$ {shlex.join(argv)}")
         held.defer_state(state.RUNNING)  # sent with the run's first output (or within 50 ms)
         request = RunRequest(
             env=env,
@@ -436,14 +440,6 @@ class Job:
             if self.stop_reason() == "drain":
                 raise Drained()
             raise Cancelled("cancelled while preparing")
-
-    def _agent_vars(self, spec: TaskSpec) -> dict[str, str]:
-        """Who the run is, where its files go, and (outside containers) how to reach the agent,
-        so a controller run can submit further runs and wait for them."""
-        agent = runenv.agent_vars(self.run_id, self.run_dir, self.output_dir, spec.queue)
-        if spec.executor != "docker":  # a container gets no credentials of the worker's
-            agent |= runenv.cluster_vars(self.ctx.settings)
-        return agent
 
     def _workdir(self, spec: TaskSpec, co: Checkout) -> Path:
         return co.path / spec.workdir if spec.workdir else co.path

@@ -106,6 +106,18 @@ def agent_vars(run_id: str, run_dir: Path, output_dir: Path, queue: str) -> dict
     }
 
 
+def run_vars(
+    run_id: str, run_dir: Path, output_dir: Path, spec: TaskSpec, settings: Settings
+) -> dict[str, str]:
+    """Who the run is, where its files go, and (outside containers) how to reach the agent, so a
+    controller run can submit further runs and wait for them (:func:`agent_vars`,
+    :func:`cluster_vars`)."""
+    agent = agent_vars(run_id, run_dir, output_dir, spec.queue)
+    if spec.executor != "docker":  # a container gets no credentials of the worker's
+        agent |= cluster_vars(settings)
+    return agent
+
+
 def cluster_vars(settings: Settings) -> dict[str, str]:
     """Broker and state-store settings, so a controller run can submit runs and wait for them.
 

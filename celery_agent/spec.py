@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
-import shlex
 from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -28,7 +27,8 @@ ParamValue = str | int | float | bool | None
 #: executors a spec may name; the registry in executors/ says which are installed on a worker
 EXECUTORS = ("venv", "local", "docker", "conda")
 
-_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+#: what a parameter name may look like
+PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]+$")
 #: what a secret value is replaced by wherever a spec is shown or stored
@@ -48,7 +48,11 @@ class DockerOptions(BaseModel):
         default_factory=list, description="'host:container[:rw|ro]' (ro default)"
     )
     shm_size: str | None = Field(None, description="e.g. '8g'")
-    network: str | None = Field(None, description="network mode, e.g. 'host' or 'none'")
+    network: str | None = Field(
+        None,
+        description="network mode, e.g. 'host' or 'none'; unset: the bridged namespace the "
+        "worker's runs share; 'bridge': one of the run's own",
+    )
     user: str | None = Field(None, description="user[:group] inside the container")
     workdir: str | None = Field(None, description="working directory inside the container")
     entrypoint: list[str] | None = Field(None, description="override the image's entrypoint")
@@ -196,7 +200,7 @@ class TaskSpec(BaseModel):
     @classmethod
     def _params(cls, v: dict[str, ParamValue]) -> dict[str, ParamValue]:
         for name in v:
-            if not _PARAM_NAME.match(name):
+            if not PARAM_NAME.match(name):
                 raise ValueError(
                     f"parameter name {name!r} is not valid: use letters, digits, '_', '-' or '.', "
                     "starting with a letter or '_' (like lr or optim.lr)"
@@ -424,38 +428,6 @@ def format_validation_error(exc: ValidationError) -> str:
             msg = f"unknown field; known fields: {', '.join(TaskSpec.model_fields)}"
         parts.append(f"{loc}: {msg}")
     return "invalid task spec: " + "; ".join(parts)
-
-
-def parse_param(text: str) -> tuple[str, ParamValue]:
-    """Parse a command-line override 'name=value'; the value is read as JSON when it is JSON."""
-    import json
-
-    name, sep, raw = text.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise SpecError(f"parameter {text!r} is malformed", "write it as name=value, like lr=0.01")
-    if not _PARAM_NAME.match(name):
-        raise SpecError(
-            f"parameter name {name!r} is not valid", "use letters, digits, '_', '-' or '.'"
-        )
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return name, raw
-    if isinstance(value, (list, dict)):
-        return name, raw
-    return name, value
-
-
-def entry_argv(spec: TaskSpec) -> list[str]:
-    """The argv after the interpreter: ['-m', mod] or [script], then the spec's args."""
-    head = ["-m", spec.module] if spec.module else [spec.entry]
-    return head + list(spec.args)
-
-
-def quote_argv(argv: list[str]) -> str:
-    """An argv as a shell would show it (for logs)."""
-    return shlex.join(argv)
 
 
 @functools.lru_cache(maxsize=4096)

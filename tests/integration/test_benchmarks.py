@@ -24,6 +24,7 @@ ROWS = (
     "fleet: heartbeats, Redis CPU",
     "fleet: heartbeats + runs, Redis CPU",
     "fleet: Redis memory per worker",
+    "docker",
     "cold env",
 )
 

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from celery_agent.errors import SpecError
-from celery_agent.spec import TaskSpec, parse_param
+from celery_agent.params import parse_param
+from celery_agent.spec import TaskSpec
 
 
 def make(**kw):
