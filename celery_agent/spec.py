@@ -139,7 +139,10 @@ class TaskSpec(BaseModel):
         default_factory=list, description="names in env whose values are secret (shown as ***)"
     )
     requirements: list[str] | None = Field(
-        None, description="pip requirements; None means the repo's requirements.txt if any"
+        None, description="pip requirements; None: requirements_file, else the repo's own"
+    )
+    requirements_file: str | None = Field(
+        None, description="a requirements file in the repo (-r/-c lines read relative to it)"
     )
     index_url: str | None = Field(
         None, description="package index to install from; ${NAME} is filled in on the worker"
@@ -194,6 +197,13 @@ class TaskSpec(BaseModel):
     def _workdir(cls, v: str | None) -> str | None:
         if v is not None:
             _inside_repo(v, "workdir")
+        return v
+
+    @field_validator("requirements_file")
+    @classmethod
+    def _requirements_file(cls, v: str | None) -> str | None:
+        if v is not None:
+            _inside_repo(v, "requirements_file")
         return v
 
     @field_validator("params")
@@ -309,6 +319,10 @@ class TaskSpec(BaseModel):
             raise ValueError("no_index needs find_links (wheel folders) to install from")
         if self.diff and not self.diff.endswith("\n"):
             object.__setattr__(self, "diff", self.diff + "\n")
+        if self.requirements is not None and self.requirements_file:
+            raise ValueError(
+                "give requirements or requirements_file, not both (the list would hide the file)"
+            )
         if self.executor == "docker" and self.docker is None:
             raise ValueError(
                 "executor 'docker' needs docker options: docker={'image': 'python:3.11-slim'}"
