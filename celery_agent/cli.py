@@ -212,14 +212,11 @@ def _source_fields(
             "workdir": workdir,
             "requirements_file": reqs_file,
         }
-    if commit is not None:  # the commit named: neither a diff nor a check that it is pushed
-        captured = capture(Path.cwd(), changes=False)
-        fields = {"repo": captured.repo, "commit": commit, "diff": ""}
-    else:
-        captured = capture(Path.cwd(), changes=not no_diff, require_pushed=require_pushed)
-        fields = {"repo": captured.repo, "commit": captured.commit, "diff": captured.diff}
-        if captured.unpushed:
-            err_console.print(captured.describe_unpushed(), markup=False)
+    changes = not (no_diff or commit)  # a named commit runs without your uncommitted changes
+    captured = capture(Path.cwd(), changes=changes, require_pushed=require_pushed, revision=commit)
+    fields = {"repo": captured.repo, "commit": captured.commit, "diff": captured.diff}
+    if captured.unpushed:
+        err_console.print(captured.describe_unpushed(), markup=False)
     if not entry.startswith("-m"):
         entry = _in_repo(entry, captured.root, "entry") or "."
     problem = missing_entry(captured.root, entry, fields["commit"], fields["diff"])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from celery_agent import dispatch
-from celery_agent.defaults import REQUEUE_PRIORITY
+from celery_agent.defaults import AMQP_MAX_PRIORITY, REQUEUE_PRIORITY
 from celery_agent.dispatch import MAX_REPR, args_repr, display_name
 from celery_agent.spec import TaskSpec
 
@@ -49,10 +50,11 @@ def test_a_first_send_fills_in_what_its_caller_left_out():
 
 
 class SendingApp:
-    """What a re-queue asks of the Celery app: send_task, recorded."""
+    """What a re-queue asks of the Celery app: its broker URL, and send_task, recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker_url: str = "redis://localhost:6379/0") -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.conf = SimpleNamespace(broker_url=broker_url)
 
     def send_task(self, name: str, **options: Any) -> None:
         self.sent.append((name, options))
@@ -68,3 +70,10 @@ def test_a_requeue_sends_the_stored_fields_again_first_in_line_under_the_same_id
                        "argsrepr": args_repr(SPEC), "ignore_result": None}  # fmt: skip
     shown = options["shadow"] + options["argsrepr"]  # (what Flower and events show)
     assert "key-456" not in shown and "tok-123" not in shown
+
+
+def test_a_requeue_on_rabbitmq_goes_at_its_highest_priority():
+    app = SendingApp("amqp://guest:guest@mq:5672//")
+    dispatch.resend(app, "run-1", SPEC.to_json(), "gpu1")
+    ((_, options),) = app.sent
+    assert options["priority"] == AMQP_MAX_PRIORITY
