@@ -359,8 +359,10 @@ def cancel(run_id: str) -> int:
     "--no-pin", is_flag=True, help="resolve requirements again instead of the recorded versions"
 )
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
+@click.option("--wait-timeout", type=float, default=None, help="with --wait: give up after N s")
+@click.option("--require-worker", is_flag=True, help="fail when no worker serves the queue")
 def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[str, ...],
-          no_pin: bool, wait: bool) -> int:  # fmt: skip
+          no_pin: bool, wait: bool, wait_timeout: float | None, require_worker: bool) -> int:  # fmt: skip
     """Run a past run again (RUN: its id, an id prefix or its name): same commit, diff and
     package versions, with edits.
 
@@ -371,10 +373,10 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[st
 
     record = get_run(run_id).info()
     spec = respec(record, _params(params), queue=queue, pin=not no_pin, env=_env(env))
-    run = _send(spec, require_worker=False)
+    run = _send(spec, require_worker)
     err_console.print(f"submitted run {run.id} (rerun of {record['run_id']})", markup=False)
     console.print(run.id, markup=False) if not wait else None
-    return _follow(run.id) if wait else EXIT_OK
+    return _follow(run.id, wait_timeout) if wait else EXIT_OK
 
 
 @cli.command()
