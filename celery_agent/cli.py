@@ -392,20 +392,28 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[st
     help="data dir (default: the agent's home)",
 )
 @click.option("--loglevel", default="INFO", show_default=True, help="the worker's log level")
-def up(port: int, queues: str, concurrency: int, home: Path | None, loglevel: str) -> int:
+@click.option("--broker", default=None, help="broker URL, e.g. amqp://... (default: the Redis)")
+def up(port: int, queues: str, concurrency: int, home: Path | None, loglevel: str,
+       broker: str | None) -> int:  # fmt: skip
     """Run Redis (embedded), a worker and beat on this machine until Ctrl+C."""
     from .app import get_settings
     from .up import Stack, run_up
 
     settings = get_settings()
     stack = Stack(home=home or settings.home, port=port, queues=queues, concurrency=concurrency, loglevel=loglevel,
-                  redis_url=settings.redis_url if "redis_url" in settings.sources else None)  # fmt: skip
-    return run_up(stack, _announce)
+                  redis_url=settings.redis_url if "redis_url" in settings.sources else None,
+                  broker_url=broker or settings.broker_url)  # fmt: skip
+    return run_up(stack, lambda url: _announce(url, stack.broker_url))
 
 
-def _announce(url: str) -> None:
+def _announce(url: str, broker: str | None) -> None:
+    via = (
+        ""
+        if not broker
+        else "  messages go through the broker given: set CELERY_BROKER_URL to it as well\n"
+    )
     err_console.print(
-        f"celery-agent is up: Redis at {url}\n"
+        f"celery-agent is up: Redis at {url}\n{via}"
         f"  submit from a git checkout:  CELERY_AGENT_REDIS_URL={url} celery-agent submit train.py --wait\n"
         "  stop with Ctrl+C",
         markup=False,
