@@ -218,14 +218,11 @@ def _source_fields(
             "workdir": workdir,
             "requirements_file": reqs_file,
         }
-    if commit is not None:  # the commit named: neither a diff nor a check that it is pushed
-        captured = capture(Path.cwd(), changes=False)
-        fields = {"repo": captured.repo, "commit": commit, "diff": ""}
-    else:
-        captured = capture(Path.cwd(), changes=not no_diff, require_pushed=require_pushed)
-        fields = {"repo": captured.repo, "commit": captured.commit, "diff": captured.diff}
-        if captured.unpushed:
-            err_console.print(captured.describe_unpushed(), markup=False)
+    changes = not (no_diff or commit)  # a named commit runs without your uncommitted changes
+    captured = capture(Path.cwd(), changes=changes, require_pushed=require_pushed, revision=commit)
+    fields = {"repo": captured.repo, "commit": captured.commit, "diff": captured.diff}
+    if captured.unpushed:
+        err_console.print(captured.describe_unpushed(), markup=False)
     if not entry.startswith("-m"):
         entry = _in_repo(entry, captured.root, "entry") or "."
     problem = missing_entry(captured.root, entry, fields["commit"], fields["diff"])
@@ -368,8 +365,10 @@ def cancel(run_id: str) -> int:
     "--no-pin", is_flag=True, help="resolve requirements again instead of the recorded versions"
 )
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
+@click.option("--wait-timeout", type=float, default=None, help="with --wait: give up after N s")
+@click.option("--require-worker", is_flag=True, help="fail when no worker serves the queue")
 def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[str, ...],
-          no_pin: bool, wait: bool) -> int:  # fmt: skip
+          no_pin: bool, wait: bool, wait_timeout: float | None, require_worker: bool) -> int:  # fmt: skip
     """Run a past run again (RUN: its id, an id prefix or its name): same commit, diff and
     package versions, with edits.
 
@@ -380,10 +379,10 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[st
 
     record = get_run(run_id).info()
     spec = respec(record, _params(params), queue=queue, pin=not no_pin, env=_env(env))
-    run = _send(spec, require_worker=False)
+    run = _send(spec, require_worker)
     err_console.print(f"submitted run {run.id} (rerun of {record['run_id']})", markup=False)
     console.print(run.id, markup=False) if not wait else None
-    return _follow(run.id) if wait else EXIT_OK
+    return _follow(run.id, wait_timeout) if wait else EXIT_OK
 
 
 @cli.command()
@@ -399,20 +398,28 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[st
     help="data dir (default: the agent's home)",
 )
 @click.option("--loglevel", default="INFO", show_default=True, help="the worker's log level")
-def up(port: int, queues: str, concurrency: int, home: Path | None, loglevel: str) -> int:
+@click.option("--broker", default=None, help="broker URL, e.g. amqp://... (default: the Redis)")
+def up(port: int, queues: str, concurrency: int, home: Path | None, loglevel: str,
+       broker: str | None) -> int:  # fmt: skip
     """Run Redis (embedded), a worker and beat on this machine until Ctrl+C."""
     from .app import get_settings
     from .up import Stack, run_up
 
     settings = get_settings()
     stack = Stack(home=home or settings.home, port=port, queues=queues, concurrency=concurrency, loglevel=loglevel,
-                  redis_url=settings.redis_url if "redis_url" in settings.sources else None)  # fmt: skip
-    return run_up(stack, _announce)
+                  redis_url=settings.redis_url if "redis_url" in settings.sources else None,
+                  broker_url=broker or settings.broker_url)  # fmt: skip
+    return run_up(stack, lambda url: _announce(url, stack.broker_url))
 
 
-def _announce(url: str) -> None:
+def _announce(url: str, broker: str | None) -> None:
+    via = (
+        ""
+        if not broker
+        else "  messages go through the broker given: set CELERY_BROKER_URL to it as well\n"
+    )
     err_console.print(
-        f"celery-agent is up: Redis at {url}\n"
+        f"celery-agent is up: Redis at {url}\n{via}"
         f"  submit from a git checkout:  CELERY_AGENT_REDIS_URL={url} celery-agent submit train.py --wait\n"
         "  stop with Ctrl+C",
         markup=False,
