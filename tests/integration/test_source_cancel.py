@@ -1,5 +1,6 @@
-"""The source stage is bounded and cancellable: a git remote that never answers and a clone lock
-another process holds both end within a second of a cancel, and at the default deadline."""
+"""The source and env stages are bounded and cancellable: a git remote that never answers, a clone
+lock another process holds and a package index that never answers all end within a second of a
+cancel, and a stalled source stage at the default deadline."""
 
 from __future__ import annotations
 
@@ -35,13 +36,13 @@ def wait_state(store, run_id: str, states: set[str], timeout: float = 60) -> dic
     return record
 
 
-def git_fetching(url: str, timeout: float = 30) -> None:
-    """Wait until a git process fetches from ``url``."""
+def process_using(url: str, timeout: float = 30) -> None:
+    """Wait until a process (git, an installer) has ``url`` on its command line."""
     deadline = time.monotonic() + timeout
     while not any(
         url in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
     ):
-        assert time.monotonic() < deadline, f"no git process fetches {url}"
+        assert time.monotonic() < deadline, f"no process uses {url}"
         time.sleep(0.02)
 
 
@@ -49,7 +50,7 @@ def cancel_takes(run, store, url: str | None = None) -> float:
     """Seconds from the cancel of a preparing run (fetching ``url`` if given) to its end."""
     wait_state(store, run.id, {"preparing"})
     if url is not None:
-        git_fetching(url)
+        process_using(url)
     t0 = time.monotonic()
     run.cancel()
     wait_state(store, run.id, {"aborted", "failed", "succeeded", "timed_out"}, timeout=30)
@@ -86,3 +87,15 @@ def test_a_stalled_source_stage_ends_at_the_default_deadline_named_in_the_outcom
     out = run.result.get(timeout=60)
     assert out["status"] == "timed_out" and out["error_stage"] == "source", out
     assert "source stage timed out after 1.5 s" in out["error"] and "source_timeout" in out["error"]
+
+
+def test_cancel_ends_an_env_build_whose_package_index_never_answers(worker, make_repo, store,
+                                                                    stalled_remote):  # fmt: skip
+    repo = make_repo({"train.py": "print('never')\n"})
+    index = stalled_remote.replace("/stalled.git", "/simple")
+    run = submit({"repo": str(repo), "entry": "train.py", "queue": worker.queues,
+                  "requirements": ["nothing-here"], "index_url": index})  # fmt: skip
+    took = cancel_takes(run, store, index)
+    out = run.result.get(timeout=30)
+    assert out["status"] == "aborted" and "cancelled while preparing" in out["error"], out
+    assert took < 3, f"cancel took {took:.2f}s (goal: under 1 s; the machine is loaded)"
