@@ -34,6 +34,7 @@ from . import (
     bench_fleet,
     bench_heartbeat,
     bench_import,
+    bench_lock,
     bench_logs,
     bench_throughput,
 )
@@ -55,6 +56,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "fleet": bench_fleet.run,
     "docker": bench_docker.run,
     "env_cold": bench_env.run_cold,
+    "env_lock": bench_lock.run,
 }
 
 

@@ -44,12 +44,14 @@ class CapturedSource:
             return ""
         commits = f"{self.unpushed} unpushed commit{'s' if self.unpushed > 1 else ''}"
         return (
-            f"HEAD {self.head[:12]} is not on {self.remote}: sending {commits} as a diff on top of "
+            f"commit {self.head[:12]} is not on {self.remote}: sending {commits} as a diff on top of "
             f"{self.commit[:12]}, the last commit {self.remote} has (--require-pushed refuses this)"
         )
 
 
-def capture(path: Path, *, changes: bool = True, require_pushed: bool = False) -> CapturedSource:
+def capture(
+    path: Path, *, changes: bool = True, require_pushed: bool = False, revision: str | None = None
+) -> CapturedSource:
     """Record the working copy at ``path``: remote, a pushed commit, branch and every change.
 
     The diff holds staged and unstaged changes to tracked files and the untracked files that are
@@ -57,7 +59,9 @@ def capture(path: Path, *, changes: bool = True, require_pushed: bool = False) -
     the working copy (ignored files aside). When HEAD is on no branch of the remote, ``commit`` is
     the last commit the remote has and the diff starts there, so the worker can check it out;
     ``require_pushed`` makes that a :class:`SourceError` instead. With ``changes=False`` the diff
-    holds the unpushed commits only, not the uncommitted changes.
+    holds the unpushed commits only, not the uncommitted changes. A ``revision`` is captured in
+    place of HEAD, without the uncommitted changes; one unknown here is sent as it is (the remote
+    may have it).
     """
     path = Path(path).absolute()
     if not path.exists():
@@ -70,24 +74,27 @@ def capture(path: Path, *, changes: bool = True, require_pushed: bool = False) -
             f"{path} is not inside a git working copy", "run `git init`, or cd into one"
         )
     root = Path(top.text)
-    head = git.run(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], root)
-    if head.returncode:
+    head = git.run(["rev-parse", "--verify", "--quiet", f"{revision or 'HEAD'}^{{commit}}"], root)
+    if head.returncode and revision is None:
         raise SourceError(f"the repository at {root} has no commits", "commit your code once")
     branch_ref = git.run(["symbolic-ref", "--quiet", "--short", "HEAD"], root)
     branch = branch_ref.text if branch_ref.returncode == 0 else None
     remote, url = _remote(git, root, branch)
+    repo = redact(url)  # a token in a remote URL stays on this machine
+    if head.returncode:  # a revision unknown here: the remote may have it
+        return CapturedSource(repo, str(revision), branch, "", root, str(revision), 0, remote)
     base, unpushed = _pushed_base(git, root, remote, head.text) if remote else (head.text, 0)
     if unpushed and require_pushed:
         raise SourceError(
-            f"HEAD {head.text[:12]} is not on any branch of {remote} ({unpushed} unpushed commits)",
+            f"{revision or 'HEAD'} ({head.text[:12]}) is not on any branch of {remote} "
+            f"({unpushed} unpushed commits)",
             f"push it (git push {remote} {branch or 'HEAD:<branch>'}), or submit without "
             "--require-pushed to send the unpushed commits as a diff",
         )
-    if changes:
+    if changes and revision is None:
         diff = _working_diff(git, root, base)
     else:
-        diff = _commits_diff(git, root, base) if unpushed else ""
-    repo = redact(url)  # a token in a remote URL stays on this machine
+        diff = _commits_diff(git, root, base, head.text) if unpushed else ""
     return CapturedSource(repo, base, branch, diff, root, head.text, unpushed, remote)
 
 
@@ -142,10 +149,10 @@ def _working_diff(git: Git, root: Path, base: str) -> str:
     return out.decode("utf-8", "surrogateescape")
 
 
-def _commits_diff(git: Git, root: Path, base: str) -> str:
-    """``git diff base HEAD``: the committed changes only, binary-safe."""
+def _commits_diff(git: Git, root: Path, base: str, head: str) -> str:
+    """``git diff base head``: the committed changes only, binary-safe."""
     options = [o for o in _DIFF_OPTIONS if o != "--cached"]
-    out = git.ok([*options, base, "HEAD"], root).stdout
+    out = git.ok([*options, base, head], root).stdout
     return out.decode("utf-8", "surrogateescape")
 
 

@@ -46,7 +46,7 @@ def record_table(record: dict[str, Any], cover: QueueCover | None, now: float) -
         table.add_row(escape(key), escape(str(value)))
 
     for key in ("run_id", "name", "state", "queue", "worker", "attempt", "commit", "exit_code",
-                "error", "output_dir", "env_index"):  # fmt: skip
+                "error", "output_dir", "env_source", "env_index"):  # fmt: skip
         if record.get(key) not in (None, ""):
             row(key, record[key])
     for key in ("entry", "workdir"):

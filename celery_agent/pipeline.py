@@ -220,7 +220,7 @@ class Job:
         settings = self.ctx.executor_settings.within(self.clock.remaining("env"), self.stops)
         executor = get_executor(spec.executor, settings)
         try:
-            prepared = executor.prepare(spec, self._workdir(spec, co), self.note)
+            prepared = executor.prepare(spec, co.path, self.note)
         except AgentError as err:
             self.check_abort()  # (a build ended by a drain goes back to the queue)
             self.clock.check("env", t0)

@@ -57,6 +57,7 @@ class Settings:
     heartbeat_interval: float = 2.0  # seconds between a worker's heartbeats (TTL: three of them)
     heartbeat_history: int = 1800  # hardware snapshots kept per worker (1 h at 2 s)
     sweep_interval: float = 2.0  # seconds between cluster sweeps (beat and each worker)
+    amqp_queue_type: str = "classic"  # RabbitMQ broker: classic (priorities) or quorum queues
     sweep_queue: str = "celery-agent.sweep"  # every worker also consumes this queue
     run_retention_days: float = 30.0  # finished runs older than this are deleted (0: keep all)
     gpu_wait: float = 300.0  # seconds a dynamic run waits for free GPUs before it fails

@@ -20,6 +20,7 @@ from pydantic import (
 
 from .errors import SpecError
 from .gitcmd import redact
+from .spec_errors import spec_error
 
 #: a parameter value: what JSON and the command line can both carry
 ParamValue = str | int | float | bool | None
@@ -35,7 +36,21 @@ _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]+$")
 MASK = "***"
 
 
-class DockerOptions(BaseModel):
+class _Validated(BaseModel):
+    """A model whose bad fields raise SpecError naming them, however it is built."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise spec_error(exc, type(self)) from None
+
+    # Like pydantic's own: validating a dict (``parse``, a nested field) does not call this
+    # wrapper, so its errors stay pydantic's there, each with its field's path.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
+class DockerOptions(_Validated):
     """How the docker executor runs a spec (see executors/docker.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -78,7 +93,7 @@ class DockerOptions(BaseModel):
         return v
 
 
-class CondaOptions(BaseModel):
+class CondaOptions(_Validated):
     """What the conda executor installs (see executors/conda.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -110,7 +125,7 @@ class CondaOptions(BaseModel):
         return self
 
 
-class TaskSpec(BaseModel):
+class TaskSpec(_Validated):
     """One experiment: code (repo, commit, diff), what to run, parameters, environment, resources.
 
     Unknown fields are rejected (a typo must not be silently ignored). Constructed directly or
@@ -118,12 +133,6 @@ class TaskSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise spec_error(exc) from None
 
     name: str | None = Field(None, description="a label for people; defaults to the entry")
     repo: str = Field(..., description="git URL or local path of the repository")
@@ -139,7 +148,10 @@ class TaskSpec(BaseModel):
         default_factory=list, description="names in env whose values are secret (shown as ***)"
     )
     requirements: list[str] | None = Field(
-        None, description="pip requirements; None means the repo's requirements.txt if any"
+        None, description="pip requirements; None: requirements_file, else the repo's own"
+    )
+    requirements_file: str | None = Field(
+        None, description="a requirements file in the repo (-r/-c lines read relative to it)"
     )
     index_url: str | None = Field(
         None, description="package index to install from; ${NAME} is filled in on the worker"
@@ -194,6 +206,13 @@ class TaskSpec(BaseModel):
     def _workdir(cls, v: str | None) -> str | None:
         if v is not None:
             _inside_repo(v, "workdir")
+        return v
+
+    @field_validator("requirements_file")
+    @classmethod
+    def _requirements_file(cls, v: str | None) -> str | None:
+        if v is not None:
+            _inside_repo(v, "requirements_file")
         return v
 
     @field_validator("params")
@@ -309,6 +328,10 @@ class TaskSpec(BaseModel):
             raise ValueError("no_index needs find_links (wheel folders) to install from")
         if self.diff and not self.diff.endswith("\n"):
             object.__setattr__(self, "diff", self.diff + "\n")
+        if self.requirements is not None and self.requirements_file:
+            raise ValueError(
+                "give requirements or requirements_file, not both (the list would hide the file)"
+            )
         if self.executor == "docker" and self.docker is None:
             raise ValueError(
                 "executor 'docker' needs docker options: docker={'image': 'python:3.11-slim'}"
@@ -330,7 +353,7 @@ class TaskSpec(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise spec_error(exc) from None
+            raise spec_error(exc, cls) from None
 
     @property
     def module(self) -> str | None:
@@ -406,28 +429,6 @@ def _inside_repo(path: str, what: str) -> None:
         raise ValueError(
             f"{what} {path!r} points outside the repository: give a path relative to the repo root"
         )
-
-
-def spec_error(exc: ValidationError) -> SpecError:
-    """The :class:`SpecError` for pydantic's error: every problem with its field, and the fields."""
-    fields = dict.fromkeys(".".join(str(x) for x in e["loc"]) or "spec" for e in exc.errors())
-    return SpecError(
-        format_validation_error(exc),
-        "fix the field named, or see `celery-agent submit --help` and the TaskSpec fields",
-        ",".join(fields),
-    )
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, naming the field: 'invalid task spec: entry: ...; params: ...'."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "spec"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown field; known fields: {', '.join(TaskSpec.model_fields)}"
-        parts.append(f"{loc}: {msg}")
-    return "invalid task spec: " + "; ".join(parts)
 
 
 @functools.lru_cache(maxsize=4096)

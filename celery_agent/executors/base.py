@@ -150,4 +150,5 @@ class Executor(ABC):
             max_entries=s.max_envs,
             max_bytes=s.max_env_bytes,
             failure_ttl=s.failure_ttl,
+            stop=s.stop,
         )

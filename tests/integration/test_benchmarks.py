@@ -26,6 +26,7 @@ ROWS = (
     "fleet: Redis memory per worker",
     "docker",
     "cold env",
+    "uv.lock cold env",
 )
 
 

@@ -91,3 +91,17 @@ def test_history_the_remote_does_not_share_is_an_error(clone, tmp_path):
     commit_all(clone, "unrelated")
     with pytest.raises(SourceError, match="none of HEAD's commits is on origin"):
         capture(clone)
+
+
+def test_a_named_unpushed_revision_travels_the_same_way(clone, tmp_path):
+    _ahead_by_two(clone)
+    captured = capture(clone, revision="HEAD~1")  # the first unpushed commit, no edits
+    assert captured.unpushed == 1 and captured.head == git(clone, "rev-parse", "HEAD~1")
+    done = SourceCache(tmp_path / "cache").checkout(
+        captured.repo, tmp_path / "run", commit=captured.commit, diff=captured.diff
+    )
+    assert (done.path / "train.py").read_text() == "print('pushed')\n"
+    assert (done.path / "weights.bin").read_bytes() == BINARY[::-1]
+    assert "extra.bin" not in tree(done.path) and "new_name.py" in tree(done.path)
+    unknown = capture(clone, revision="f" * 40)  # not here: perhaps on the remote
+    assert (unknown.commit, unknown.diff, unknown.unpushed) == ("f" * 40, "", 0)

@@ -152,3 +152,34 @@ def test_secret_env_from_the_environment_is_masked_and_rerun_asks_for_it_again(
     other = hashlib.sha256(b"other").hexdigest()
     assert f"sha {other}" in capsys.readouterr().out
     assert store.list_runs(1)[0]["spec"]["env"] == {"API_KEY": "***"}
+
+
+def test_submit_names_a_requirements_file_from_the_submit_folder_or_the_repo_root(
+    worker, make_repo, tmp_path, store
+):
+    wheels = tmp_path / "wh"
+    write_wheel(wheels, "cademo", "1.0", "VERSION = 'one'\n")
+    write_wheel(wheels, "cademo", "2.0", "VERSION = 'two'\n")
+    repo = make_repo({
+        "envs/new.txt": "cademo==2.0\n",
+        "ex/sk/requirements.txt": "cademo==1.0\n",
+        "ex/sk/train.py": "import cademo\nprint('dep', cademo.VERSION)\n",
+    })  # fmt: skip
+    os.chdir(repo / "ex" / "sk")
+    try:
+        common = ["--queue", worker.queues, "--find-links", str(wheels), "--wait"]
+        done = cli("submit", "train.py", "-r", "requirements.txt", *common)
+        assert done.returncode == 0 and "dep one" in done.stdout, done.stdout + done.stderr
+        run_id = done.stderr.split("submitted run ")[1].split()[0]
+        assert store.get(run_id)["spec"]["requirements_file"] == "ex/sk/requirements.txt"
+        done = cli("submit", "train.py", "--requirements-file", "envs/new.txt", *common)
+        assert done.returncode == 0 and "dep two" in done.stdout, done.stdout + done.stderr
+        missing = cli("submit", "train.py", "-r", "nope.txt", "--queue", worker.queues)
+        assert (
+            missing.returncode != 0
+            and "nope.txt is not a file in this repository" in missing.stderr
+        )
+        both = cli("submit", "train.py", "-r", "requirements.txt", "--req", "six")
+        assert both.returncode != 0 and "not both" in both.stderr
+    finally:
+        os.chdir(tmp_path)

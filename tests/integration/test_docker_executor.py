@@ -122,6 +122,8 @@ def test_run_in_a_container_gets_params_output_dir_and_its_own_env(
     assert Path(out["output_dir"], "out.txt").read_text() == "done"
     record = store.get(out["run_id"])
     assert record["env_key"] == docker_client.images.get(IMAGE).short_id.split(":")[1][:12]
+    assert "unused_params" not in record  # the hook's usage record came out of the container
+    assert not [line for line in lines if "parameters not checked" in line]
     assert removed(docker_client, out["run_id"])
 
 

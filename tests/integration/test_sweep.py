@@ -165,3 +165,24 @@ def test_a_dead_workers_messages_of_queued_unclaimed_runs_are_handed_back_once(s
         claimed
     ]
     assert restored == ["w", "c"] and not own.r.exists(own.keys.worker_reserved(name))
+
+
+def test_the_one_sweep_runner_ends_a_cancelled_run_aborted_and_logs_it(own, caplog):
+    """Beat's task and the workers' chore both run sweep.sweeper: a cancelled run of a dead worker
+    ends aborted, is logged, and its waiting caller gets the outcome."""
+    from celery_agent.app import app
+    from celery_agent.settings import Settings
+    from celery_agent.sweep import sweeper
+
+    store, registry = own
+    name, run_id = dead_worker_with_a_run(store, registry)
+    assert store.request_abort(run_id) == state.RUNNING
+    until(lambda: not registry.is_alive(name))
+    settings = Settings(sweep_interval=0.1, run_retention_days=0)
+    with caplog.at_level("WARNING", logger="celery_agent.sweep"):
+        result = sweeper(app, settings, store, registry)()
+    assert result["aborted_runs"] == [run_id] and store.get(run_id)["state"] == state.ABORTED
+    assert any(
+        "aborted_runs" in r.getMessage() and run_id in r.getMessage() for r in caplog.records
+    )
+    assert app.AsyncResult(run_id).get(timeout=10)["status"] == state.ABORTED
