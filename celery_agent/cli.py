@@ -102,6 +102,8 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
     "--requirements-file", "-r", "requirements_file", default=None,
     help="a requirements file in the repo (from the submit folder or the repo root)",
 )  # fmt: skip
+@click.option("--extra", "extras", multiple=True, help="an extra of the project (repeat)")
+@click.option("--group", "groups", multiple=True, help="a dependency group of the project (repeat)")
 @click.option(
     "--find-links", "find_links", multiple=True, help="a local wheel folder or page (repeat)"
 )
@@ -142,7 +144,7 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 )
 def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], strict_params: bool, requirements: tuple[str, ...],
            find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
-           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None,
+           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
            require_pushed: bool, workdir: str | None, wait: bool, wait_timeout: float | None, require_worker: bool,
            extra_index_urls: tuple[str, ...] = (), no_index: bool = False) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
@@ -167,7 +169,11 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
         | {"secret_env": list(secret_env), "strict_params": strict_params}
         | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
-        | {"extra_index_urls": list(extra_index_urls)}
+        | {
+            "extra_index_urls": list(extra_index_urls),
+            "extras": list(extras),
+            "groups": list(groups),
+        }
         | ({"requirements": list(requirements)} if requirements else {})
     )
     run = _send(spec, require_worker)

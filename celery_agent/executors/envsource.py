@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import SpecError
 from ..filestamps import FileMemo, Stamp
 from ..spec import TaskSpec
 from . import pyprojects, reqfiles
@@ -47,6 +48,12 @@ class EnvSource:
     lines: tuple[str, ...] = ()  #: normalized requirements, when that is what is installed
     file: Path | None = None  #: the requirements or lock file handed to the installer
     project: Project | None = None  #: the nearest project (its import root goes on sys.path)
+    extras: tuple[str, ...] = ()  #: the project's extras the installer is asked for
+    groups: tuple[str, ...] = ()  #: dependency groups the installer is asked for
+
+    def selection(self) -> list[str]:
+        """Installer options choosing the extras and groups (uv's ``--extra``, ``--group``)."""
+        return [f"--extra={e}" for e in self.extras] + [f"--group={g}" for g in self.groups]
 
     def __bool__(self) -> bool:
         return bool(self.lines) or self.file is not None
@@ -79,11 +86,14 @@ class EnvSource:
         """What this source adds to an environment's cache key beyond the requirement lines."""
         if self.lines or not self:
             return {}
-        return {"requirements_file": self.sha256} | (
-            {"lock": self.kind}
-            if self.kind not in ("requirements_file", "requirements.txt")
-            else {}
-        )
+        parts: dict[str, Any] = {"requirements_file": self.sha256}
+        if self.kind not in ("requirements_file", "requirements.txt"):
+            parts |= {
+                "lock": self.kind,
+                "extras": sorted(self.extras),
+                "groups": sorted(self.groups),
+            }
+        return parts
 
     def pythonpath(self) -> str | None:
         """The folder to put on the run's sys.path for the project's own packages, if any."""
@@ -98,12 +108,29 @@ def resolve(spec: TaskSpec, root: Path, *, locks: bool = True) -> EnvSource:
     root = Path(os.path.abspath(root))
     folders = list(_upward(entry_folder(spec, root), root))
     project = next((p for p in map(pyprojects.read, folders) if p is not None), None)
+    found = _find(spec, root, folders, project, locks)
+    if (spec.extras or spec.groups) and found.kind not in _PROJECT_KINDS:
+        raise SpecError(
+            "extras and groups choose from a project's lock file or pyproject.toml, and this "
+            f"environment comes from {found.describe()}",
+            "drop extras and groups, or run from a project (a pyproject.toml with [project])",
+        )
+    return found
+
+
+#: the sources that come from a project, where extras and groups can be chosen
+_PROJECT_KINDS = (*LOCKS, "pyproject.toml")
+
+
+def _find(
+    spec: TaskSpec, root: Path, folders: list[Path], project: Project | None, locks: bool
+) -> EnvSource:
     if spec.requirements is not None:
         return _listed(tuple(spec.requirements), project)
     if spec.requirements_file:
         return _from_file("requirements_file", root / spec.requirements_file, root, project)
     for folder in folders:
-        found = _project_source(folder, root, locks)
+        found = _project_source(folder, root, locks, spec)
         if found is not None:
             return found
     for folder in folders:
@@ -138,20 +165,28 @@ def _upward(start: Path, root: Path) -> Iterator[Path]:
         folder = folder.parent
 
 
-def _project_source(folder: Path, root: Path, locks: bool) -> EnvSource | None:
+def _project_source(folder: Path, root: Path, locks: bool, spec: TaskSpec) -> EnvSource | None:
     project = pyprojects.read(folder)
+    chosen = {"extras": tuple(spec.extras), "groups": tuple(spec.groups)}
     for name in LOCKS if locks else ():
         path = folder / name
         digest = _HASHES.get(str(path))
         if digest is not None:
-            return EnvSource(name, _rel(path, root), digest, file=path, project=project)
+            return EnvSource(name, _rel(path, root), digest, file=path, project=project, **chosen)
     if project is None:
         return None
-    rel = _rel(folder / "pyproject.toml", root)
+    rel, path = _rel(folder / "pyproject.toml", root), folder / "pyproject.toml"
     if project.dependencies is None:  # dynamic: the build backend says what they are
-        path = folder / "pyproject.toml"
-        return EnvSource("pyproject.toml", rel, _HASHES.get(str(path)), file=path, project=project)
-    lines = reqfiles.normalize(project.dependencies)
+        digest = _HASHES.get(str(path))
+        return EnvSource("pyproject.toml", rel, digest, file=path, project=project, **chosen)
+    if "project" not in project.data and (spec.extras or spec.groups):
+        raise SpecError(
+            f"{rel} declares a poetry project without a lock: its extras and groups are read "
+            "from its poetry.lock",
+            "run poetry lock and commit poetry.lock, or drop extras and groups",
+        )
+    wanted = project.dependencies + pyprojects.chosen(project, spec.extras, spec.groups)
+    lines = reqfiles.normalize(wanted)
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
     return EnvSource("pyproject.toml", rel, digest, lines, project=project)
 

@@ -159,3 +159,46 @@ def test_a_poetry_lock_becomes_pins_with_hashes_and_markers(tmp_path: Path) -> N
     out, folders = lockfiles.poetry_requirements(tmp_path / "poetry.lock", tmp_path / "s")
     assert out.read_text() == 'six==1.17.0 ; python_version >= "3.8" --hash=sha256:ab\n'
     assert folders == ["lib"]
+
+
+def test_extras_and_groups_add_to_a_pyprojects_requirements_and_its_key(tmp_path: Path) -> None:
+    files(tmp_path, {"pyproject.toml": PROJECT + (
+        '[project.optional-dependencies]\nGPU = ["cupy"]\n'
+        '[dependency-groups]\ntest = ["pytest", {include-group = "lint"}]\nlint = ["ruff"]\n'
+    )})  # fmt: skip
+    found = resolve(spec(extras=["gpu"], groups=["test"]), tmp_path)
+    assert found.lines == ("attrs", "cupy", "pytest", "ruff", "six>=1")
+    assert found.sha256 != resolve(spec(), tmp_path).sha256
+    with pytest.raises(SpecError, match=r"extra 'cuda' is not declared .* \(known: GPU\)"):
+        resolve(spec(extras=["cuda"]), tmp_path)
+
+
+def test_extras_and_groups_of_a_lock_go_to_the_installer_and_the_key(tmp_path: Path) -> None:
+    files(tmp_path, {"pyproject.toml": PROJECT, "uv.lock": "version = 1\n"})
+    found = resolve(spec(extras=["gpu"], groups=["test"]), tmp_path)
+    assert found.selection() == ["--extra=gpu", "--group=test"]
+    assert found.key_parts()["extras"] == ["gpu"] and resolve(spec(), tmp_path).key_parts() != (
+        found.key_parts()
+    )
+
+
+def test_extras_without_a_project_is_an_error_naming_the_source(tmp_path: Path) -> None:
+    files(tmp_path, {"requirements.txt": "six\n"})
+    with pytest.raises(SpecError, match=r"extras and groups choose .* requirements.txt"):
+        resolve(spec(groups=["dev"]), tmp_path)
+
+
+def test_a_poetry_lock_takes_the_chosen_optional_group_and_extra(tmp_path: Path) -> None:
+    files(tmp_path, {
+        "pyproject.toml": '[tool.poetry]\nname = "p"\n[tool.poetry.group.docs]\noptional = true\n',
+        "poetry.lock": (
+            '[[package]]\nname = "sphinx"\nversion = "7.0"\noptional = false\ngroups = ["docs"]\n\n'
+            '[[package]]\nname = "cupy"\nversion = "13.0"\noptional = true\ngroups = ["main"]\n\n'
+            '[extras]\ngpu = ["cupy (>=13)"]\n'
+        ),
+    })  # fmt: skip
+    lock = tmp_path / "poetry.lock"
+    plain, _ = lockfiles.poetry_requirements(lock, tmp_path / "a")
+    assert plain.read_text() == ""
+    chosen, _ = lockfiles.poetry_requirements(lock, tmp_path / "b", ["gpu"], ["docs"])
+    assert chosen.read_text() == "sphinx==7.0\ncupy==13.0\n"
