@@ -92,13 +92,28 @@ def _claim() -> bool:
 
 
 class _Usage:
-    """What the main process took of the parameters, saved on each change (atomically)."""
+    """What the main process took of the parameters, saved on each change (atomically). A main
+    process that follows another (a shell entry running one Python after another) adds to what
+    the earlier ones took."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.pid = os.getpid()
         self.read = []  # type: list
         self.environ = False
+        if os.path.exists(path):
+            self._load()
+
+    def _load(self) -> None:
+        import json
+
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                earlier = json.load(handle)
+            self.read = [str(name) for name in earlier.get("read") or []]
+            self.environ = bool(earlier.get("environ"))
+        except Exception as exc:
+            _warn("could not read which parameters were used", exc)
 
     def took(self, names: object) -> None:
         """Parsers of the main process know these parameters."""

@@ -165,3 +165,22 @@ def test_strict_error_names_one_parameter_in_the_singular() -> None:
 def test_only_a_read_by_name_takes_the_params_variable(tmp_path: Path, read: str, took: bool):
     run(tmp_path, f"import os\n{read}\nprint('{{}}')\n", {"n_trials": 3})
     assert usage(tmp_path)["environ"] is took
+
+
+def test_pythons_one_after_another_in_a_shell_entry_each_get_the_params(tmp_path: Path):
+    """Each is a main process (the shell is no Python); what they took adds up."""
+    for name, option in (("prep.py", "--lr"), ("train.py", "--epochs")):
+        (tmp_path / name).write_text(
+            f"import argparse\np = argparse.ArgumentParser()\np.add_argument('{option}')\n"
+            "a, _ = p.parse_known_args()\nprint(vars(a))\n"
+        )
+    _, env = resolve([], {"lr": 0.5, "epochs": 3, "seed": 1}, tmp_path / "params.json")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_AGENT_")}
+    script = f"{sys.executable} prep.py && {sys.executable} train.py"
+    done = subprocess.run(["sh", "-c", script], cwd=tmp_path, env=base | env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.stdout.split("\n")[:2] == ["{'lr': '0.5'}", "{'epochs': '3'}"], done.stderr
+    assert usage(tmp_path)["read"] == ["lr", "epochs"]
+    assert find_unused({"lr": 0.5, "epochs": 3, "seed": 1}, [], tmp_path / "params.json") == [
+        "seed"
+    ]
