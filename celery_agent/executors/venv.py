@@ -175,7 +175,7 @@ class VenvExecutor(Executor):
 
 
 def _check_installer(reqs: EnvSource, installer: str) -> None:
-    if installer != "uv" and reqs.kind in ("uv.lock", "pylock.toml"):
+    if installer != "uv" and (reqs.kind in ("uv.lock", "pylock.toml") or reqs.selection()):
         raise ExecutorUnavailable(
             f"{reqs.rel} is installed with uv, and this worker's installer is {installer}",
             "install uv on the worker (pip install uv) or set installer to auto",
@@ -311,14 +311,17 @@ class _Build:
         kind, lock, scratch = self.reqs.kind, self.reqs.file, env_dir.parent / "source"
         if kind == "uv.lock" and lock is not None:
             argv = lockfiles.uv_sync_argv(_uv(), lock.parent, self.python.path)
+            argv += self.reqs.selection()
             self.steps.run(argv, "uv sync --frozen", _LOCK_HINT)  # (UV_PROJECT_ENVIRONMENT set)
             return
         extra: list[str] = []
         if kind == "pylock.toml" and lock is not None:
-            extra = ["--preview-features", "pylock", "-r"]
+            extra = ["--preview-features", "pylock", *self.reqs.selection(), "-r"]
             extra.append(str(lockfiles.pylock_file(lock, self.source_dir, scratch)))
         elif kind == "poetry.lock" and lock is not None:
-            pins, folders = lockfiles.poetry_requirements(lock, scratch)
+            pins, folders = lockfiles.poetry_requirements(
+                lock, scratch, self.reqs.extras, self.reqs.groups
+            )
             if folders:
                 self.log(f"env: poetry.lock folders left to sys.path: {', '.join(folders)}")
             extra = ["--no-deps", "-r", str(pins)]
@@ -358,7 +361,9 @@ class _Build:
         return head + self.sources.args() + (requirements or self._requirement_args())
 
     def _requirement_args(self) -> list[str]:
-        return ["-r", str(self.reqs.file)] if self.reqs.file else list(self.reqs.lines)
+        if self.reqs.file is None:
+            return list(self.reqs.lines)
+        return [*self.reqs.selection(), "-r", str(self.reqs.file)]
 
     def _freeze_argv(self, env_dir: Path) -> list[str]:
         env_python = str(env_dir / "bin" / "python")

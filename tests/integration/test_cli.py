@@ -47,6 +47,8 @@ def test_submit_from_checkout_runs_what_is_on_disk_and_exits_with_its_code(
     assert done.returncode == 0
     run_id = done.stderr.split("submitted run ")[1].split()[0]
     assert store.get(run_id)["spec"]["diff"], "the uncommitted changes travelled with the run"
+    assert store.get(run_id)["spec"]["workdir"] == "sub"  # where it was submitted from
+    assert "unused_params" not in store.get(run_id)  # the venv run's parser read lr
     failing = cli("submit", "new.py", "--queue", worker.queues, "--executor", "local", "--wait")
     assert failing.returncode == 7, failing.stderr
     os.chdir(tmp_path)
