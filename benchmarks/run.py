@@ -29,6 +29,7 @@ from . import (
     bench_cancel,
     bench_dispatch,
     bench_env,
+    bench_first_run,
     bench_fleet,
     bench_heartbeat,
     bench_import,
@@ -51,6 +52,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "heartbeat": bench_heartbeat.run,
     "fleet": bench_fleet.run,
     "env_cold": bench_env.run_cold,
+    "first_run": bench_first_run.run,
 }
 
 

@@ -31,6 +31,7 @@ class ExecutorSettings:
     failure_ttl: float = 600.0
     build_timeout: float | None = None  #: seconds; over it the build raises StageTimeout
     indexes: IndexDefaults = field(default_factory=IndexDefaults)  #: mirror, torch index
+    bytecode: str = "import"  #: when installed packages are compiled: import, background, build
 
     def within(self, seconds: float | None) -> ExecutorSettings:
         """These settings with builds limited to ``seconds`` as well (None: no further limit)."""
