@@ -28,11 +28,14 @@ from types import FrameType
 from . import (
     bench_cancel,
     bench_dispatch,
+    bench_docker,
     bench_env,
+    bench_feedback,
     bench_first_run,
     bench_fleet,
     bench_heartbeat,
     bench_import,
+    bench_lock,
     bench_logs,
     bench_throughput,
 )
@@ -48,10 +51,13 @@ BENCHMARKS: dict[str, Benchmark] = {
     "dispatch": bench_dispatch.run,
     "logs": bench_logs.run,
     "cancel": bench_cancel.run,
+    "feedback": bench_feedback.run,
     "throughput": bench_throughput.run,
     "heartbeat": bench_heartbeat.run,
     "fleet": bench_fleet.run,
+    "docker": bench_docker.run,
     "env_cold": bench_env.run_cold,
+    "env_lock": bench_lock.run,
     "first_run": bench_first_run.run,
 }
 

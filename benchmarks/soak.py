@@ -1,9 +1,10 @@
 """Soak under chaos: runs through three workers while workers and pool processes are killed.
 
-``python -m benchmarks.soak [--runs N] [--work S] [--quick]`` submits N runs to one queue served by
+``python -m benchmarks.soak [--runs N] [--work S] [--quick] [--broker URL]`` submits N runs to one queue served by
 three workers (short heartbeats, claims and sweeps) and a beat, kills a worker (whole process group,
 a dead machine), its main process only, or one pool process now and then, restarts killed workers, and prints how many runs
 were submitted, succeeded, lost, failed and started twice at once, and how long recovery took.
+``--broker amqp://...`` sends the messages through RabbitMQ (state stays in Redis).
 """
 
 from __future__ import annotations
@@ -143,10 +144,14 @@ def count_starts(path: Path) -> tuple[dict[str, int], int]:
     return {rid: len(v) for rid, v in starts.items()}, overlapping
 
 
-def soak(runs: int, work: float, every: float, root: Path) -> dict[str, object]:
+def soak(
+    runs: int, work: float, every: float, root: Path, broker: str | None = None
+) -> dict[str, object]:
     """Run the soak; returns the counts."""
     cluster = Cluster(root).start()
     os.environ["CELERY_AGENT_REDIS_URL"] = cluster.url
+    if broker:  # (the workers and beat inherit it)
+        os.environ["CELERY_BROKER_URL"] = broker
     from celery_agent import submit_task
     from celery_agent.app import get_store, use_environment
 
@@ -227,11 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=float, default=1.0, help="seconds each run works")
     ap.add_argument("--every", type=float, default=3.0, help="seconds between kills")
     ap.add_argument("--quick", action="store_true", help="18 runs of 3 s, a kill every 2 s")
+    ap.add_argument("--broker", default=None, help="a broker URL (amqp://...) instead of Redis")
     args = ap.parse_args(argv)
     runs, work, every = (18, 3.0, 2.0) if args.quick else (args.runs, args.work, args.every)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        result = soak(runs, work, every, Path(tmp))
+        result = soak(runs, work, every, Path(tmp), args.broker)
     for name, value in result.items():
         sys.stdout.write(f"{name:>22}: {value}\n")
     bad = result["started_twice_at_once"] or result["unfinished"]

@@ -161,7 +161,10 @@ def use_environment() -> Settings:
     _stores.clear()
     settings = get_settings()
     app.conf.update(broker_url=settings.broker, result_backend=settings.backend)
+    app.conf.update(defaults.broker_options(settings))  # (Redis and RabbitMQ differ)
     _use_redis_urls(app, app.conf, replace=True)
+    app.close()  # connections to the broker used so far
+    app.__dict__.pop("amqp", None)  # queues declared anew, with the broker's options
     return settings
 
 

@@ -1,7 +1,9 @@
 """Capturing a working copy as repository + commit + uncommitted changes.
 
 :func:`capture` records what a checkout needs to rebuild a working copy exactly on another
-machine: the remote, HEAD, the branch and every change git sees, untracked files included.
+machine: the remote, a commit the remote has, the branch and every change git sees on top of that
+commit, untracked files included. When HEAD is on no branch of the remote (commits not pushed yet),
+the commit is the last one the remote has and the diff carries the unpushed commits too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .gitcmd import Git, git_env, redact
 _DIFF_OPTIONS = (
     "-c", "diff.noprefix=false", "-c", "diff.mnemonicPrefix=false", "diff", "--cached", "--binary",
     "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--src-prefix=a/",
-    "--dst-prefix=b/", "HEAD",
+    "--dst-prefix=b/",
 )  # fmt: skip
 
 
@@ -28,18 +30,38 @@ class CapturedSource:
     """A working copy recorded as repository + commit + uncommitted changes."""
 
     repo: str  #: upstream remote's URL (credentials redacted), else origin's, else the repo's path
-    commit: str  #: HEAD sha
+    commit: str  #: HEAD sha, or the last pushed commit when HEAD is not on the remote
     branch: str | None  #: the current branch, None when HEAD is detached
-    diff: str  #: changes against HEAD, untracked files as new files; binary-safe; "" when clean
+    diff: str  #: changes since ``commit``, untracked files as new files; binary-safe; "" if none
     root: Path  #: the repository's top-level directory
+    head: str = ""  #: HEAD sha (equal to ``commit`` unless HEAD is not pushed)
+    unpushed: int = 0  #: commits after ``commit`` up to HEAD that the remote lacks (in the diff)
+    remote: str = ""  #: the remote's name, "" when the repository is used by its path
+
+    def describe_unpushed(self) -> str:
+        """One line saying what was sent instead of an unpushed HEAD ("" when HEAD is pushed)."""
+        if not self.unpushed:
+            return ""
+        commits = f"{self.unpushed} unpushed commit{'s' if self.unpushed > 1 else ''}"
+        return (
+            f"commit {self.head[:12]} is not on {self.remote}: sending {commits} as a diff on top of "
+            f"{self.commit[:12]}, the last commit {self.remote} has (--require-pushed refuses this)"
+        )
 
 
-def capture(path: Path) -> CapturedSource:
-    """Record the working copy at ``path``: remote, HEAD, branch and every uncommitted change.
+def capture(
+    path: Path, *, changes: bool = True, require_pushed: bool = False, revision: str | None = None
+) -> CapturedSource:
+    """Record the working copy at ``path``: remote, a pushed commit, branch and every change.
 
     The diff holds staged and unstaged changes to tracked files and the untracked files that are
     not ignored, as new files, binary-safe, so ``checkout(repo, commit=..., diff=...)`` rebuilds
-    the working copy (ignored files aside).
+    the working copy (ignored files aside). When HEAD is on no branch of the remote, ``commit`` is
+    the last commit the remote has and the diff starts there, so the worker can check it out;
+    ``require_pushed`` makes that a :class:`SourceError` instead. With ``changes=False`` the diff
+    holds the unpushed commits only, not the uncommitted changes. A ``revision`` is captured in
+    place of HEAD, without the uncommitted changes; one unknown here is sent as it is (the remote
+    may have it).
     """
     path = Path(path).absolute()
     if not path.exists():
@@ -52,17 +74,32 @@ def capture(path: Path) -> CapturedSource:
             f"{path} is not inside a git working copy", "run `git init`, or cd into one"
         )
     root = Path(top.text)
-    head = git.run(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], root)
-    if head.returncode:
+    head = git.run(["rev-parse", "--verify", "--quiet", f"{revision or 'HEAD'}^{{commit}}"], root)
+    if head.returncode and revision is None:
         raise SourceError(f"the repository at {root} has no commits", "commit your code once")
     branch_ref = git.run(["symbolic-ref", "--quiet", "--short", "HEAD"], root)
     branch = branch_ref.text if branch_ref.returncode == 0 else None
-    repo = redact(_remote_url(git, root, branch))  # a token in a remote URL stays on this machine
-    return CapturedSource(repo, head.text, branch, _working_diff(git, root), root)
+    remote, url = _remote(git, root, branch)
+    repo = redact(url)  # a token in a remote URL stays on this machine
+    if head.returncode:  # a revision unknown here: the remote may have it
+        return CapturedSource(repo, str(revision), branch, "", root, str(revision), 0, remote)
+    base, unpushed = _pushed_base(git, root, remote, head.text) if remote else (head.text, 0)
+    if unpushed and require_pushed:
+        raise SourceError(
+            f"{revision or 'HEAD'} ({head.text[:12]}) is not on any branch of {remote} "
+            f"({unpushed} unpushed commits)",
+            f"push it (git push {remote} {branch or 'HEAD:<branch>'}), or submit without "
+            "--require-pushed to send the unpushed commits as a diff",
+        )
+    if changes and revision is None:
+        diff = _working_diff(git, root, base)
+    else:
+        diff = _commits_diff(git, root, base, head.text) if unpushed else ""
+    return CapturedSource(repo, base, branch, diff, root, head.text, unpushed, remote)
 
 
-def _remote_url(git: Git, root: Path, branch: str | None) -> str:
-    """The URL of the branch's upstream remote, else origin's, else the repository's path."""
+def _remote(git: Git, root: Path, branch: str | None) -> tuple[str, str]:
+    """(name, URL) of the branch's upstream remote, else origin; ("", the repository's path)."""
     names = ["origin"]
     upstream = git.run(["config", "--get", f"branch.{branch}.remote"], root) if branch else None
     if upstream and upstream.returncode == 0 and upstream.text not in ("", "."):
@@ -70,8 +107,28 @@ def _remote_url(git: Git, root: Path, branch: str | None) -> str:
     for name in names:
         url = git.run(["remote", "get-url", "--end-of-options", name], root)
         if url.returncode == 0 and url.text:
-            return _absolute_remote(url.text, root)
-    return str(root)
+            return name, _absolute_remote(url.text, root)
+    return "", str(root)
+
+
+def _pushed_base(git: Git, root: Path, remote: str, head: str) -> tuple[str, int]:
+    """(the newest commit of HEAD's history on ``remote``'s branches, commits after it).
+
+    What the remote has is what its remote-tracking branches say (as of the last fetch or push);
+    a remote without any is taken to have HEAD (nothing here says otherwise).
+    """
+    refs = git.ok(["for-each-ref", "--format=%(objectname)", f"refs/remotes/{remote}/"], root)
+    tips = sorted(set(refs.text.split()))
+    count = git.ok(["rev-list", "--count", head, "--not", *tips], root).text if tips else "0"
+    if int(count or 0) == 0:
+        return head, 0
+    base = git.run(["merge-base", head, *tips], root)
+    if base.returncode or not base.text:
+        raise SourceError(
+            f"none of HEAD's commits is on {remote}: the worker could not check out any of them",
+            f"push the branch first (git push -u {remote} HEAD), then submit again",
+        )
+    return base.text.split()[0], int(count)
 
 
 def _absolute_remote(url: str, root: Path) -> str:
@@ -80,15 +137,22 @@ def _absolute_remote(url: str, root: Path) -> str:
     return os.path.normpath(root / os.path.expanduser(url))
 
 
-def _working_diff(git: Git, root: Path) -> str:
-    """``git diff HEAD`` of the whole working copy, untracked files included, via a scratch index."""
+def _working_diff(git: Git, root: Path, base: str) -> str:
+    """``git diff base`` of the whole working copy, untracked files included, via a scratch index."""
     index = root / git.ok(["rev-parse", "--git-path", "index"], root).text
     with tempfile.TemporaryDirectory(prefix="celery-agent-capture-") as tmp:
         scratch = str(Path(tmp) / "index")
         if index.exists():
             shutil.copyfile(index, scratch)
         git.ok(["add", "--all"], root, {"GIT_INDEX_FILE": scratch})
-        out = git.ok(_DIFF_OPTIONS, root, {"GIT_INDEX_FILE": scratch}).stdout
+        out = git.ok([*_DIFF_OPTIONS, base], root, {"GIT_INDEX_FILE": scratch}).stdout
+    return out.decode("utf-8", "surrogateescape")
+
+
+def _commits_diff(git: Git, root: Path, base: str, head: str) -> str:
+    """``git diff base head``: the committed changes only, binary-safe."""
+    options = [o for o in _DIFF_OPTIONS if o != "--cached"]
+    out = git.ok([*options, base, head], root).stdout
     return out.decode("utf-8", "surrogateescape")
 
 

@@ -15,7 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import AgentError
-from .spec import TaskSpec, parse_param
+from .params import parse_param
+from .spec import TaskSpec
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_TIMED_OUT, EXIT_ABORTED = 124, 130
@@ -93,9 +94,16 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
     "--queue", "-q", default="default", show_default=True, help="Celery queue to send it to"
 )
 @click.option("--param", "-p", "params", multiple=True, help="override a parameter: name=value")
+@click.option("--strict-params", is_flag=True, help="fail the run if a parameter goes unused")
 @click.option(
     "--req", "requirements", multiple=True, help="a requirement (repeat); default: requirements.txt"
 )
+@click.option(
+    "--requirements-file", "-r", "requirements_file", default=None,
+    help="a requirements file in the repo (from the submit folder or the repo root)",
+)  # fmt: skip
+@click.option("--extra", "extras", multiple=True, help="an extra of the project (repeat)")
+@click.option("--group", "groups", multiple=True, help="a dependency group of the project (repeat)")
 @click.option(
     "--find-links", "find_links", multiple=True, help="a local wheel folder or page (repeat)"
 )
@@ -119,6 +127,14 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
     "--commit", default=None, help="revision to run (default: HEAD plus your uncommitted changes)"
 )
 @click.option("--no-diff", is_flag=True, help="run the commit without your uncommitted changes")
+@click.option(
+    "--require-pushed", is_flag=True, help="refuse a HEAD not pushed (default: send it as a diff)"
+)
+@click.option(
+    "--workdir",
+    default=None,
+    help="the run's working directory, from where you are (default: the folder you submit from)",
+)
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
 @click.option("--wait-timeout", type=float, default=None, help="with --wait: give up after N s")
 @click.option(
@@ -126,26 +142,38 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
     is_flag=True,
     help="fail instead of queueing when no worker serves the queue",
 )
-def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], requirements: tuple[str, ...],
+def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], strict_params: bool, requirements: tuple[str, ...],
            find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
-           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, wait: bool,
-           wait_timeout: float | None, require_worker: bool,
+           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
+           require_pushed: bool, workdir: str | None, wait: bool, wait_timeout: float | None, require_worker: bool,
            extra_index_urls: tuple[str, ...] = (), no_index: bool = False) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
+
+    ENTRY and --workdir are paths from the folder you are in; the run starts in that folder
+    (its place in the repository) unless --workdir names another. Commits not pushed yet travel
+    in the diff, on top of the last commit the remote has.
 
     \b
     celery-agent submit train.py --queue gpu0 -p lr=0.5 --wait -- --epochs 3
     celery-agent submit train.py --secret-env WANDB_API_KEY   # value from this environment
     """
-    fields = _source_fields(repo, commit, no_diff, entry)
+    fields = _source_fields(
+        repo, commit, no_diff, require_pushed, entry, workdir, requirements_file
+    )
+    if requirements and requirements_file:
+        raise click.BadParameter("give --req or --requirements-file, not both", param_hint="-r")
     run_env = _with_secrets(_env(env), secret_env)
     spec = TaskSpec.parse(
         fields
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
-        | {"secret_env": list(secret_env)}
+        | {"secret_env": list(secret_env), "strict_params": strict_params}
         | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
-        | {"extra_index_urls": list(extra_index_urls)}
+        | {
+            "extra_index_urls": list(extra_index_urls),
+            "extras": list(extras),
+            "groups": list(groups),
+        }
         | ({"requirements": list(requirements)} if requirements else {})
     )
     run = _send(spec, require_worker)
@@ -171,38 +199,69 @@ def _send(spec: TaskSpec, require_worker: bool) -> Any:
 
 
 def _source_fields(
-    repo: str | None, commit: str | None, no_diff: bool, entry: str
+    repo: str | None,
+    commit: str | None,
+    no_diff: bool,
+    require_pushed: bool,
+    entry: str,
+    workdir: str | None,
+    reqs_file: str | None = None,
 ) -> dict[str, Any]:
     from .capture import missing_entry
     from .source import capture
 
-    if repo is not None:
-        return {"repo": repo, "commit": commit, "entry": entry}
-    captured = capture(Path.cwd())
-    entry = _relative_entry(entry, captured.root)
-    diff = "" if (no_diff or commit) else captured.diff
-    problem = missing_entry(captured.root, entry, commit or captured.commit, diff)
+    if repo is not None:  # no checkout here: paths are the repository's own
+        return {
+            "repo": repo,
+            "commit": commit,
+            "entry": entry,
+            "workdir": workdir,
+            "requirements_file": reqs_file,
+        }
+    changes = not (no_diff or commit)  # a named commit runs without your uncommitted changes
+    captured = capture(Path.cwd(), changes=changes, require_pushed=require_pushed, revision=commit)
+    fields = {"repo": captured.repo, "commit": captured.commit, "diff": captured.diff}
+    if captured.unpushed:
+        err_console.print(captured.describe_unpushed(), markup=False)
+    if not entry.startswith("-m"):
+        entry = _in_repo(entry, captured.root, "entry") or "."
+    problem = missing_entry(captured.root, entry, fields["commit"], fields["diff"])
     if problem is not None:  # said here, not minutes later by the worker
         raise problem
-    return {
-        "repo": captured.repo,
-        "commit": commit or captured.commit,
-        "diff": diff,
+    return fields | {
         "entry": entry,
+        "workdir": _in_repo(workdir or ".", captured.root, "--workdir"),
+        "requirements_file": reqs_file and _in_checkout(reqs_file, captured.root),
     }
 
 
-def _relative_entry(entry: str, root: Path) -> str:
-    """A script given relative to the current directory, as a path from the repo root."""
-    if entry.startswith("-m"):
-        return entry
-    path = (Path.cwd() / entry).resolve()
+def _in_checkout(path: str, root: Path) -> str:
+    """A requirements file named from the submit folder, else from the repo root, as a path from
+    the repo root; an error when it is in neither or outside the repository."""
+    for base in (Path.cwd(), root):
+        found = (base / path).resolve()
+        if found.is_file():
+            try:
+                return found.relative_to(root.resolve()).as_posix()
+            except ValueError:
+                break
+    raise click.BadParameter(
+        f"{path} is not a file in this repository (looked in {Path.cwd()} and {root})",
+        param_hint="--requirements-file",
+    )
+
+
+def _in_repo(path: str, root: Path, what: str) -> str | None:
+    """A path given from the current folder, as a path from the repository root (None: the
+    root itself)."""
+    full = (Path.cwd() / path).resolve()
     try:
-        return path.relative_to(root.resolve()).as_posix()
+        relative = full.relative_to(root.resolve()).as_posix()
     except ValueError:
         raise AgentError(
-            f"entry {entry!r} is outside the repository {root}", "give a script inside it"
+            f"{what} {path!r} is outside the repository {root}", "give a path inside it"
         ) from None
+    return None if relative == "." else relative
 
 
 def _follow(run_id: str, timeout: float | None = None) -> int:
@@ -306,8 +365,10 @@ def cancel(run_id: str) -> int:
     "--no-pin", is_flag=True, help="resolve requirements again instead of the recorded versions"
 )
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
+@click.option("--wait-timeout", type=float, default=None, help="with --wait: give up after N s")
+@click.option("--require-worker", is_flag=True, help="fail when no worker serves the queue")
 def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[str, ...],
-          no_pin: bool, wait: bool) -> int:  # fmt: skip
+          no_pin: bool, wait: bool, wait_timeout: float | None, require_worker: bool) -> int:  # fmt: skip
     """Run a past run again (RUN: its id, an id prefix or its name): same commit, diff and
     package versions, with edits.
 
@@ -318,10 +379,10 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[st
 
     record = get_run(run_id).info()
     spec = respec(record, _params(params), queue=queue, pin=not no_pin, env=_env(env))
-    run = _send(spec, require_worker=False)
+    run = _send(spec, require_worker)
     err_console.print(f"submitted run {run.id} (rerun of {record['run_id']})", markup=False)
     console.print(run.id, markup=False) if not wait else None
-    return _follow(run.id) if wait else EXIT_OK
+    return _follow(run.id, wait_timeout) if wait else EXIT_OK
 
 
 @cli.command()
@@ -337,20 +398,28 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[st
     help="data dir (default: the agent's home)",
 )
 @click.option("--loglevel", default="INFO", show_default=True, help="the worker's log level")
-def up(port: int, queues: str, concurrency: int, home: Path | None, loglevel: str) -> int:
+@click.option("--broker", default=None, help="broker URL, e.g. amqp://... (default: the Redis)")
+def up(port: int, queues: str, concurrency: int, home: Path | None, loglevel: str,
+       broker: str | None) -> int:  # fmt: skip
     """Run Redis (embedded), a worker and beat on this machine until Ctrl+C."""
     from .app import get_settings
     from .up import Stack, run_up
 
     settings = get_settings()
     stack = Stack(home=home or settings.home, port=port, queues=queues, concurrency=concurrency, loglevel=loglevel,
-                  redis_url=settings.redis_url if "redis_url" in settings.sources else None)  # fmt: skip
-    return run_up(stack, _announce)
+                  redis_url=settings.redis_url if "redis_url" in settings.sources else None,
+                  broker_url=broker or settings.broker_url)  # fmt: skip
+    return run_up(stack, lambda url: _announce(url, stack.broker_url))
 
 
-def _announce(url: str) -> None:
+def _announce(url: str, broker: str | None) -> None:
+    via = (
+        ""
+        if not broker
+        else "  messages go through the broker given: set CELERY_BROKER_URL to it as well\n"
+    )
     err_console.print(
-        f"celery-agent is up: Redis at {url}\n"
+        f"celery-agent is up: Redis at {url}\n{via}"
         f"  submit from a git checkout:  CELERY_AGENT_REDIS_URL={url} celery-agent submit train.py --wait\n"
         "  stop with Ctrl+C",
         markup=False,

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ConfigError, SpecError
@@ -136,9 +137,10 @@ def print_result(result: Any) -> None:
     from .search.results import table_rows
 
     header, rows = table_rows(result)
-    table = Table(*header, title=f"search {result.search_id} ({result.state}): {result.counts()}")
+    title = escape(f"search {result.search_id} ({result.state}): {result.counts()}")
+    table = Table(*(escape(h) for h in header), title=title)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(str(cell)) for cell in row))
     console.print(table)
     console.print(terminal_plot(result), markup=False)
     best = result.best
@@ -190,7 +192,8 @@ def _metrics_table(run_id: str, found: dict[str, Any]) -> None:
     if not found:
         console.print(f"run {run_id} reported no metrics", markup=False)
     for name, points in found.items():
-        table = Table("step", name, title=f"{name}  {sparkline([p.value for p in points])}")
+        title = escape(f"{name}  {sparkline([p.value for p in points])}")
+        table = Table("step", escape(name), title=title)
         for i, p in enumerate(points):
             table.add_row(str(i if p.step is None else p.step), f"{p.value:.6g}")
         console.print(table)

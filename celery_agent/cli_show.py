@@ -46,9 +46,12 @@ def record_table(record: dict[str, Any], cover: QueueCover | None, now: float) -
         table.add_row(escape(key), escape(str(value)))
 
     for key in ("run_id", "name", "state", "queue", "worker", "attempt", "commit", "exit_code",
-                "error", "output_dir", "env_index"):  # fmt: skip
+                "error", "output_dir", "env_source", "env_index"):  # fmt: skip
         if record.get(key) not in (None, ""):
             row(key, record[key])
+    for key in ("entry", "workdir"):
+        if (record.get("spec") or {}).get(key):
+            row(key, record["spec"][key])
     if record.get("state") == QUEUED and record.get("submitted_at"):
         row("waiting", f"{now - float(record['submitted_at']):.0f}s in the queue")
     if cover is not None:
@@ -59,6 +62,9 @@ def record_table(record: dict[str, Any], cover: QueueCover | None, now: float) -
     for key in ("timings", "params", "usage", "gpus"):
         if record.get(key):
             row(key, json.dumps(record[key]))
+    if record.get("unused_params"):
+        unused = ", ".join(record["unused_params"])
+        row("unused params", f"{unused} (no parser read them, see the log)")
     if (record.get("usage") or {}).get("gpu_memory_peak_bytes") is not None:
         row("gpu memory", gpu_memory_line(record["usage"]))
     if record.get("freeze"):

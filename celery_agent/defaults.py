@@ -6,7 +6,9 @@ Each value is overridable from a config module (``CELERY_AGENT_CONFIG``, see con
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
+from .errors import ConfigError
 from .settings import Settings
 
 #: seconds a message may stay unacknowledged before Redis hands it to another worker. Long runs
@@ -15,11 +17,76 @@ from .settings import Settings
 VISIBILITY_TIMEOUT = 6 * 3600
 DEFAULT_PRIORITY = 3  #: a new run's message priority (Redis transport: 0 is taken first)
 REQUEUE_PRIORITY = 0  #: a run sent again after its worker died or drained
+#: RabbitMQ takes the highest priority first: classic queues are declared with this
+#: ``x-max-priority``; quorum queues (RabbitMQ 4) treat a priority above 4 as high, the rest normal
+AMQP_MAX_PRIORITY = 5
+AMQP_DEFAULT_PRIORITY = 2  #: a new run's priority on RabbitMQ
+AMQP_REQUEUE_PRIORITY = AMQP_MAX_PRIORITY  #: a re-queued run's: ahead of every new one
+QUEUE_TYPES = ("classic", "quorum")  #: RabbitMQ queue types the ``amqp_queue_type`` setting takes
+_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+
+
+def is_amqp(broker_url: str) -> bool:
+    """Whether ``broker_url`` names a RabbitMQ (AMQP) broker rather than Redis."""
+    return urlsplit(broker_url).scheme in _AMQP_SCHEMES
+
+
+def requeue_priority(broker_url: str) -> int:
+    """The message priority of a re-queued run on ``broker_url``'s kind of broker."""
+    return AMQP_REQUEUE_PRIORITY if is_amqp(broker_url) else REQUEUE_PRIORITY
+
+
 SWEEP_TASK = "celery_agent.sweep"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for ``settings``."""
+    return _common(settings) | broker_options(settings)
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """The settings that depend on the kind of broker (Redis or RabbitMQ)."""
+    return _amqp(settings) if is_amqp(settings.broker) else _redis()
+
+
+def _redis() -> dict[str, Any]:
+    return {
+        # Queues listed in -Q are served in that order of priority.
+        "broker_transport_options": {
+            "queue_order_strategy": "priority",
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+        },
+        # Runs go out at priority 3 of Redis's 0, 3, 6, 9 (lower is taken first), so a run sent
+        # back to its queue (its worker died or drained) goes at REQUEUE_PRIORITY, ahead of the
+        # runs that never started.
+        "task_default_priority": DEFAULT_PRIORITY,
+        "task_queue_max_priority": None,
+        "task_default_queue_type": "classic",
+        "task_create_missing_queue_type": "classic",
+    }
+
+
+def _amqp(settings: Settings) -> dict[str, Any]:
+    """What RabbitMQ needs instead of the Redis transport's options: queues declared with the
+    priorities the agent sends (classic) or as quorum queues, and publisher confirms."""
+    kind = settings.amqp_queue_type
+    if kind not in QUEUE_TYPES:
+        raise ConfigError(
+            f"setting amqp_queue_type={kind!r} is not a RabbitMQ queue type the agent uses",
+            f"set CELERY_AGENT_AMQP_QUEUE_TYPE to {' or '.join(QUEUE_TYPES)}",
+        )
+    # (quorum queues take no x-max-priority; Celery gives them no global prefetch count)
+    max_priority = AMQP_MAX_PRIORITY if kind == "classic" else None
+    return {
+        "task_default_queue_type": kind,  # the default queue, and queues named in -Q or a spec
+        "task_create_missing_queue_type": kind,
+        "task_queue_max_priority": max_priority,
+        "task_default_priority": AMQP_DEFAULT_PRIORITY,
+        "broker_transport_options": {"confirm_publish": True},
+    }
+
+
+def _common(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker,
         "result_backend": settings.backend,
@@ -28,16 +95,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # One run at a time per pool slot: never reserve a GPU job behind another one.
         "worker_prefetch_multiplier": 1,
-        # Queues listed in -Q are served in that order of priority.
-        "broker_transport_options": {
-            "queue_order_strategy": "priority",
-            "visibility_timeout": VISIBILITY_TIMEOUT,
-        },
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
-        # Runs go out at priority 3 of Redis's 0, 3, 6, 9 (lower is taken first), so a run sent
-        # back to its queue (its worker died or drained) goes at REQUEUE_PRIORITY, ahead of the
-        # runs that never started.
-        "task_default_priority": DEFAULT_PRIORITY,
         # Events for Flower and `celery events`: queued, started, done. A run's STARTED result
         # goes with its start write when the result backend is the state store's Redis (tasks.py).
         "task_track_started": True,

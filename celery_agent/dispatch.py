@@ -5,8 +5,9 @@ Every run is the one Celery task :data:`RUN_TASK`; its id is the run id. The fir
 options here:
 
 - ``queue``: the spec's queue (a re-queue uses the queue the run was recorded on);
-- ``priority``: unset on the first send (``task_default_priority``), :data:`REQUEUE_PRIORITY` on a
-  re-queue, so a run whose worker died goes ahead of the runs that never started;
+- ``priority``: unset on the first send (``task_default_priority``), the broker's re-queue priority
+  on a re-queue (:func:`.defaults.requeue_priority`: 0 on Redis, the highest on RabbitMQ), so a run
+  whose worker died goes ahead of the runs that never started;
 - ``shadow``: the name Flower and events show (:func:`display_name`), since all runs share one
   task name;
 - ``argsrepr``: a short, secret-free view of the arguments (:func:`args_repr`), never the diff,
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .defaults import REQUEUE_PRIORITY
+from .defaults import requeue_priority
 from .gitcmd import redact
 from .spec import TaskSpec
 
@@ -61,9 +62,10 @@ def first_send(spec: TaskSpec, options: dict[str, Any], task_ignores_result: boo
 
 def resend(app: Any, run_id: str, fields: dict[str, Any], queue: str) -> None:
     """Send run ``run_id`` again through ``app``: same id, the spec's stored (masked) ``fields``,
-    on ``queue``, at :data:`REQUEUE_PRIORITY`."""
+    on ``queue``, at the broker's re-queue priority."""
     spec = TaskSpec.parse(fields)
     app.send_task(
-        RUN_TASK, args=[fields], task_id=run_id, queue=queue, priority=REQUEUE_PRIORITY,
+        RUN_TASK, args=[fields], task_id=run_id, queue=queue,
+        priority=requeue_priority(str(app.conf.broker_url or "")),
         shadow=display_name(spec), argsrepr=args_repr(spec), ignore_result=None,
     )  # fmt: skip

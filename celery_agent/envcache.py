@@ -30,7 +30,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from filelock import FileLock, Timeout
 
 from .entryfiles import mtime, read_json, read_json_or_empty, remove_tree, tree_sizes, write_json
 from .envusers import EnvUsers, Lease
-from .errors import EnvBuildError, StateError
+from .errors import Cancelled, EnvBuildError, StateError
 from .filestamps import FileMemo, Stamp, touch, touch_now_and_then
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,10 @@ class EnvCache:
         max_bytes: int | None = None,
         failure_ttl: float = 600.0,
         lock_timeout: float = 3600.0,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.stop = stop  #: asked while another build of the same entry is waited for
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.failure_ttl = failure_ttl
@@ -133,6 +136,27 @@ class EnvCache:
     def _lock(self, key: str, timeout: float) -> FileLock:
         self.root.mkdir(parents=True, exist_ok=True)
         return FileLock(self.root / f"{key}.lock", timeout=timeout)
+
+    @contextmanager
+    def _build_lock(self, key: str) -> Iterator[None]:
+        """Hold ``key``'s build lock, waited for in tenths of a second so that ``stop`` (a cancel)
+        ends the wait; Timeout after ``lock_timeout``."""
+        lock, deadline = self._lock(key, self.lock_timeout), time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                lock.acquire(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                break
+            except Timeout:
+                if time.monotonic() >= deadline:
+                    raise
+                if self.stop is not None and self.stop():
+                    raise Cancelled(
+                        "cancelled while another build of its environment ran"
+                    ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- reading ----------------------------------------------------------------------------------
     def lookup(self, key: str) -> CachedEnv | None:
@@ -183,7 +207,7 @@ class EnvCache:
     def _build(self, key: str, build: Builder, label: str, start: float) -> CachedEnv:
         self._raise_cached_failure(key)
         try:
-            with self._lock(key, self.lock_timeout):
+            with self._build_lock(key):
                 result = self._build_locked(key, build, label, start)
         except Timeout:
             raise StateError(

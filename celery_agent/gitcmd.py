@@ -17,7 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 Args = Sequence["str | Path"]
 Env = Mapping[str, str]
+#: seconds between two looks at the stop check while a git command runs or a lock is waited for
+STOP_EVERY = 0.1
 
 #: variables a git command inherits from the given environment; everything else is left out
 _INHERIT = (
@@ -123,12 +125,17 @@ class GitResult:
 
 @dataclass
 class Git:
-    """Runs git commands with one environment, one deadline and the secrets to keep out of text."""
+    """Runs git commands with one environment, one deadline and the secrets to keep out of text.
+
+    ``stop`` is called every :data:`STOP_EVERY` seconds while a command runs (and while a lock is
+    waited for, see :meth:`wait_for`); when it raises (a cancel), the command's process group is
+    killed and its exception goes on."""
 
     env: dict[str, str]
     timeout: float | None = None
     secrets: tuple[str, ...] = ()
     start: float = field(default_factory=time.monotonic)
+    stop: Callable[[], None] | None = None
 
     def run(self, args: Args, cwd: Path | None = None, extra: Env | None = None) -> GitResult:
         """Run ``git *args``; a missing git raises SourceError, the deadline StageTimeout."""
@@ -136,7 +143,7 @@ class Git:
         logger.debug("git: %s", self.scrub(shlex.join(argv)))
         proc = self._spawn(argv, cwd, {**self.env, **(extra or {})})
         try:
-            out, err = proc.communicate(timeout=self._remaining(argv[1:]))
+            out, err = self._communicate(proc, argv[1:])
         except BaseException as exc:
             _kill_group(proc)
             if isinstance(exc, subprocess.TimeoutExpired):
@@ -165,10 +172,38 @@ class Git:
         """The error for running out of time while running ``args`` (or waiting for the lock)."""
         err = StageTimeout(
             f"source stage timed out after {self.timeout:g} s (during git {_verb(args)})",
-            "raise the run's timeout, or check that this worker can reach the repository quickly",
+            "the limit is the spec's timeouts['source'] or timeout, else the worker's "
+            "source_timeout setting; check that this worker can reach the repository quickly",
         )
         err.stage = "source"
         return err
+
+    def wait_for(self, attempt: Callable[[float], bool], args: Sequence[str]) -> None:
+        """Call ``attempt(seconds)`` (e.g. a lock's acquire with that timeout) until it returns
+        True, looking at the stop check between tries; past the deadline StageTimeout."""
+        while True:
+            left = self._remaining(args)
+            if attempt(STOP_EVERY if left is None else min(left, STOP_EVERY)):
+                return
+            if self.stop is not None:
+                self.stop()
+
+    def _communicate(
+        self, proc: subprocess.Popen[bytes], args: Sequence[str]
+    ) -> tuple[bytes, bytes]:
+        """The command's output once it exits; the stop check looked at while it runs."""
+        if self.stop is None:
+            return proc.communicate(timeout=self._remaining(args))
+        while True:
+            left = self._remaining(args)
+            try:
+                return proc.communicate(
+                    timeout=STOP_EVERY if left is None else min(left, STOP_EVERY)
+                )
+            except subprocess.TimeoutExpired:
+                if left is not None and left <= STOP_EVERY:
+                    raise
+                self.stop()
 
     def _remaining(self, args: Sequence[str]) -> float | None:
         left = self.remaining()

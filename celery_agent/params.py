@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
-from .spec import ParamValue
+from .spec import PARAM_NAME, ParamValue
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def hook_env(
         "CELERY_AGENT_PARAMS": json.dumps(dict(params)),
         "CELERY_AGENT_PARAMS_OUT": str(out_file),
         "CELERY_AGENT_APPENDED": json.dumps(list(appended)),
+        "CELERY_AGENT_HOOK_PID": "",  # the run's first interpreter claims it (its children not)
     }
 
 
@@ -99,8 +100,16 @@ def resolve(
 ) -> tuple[list[str], dict[str, str]]:
     """Rewrite the args and build the hook's environment; a stale ``out_file`` is removed."""
     Path(out_file).unlink(missing_ok=True)
+    Path(f"{out_file}.usage").unlink(missing_ok=True)
     args, appended = rewrite_argv(spec_args, params)
     return args, hook_env(params, out_file, appended, base_pythonpath)
+
+
+def written_in(args: Sequence[str], name: str) -> bool:
+    """Whether ``args`` (before a ``--``) already name the option of parameter ``name``."""
+    head, _ = _split_at_dashdash(list(args))
+    options = _option_names(name)
+    return any(word.partition("=")[0] in options for word in head)
 
 
 # -- argv rewriting ---------------------------------------------------------------------------
@@ -183,3 +192,22 @@ def _appended_tokens(name: str, value: ParamValue) -> list[str]:
     if isinstance(value, bool):
         return [f"--{name}"] if value else []
     return _option_with_value(f"--{name}", format_value(value))
+
+
+def parse_param(text: str) -> tuple[str, ParamValue]:
+    """Parse a command-line override 'name=value'; the value is read as JSON when it is JSON."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise SpecError(f"parameter {text!r} is malformed", "write it as name=value, like lr=0.01")
+    if not PARAM_NAME.match(name):
+        raise SpecError(
+            f"parameter name {name!r} is not valid", "use letters, digits, '_', '-' or '.'"
+        )
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return name, raw
+    if isinstance(value, (list, dict)):
+        return name, raw
+    return name, value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import socket
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import attempts, metrics, runenv, stages, state
+from . import attempts, metrics, paramusage, runenv, stages, state
 from . import leases as leases_mod
 from . import params as params_mod
 from .attempts import DuplicateRun
@@ -33,7 +34,7 @@ from .monitoring.sampler import RunGpuSampler
 from .notes import RunNotes
 from .runner import ProcessOutcome
 from .source import Checkout
-from .spec import TaskSpec, quote_argv
+from .spec import TaskSpec
 from .stages import StageClock, entry_head, record_end, stage_hint, stage_timeout, with_retry
 from .stopwatch import CHECK_EVERY, StopWatch
 
@@ -120,7 +121,7 @@ class Job:
         return summary
 
     def _claimed(self, spec: TaskSpec, record: dict[str, Any]) -> dict[str, Any]:
-        self.clock = StageClock.for_spec(spec, self.started)
+        self.clock = StageClock.for_spec(spec, self.started, self.ctx.settings)
         try:
             if self.stop_reason() == "cancel":
                 if record.get("state") in state.ACTIVE:  # its last runner died
@@ -131,7 +132,7 @@ class Job:
             entry_head(spec, self.checkout)  # a missing entry fails now, before the env is built
             prepared = self.prepare(spec, self.checkout)
             outcome = self.execute(spec, self.checkout, prepared)
-            return self.collect(outcome)
+            return self.collect(outcome, spec)
         except StageTimeout as err:
             return self.finish(state.TIMED_OUT, error=err)
         except Cancelled as err:
@@ -197,11 +198,10 @@ class Job:
         co = self.ctx.sources.checkout(
             spec.repo,
             self.run_dir / "src" if self.ctx.settings.keep_source else None,
-            commit=spec.commit,
-            branch=spec.branch,
-            diff=spec.diff,
+            commit=spec.commit, branch=spec.branch, diff=spec.diff,
             timeout=self.clock.remaining("source"),
-        )
+            stop=self.check_abort,  # a cancel ends a stalled fetch or lock wait within 0.1 s
+        )  # fmt: skip
         self.timing("source", t0)
         self.clock.check("source", t0)
         self._defer(commit=co.commit)
@@ -217,11 +217,12 @@ class Job:
     def prepare(self, spec: TaskSpec, co: Checkout) -> PreparedEnv:
         """Reuse or build the run's environment."""
         t0 = time.time()
-        settings = self.ctx.executor_settings.within(self.clock.remaining("env"))
+        settings = self.ctx.executor_settings.within(self.clock.remaining("env"), self.stops)
         executor = get_executor(spec.executor, settings)
         try:
-            prepared = executor.prepare(spec, self._workdir(spec, co), self.note)
+            prepared = executor.prepare(spec, co.path, self.note)
         except AgentError as err:
+            self.check_abort()  # (a build ended by a drain goes back to the queue)
             self.clock.check("env", t0)
             err.stage = err.stage or ("env" if isinstance(err, StageTimeout) else "")
             raise
@@ -258,7 +259,10 @@ class Job:
         env = runenv.build(
             base=self.ctx.base_env,
             spec_env=spec.env,
-            agent=self._agent_vars(spec) | hook,
+            agent=runenv.run_vars(
+                self.run_id, self.run_dir, self.output_dir, spec, self.ctx.settings
+            )
+            | hook,  # fmt: skip
             path_prefix=prepared.path_prefix,
             extra=prepared.env,
             threads=self.ctx.threads,
@@ -274,7 +278,7 @@ class Job:
         # still waiting at the end go with the end record; metric lines also go to the run's
         # metrics stream
         sink = metrics.tap(send, self.store, self.run_id)
-        self.note(f"$ {quote_argv(argv)}")
+        self.note(f"$ {shlex.join(argv)}")
         held.defer_state(state.RUNNING)  # sent with the run's first output (or within 50 ms)
         request = RunRequest(
             env=env,
@@ -301,16 +305,15 @@ class Job:
             self.summary["timings"]["first_line"] = round(outcome.first_line_at - self.started, 3)
         return outcome
 
-    def collect(self, outcome: ProcessOutcome) -> dict[str, Any]:
-        """Record the outcome: status, exit code, resolved params, usage, log tail."""
-        self.summary["params"] = params_mod.read_resolved(self.run_dir / "params.json") or {}
-        self.summary["usage"] = {
-            "cpu_seconds": outcome.usage.cpu_seconds,
-            "max_rss_bytes": outcome.usage.max_rss_bytes,
-        } | self.gpu_usage
+    def collect(self, outcome: ProcessOutcome, spec: TaskSpec) -> dict[str, Any]:
+        """Record the outcome: status, exit code, resolved and unused params, usage, log tail."""
+        strict = paramusage.record(spec, self.run_dir / "params.json", self.summary, self.note)
+        cpu, rss = outcome.usage.cpu_seconds, outcome.usage.max_rss_bytes
+        self.summary["usage"] = {"cpu_seconds": cpu, "max_rss_bytes": rss} | self.gpu_usage
         self.summary["log_tail"] = outcome.tail
         self.summary["log_lines"] = outcome.lines
         error = None
+        status: str = outcome.status
         if outcome.status == state.ABORTED and self.stop_reason() == "drain":
             return self.requeue(f"worker {self.ctx.worker} drained while it ran")
         if outcome.status == state.FAILED:
@@ -319,7 +322,9 @@ class Job:
             error = stage_timeout(f"run stage timed out: {outcome.reason}", "run")
         elif outcome.status == state.ABORTED:
             error = Cancelled("cancelled while running")
-        return self.finish(outcome.status, exit_code=outcome.exit_code, error=error, stage="run")
+        elif strict is not None:  # it succeeded, but left parameters unused
+            error, status = strict, state.FAILED
+        return self.finish(status, exit_code=outcome.exit_code, error=error, stage="run")
 
     def finish(
         self,
@@ -382,7 +387,6 @@ class Job:
         held, self.held = self.held, None
         if held is None:
             return
-
         try:
             held.write(self._release)
         except Exception as err:
@@ -437,14 +441,6 @@ class Job:
             if self.stop_reason() == "drain":
                 raise Drained()
             raise Cancelled("cancelled while preparing")
-
-    def _agent_vars(self, spec: TaskSpec) -> dict[str, str]:
-        """Who the run is, where its files go, and (outside containers) how to reach the agent,
-        so a controller run can submit further runs and wait for them."""
-        agent = runenv.agent_vars(self.run_id, self.run_dir, self.output_dir, spec.queue)
-        if spec.executor != "docker":  # a container gets no credentials of the worker's
-            agent |= runenv.cluster_vars(self.ctx.settings)
-        return agent
 
     def _workdir(self, spec: TaskSpec, co: Checkout) -> Path:
         return co.path / spec.workdir if spec.workdir else co.path

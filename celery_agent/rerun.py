@@ -46,7 +46,7 @@ def respec(
         changes["queue"] = queue
     freeze = [line for line in record.get("freeze") or [] if line and not line.startswith("-e")]
     if pin and freeze and spec.get("executor", "venv") in PINNABLE:
-        changes["requirements"] = freeze
+        changes |= {"requirements": freeze, "requirements_file": None}
     return TaskSpec.parse(spec | changes)
 
 

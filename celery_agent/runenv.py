@@ -72,7 +72,8 @@ def build(
 
     Layers, later wins: allow-listed ``base`` variables, thread counts, the executor's variables
     (``extra``), the agent's ``CELERY_AGENT_*`` variables, then the spec's own ``env``. The
-    executor's bin directories go first on PATH.
+    executor's bin directories go first on PATH; its PYTHONPATH (the project's import root) comes
+    after the agent's (the argparse hook, then the spec's).
     """
     env = passed(base)
     env.setdefault("PATH", os.defpath)
@@ -80,6 +81,8 @@ def build(
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     env.update(agent)
+    if extra and extra.get("PYTHONPATH") and agent.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join([agent["PYTHONPATH"], extra["PYTHONPATH"]])
     # the agent's PYTHONPATH already merges the spec's (the argparse hook must stay first on it)
     env.update({k: v for k, v in spec_env.items() if not (k == "PYTHONPATH" and k in agent)})
     if path_prefix:
@@ -104,6 +107,18 @@ def agent_vars(run_id: str, run_dir: Path, output_dir: Path, queue: str) -> dict
         "CELERY_AGENT_OUTPUT_DIR": str(output_dir),
         "CELERY_AGENT_QUEUE": queue,
     }
+
+
+def run_vars(
+    run_id: str, run_dir: Path, output_dir: Path, spec: TaskSpec, settings: Settings
+) -> dict[str, str]:
+    """Who the run is, where its files go, and (outside containers) how to reach the agent, so a
+    controller run can submit further runs and wait for them (:func:`agent_vars`,
+    :func:`cluster_vars`)."""
+    agent = agent_vars(run_id, run_dir, output_dir, spec.queue)
+    if spec.executor != "docker":  # a container gets no credentials of the worker's
+        agent |= cluster_vars(settings)
+    return agent
 
 
 def cluster_vars(settings: Settings) -> dict[str, str]:

@@ -5,7 +5,8 @@ batches to a sink (and a log file), samples the tree's CPU and memory, stops it 
 (TERM to the group, grace, KILL, psutil as the backstop) and makes sure nothing it started outlives
 it. No signal handlers are installed: this runs inside worker children and threads. The
 supervising thread waits on the child's exit and its output in one ``poll`` and reads the output
-itself (:mod:`.logpump`); the process-tree handling lives in :mod:`.proctree`.
+itself (:mod:`.logpump`, :mod:`.childwait`); the process-tree handling lives in
+:mod:`.proctree`.
 
 The run's process group is given to this process's guard (:mod:`.guard`) while it runs: a pool
 process that is killed (``kill -9``, ``revoke(terminate=True)``, the whole worker) takes the run's
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
+from .childwait import Waiter, Watch
 from .errors import RunError
 from .guard import guard
 from .logpump import MAX_LINE, LineSink, LogPump
@@ -40,7 +42,6 @@ __all__ = ["MAX_LINE", "LineSink", "ProcessOutcome", "Status", "Usage", "kill_tr
 Status = Literal["succeeded", "failed", "aborted", "timed_out"]
 
 _LEFTOVER_GRACE = 1.0  # longest TERM -> KILL wait for processes left behind by a finished run
-_EVENT_SLICE = 0.02  # seconds between looks at an abort event while waiting for the child
 _PIPE_DRAIN = 2.0  # how long the pipe may stay open after the run's processes are gone
 _REAP_TIMEOUT = 5.0  # how long to wait for the direct child's exit status after a KILL
 _FIRST_SAMPLE = 0.2  # the first look at the run's process tree (a short run needs none: its
@@ -108,7 +109,7 @@ def run_process(
     pump = LogPump(proc.stdout.fileno(), sink, log, batch_lines, batch_interval, tail_lines, scrub,
                    last=sink_last)  # fmt: skip
     sampler = TreeSampler(proc.pid, sample_interval, next_at=started + _FIRST_SAMPLE)
-    watch = _Watch(timeout, should_abort, abort_event, poll_interval, started)
+    watch = Watch(timeout, should_abort, abort_event, poll_interval, started)
     status: Status | None = None
     reason = ""
     try:
@@ -185,55 +186,11 @@ def _spawn_error(program: str, exc: OSError) -> RunError:
 
 
 # -- supervision ------------------------------------------------------------------------------
-@dataclass
-class _Watch:
-    """The stop conditions of a run: timeout, abort callback, abort event."""
-
-    timeout: float | None
-    should_abort: Callable[[], bool] | None
-    abort_event: threading.Event | None
-    poll_interval: float
-    started: float
-    warned: bool = False
-
-    def timed_out(self, now: float) -> bool:
-        return self.timeout is not None and now - self.started >= self.timeout
-
-    def aborted(self) -> bool:
-        if self.abort_event is not None and self.abort_event.is_set():
-            return True
-        if self.should_abort is None:
-            return False
-        try:
-            return bool(self.should_abort())
-        except Exception:
-            if not self.warned:
-                logger.warning(
-                    "the abort check raised; treating it as 'not aborted'", exc_info=True
-                )
-            self.warned = True
-            return False
-
-    def sleep(self, now: float, waiter: _Waiter) -> None:
-        """Wait one poll interval, pumping the run's output meanwhile; wake at once when the
-        child exits (or the abort event fires)."""
-        wait = self.poll_interval
-        if self.timeout is not None:
-            wait = max(0.0, min(wait, self.started + self.timeout - now))
-        if self.abort_event is None:
-            waiter.wait(wait)
-            return
-        deadline = now + wait
-        while not waiter.wait(min(_EVENT_SLICE, max(0.0, deadline - time.monotonic()))):
-            if self.abort_event.is_set() or time.monotonic() >= deadline:
-                return
-
-
 def _supervise(
-    proc: subprocess.Popen[bytes], watch: _Watch, sampler: TreeSampler, grace: float, pump: LogPump
+    proc: subprocess.Popen[bytes], watch: Watch, sampler: TreeSampler, grace: float, pump: LogPump
 ) -> tuple[Status | None, str]:
     """Wait for the process to exit, or stop it; return (None, "") or (status, reason)."""
-    waiter = _Waiter(proc.pid, pump)
+    waiter = Waiter(proc.pid, pump)
     try:
         return _wait_or_stop(proc, watch, sampler, grace, waiter, pump)
     finally:
@@ -242,10 +199,10 @@ def _supervise(
 
 def _wait_or_stop(
     proc: subprocess.Popen[bytes],
-    watch: _Watch,
+    watch: Watch,
     sampler: TreeSampler,
     grace: float,
-    waiter: _Waiter,
+    waiter: Waiter,
     pump: LogPump,
 ) -> tuple[Status | None, str]:
     while not _exited(proc):
@@ -258,49 +215,6 @@ def _wait_or_stop(
             return _stop(proc, sampler, grace, pump, "aborted", "cancelled")
         watch.sleep(now, waiter)
     return None, ""
-
-
-class _Waiter:
-    """Waits for the child's exit and pumps its output in one ``poll`` (see
-    :meth:`LogPump.pump`): the supervising thread reads and delivers the output itself, and wakes
-    the moment the child exits. The exit shows on a pidfd where the kernel has them, else on a
-    pipe a thread blocked in ``waitid`` writes to."""
-
-    def __init__(self, pid: int, pump: LogPump) -> None:
-        self.exited = False
-        self._pump = pump
-        try:
-            self._fd = os.pidfd_open(pid)  # Linux 5.3+
-        except (AttributeError, OSError):
-            self._fd, write_end = os.pipe()
-            threading.Thread(
-                target=_signal_exit, args=(pid, write_end), name=f"exit-{pid}", daemon=True
-            ).start()
-
-    def wait(self, timeout: float) -> bool:
-        """True once the child exited; waits up to ``timeout`` seconds for it, reading and
-        delivering its output meanwhile."""
-        if not self.exited:
-            self.exited = self._pump.pump(timeout, until=self._fd)
-        return self.exited
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-def _signal_exit(pid: int, write_end: int) -> None:
-    """Wait for the child's exit (without reaping it), then make ``write_end``'s pipe readable."""
-    try:
-        if hasattr(os, "waitid"):
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-    except ChildProcessError:
-        pass
-    try:
-        os.write(write_end, b"x")
-    except OSError:  # the supervisor stopped waiting and closed its end
-        pass
-    finally:
-        os.close(write_end)
 
 
 def _stop(

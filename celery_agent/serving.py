@@ -3,10 +3,11 @@ while a submitter waits for it, so that a run on a queue nobody serves is said a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from .errors import AgentError
-from .workers import ONLINE, WorkerRegistry
+from .workers import WorkerRegistry
 
 
 class NoWorkerWarning(UserWarning):
@@ -53,12 +54,14 @@ class QueueCover:
 
 
 def queue_cover(registry: WorkerRegistry, queue: str) -> QueueCover:
-    """Which online workers serve ``queue`` now (from their heartbeats, one Redis round trip
-    per worker list)."""
+    """Which online workers serve ``queue`` now: the ``queues`` field of each live heartbeat
+    (one small read per known worker, in one round trip; a heartbeat that expired is offline)."""
+    names = registry.names()
+    pipe = registry.r.pipeline(transaction=False)
+    for name in names:
+        pipe.hget(registry.keys.worker(name), "queues")
     served: dict[str, list[str]] = {}
-    for row in registry.overview():
-        if row.get("state") != ONLINE:
-            continue
-        for name in row.get("queues") or []:
-            served.setdefault(str(name), []).append(str(row["name"]))
+    for name, raw in zip(names, pipe.execute() if names else [], strict=True):
+        for served_queue in (json.loads(raw) if raw else None) or []:
+            served.setdefault(str(served_queue), []).append(str(name))
     return QueueCover(queue, served.get(queue, []), served)

@@ -48,6 +48,7 @@ class Settings:
     torch_cuda_variants: tuple[str, ...] = DEFAULT_CUDA_VARIANTS  # CUDA builds of torch there
     env_failure_ttl: float = 600.0
     env_build_timeout: float | None = 3600.0  # seconds an environment build may take
+    source_timeout: float | None = 1800.0  # seconds a run's source stage may take (clone, fetch)
     grace: float = 10.0
     claim_ttl: float = 12.0  # seconds a dead runner's claim outlives it (renewed every quarter)
     drain_grace: float = 300.0  # seconds a stopping worker lets its runs finish before requeueing
@@ -59,6 +60,7 @@ class Settings:
     heartbeat_interval: float = 2.0  # seconds between a worker's heartbeats (TTL: three of them)
     heartbeat_history: int = 1800  # hardware snapshots kept per worker (1 h at 2 s)
     sweep_interval: float = 2.0  # seconds between cluster sweeps (beat and each worker)
+    amqp_queue_type: str = "classic"  # RabbitMQ broker: classic (priorities) or quorum queues
     sweep_queue: str = "celery-agent.sweep"  # every worker also consumes this queue
     run_retention_days: float = 30.0  # finished runs older than this are deleted (0: keep all)
     gpu_wait: float = 300.0  # seconds a dynamic run waits for free GPUs before it fails

@@ -127,9 +127,12 @@ class SourceCache:
         branch: str | None = None,
         diff: str = "",
         timeout: float | None = None,
+        stop: Callable[[], None] | None = None,
     ) -> Checkout:
         """Check out ``commit`` (any revision), else ``branch``, else the remote's HEAD into
         ``dest`` as a detached worktree, then apply ``diff``; on any failure ``dest`` is removed.
+        ``stop`` is called every tenth of a second while git runs or the clone's lock is waited
+        for, and ends the checkout with what it raises (a cancel).
 
         Without ``dest`` the worktree is lent from the pool: a pristine one of the same commit and
         diff when there is one (a full sha then costs no git process), else a new one; give it
@@ -145,7 +148,7 @@ class SourceCache:
             lease = pool.lease(commit, digest, self._remover(cache, None))
             if lease is not None:
                 return Checkout(lease.path, commit, source.display, has_diff, cache, lease)
-        git = self._git(source, timeout)
+        git = self._git(source, timeout, stop)
         lease = None
         with self._locked(cache, git):
             clone = _Clone(cache, source, git, self._auth(source), _wants_head(commit, branch))
@@ -226,12 +229,14 @@ class SourceCache:
     def _source_env(self) -> Mapping[str, str]:
         return os.environ if self._env is None else self._env
 
-    def _git(self, source: _Repo, timeout: float | None) -> Git:
+    def _git(
+        self, source: _Repo, timeout: float | None, stop: Callable[[], None] | None = None
+    ) -> Git:
         self.root.mkdir(parents=True, exist_ok=True)
         env = git_env(self._source_env())
         env["GIT_ASKPASS"] = str(install_askpass(self.root))
         token = git_token(self._source_env())
-        return Git(env, timeout, (token,) if token else ())
+        return Git(env, timeout, (token,) if token else (), stop=stop)
 
     def _auth(self, source: _Repo) -> dict[str, str]:
         """The variables only a network git command of an http(s) repository gets."""
@@ -240,11 +245,15 @@ class SourceCache:
     @contextmanager
     def _locked(self, cache: Path, git: Git) -> Iterator[None]:
         lock = filelock.FileLock(str(cache.with_name(cache.name + ".lock")))
-        left = git.remaining()
-        try:
-            lock.acquire(timeout=-1 if left is None else max(left, 0.0))
-        except filelock.Timeout:
-            raise git.timed_out(["lock"]) from None
+
+        def attempt(seconds: float) -> bool:
+            try:
+                lock.acquire(timeout=seconds)
+            except filelock.Timeout:
+                return False
+            return True
+
+        git.wait_for(attempt, ["lock"])  # (the deadline and the stop check watched meanwhile)
         try:
             yield
         finally:

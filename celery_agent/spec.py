@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
-import shlex
 from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -21,6 +20,7 @@ from pydantic import (
 
 from .errors import SpecError
 from .gitcmd import redact
+from .spec_errors import spec_error
 
 #: a parameter value: what JSON and the command line can both carry
 ParamValue = str | int | float | bool | None
@@ -28,14 +28,29 @@ ParamValue = str | int | float | bool | None
 #: executors a spec may name; the registry in executors/ says which are installed on a worker
 EXECUTORS = ("venv", "local", "docker", "conda")
 
-_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+#: what a parameter name may look like
+PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:@\-]+$")
 #: what a secret value is replaced by wherever a spec is shown or stored
 MASK = "***"
 
 
-class DockerOptions(BaseModel):
+class _Validated(BaseModel):
+    """A model whose bad fields raise SpecError naming them, however it is built."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise spec_error(exc, type(self)) from None
+
+    # Like pydantic's own: validating a dict (``parse``, a nested field) does not call this
+    # wrapper, so its errors stay pydantic's there, each with its field's path.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
+class DockerOptions(_Validated):
     """How the docker executor runs a spec (see executors/docker.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -48,7 +63,11 @@ class DockerOptions(BaseModel):
         default_factory=list, description="'host:container[:rw|ro]' (ro default)"
     )
     shm_size: str | None = Field(None, description="e.g. '8g'")
-    network: str | None = Field(None, description="network mode, e.g. 'host' or 'none'")
+    network: str | None = Field(
+        None,
+        description="network mode, e.g. 'host' or 'none'; unset: the bridged namespace the "
+        "worker's runs share; 'bridge': one of the run's own",
+    )
     user: str | None = Field(None, description="user[:group] inside the container")
     workdir: str | None = Field(None, description="working directory inside the container")
     entrypoint: list[str] | None = Field(None, description="override the image's entrypoint")
@@ -74,7 +93,7 @@ class DockerOptions(BaseModel):
         return v
 
 
-class CondaOptions(BaseModel):
+class CondaOptions(_Validated):
     """What the conda executor installs (see executors/conda.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -106,7 +125,7 @@ class CondaOptions(BaseModel):
         return self
 
 
-class TaskSpec(BaseModel):
+class TaskSpec(_Validated):
     """One experiment: code (repo, commit, diff), what to run, parameters, environment, resources.
 
     Unknown fields are rejected (a typo must not be silently ignored). Constructed directly or
@@ -114,12 +133,6 @@ class TaskSpec(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise spec_error(exc) from None
 
     name: str | None = Field(None, description="a label for people; defaults to the entry")
     repo: str = Field(..., description="git URL or local path of the repository")
@@ -129,13 +142,17 @@ class TaskSpec(BaseModel):
     entry: str = Field(..., description="a script path inside the repo, or '-m module'")
     args: list[str] = Field(default_factory=list, description="arguments after the entry")
     params: dict[str, ParamValue] = Field(default_factory=dict, description="parameter overrides")
+    strict_params: bool = Field(False, description="fail the run if a parameter goes unused")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     secret_env: list[str] = Field(
         default_factory=list, description="names in env whose values are secret (shown as ***)"
     )
     requirements: list[str] | None = Field(
-        None, description="pip requirements; None means the repo's requirements.txt if any"
+        None, description="pip requirements; None: requirements_file, else the repo's own"
     )
+    requirements_file: str | None = Field(None, description="a requirements file in the repo")
+    extras: list[str] = Field(default_factory=list, description="the project's extras to install")
+    groups: list[str] = Field(default_factory=list, description="dependency groups to install too")
     index_url: str | None = Field(
         None, description="package index to install from; ${NAME} is filled in on the worker"
     )
@@ -156,7 +173,7 @@ class TaskSpec(BaseModel):
     max_attempts: int = Field(
         2, ge=1, le=100, description="starts allowed when a worker is lost (2 = one retry)"
     )
-    workdir: str | None = Field(None, description="working directory inside the repo")
+    workdir: str | None = Field(None, description="working directory, a path from the repo root")
     docker: DockerOptions | None = Field(None, description="options of the docker executor")
     conda: CondaOptions | None = Field(None, description="options of the conda executor")
 
@@ -184,18 +201,18 @@ class TaskSpec(BaseModel):
         _inside_repo(v, "entry")
         return v
 
-    @field_validator("workdir")
+    @field_validator("workdir", "requirements_file")
     @classmethod
-    def _workdir(cls, v: str | None) -> str | None:
+    def _repo_path(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None:
-            _inside_repo(v, "workdir")
+            _inside_repo(v, info.field_name or "path")
         return v
 
     @field_validator("params")
     @classmethod
     def _params(cls, v: dict[str, ParamValue]) -> dict[str, ParamValue]:
         for name in v:
-            if not _PARAM_NAME.match(name):
+            if not PARAM_NAME.match(name):
                 raise ValueError(
                     f"parameter name {name!r} is not valid: use letters, digits, '_', '-' or '.', "
                     "starting with a letter or '_' (like lr or optim.lr)"
@@ -304,6 +321,8 @@ class TaskSpec(BaseModel):
             raise ValueError("no_index needs find_links (wheel folders) to install from")
         if self.diff and not self.diff.endswith("\n"):
             object.__setattr__(self, "diff", self.diff + "\n")
+        if self.requirements is not None and self.requirements_file:
+            raise ValueError("give requirements or requirements_file, not both")
         if self.executor == "docker" and self.docker is None:
             raise ValueError(
                 "executor 'docker' needs docker options: docker={'image': 'python:3.11-slim'}"
@@ -325,7 +344,7 @@ class TaskSpec(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise spec_error(exc) from None
+            raise spec_error(exc, cls) from None
 
     @property
     def module(self) -> str | None:
@@ -401,60 +420,6 @@ def _inside_repo(path: str, what: str) -> None:
         raise ValueError(
             f"{what} {path!r} points outside the repository: give a path relative to the repo root"
         )
-
-
-def spec_error(exc: ValidationError) -> SpecError:
-    """The :class:`SpecError` for pydantic's error: every problem with its field, and the fields."""
-    fields = dict.fromkeys(".".join(str(x) for x in e["loc"]) or "spec" for e in exc.errors())
-    return SpecError(
-        format_validation_error(exc),
-        "fix the field named, or see `celery-agent submit --help` and the TaskSpec fields",
-        ",".join(fields),
-    )
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, naming the field: 'invalid task spec: entry: ...; params: ...'."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "spec"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown field; known fields: {', '.join(TaskSpec.model_fields)}"
-        parts.append(f"{loc}: {msg}")
-    return "invalid task spec: " + "; ".join(parts)
-
-
-def parse_param(text: str) -> tuple[str, ParamValue]:
-    """Parse a command-line override 'name=value'; the value is read as JSON when it is JSON."""
-    import json
-
-    name, sep, raw = text.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise SpecError(f"parameter {text!r} is malformed", "write it as name=value, like lr=0.01")
-    if not _PARAM_NAME.match(name):
-        raise SpecError(
-            f"parameter name {name!r} is not valid", "use letters, digits, '_', '-' or '.'"
-        )
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return name, raw
-    if isinstance(value, (list, dict)):
-        return name, raw
-    return name, value
-
-
-def entry_argv(spec: TaskSpec) -> list[str]:
-    """The argv after the interpreter: ['-m', mod] or [script], then the spec's args."""
-    head = ["-m", spec.module] if spec.module else [spec.entry]
-    return head + list(spec.args)
-
-
-def quote_argv(argv: list[str]) -> str:
-    """An argv as a shell would show it (for logs)."""
-    return shlex.join(argv)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import AgentError, SourceError, StageTimeout
 from .runner import ProcessOutcome
+from .settings import Settings
 from .source import Checkout
 from .spec import TaskSpec
 from .state import RunStore
@@ -26,10 +27,16 @@ class StageClock:
     limits: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def for_spec(cls, spec: TaskSpec, started: float) -> StageClock:
-        """The clock of ``spec`` for a run that began at ``started`` (epoch seconds)."""
+    def for_spec(
+        cls, spec: TaskSpec, started: float, settings: Settings | None = None
+    ) -> StageClock:
+        """The clock of ``spec`` for a run that began at ``started`` (epoch seconds); a stage the
+        spec gives no limit gets the worker's default (``source_timeout``, ``env_build_timeout``)."""
         deadline = started + spec.timeout if spec.timeout else None
-        return cls(deadline, {str(k): float(v) for k, v in spec.timeouts.items()})
+        limits = {str(k): float(v) for k, v in spec.timeouts.items()}
+        for stage, default in _defaults(settings).items():
+            limits.setdefault(stage, default)
+        return cls(deadline, limits)
 
     def remaining(self, stage: str) -> float | None:
         """Seconds ``stage`` may take: the least of the run's time left and the stage's own limit;
@@ -51,6 +58,14 @@ class StageClock:
             raise stage_timeout(f"{stage} stage timed out after {time.time() - t0:.1f}s", stage)
 
 
+def _defaults(settings: Settings | None) -> dict[str, float]:
+    """The stage limits a worker's settings give (a stage with None has none)."""
+    if settings is None:
+        return {}
+    given = {"source": settings.source_timeout, "env": settings.env_build_timeout}
+    return {stage: float(seconds) for stage, seconds in given.items() if seconds}
+
+
 def stage_timeout(message: str, stage: str) -> StageTimeout:
     """A StageTimeout that names its stage."""
     err = StageTimeout(message)
@@ -66,9 +81,14 @@ def entry_head(spec: TaskSpec, co: Checkout) -> list[str]:
         return ["-m", spec.module]
     script = co.path / spec.entry
     if not script.is_file():
+        in_workdir = f"{spec.workdir}/{spec.entry}" if spec.workdir else ""
+        hint = (
+            f"the entry is a path from the repository root, not from the workdir: give {in_workdir!r}"
+            if in_workdir and (co.path / in_workdir).is_file()
+            else "check the path (relative to the repository root) and that the file is committed or in the diff"
+        )
         raise SourceError(
-            f"entry {spec.entry!r} does not exist in {co.repo_url} at {co.commit[:12]}",
-            "check the path (relative to the repository root) and that the file is committed or in the diff",
+            f"entry {spec.entry!r} does not exist in {co.repo_url} at {co.commit[:12]}", hint
         )
     return [str(script)]
 

@@ -26,7 +26,10 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, LOST})
 ACTIVE = frozenset({PREPARING, RUNNING})
 #: the record fields a delivery reads as it claims a run (the spec and the rest are not needed)
 START_FIELDS = ("state", "attempt", "lost_attempts", "preparing_at")
-_JSON_FIELDS = ("spec", "params", "usage", "freeze", "timings", "log_tail", "gpus", "torch_index")
+_JSON_FIELDS = (
+    "spec", "params", "usage", "freeze", "timings", "log_tail", "gpus", "torch_index",
+    "unused_params",
+)  # fmt: skip
 
 # Move a run to a new state unless it already ended; returns the state it had ("" if none).
 # The fields come as one JSON object of strings (ARGV[4]): a run's end writes ~20 fields, and

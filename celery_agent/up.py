@@ -1,4 +1,5 @@
-"""`celery-agent up`: Redis (embedded unless one answers), a worker and beat on one machine."""
+"""`celery-agent up`: Redis (embedded unless one answers), a worker and beat on one machine; the
+messages go through Redis too unless a broker URL (RabbitMQ: ``amqp://...``) is given."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Stack:
     home: Path
     port: int = 6379
     redis_url: str | None = None
+    broker_url: str | None = None  #: a broker apart from Redis (RabbitMQ), else Redis carries them
     queues: str = "default"
     concurrency: int = 1
     loglevel: str = "INFO"
@@ -51,6 +53,8 @@ class Stack:
         env = dict(os.environ, CELERY_AGENT_REDIS_URL=url, CELERY_AGENT_HOME=str(self.home))
         env.pop("CELERY_BROKER_URL", None)
         env.pop("CELERY_RESULT_BACKEND", None)
+        if self.broker_url:
+            env["CELERY_BROKER_URL"] = self.broker_url
         self.worker = subprocess.Popen(
             self.worker_argv(), env=env, stdin=subprocess.DEVNULL, start_new_session=True
         )

@@ -30,6 +30,7 @@ from .drain import install as install_drain
 from .gpus import WORKER_GPUS_ENV, WorkerGpus
 from .monitoring import Monitor
 from .reserved import RUN_TASK, Reservations, held_runs, kombu_restore
+from .settings import Settings
 from .sweep import sweeper
 from .workers import WorkerRegistry
 
@@ -140,7 +141,7 @@ class AgentStep(bootsteps.StartStopStep):
         from .app import get_settings, get_store
 
         settings, store = get_settings(), get_store()
-        record = worker_record(parent, self.gpus)
+        record = worker_record(parent, self.gpus, settings)
         leases = _leases(store) if self.gpus.mode == "dynamic" else None
         registry = WorkerRegistry(store.r, store.keys)
         self.heartbeat = Heartbeat(registry, record, settings.heartbeat_interval,
@@ -166,7 +167,9 @@ class AgentStep(bootsteps.StartStopStep):
         self.heartbeat.start()
         threading.Thread(target=_reap_containers, args=(parent.hostname,), daemon=True).start()
         threading.Thread(
-            target=_announce, args=(parent.hostname, record["queues"], self.gpus), daemon=True
+            target=_announce,
+            args=(parent.hostname, record["queues"], self.gpus, settings),
+            daemon=True,
         ).start()
 
     def _note_reserved(self, name: str, reservations: Reservations) -> None:
@@ -225,14 +228,12 @@ def _cache_meter(record: dict[str, Any], settings: Any) -> Callable[[], object]:
     return lambda: record.update(env_cache=usage_under(settings.env_cache, **limits))
 
 
-def _announce(hostname: str, queues: list[str], gpus: WorkerGpus) -> None:
+def _announce(hostname: str, queues: list[str], gpus: WorkerGpus, s: Settings) -> None:
     """Log one line saying what this worker serves (in the background: a docker engine that does
     not answer must not hold up the start)."""
-    from .app import get_settings
     from .executors import ExecutorSettings, available
     from .services import startup_line
 
-    s = get_settings()
     usable = available(ExecutorSettings(cache_root=s.env_cache, installer=s.installer))
     logger.info("%s", startup_line(hostname, queues, gpus, usable))
 
@@ -248,12 +249,9 @@ def _reap_containers(worker: str) -> None:
         logger.debug("container reaping skipped: %s", err)
 
 
-def worker_record(parent: Any, gpus: WorkerGpus) -> dict[str, Any]:
+def worker_record(parent: Any, gpus: WorkerGpus, settings: Settings) -> dict[str, Any]:
     """The static part of a worker's heartbeat."""
-    from .app import get_settings
-
-    sweep_queue = get_settings().sweep_queue
-    queues = [q for q in parent.app.amqp.queues.consume_from if q != sweep_queue]
+    queues = [q for q in parent.app.amqp.queues.consume_from if q != settings.sweep_queue]
     return {
         "name": parent.hostname,
         "hostname": socket.gethostname(),
@@ -266,7 +264,7 @@ def worker_record(parent: Any, gpus: WorkerGpus) -> dict[str, Any]:
             {"index": d.index, "uuid": d.uuid, "name": d.name, "memory_total": d.memory_total}
             for d in gpus.devices
         ],  # fmt: skip
-        "interval": get_settings().heartbeat_interval,
+        "interval": settings.heartbeat_interval,
     }
 
 

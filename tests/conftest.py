@@ -78,6 +78,26 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+# -- rabbitmq -----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ broker: ``CELERY_AGENT_TEST_AMQP_URL`` (.ci/run starts one), else a node of
+    its own that ``scripts/rabbitmq`` starts now and stops after the session."""
+    given = os.environ.get("CELERY_AGENT_TEST_AMQP_URL")
+    if given:
+        yield given
+        return
+    from celery_agent.embedded import free_port
+
+    script = ROOT / "scripts" / "rabbitmq"
+    env = dict(os.environ, RABBITMQ_PORT=str(free_port()), RABBITMQ_DIST_PORT=str(free_port()))
+    done = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=180)
+    if done.returncode != 0:
+        pytest.fail(f"no RabbitMQ for the tests (scripts/rabbitmq start): {done.stderr[-2000:]}")
+    yield done.stdout.strip()
+    subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
+
+
 @pytest.fixture()
 def store(redis_url: str):
     """The run store on the test Redis."""

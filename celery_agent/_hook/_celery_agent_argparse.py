@@ -159,19 +159,27 @@ def _find_run(words: list[str], run: list[str]) -> int:
 class _Hook:
     """The patched parse: filter appended options, parse, set the parameters, record."""
 
-    def __init__(self, params: dict, appended: list, out_file: str, original: object) -> None:
+    def __init__(
+        self, params: dict, appended: list, out_file: str, original: object, usage: object
+    ) -> None:
         import threading
 
         self.params = params
         self.appended = appended
         self.out_file = out_file
         self.original = original
+        self.usage = usage  # sitecustomize's record of the parameters taken, or None
+        self.pid = os.getpid()
         self.recorded = False
         self.local = threading.local()
 
     def parse_known_args(self, parser: object, args: object, namespace: object) -> object:
-        """Run the hook around a top-level parse; a nested (subparser) parse runs as is."""
+        """Run the hook around a top-level parse; a nested (subparser) parse runs as is, and so
+        does any parse in a forked child."""
+        if os.getpid() != self.pid:
+            return self.original(parser, args, namespace)  # type: ignore[operator]
         if getattr(self.local, "depth", 0):
+            self._took(parser)
             return self.original(parser, args, namespace)  # type: ignore[operator]
         self.local.depth = 1
         try:
@@ -184,6 +192,7 @@ class _Hook:
             args = self._guarded_input(parser, args)
         result = self.original(parser, args, namespace)  # type: ignore[operator]
         if self.params:
+            self._took(parser)
             self._guarded_apply(parser, result[0])
         if not self.recorded and self.out_file:
             self.recorded = True
@@ -218,6 +227,16 @@ class _Hook:
         if _subparsers(parser):
             return fixed + rest
         return rest[:start] + fixed + rest[start:]
+
+    def _took(self, parser: object) -> None:
+        """Note the parameters this parser knows (they are applied, or parsed from argv)."""
+        if self.usage is None:
+            return
+        try:
+            names = [name for name in self.params if _find_action(parser, name) is not None]
+            self.usage.took(names)  # type: ignore[attr-defined]
+        except Exception as exc:
+            _warn("could not record which parameters were used", exc)
 
     def _guarded_apply(self, parser: object, namespace: object) -> None:
         import argparse
@@ -260,8 +279,9 @@ def _read_env() -> tuple[dict, list, str]:
     return params, [name for name in appended if name in params], out_file
 
 
-def patch(argparse: object) -> None:
-    """Wrap ``ArgumentParser.parse_known_args`` with the hook."""
+def patch(argparse: object, usage: object = None) -> None:
+    """Wrap ``ArgumentParser.parse_known_args`` with the hook; ``usage`` (sitecustomize's) is told
+    which parameters the parsers know."""
     params, appended, out_file = _read_env()
     if not params and not out_file:
         return
@@ -269,7 +289,7 @@ def patch(argparse: object) -> None:
 
     parser_class = argparse.ArgumentParser  # type: ignore[attr-defined]
     original = parser_class.parse_known_args
-    hook = _Hook(params, appended, out_file, original)
+    hook = _Hook(params, appended, out_file, original, usage)
 
     @functools.wraps(original)
     def parse_known_args(self: object, args: object = None, namespace: object = None) -> object:

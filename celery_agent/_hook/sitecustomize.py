@@ -16,7 +16,15 @@ at interpreter start it imports nothing, so a program that never uses argparse p
   there as JSON (values JSON can not carry are written as ``str()``).
 
 Only the top-level parse is overridden: a subparser parses its own words untouched. Without
-parameters nothing changes but the recording. Any failure inside the hook is reported on one
+parameters nothing changes but the recording.
+
+The hook acts in the run's main process only: the first interpreter to start claims the run by
+writing its pid to ``CELERY_AGENT_HOOK_PID``, which its children inherit, so a child Python
+(joblib/loky workers, multiprocessing spawn and forkserver children, a subprocess) neither gets
+the overrides nor records its own parse; a fork of the main process is told apart by its pid.
+With parameters, the main process writes ``<CELERY_AGENT_PARAMS_OUT>.usage`` (JSON): ``read``,
+the parameters its parsers know, and ``environ``, whether it read ``CELERY_AGENT_PARAMS``; the
+agent reports the others as unused. Any failure inside the hook is reported on one
 line starting "celery-agent:" and the program runs on. Afterwards the ``sitecustomize`` this file
 shadows, if any, is run. This file must run on Python 3.8+ with the standard library only.
 """
@@ -35,25 +43,140 @@ def _warn(what: str, exc: BaseException) -> None:
         pass
 
 
+_OWNER = "CELERY_AGENT_HOOK_PID"
+_USAGE = None
+_QUIET = False
+
+
 def _patch(argparse: object) -> None:
     from _celery_agent_argparse import patch
 
-    patch(argparse)
+    global _QUIET
+    _QUIET = True  # the hook's own read of the parameters is not the program's
+    try:
+        patch(argparse, _USAGE)
+    finally:
+        _QUIET = False
 
 
 def _install() -> None:
     """Patch argparse when there is anything to override or record, the moment it is imported.
 
     Nothing is imported at interpreter start (json and argparse pull in ``re``, ~10 ms): a script
-    that never imports argparse pays only for this function."""
-    if not os.environ.get("CELERY_AGENT_PARAMS", "").strip() and not os.environ.get(
-        "CELERY_AGENT_PARAMS_OUT"
-    ):
+    that never imports argparse pays only for this function (and, with parameters, one small
+    file write)."""
+    global _USAGE
+    params = os.environ.get("CELERY_AGENT_PARAMS", "").strip()
+    out_file = os.environ.get("CELERY_AGENT_PARAMS_OUT", "")
+    if not params and not out_file or not _claim():
         return
+    if params and params != "{}" and out_file:
+        _USAGE = _Usage(out_file + ".usage")
+        if _USAGE.save():
+            _watch_environ(_USAGE)
+        else:  # reported once; the agent then says the parameters were not checked
+            _USAGE = None
     if "argparse" in sys.modules:
         _patch(sys.modules["argparse"])
     else:
         sys.meta_path.insert(0, _ArgparseWatch())  # type: ignore[arg-type]
+
+
+def _claim() -> bool:
+    """Whether this interpreter is the run's main process (the first one to start)."""
+    owner = os.environ.get(_OWNER, "")
+    if owner and owner != str(os.getpid()):
+        return False  # a child of the main process: it inherited the claim
+    os.environ[_OWNER] = str(os.getpid())
+    return True
+
+
+class _Usage:
+    """What the main process took of the parameters, saved on each change (atomically). A main
+    process that follows another (a shell entry running one Python after another) adds to what
+    the earlier ones took."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self.read = []  # type: list
+        self.environ = False
+        if os.path.exists(path):
+            self._load()
+
+    def _load(self) -> None:
+        import json
+
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                earlier = json.load(handle)
+            self.read = [str(name) for name in earlier.get("read") or []]
+            self.environ = bool(earlier.get("environ"))
+        except Exception as exc:
+            _warn("could not read which parameters were used", exc)
+
+    def took(self, names: object) -> None:
+        """Parsers of the main process know these parameters."""
+        new = [n for n in names if n not in self.read]  # type: ignore[attr-defined]
+        if new and os.getpid() == self.pid:
+            self.read.extend(new)
+            self.save()
+
+    def save(self) -> bool:
+        try:
+            names = "[]"
+            if self.read:
+                import json
+
+                names = json.dumps(self.read)
+            environ = "true" if self.environ else "false"
+            text = f'{{"pid": {self.pid}, "read": {names}, "environ": {environ}}}'
+            tmp = f"{self.path}.{self.pid}.tmp"
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(tmp, self.path)
+            return True
+        except Exception as exc:
+            _warn("could not record which parameters were used", exc)
+            return False
+
+
+def _watch_environ(usage: _Usage) -> None:
+    """Note the main process reading ``CELERY_AGENT_PARAMS`` from ``os.environ`` by its name
+    (``os.environ[...]``, ``.get``, ``os.getenv``, ``in``); a copy of the whole environment (for a
+    child process: ``dict(os.environ)``, ``{**os.environ}``) is no read of it."""
+    base = type(os.environ)
+
+    class _Environ(base):  # type: ignore[misc, valid-type]
+        def __getitem__(self, key: str) -> str:
+            if key == "CELERY_AGENT_PARAMS" and not (usage.environ or _QUIET):
+                _note_read(usage, sys._getframe(1))
+            return base.__getitem__(self, key)
+
+    os.environ.__class__ = _Environ
+
+
+def _note_read(usage: _Usage, caller: object) -> None:
+    try:
+        if os.getpid() == usage.pid and _subscripting(caller):
+            usage.environ = True
+            usage.save()
+    except Exception as exc:
+        _warn("could not record which parameters were used", exc)
+
+
+def _subscripting(frame: object) -> bool:
+    """Whether ``frame`` is at a subscript (``mapping[key]``), not at a call or a ``**`` merge
+    that copies a whole mapping."""
+    import opcode
+
+    code = frame.f_code.co_code  # type: ignore[attr-defined]
+    at = frame.f_lasti  # type: ignore[attr-defined]
+    name = opcode.opname[code[at]]
+    if name == "BINARY_OP":  # Python 3.14: a subscript is a binary operation
+        ops = getattr(opcode, "_nb_ops", ())
+        return code[at + 1] < len(ops) and ops[code[at + 1]][0] == "NB_SUBSCR"
+    return name == "BINARY_SUBSCR"
 
 
 class _ArgparseWatch:

@@ -33,11 +33,18 @@ class ExecutorSettings:
     indexes: IndexDefaults = field(default_factory=IndexDefaults)  #: mirror, torch index
     bytecode: str = "import"  #: when installed packages are compiled: import, background, build
 
-    def within(self, seconds: float | None) -> ExecutorSettings:
-        """These settings with builds limited to ``seconds`` as well (None: no further limit)."""
+    #: asked every tenth of a second while a build step runs: True ends the step (a cancel)
+    stop: Callable[[], bool] | None = None
+
+    def within(
+        self, seconds: float | None, stop: Callable[[], bool] | None = None
+    ) -> ExecutorSettings:
+        """These settings with builds limited to ``seconds`` as well (None: no further limit),
+        and ended when ``stop`` says so."""
+        settings = self if stop is None else dataclasses.replace(self, stop=stop)
         if seconds is None or (self.build_timeout is not None and self.build_timeout <= seconds):
-            return self
-        return dataclasses.replace(self, build_timeout=seconds)
+            return settings
+        return dataclasses.replace(settings, build_timeout=seconds)
 
 
 @dataclass
@@ -144,4 +151,5 @@ class Executor(ABC):
             max_entries=s.max_envs,
             max_bytes=s.max_env_bytes,
             failure_ttl=s.failure_ttl,
+            stop=s.stop,
         )

@@ -72,6 +72,7 @@ class CondaExecutor(Executor):
             timeout=self.settings.build_timeout,
             installer=self.settings.installer,
             log=log,
+            stop=self.settings.stop,
         )
         cached = cache.get_or_build(key, build, label=_label(inp))
         how = "reused" if cached.hit else "built"

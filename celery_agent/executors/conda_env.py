@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,15 @@ class CondaBuild:
         timeout: float | None,
         installer: str,
         log: LogFn,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
-        self.inp, self.tool, self.spec, self.log = inp, tool, spec, log
+        self.inp, self.tool, self.spec, self.log, self.stop = inp, tool, spec, log, stop
         self.source_dir, self.cache_dir, self.installer = Path(source_dir), cache_dir, installer
         self.timeout = timeout if timeout is not None else DEFAULT_BUILD_TIMEOUT
 
     def __call__(self, prefix: Path) -> dict[str, Any]:
         cwd = self.source_dir if self.source_dir.is_dir() else None
-        self.steps = Steps(clean_env(), self.log, timeout=self.timeout, cwd=cwd)
+        self.steps = Steps(clean_env(), self.log, timeout=self.timeout, cwd=cwd, stop=self.stop)
         self.log(f"env: building conda env from {self.inp.source} with {self._tool_name()}")
         if self.inp.kind == "solve" and self.tool[1] is not None:
             self.steps.run(self._tool_argv(prefix, self.tool[1]), f"{self.tool[0]} create", _HINT)

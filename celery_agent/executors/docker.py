@@ -31,6 +31,7 @@ from .base import Executor, PreparedEnv, RunRequest
 from .docker_engine import connect, ensure_image, probe_installer, reap_stale_containers, short_id
 from .docker_env import SiteInstall, folder_listing
 from .docker_index import IndexConfig, worker_index
+from .docker_netns import shared_network
 from .docker_run import ContainerRun
 from .docker_setup import setup_image
 from .indexes import plain
@@ -156,9 +157,12 @@ class DockerExecutor(Executor):
             raise RunError("the docker executor got an environment it did not prepare")
         if prepared.options.user:
             opt.open_to_user(_writable(job), prepared.options.user)
-        create = container_config(prepared, argv, job)
         client = connect()
         try:
+            network = prepared.options.network or shared_network(
+                client, prepared.image_id, job.labels.get("worker")
+            )
+            create = container_config(prepared, argv, job, network)
             return ContainerRun(client, create, job).run()
         finally:
             client.close()
@@ -184,9 +188,10 @@ class DockerExecutor(Executor):
 
 
 def container_config(
-    prepared: DockerPrepared, argv: Sequence[str], job: RunRequest
+    prepared: DockerPrepared, argv: Sequence[str], job: RunRequest, network: str | None = None
 ) -> dict[str, Any]:
-    """The keyword arguments of ``containers.create`` for this run."""
+    """The keyword arguments of ``containers.create`` for this run (``network``: its network
+    mode when ``docker.network`` is unset, see :mod:`.docker_netns`)."""
     options = prepared.options
     assert options is not None
     paths = mount_plan(job)
@@ -209,7 +214,7 @@ def container_config(
         "mounts": [m.to_docker() for m in mounts],
         "labels": opt.labels(job.labels),
         "shm_size": options.shm_size,
-        "network_mode": options.network,
+        "network_mode": options.network or network,
         "user": options.user,
         "device_requests": opt.device_requests(job.gpus),
         "init": True,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EnvBuildError, ExecutorUnavailable
-from .docker_options import LABEL_PREFIX, MANAGED_LABEL
+from .docker_options import LABEL_PREFIX, MANAGED_LABEL, NETWORK_ROLE, ROLE_LABEL
 from .steps import LogFn
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,8 @@ def _safe(text: str) -> str:
 def reap_stale_containers(worker: str) -> int:
     """Remove every container the agent started for ``worker`` (by label), running or not, and
     return how many. Called when a worker starts: containers of a crashed predecessor of the same
-    name are orphans. Without a reachable engine (or the docker package) nothing is done."""
+    name are orphans; its network holder is kept, for the new worker's runs to join. Without a
+    reachable engine (or the docker package) nothing is done."""
     try:
         client = connect()
     except ExecutorUnavailable as exc:
@@ -173,7 +174,7 @@ def reap_stale_containers(worker: str) -> int:
     try:
         wanted = [MANAGED_LABEL, f"{LABEL_PREFIX}worker={worker}"]
         found = client.containers.list(all=True, filters={"label": wanted})
-        removed = sum(_remove(c) for c in found)
+        removed = sum(_remove(c) for c in found if c.labels.get(ROLE_LABEL) != NETWORK_ROLE)
     finally:
         client.close()
     if removed:

@@ -34,6 +34,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: label prefix of every container the agent creates
 LABEL_PREFIX = "celery-agent."
 MANAGED_LABEL = f"{LABEL_PREFIX}managed"
+#: the label naming what a long-lived container is for, and the value of a network holder
+ROLE_LABEL, NETWORK_ROLE = f"{LABEL_PREFIX}role", "network"
 
 #: run variables passed into the container by name, besides CELERY_AGENT_* and the spec's own
 _PASS = frozenset((*THREAD_VARS, "PYTHONUNBUFFERED", "PYTHONPATH", "CUDA_DEVICE_ORDER"))

@@ -3,7 +3,8 @@
 The container's output (stdout and stderr, in order) is copied from the engine's log stream into a
 pipe read by the same :class:`~celery_agent.logpump.LogPump` that serves local processes, so the
 sink sees the same batches and the same keep-and-retry behaviour. Cancel and timeout stop the
-container (TERM to its init, ``grace`` seconds, then KILL); the container is removed in any case.
+container (TERM to its init, ``grace`` seconds, then KILL); the container is removed in any case
+(after a normal end in the background, so the result does not wait for the engine).
 """
 
 from __future__ import annotations
@@ -75,13 +76,18 @@ class ContainerRun:
         self.stats = _Stats()
 
     def run(self) -> ProcessOutcome:
-        """Create, start and supervise the container; it is removed before this returns."""
+        """Create, start and supervise the container; its removal is under way when this returns."""
         container = self._create()
         try:
             self._start(container)
-            return self._supervised(container)
-        finally:
+            outcome = self._supervised(container)
+        except BaseException:
             _remove(container)
+            raise
+        # removed in the background: the run's result does not wait for the engine's cleanup
+        # (a worker that dies meanwhile leaves it to its successor's reaper)
+        threading.Thread(target=_remove, args=(container,), daemon=True).start()
+        return outcome
 
     def _supervised(self, container: Any) -> ProcessOutcome:
         read_fd, write_fd = os.pipe()

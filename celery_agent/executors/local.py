@@ -11,6 +11,7 @@ from pathlib import Path
 from ..errors import EnvBuildError
 from ..spec import TaskSpec
 from .base import Executor, PreparedEnv
+from .envsource import resolve
 from .interpreters import find_interpreter
 from .steps import LogFn
 
@@ -30,8 +31,16 @@ class LocalExecutor(Executor):
                 f"the local executor installs nothing, but the spec requires {', '.join(spec.requirements)}",
                 "use the venv executor (executor='venv') to install requirements",
             )
-        if spec.requirements is None and (Path(source_dir) / "requirements.txt").is_file():
-            log("env: local executor: requirements.txt is not installed (the venv executor would)")
+        if spec.requirements_file:
+            raise EnvBuildError(
+                f"the local executor installs nothing, but the spec names {spec.requirements_file}",
+                "use the venv executor (executor='venv') to install requirements",
+            )
+        found = resolve(spec, source_dir) if spec.requirements is None else None
+        if found:
+            log(
+                f"env: local executor: {found.describe()} is not installed (the venv executor would)"
+            )
         python = _interpreter(spec.python)
         log(f"env: local interpreter {python}")
         venv = _venv_of(python)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..errors import EnvBuildError, StageTimeout
+from ..errors import Cancelled, EnvBuildError, StageTimeout
 from .indexes import mask_text
 
 logger = logging.getLogger(__name__)
@@ -25,19 +25,21 @@ LogFn = Callable[[str], None]
 
 #: installer output lines kept in the error message when a step fails
 TAIL_LINES = 30
+#: seconds between two looks at the deadline and the stop check while a step runs
+WATCH_EVERY = 0.1
 
 
 class Steps:
     """Runs the commands of one environment build: output to the run's log, one shared deadline.
 
     A step that exits non-zero raises :class:`EnvBuildError` with its last output lines; a build
-    past ``timeout`` seconds has its step's process group killed and raises :class:`StageTimeout`.
+    past ``timeout`` seconds has its step's process group killed and raises :class:`StageTimeout`;
+    when ``stop`` (asked every :data:`WATCH_EVERY` seconds) says so, likewise :class:`Cancelled`.
     """
 
-    def __init__(
-        self, env: dict[str, str], log: LogFn, *, timeout: float | None, cwd: Path | None = None
-    ) -> None:
-        self.env, self.log, self.timeout, self.cwd = env, log, timeout, cwd
+    def __init__(self, env: dict[str, str], log: LogFn, *, timeout: float | None,
+                 cwd: Path | None = None, stop: Callable[[], bool] | None = None) -> None:  # fmt: skip
+        self.env, self.log, self.timeout, self.cwd, self.stop = env, log, timeout, cwd, stop
         self.deadline = None if timeout is None else time.monotonic() + timeout
 
     def run(self, argv: list[str], what: str, hint: str, *, quiet: bool = False) -> list[str]:
@@ -56,20 +58,24 @@ class Steps:
             cwd=self.cwd,
             start_new_session=True,
         )
-        lines, expired = self._pump(proc, quiet)
-        if expired.is_set():
+        lines, why = self._pump(proc, quiet)
+        if why == "timeout":
             raise StageTimeout(
                 f"env stage timed out after {self.timeout:g}s during {what}",
-                "raise the build timeout, or pre-build the env on this worker",
+                "the limit is the spec's timeouts['env'] or timeout, else the worker's "
+                "env_build_timeout setting; raise it, or pre-build the env on this worker",
             )
+        if why == "stop":
+            raise Cancelled(f"cancelled while preparing (during {what})")
         if proc.returncode != 0:
             tail = "\n".join(collections.deque(lines, maxlen=TAIL_LINES))
             raise EnvBuildError(f"{what} failed (exit {proc.returncode}):\n{tail}", hint)
         return lines
 
-    def _pump(self, proc: subprocess.Popen[str], quiet: bool) -> tuple[list[str], threading.Event]:
-        expired = threading.Event()
-        timer = self._watchdog(proc, expired)
+    def _pump(self, proc: subprocess.Popen[str], quiet: bool) -> tuple[list[str], str | None]:
+        """The step's output lines, and why it was ended early ('timeout', 'stop' or None)."""
+        done, why = threading.Event(), list[str]()
+        watcher = self._watch(proc, done, why)
         lines: list[str] = []
         try:
             assert proc.stdout is not None
@@ -79,26 +85,40 @@ class Steps:
                     self.log(lines[-1])
             proc.wait()
         finally:
-            if timer is not None:
-                timer.cancel()
+            done.set()
+            if watcher is not None:
+                watcher.join()
             if proc.poll() is None:
                 kill_group(proc)
-        return lines, expired
+        return lines, (why[0] if why else None)
 
-    def _watchdog(
-        self, proc: subprocess.Popen[str], expired: threading.Event
-    ) -> threading.Timer | None:
-        if self.deadline is None:
+    def _watch(
+        self, proc: subprocess.Popen[str], done: threading.Event, why: list[str]
+    ) -> threading.Thread | None:
+        """A thread that kills the step's group at the deadline or when ``stop`` says so."""
+        if self.deadline is None and self.stop is None:
             return None
 
-        def fire() -> None:
-            expired.set()
-            kill_group(proc)
+        def watch() -> None:
+            while not done.wait(WATCH_EVERY):
+                reason = self._ended()
+                if reason is not None:
+                    why.append(reason)
+                    kill_group(proc)
+                    return
 
-        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), fire)
-        timer.daemon = True
-        timer.start()
-        return timer
+        thread = threading.Thread(target=watch, name="env-step-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def _ended(self) -> str | None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "timeout"
+        try:
+            return "stop" if self.stop is not None and self.stop() else None
+        except Exception as err:  # (Redis away: the deadline still holds)
+            logger.warning("could not check whether the build should stop: %s", err)
+            return None
 
 
 def kill_group(proc: subprocess.Popen[str]) -> None:

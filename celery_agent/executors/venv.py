@@ -1,110 +1,54 @@
 """The venv executor: a cached virtualenv per (interpreter, requirements, index), built with uv or pip.
 
-Most prepares are cache hits, so the key is cheap to recompute: a spec's requirement list is
-normalized once per distinct list, a requirements.txt parsed once per content (memoized by its stat
-stamp), and the key's JSON hashed once per distinct parts. Only the find-links folders are listed
-on every call: a wheel rewritten in place changes no folder stamp.
+What it holds comes from :func:`.envsource.resolve` (the spec's list or file, a lock file, a
+pyproject.toml, the requirements.txt nearest the entry). Most prepares are cache hits, so the key
+is cheap to recompute: a spec's requirement list is normalized once per distinct list, a file
+parsed or hashed once per content (memoized by its stat stamp), and the key's JSON hashed once per
+distinct parts. Only the find-links folders are listed on every call: a wheel rewritten in place
+changes no folder stamp.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import logging
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+from packaging.requirements import InvalidRequirement
 
 from ..envcache import CachedEnv, EnvCache
 from ..errors import EnvBuildError, ExecutorUnavailable
-from ..filestamps import FileMemo, Stamp
 from ..spec import TaskSpec
-from . import indexes
+from . import indexes, lockfiles
 from .base import Executor, PreparedEnv
+from .envsource import EnvSource, resolve
 from .indexes import IndexOptions, LinkListing, link_entry, link_listings, mask
 from .interpreters import Interpreter, find_interpreter
+from .reqfiles import normalize as normalize  # (its home before envsource)
 from .steps import LogFn, Steps, clean_env
 
 logger = logging.getLogger(__name__)
 
 _INSTALL_HINT = "check the requirement names and versions, or the index"
+_LOCK_HINT = "check that the lock file is current (lock it again) and its index is reachable"
 
 
-@dataclass(frozen=True)
-class Requirements:
-    """What to install: normalized requirement lines, or a requirements file passed through."""
-
-    lines: tuple[str, ...] = ()
-    file: Path | None = None  #: a requirements file with options (-e, -r, --...) used as is
-    file_sha256: str | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.lines) or self.file is not None
+#: what a venv is built from (see :mod:`.envsource`)
+Requirements = EnvSource
 
 
-def read_requirements(spec: TaskSpec, source_dir: Path) -> Requirements:
-    """The spec's requirements, else the repo's requirements.txt, else nothing."""
-    if spec.requirements is not None:
-        return _listed(tuple(spec.requirements))
-    found = _REQUIREMENTS_FILES.get(os.path.join(source_dir, "requirements.txt"))
-    return Requirements() if found is None else found
-
-
-@functools.lru_cache(maxsize=256)
-def _listed(lines: tuple[str, ...]) -> Requirements:
-    """A spec's requirement list, normalized once per distinct list (specs repeat them)."""
-    return Requirements(lines=normalize(lines))
-
-
-def _parse_file(path: str, stamp: Stamp) -> Requirements:
-    """A requirements.txt: normalized lines, or the file itself when it has options or paths."""
-    if not stat.S_ISREG(stamp[0]):
-        return Requirements()
-    text = Path(path).read_text()
-    lines = [_strip_comment(line) for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    try:
-        return Requirements(lines=normalize(lines))
-    except InvalidRequirement:
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        return Requirements(file=Path(path).resolve(), file_sha256=digest)
-
-
-#: requirements.txt files by path, parsed again whenever the file's stamp changes
-_REQUIREMENTS_FILES: FileMemo[Requirements] = FileMemo(_parse_file)
-
-
-def _strip_comment(line: str) -> str:
-    line = line.strip()
-    if line.startswith("#"):
-        return ""
-    return line.split(" #", 1)[0].strip()
-
-
-def normalize(lines: Iterable[str]) -> tuple[str, ...]:
-    """Requirements with canonical names, sorted and deduplicated (order and case do not matter).
-
-    Raises InvalidRequirement for a line that is not a plain requirement (an option, a path).
-    """
-    out = set()
-    for line in lines:
-        req = Requirement(line)
-        req.name = canonicalize_name(req.name)
-        req.extras = {canonicalize_name(extra) for extra in req.extras}
-        out.add(str(req))
-    return tuple(sorted(out))
+def read_requirements(spec: TaskSpec, source_dir: Path, *, locks: bool = False) -> EnvSource:
+    """The source of the spec's environment in the checkout at ``source_dir``; lock files are
+    passed over unless ``locks`` (an installer in a container cannot read them)."""
+    return resolve(spec, source_dir, locks=locks)
 
 
 @functools.cache
@@ -152,7 +96,9 @@ class VenvExecutor(Executor):
         start = time.perf_counter()
         installer = self.installer()
         python = find_interpreter(spec.python, uv=uv_binary() if installer == "uv" else None)
-        reqs = read_requirements(spec, source_dir)
+        reqs = read_requirements(spec, source_dir, locks=True)
+        _check_installer(reqs, installer)
+        log(f"env: requirements from {reqs.describe()}")
         sources = self.sources(spec, reqs)
         if sources.torch_variant:
             log(
@@ -167,7 +113,10 @@ class VenvExecutor(Executor):
         if not cached.hit:  # a rerun pinned to its frozen set finds this entry
             self._alias_frozen(cache, cached, spec, (python, installer), source_dir)
         prepared = _prepared(cached.path, cached.meta, cached.key, cached.hit, start, installer)
-        prepared.facts, prepared.lease = sources.record(), cached.lease
+        prepared.facts = sources.record() | {"env_source": reqs.describe()}
+        prepared.lease = cached.lease
+        if reqs.pythonpath():
+            prepared.env["PYTHONPATH"] = str(reqs.pythonpath())
         return prepared
 
     def _alias_frozen(
@@ -193,9 +142,18 @@ class VenvExecutor(Executor):
         return indexes.resolve(spec, self.settings.indexes, _requirement_lines(reqs))
 
 
+def _check_installer(reqs: EnvSource, installer: str) -> None:
+    if installer != "uv" and (reqs.kind in ("uv.lock", "pylock.toml") or reqs.selection()):
+        raise ExecutorUnavailable(
+            f"{reqs.rel} is installed with uv, and this worker's installer is {installer}",
+            "install uv on the worker (pip install uv) or set installer to auto",
+        )
+
+
 def _requirement_lines(reqs: Requirements) -> tuple[str, ...]:
-    """The requirement lines, read from the file when they are kept as one."""
-    if reqs.file is None:
+    """The requirement lines, read from the file when they are kept as one (a lock's packages
+    come from where the lock says: none of them asks for an index)."""
+    if reqs.file is None or reqs.locked:
         return reqs.lines
     try:
         return tuple(reqs.file.read_text().splitlines())
@@ -237,20 +195,24 @@ def _parts(
     sources: IndexOptions,
     links: tuple[LinkListing, ...],
 ) -> dict[str, Any]:
-    return {
-        "executor": "venv",
-        "python": python.path,
-        "python_version": python.version,
-        "installer": installer,
-        "requirements": list(reqs.lines),
-        "requirements_file": reqs.file_sha256,
-        "find_links": [link_entry(link, listing) for link, listing in links],
-    } | sources.key_parts()
+    return (
+        {
+            "executor": "venv",
+            "python": python.path,
+            "python_version": python.version,
+            "installer": installer,
+            "requirements": list(reqs.lines),
+            "requirements_file": None,
+            "find_links": [link_entry(link, listing) for link, listing in links],
+        }
+        | sources.key_parts()
+        | reqs.key_parts()
+    )
 
 
 def _label(python: Interpreter, reqs: Requirements) -> str:
     names = ", ".join(reqs.lines[:4]) + (" ..." if len(reqs.lines) > 4 else "")
-    return f"python {python.short_version}: {names or ('requirements.txt' if reqs.file else '-')}"
+    return f"python {python.short_version}: {names or (reqs.rel if reqs.file else '-')}"
 
 
 def _prepared(
@@ -284,7 +246,7 @@ class _Build:
     ) -> None:
         self.installer, self.python, self.reqs, self.sources = installer, python, reqs, sources
         self.source_dir, self.log = Path(source_dir), log
-        self.timeout = executor.settings.build_timeout
+        self.timeout, self.stop = executor.settings.build_timeout, executor.settings.stop
         self.bytecode = executor.settings.bytecode
         if self.bytecode not in BYTECODE:
             raise EnvBuildError(
@@ -294,13 +256,22 @@ class _Build:
 
     def __call__(self, env_dir: Path) -> dict[str, Any]:
         env = clean_env() | {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+        if self.reqs.kind == "uv.lock":
+            env["UV_PROJECT_ENVIRONMENT"] = str(env_dir)
         cwd = self.source_dir if self.source_dir.is_dir() else None
-        self.steps = Steps(env, self.log, timeout=self.timeout, cwd=cwd)  # the clock starts now
+        self.steps = Steps(
+            env, self.log, timeout=self.timeout, cwd=cwd, stop=self.stop
+        )  # clock starts
         self.log(f"env: building venv with {self.installer} for python {self.python.short_version}")
-        self.steps.run(self._create_argv(env_dir), "venv creation", "check the interpreter")
+        synced = self.reqs.kind == "uv.lock"  # uv sync makes the venv and knows what it holds
+        if not synced:
+            self.steps.run(self._create_argv(env_dir), "venv creation", "check the interpreter")
         if self.reqs:
-            self.steps.run(self._install_argv(env_dir), f"{self.installer} install", _INSTALL_HINT)
-        freeze = self.steps.run(self._freeze_argv(env_dir), "freeze", _INSTALL_HINT, quiet=True)
+            self._install(env_dir)
+        if synced:
+            freeze = lockfiles.installed(env_dir)
+        else:
+            freeze = self.steps.run(self._freeze_argv(env_dir), "freeze", _INSTALL_HINT, quiet=True)
         if self.reqs and self.bytecode == "background":
             compile_in_background(env_dir, env)
         return {
@@ -310,6 +281,30 @@ class _Build:
             "requirements": list(self.reqs.lines),
             "freeze": sorted(line for line in freeze if _is_pin(line)),
         }
+
+    def _install(self, env_dir: Path) -> None:
+        """Install the source: a lock exactly as locked, else requirements through the installer."""
+        kind, lock, scratch = self.reqs.kind, self.reqs.file, env_dir.parent / "source"
+        if kind == "uv.lock" and lock is not None:
+            argv = lockfiles.uv_sync_argv(_uv(), lock.parent, self.python.path)
+            argv += self.reqs.selection()
+            if self.bytecode != "build":
+                argv.remove("--compile-bytecode")
+            self.steps.run(argv, "uv sync --frozen", _LOCK_HINT)  # (UV_PROJECT_ENVIRONMENT set)
+            return
+        extra: list[str] = []
+        if kind == "pylock.toml" and lock is not None:
+            extra = ["--preview-features", "pylock", *self.reqs.selection(), "-r"]
+            extra.append(str(lockfiles.pylock_file(lock, self.source_dir, scratch)))
+        elif kind == "poetry.lock" and lock is not None:
+            pins, folders = lockfiles.poetry_requirements(
+                lock, scratch, self.reqs.extras, self.reqs.groups
+            )
+            if folders:
+                self.log(f"env: poetry.lock folders left to sys.path: {', '.join(folders)}")
+            extra = ["--no-deps", "-r", str(pins)]
+        argv = self._install_argv(env_dir, extra)
+        self.steps.run(argv, f"{self.installer} install", _LOCK_HINT if extra else _INSTALL_HINT)
 
     # -- argv ---------------------------------------------------------------------------------------
     def _create_argv(self, env_dir: Path) -> list[str]:
@@ -325,7 +320,7 @@ class _Build:
             str(env_dir),
         ]
 
-    def _install_argv(self, env_dir: Path) -> list[str]:
+    def _install_argv(self, env_dir: Path, requirements: list[str] | None = None) -> list[str]:
         env_python = str(env_dir / "bin" / "python")
         if self.installer == "uv":
             head = [
@@ -341,10 +336,12 @@ class _Build:
         else:
             head = [env_python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
             head += [] if self.bytecode == "build" else ["--no-compile"]
-        return head + self.sources.args() + self._requirement_args()
+        return head + self.sources.args() + (requirements or self._requirement_args())
 
     def _requirement_args(self) -> list[str]:
-        return ["-r", str(self.reqs.file)] if self.reqs.file else list(self.reqs.lines)
+        if self.reqs.file is None:
+            return list(self.reqs.lines)
+        return [*self.reqs.selection(), "-r", str(self.reqs.file)]
 
     def _freeze_argv(self, env_dir: Path) -> list[str]:
         env_python = str(env_dir / "bin" / "python")

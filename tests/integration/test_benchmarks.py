@@ -17,12 +17,16 @@ ROWS = (
     "log volume",
     "log latency",
     "cancel",
+    "feedback: submit -> 'no worker serves'",
+    "feedback: cancel in source stage",
     "throughput",
     "heartbeat: worker main process CPU",
     "fleet: heartbeats, Redis CPU",
     "fleet: heartbeats + runs, Redis CPU",
     "fleet: Redis memory per worker",
+    "docker",
     "cold env",
+    "uv.lock cold env",
 )
 
 

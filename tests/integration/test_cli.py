@@ -47,6 +47,8 @@ def test_submit_from_checkout_runs_what_is_on_disk_and_exits_with_its_code(
     assert done.returncode == 0
     run_id = done.stderr.split("submitted run ")[1].split()[0]
     assert store.get(run_id)["spec"]["diff"], "the uncommitted changes travelled with the run"
+    assert store.get(run_id)["spec"]["workdir"] == "sub"  # where it was submitted from
+    assert "unused_params" not in store.get(run_id)  # the venv run's parser read lr
     failing = cli("submit", "new.py", "--queue", worker.queues, "--executor", "local", "--wait")
     assert failing.returncode == 7, failing.stderr
     os.chdir(tmp_path)
@@ -108,7 +110,8 @@ def test_rerun_keeps_pinned_versions_and_applies_new_params(finished_run, worker
 
 def test_cancel_command_and_unknown_run_error(worker, capsys, redis_url):
     assert main(["cancel", "no-such-run-id"]) == 1
-    assert "no run" in capsys.readouterr().err or True
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'no-such-run-id'" in err and "celery-agent ls" in err
     assert main(["show", "no-such-run-id"]) == 1
     assert "celery-agent ls" in capsys.readouterr().err
 
@@ -151,3 +154,34 @@ def test_secret_env_from_the_environment_is_masked_and_rerun_asks_for_it_again(
     other = hashlib.sha256(b"other").hexdigest()
     assert f"sha {other}" in capsys.readouterr().out
     assert store.list_runs(1)[0]["spec"]["env"] == {"API_KEY": "***"}
+
+
+def test_submit_names_a_requirements_file_from_the_submit_folder_or_the_repo_root(
+    worker, make_repo, tmp_path, store
+):
+    wheels = tmp_path / "wh"
+    write_wheel(wheels, "cademo", "1.0", "VERSION = 'one'\n")
+    write_wheel(wheels, "cademo", "2.0", "VERSION = 'two'\n")
+    repo = make_repo({
+        "envs/new.txt": "cademo==2.0\n",
+        "ex/sk/requirements.txt": "cademo==1.0\n",
+        "ex/sk/train.py": "import cademo\nprint('dep', cademo.VERSION)\n",
+    })  # fmt: skip
+    os.chdir(repo / "ex" / "sk")
+    try:
+        common = ["--queue", worker.queues, "--find-links", str(wheels), "--wait"]
+        done = cli("submit", "train.py", "-r", "requirements.txt", *common)
+        assert done.returncode == 0 and "dep one" in done.stdout, done.stdout + done.stderr
+        run_id = done.stderr.split("submitted run ")[1].split()[0]
+        assert store.get(run_id)["spec"]["requirements_file"] == "ex/sk/requirements.txt"
+        done = cli("submit", "train.py", "--requirements-file", "envs/new.txt", *common)
+        assert done.returncode == 0 and "dep two" in done.stdout, done.stdout + done.stderr
+        missing = cli("submit", "train.py", "-r", "nope.txt", "--queue", worker.queues)
+        assert (
+            missing.returncode != 0
+            and "nope.txt is not a file in this repository" in missing.stderr
+        )
+        both = cli("submit", "train.py", "-r", "requirements.txt", "--req", "six")
+        assert both.returncode != 0 and "not both" in both.stderr
+    finally:
+        os.chdir(tmp_path)

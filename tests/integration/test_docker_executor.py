@@ -24,7 +24,13 @@ from celery_agent.errors import ExecutorUnavailable
 from celery_agent.executors.docker import reap_stale_containers
 from celery_agent.executors.docker_engine import connect
 from celery_agent.executors.docker_index import worker_index
-from celery_agent.executors.docker_options import CACHE_VOLUME, LABEL_PREFIX, MANAGED_LABEL
+from celery_agent.executors.docker_options import (
+    CACHE_VOLUME,
+    LABEL_PREFIX,
+    MANAGED_LABEL,
+    NETWORK_ROLE,
+    ROLE_LABEL,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +83,16 @@ def containers_of(client: Any, run_id: str) -> list[Any]:
     )
 
 
+def removed(client: Any, run_id: str, timeout: float = 30) -> bool:
+    """Whether the run's container is gone within ``timeout`` (it is removed in the background)."""
+    deadline = time.monotonic() + timeout
+    while containers_of(client, run_id):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def wait_for_line(store: Any, run_id: str, text: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,7 +122,9 @@ def test_run_in_a_container_gets_params_output_dir_and_its_own_env(
     assert Path(out["output_dir"], "out.txt").read_text() == "done"
     record = store.get(out["run_id"])
     assert record["env_key"] == docker_client.images.get(IMAGE).short_id.split(":")[1][:12]
-    assert containers_of(docker_client, out["run_id"]) == []
+    assert "unused_params" not in record  # the hook's usage record came out of the container
+    assert not [line for line in lines if "parameters not checked" in line]
+    assert removed(docker_client, out["run_id"])
 
 
 def test_requirements_install_in_the_container_from_a_local_wheelhouse(
@@ -204,6 +222,32 @@ def test_setup_commands_make_a_derived_image_once_and_a_non_root_user_writes_its
     docker_client.images.remove(tag, force=True)
 
 
+NET = """\
+import socket, sys
+socket.create_connection(("pypi.org", 443), timeout=30).close()
+print("net ok", socket.gethostname() == sys.argv[1])
+"""
+
+
+def test_runs_share_the_workers_network_holder_unless_bridge_is_asked(
+    docker_client, worker, make_repo, store
+):
+    repo = make_repo({"train.py": NET})
+    shared = submit_task.delay(docker_spec(repo, worker, args=["-"])).get(timeout=180)
+    assert shared["status"] == "succeeded", shared
+    mine = [
+        f"{ROLE_LABEL}={NETWORK_ROLE}",
+        f"{LABEL_PREFIX}worker={worker.name}@{socket.gethostname()}",
+    ]
+    holders = docker_client.containers.list(filters={"label": mine})
+    names = [c.attrs["Config"]["Hostname"] for c in holders]
+    again = submit_task.delay(docker_spec(repo, worker, args=[names[0]])).get(timeout=180)
+    assert again["status"] == "succeeded" and "net ok True" in again["log_tail"], again
+    own = docker_spec(repo, worker, args=[names[0]], docker={"network": "bridge"})
+    alone = submit_task.delay(own).get(timeout=180)
+    assert alone["status"] == "succeeded" and "net ok False" in alone["log_tail"], alone
+
+
 def test_cancel_stops_and_removes_the_container(docker_client, worker, make_repo, store):
     run = submit(docker_spec(make_repo({"train.py": SLEEPER}), worker, grace=2))
     wait_for_line(store, run.id, "started")
@@ -212,7 +256,7 @@ def test_cancel_stops_and_removes_the_container(docker_client, worker, make_repo
     assert run.cancel() == "running"
     out = run.result.get(timeout=60)
     assert out["status"] == "aborted" and time.monotonic() - t0 < 30
-    assert containers_of(docker_client, run.id) == []
+    assert removed(docker_client, run.id)
 
 
 def test_timeout_stops_the_container_and_ends_timed_out(docker_client, worker, make_repo, store):
@@ -221,7 +265,7 @@ def test_timeout_stops_the_container_and_ends_timed_out(docker_client, worker, m
     assert out["status"] == "timed_out" and "timed out" in out["error"]
     assert "started" in out["log_tail"]
     assert out["usage"]["max_rss_bytes"] > 0, "a run of seconds has its memory sampled"
-    assert containers_of(docker_client, run.id) == []
+    assert removed(docker_client, run.id)
 
 
 def test_missing_image_with_pull_never_fails_naming_the_image(docker_client, worker, make_repo):
@@ -269,11 +313,17 @@ def test_reaping_removes_only_the_named_workers_containers(docker_client):
         for name in (worker, worker, other)
     ]
     made[0].start()
+    holder_labels = {
+        MANAGED_LABEL: "true",
+        f"{LABEL_PREFIX}worker": worker,
+        ROLE_LABEL: NETWORK_ROLE,
+    }
+    made.append(docker_client.containers.create(IMAGE, ["sleep", "600"], labels=holder_labels))
     try:
         assert reap_stale_containers(worker) == 2
         assert reap_stale_containers(worker) == 0
         left = docker_client.containers.list(all=True, filters={"label": MANAGED_LABEL})
-        assert made[2].id in [c.id for c in left]
+        assert {made[2].id, made[3].id} <= {c.id for c in left}, "the network holder is kept"
         assert not {made[0].id, made[1].id} & {c.id for c in left}
     finally:
         for container in made:

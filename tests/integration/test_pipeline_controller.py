@@ -3,7 +3,6 @@ worker runs its two steps."""
 
 from __future__ import annotations
 
-import inspect
 import sys
 import uuid
 from pathlib import Path
@@ -13,19 +12,7 @@ import pytest
 from celery_agent import TaskSpec, get_run, submit
 from celery_agent.services import POOL_ARGS
 
-
-def _runs_reach_the_cluster() -> bool:
-    """Whether the pipeline gives runs the broker settings (runenv.cluster_vars)."""
-    import celery_agent.pipeline
-
-    return "cluster_vars" in inspect.getsource(celery_agent.pipeline)
-
-
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not _runs_reach_the_cluster(), reason="pipeline.py does not pass "
-                       "runenv.cluster_vars to runs yet"),
-]  # fmt: skip
+pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FILES = ("pipeline_controller.py", "pipeline_step_prepare.py", "pipeline_step_train.py")

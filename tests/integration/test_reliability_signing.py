@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -114,6 +113,14 @@ def submit_signed(spec: TaskSpec, env: dict[str, str], wait: bool = True) -> dic
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def in_broker(store, queue: str, task_id: str) -> bool:
+    """Whether Redis still holds the message: on the queue (any priority) or taken and unacked."""
+    r = store.r
+    waiting = sum(r.llen(k) for k in r.scan_iter(f"{queue}*") if r.type(k) == "list")
+    unacked = any(task_id in str(v) for v in r.hvals("unacked"))
+    return bool(waiting or unacked)
+
+
 def test_a_signed_run_succeeds_on_a_signing_worker(make_worker, make_repo, tmp_path, signing):
     queue = f"signed-{uuid.uuid4().hex[:8]}"
     w = make_worker(queue, concurrency=1, **signing)
@@ -138,7 +145,7 @@ def test_an_unsigned_message_is_refused_by_a_signing_worker(
     wait_for(lambda: REFUSED in w.output(), 30)
     assert "Received invalid task message" in w.output()
     assert "application/json" in w.output()
-    time.sleep(2)  # the message was discarded: nothing picks it up later
+    wait_for(lambda: not in_broker(store, queue, run_id), 30)  # discarded: none can start it
     assert store.get(run_id)["state"] == "queued"
     assert not mark.exists(), "the unsigned run must never start"
     # the worker is still fine: a signed run on the same queue goes through
@@ -156,6 +163,6 @@ def test_a_message_signed_with_an_unknown_key_is_refused(
     mark = tmp_path / "ran.txt"
     sent = submit_signed(job_spec(make_repo, queue, mark), stranger, wait=False)
     wait_for(lambda: "Can't decode message body" in w.output(), 30)
-    time.sleep(2)
+    wait_for(lambda: not in_broker(store, queue, str(sent["id"])), 30)
     assert store.get(str(sent["id"]))["state"] == "queued"
     assert not mark.exists(), "a run signed by an untrusted key must never start"

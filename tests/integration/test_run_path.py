@@ -12,6 +12,7 @@ from conftest import git, write_wheel
 
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.errors import SpecError, StateError
+from celery_agent.serving import NoWorkerWarning
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +181,8 @@ def test_timeout_ends_timed_out_and_kills_the_tree(worker, make_repo, store):
 def test_cancel_of_a_queued_run_means_it_never_starts(make_repo, make_worker, store):
     queue = f"later-{uuid.uuid4().hex[:6]}"
     repo = make_repo({"train.py": "open('ran', 'w')\n"})
-    run = submit({"repo": str(repo), "entry": "train.py", "queue": queue, "executor": "local"})
+    with pytest.warns(NoWorkerWarning, match=f"no online worker serves queue '{queue}'"):
+        run = submit({"repo": str(repo), "entry": "train.py", "queue": queue, "executor": "local"})
     assert run.state == "queued"
     assert run.cancel() == "queued" and run.state == "aborted"
     make_worker(queue)

@@ -27,3 +27,19 @@ def test_quickstart_runs_the_example_end_to_end_and_exits_with_its_code(tmp_path
     results = list((tmp_path / "home" / "runs").glob("*/output/result.yaml"))
     assert len(results) == 1 and "accuracy" in results[0].read_text()
     assert "the run finished with exit code 0" in done.stderr
+
+
+def test_rabbitmq_start_is_idempotent_and_prints_the_url(amqp_url):
+    """A second `scripts/rabbitmq start` on the node the session uses finds it answering."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(amqp_url).port
+    env = dict(os.environ, RABBITMQ_PORT=str(port))
+    script = str(ROOT / "scripts" / "rabbitmq")
+    done = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"amqp://guest:guest@127.0.0.1:{port}//"
+    assert (
+        subprocess.run([script, "url"], env=env, capture_output=True, text=True).stdout
+        == done.stdout
+    )

@@ -119,3 +119,15 @@ def test_wait_prints_a_final_status_line_when_the_run_succeeds(worker, make_repo
     captured = capsys.readouterr()
     assert code == 0 and "done here" in captured.out
     assert " succeeded (exit 0) in " in captured.err, captured.err
+
+
+def test_rerun_by_name_can_require_a_worker(make_repo, store, capsys):
+    repo = make_repo({"train.py": "print('hi')\n"})
+    name, nobody = f"exp-{uuid.uuid4().hex[:6]}", f"nobody-{uuid.uuid4().hex[:6]}"
+    assert main(["submit", "train.py", "--repo", str(repo), "-q", nobody, "--name", name]) == 0
+    first = last_run_id(store)
+    assert main(["cancel", name]) == 0
+    capsys.readouterr()
+    assert main(["rerun", name, "--require-worker"]) == EXIT_ERROR
+    assert f"no online worker serves queue '{nobody}'" in capsys.readouterr().err
+    assert last_run_id(store) == first, "nothing was queued"

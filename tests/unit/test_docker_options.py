@@ -279,3 +279,13 @@ def test_bad_volume_is_rejected_when_the_spec_is_built() -> None:
     docker = {"image": "img", "volumes": ["data:/data:rx"]}
     with pytest.raises(SpecError, match="docker volume 'data:/data:rx' is malformed"):
         TaskSpec.parse({"repo": ".", "entry": "t.py", "executor": "docker", "docker": docker})
+
+
+def test_the_workers_shared_network_applies_only_when_the_spec_names_none(tmp_path: Path) -> None:
+    job = _job(tmp_path / "r1")
+    shared = DockerPrepared(python="python3", options=DockerOptions(image="img"), image_id="s:1")
+    assert (
+        container_config(shared, ["t.py"], job, "container:abc")["network_mode"] == "container:abc"
+    )
+    own = replace(shared, options=DockerOptions(image="img", network="bridge"))
+    assert container_config(own, ["t.py"], job, "container:abc")["network_mode"] == "bridge"

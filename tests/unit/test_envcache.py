@@ -260,3 +260,16 @@ def test_two_threads_asking_for_a_missing_key_build_it_once(tmp_path: Path) -> N
         thread.join(timeout=30)
     assert len(counter.read_text().splitlines()) == 1
     assert sorted(r.hit for r in results) == [False, True]
+
+
+def test_a_stop_ends_the_wait_for_another_build_of_the_same_entry(tmp_path: Path) -> None:
+    from celery_agent.errors import Cancelled
+
+    asked = time.monotonic() + 0.3
+    cache = EnvCache(tmp_path, stop=lambda: time.monotonic() >= asked)
+    builder = Builder()
+    held = FileLock(tmp_path / "k.lock", timeout=1)
+    with held, pytest.raises(Cancelled, match="another build of its environment"):
+        cache.get_or_build("k", builder)
+    assert time.monotonic() - asked < 1.0 and builder.calls == []
+    assert cache.get_or_build("k", builder).meta == {"built": 1}, "the lock was let go"

@@ -18,7 +18,7 @@ import pytest
 from celery_agent import envcache, filestamps
 from celery_agent.envcache import EnvCache
 from celery_agent.errors import EnvBuildError
-from celery_agent.executors import venv
+from celery_agent.executors import reqfiles
 from celery_agent.executors.indexes import plain
 from celery_agent.executors.interpreters import Interpreter, find_interpreter
 from celery_agent.executors.venv import env_key, key_parts, read_requirements
@@ -124,7 +124,7 @@ def test_memoized_requirements_txt_is_read_again_when_its_stamp_changes(
 ) -> None:
     path = tmp_path / "requirements.txt"
     path.write_text("six==1.16.0\n")
-    parses = Counting(venv._REQUIREMENTS_FILES, monkeypatch)
+    parses = Counting(reqfiles._FILES, monkeypatch)
     before = key(tmp_path)
     assert key(tmp_path) == before and parses.calls == 1
     rewrite_in_place(path, "six==1.15.0\n")

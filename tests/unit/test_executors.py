@@ -19,7 +19,6 @@ from celery_agent.executors.interpreters import Interpreter, find_interpreter
 from celery_agent.executors.local import LocalExecutor
 from celery_agent.executors.steps import Steps, clean_env
 from celery_agent.executors.venv import (
-    Requirements,
     VenvExecutor,
     key_parts,
     normalize,
@@ -78,15 +77,17 @@ def test_executor_missing_a_dependency_names_the_extra_to_install(
 
 
 @pytest.mark.parametrize("name", ["docker", "conda"])
-def test_docker_and_conda_load_or_say_they_are_unavailable(
-    settings: ExecutorSettings, name: str
+def test_docker_and_conda_always_load_their_dependency_is_asked_for_when_used(
+    settings: ExecutorSettings, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    try:
-        executor = get_executor(name, settings)
-    except ExecutorUnavailable as exc:
-        assert exc.hint
-    else:
-        assert isinstance(executor, Executor) and executor.name == name
+    # their modules import the optional package lazily: loading never needs it
+    executor = get_executor(name, settings)
+    assert isinstance(executor, Executor) and executor.name == name
+    # without the package, unavailable_reason() names the extra to install
+    package = {"docker": "docker", "conda": "rattler"}[name]
+    monkeypatch.setitem(sys.modules, package, None)  # (None in sys.modules: ImportError)
+    reason = executor.unavailable_reason()
+    assert reason is not None and f"celery-agent[{name}]" in reason
 
 
 def test_venv_and_local_are_available_here(settings: ExecutorSettings) -> None:
@@ -137,7 +138,8 @@ def test_a_new_wheel_in_a_find_links_folder_changes_the_key(tmp_path: Path) -> N
 # -- requirements ---------------------------------------------------------------------------------
 def test_spec_requirements_win_over_requirements_txt(tmp_path: Path) -> None:
     (tmp_path / "requirements.txt").write_text("numpy\n")
-    assert read_requirements(spec(requirements=[]), tmp_path) == Requirements()
+    empty = read_requirements(spec(requirements=[]), tmp_path)
+    assert not empty and empty.kind == "requirements" and empty.lines == ()
     assert read_requirements(spec(requirements=["Six"]), tmp_path).lines == ("six",)
 
 
@@ -151,7 +153,7 @@ def test_requirements_txt_with_options_is_passed_through_as_a_file(tmp_path: Pat
     (tmp_path / "requirements.txt").write_text("-e .\nsix\n")
     reqs = read_requirements(spec(), tmp_path)
     assert reqs.file == (tmp_path / "requirements.txt").resolve()
-    assert reqs.file_sha256 and reqs.lines == ()
+    assert reqs.sha256 and reqs.lines == ()
     before = key(tmp_path)
     (tmp_path / "requirements.txt").write_text("-e .\nsix==1.16.0\n")
     assert key(tmp_path) != before
@@ -243,6 +245,23 @@ def test_build_over_its_timeout_is_killed_and_raises_stage_timeout(tmp_path: Pat
         _steps(tmp_path, 0.5, []).run([sys.executable, "-c", code], "pip install", "")
     assert time.monotonic() - start < 10
     assert "env stage timed out after 0.5s" in caught.value.message
+
+
+def test_a_stop_ends_a_build_step_within_a_second_and_kills_its_group(tmp_path: Path) -> None:
+    import psutil
+
+    from celery_agent.errors import Cancelled
+
+    lines: list[str] = []
+    asked = time.monotonic() + 0.3
+    code = "import os, time; print(os.getpid(), flush=True); time.sleep(30)"
+    steps = Steps(clean_env(), lines.append, timeout=60, cwd=tmp_path,
+                  stop=lambda: time.monotonic() >= asked)  # fmt: skip
+    with pytest.raises(Cancelled, match=r"cancelled while preparing \(during pip install\)"):
+        steps.run([sys.executable, "-c", code], "pip install", "")
+    assert time.monotonic() - asked < 1.0
+    pid = int(next(line for line in lines if line.isdigit()))
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_installer_gets_an_explicit_env_without_virtualenv_or_pythonpath(

@@ -1,34 +1,7 @@
 from __future__ import annotations
 
-from celery_agent.dispatch import MAX_REPR, args_repr, display_name
 from celery_agent.flower import HARDWARE_API_PATH, HARDWARE_PATH, install_handlers
 from celery_agent.flowerui.page import history_chart, render_page
-from celery_agent.spec import TaskSpec
-
-SPEC = TaskSpec(
-    repo="https://user:tok-123@example.com/me/exp.git",
-    commit="0123456789abcdef0123",
-    entry="train.py",
-    params={"lr": 0.1},
-    env={"WANDB_API_KEY": "key-456"},
-    diff="--- a/x\n+++ b/x\n+secret-line\n",
-    queue="gpu0",
-)
-
-
-def test_display_name_shows_name_or_entry_and_queue():
-    assert display_name(SPEC) == "run: train.py [gpu0]"
-    assert display_name(SPEC.model_copy(update={"name": "baseline"})) == "run: baseline [gpu0]"
-
-
-def test_args_repr_is_short_and_holds_no_secret():
-    text = args_repr(SPEC)
-    assert "'0123456789ab'" in text and "train.py" in text and "'lr': 0.1" in text
-    assert "+diff" in text
-    for secret in ("tok-123", "key-456", "secret-line", "0123456789abc"):
-        assert secret not in text
-    many = SPEC.model_copy(update={"params": {f"p{i}": i for i in range(100)}})
-    assert len(args_repr(many)) == MAX_REPR and args_repr(many).endswith("…")
 
 
 def test_install_handlers_goes_before_the_catch_all_once():

@@ -17,21 +17,24 @@ from proc_support import gone
 from celery_agent.guard import Guard
 
 # A stand-in for a pool process: starts runs (each a group of two sleepers, as a run with a child
-# of its own), hands the groups listed in argv to its guard, says the pids, then waits to be killed.
+# of its own), hands the groups listed in argv to its guard, waits until each run says its child
+# is started, says the pids, then waits to be killed.
 OWNER = """
 import json, subprocess, sys, time
 from celery_agent.guard import guard
+RUN = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+       "time.sleep(60)']); print('started', flush=True); time.sleep(60)")
 runs = []
 for _ in range(2):
-    p = subprocess.Popen([sys.executable, "-c",
-        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"],
-        start_new_session=True)
-    runs.append(p.pid)
+    p = subprocess.Popen([sys.executable, "-c", RUN], start_new_session=True,
+                         stdout=subprocess.PIPE, text=True)
+    runs.append(p)
     guard().add(p.pid)
-for pid in runs[int(sys.argv[1]):]:
-    guard().remove(pid)
-time.sleep(0.3)  # the children are started
-print(json.dumps(runs), flush=True)
+for p in runs[int(sys.argv[1]):]:
+    guard().remove(p.pid)
+for p in runs:
+    assert p.stdout.readline() == "started\\n"
+print(json.dumps([p.pid for p in runs]), flush=True)
 time.sleep(60)
 """
 

@@ -1,7 +1,9 @@
-"""Monitoring: host metrics, NVML through one choke point (absent here), per-run GPU sampling."""
+"""Monitoring: host metrics, NVML through one choke point (made absent where a test needs it to
+be, so the tests hold on GPU machines too), per-run GPU sampling."""
 
 from __future__ import annotations
 
+import sys
 import time
 import types
 
@@ -12,8 +14,16 @@ from celery_agent.monitoring.host import HostSampler
 from celery_agent.monitoring.sampler import RunGpuSampler
 
 
-def test_no_nvml_means_an_empty_gpu_list_not_an_error():
+@pytest.fixture()
+def no_nvml(monkeypatch):
+    """This process without NVML, whatever the machine has: pynvml cannot be imported."""
+    monkeypatch.setitem(gpu._state, "pid", None)  # (forget what this process found)
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+
+
+def test_no_nvml_means_an_empty_gpu_list_not_an_error(no_nvml):
     assert gpu.nvml_available() is False
+    assert "NVML unavailable" in (gpu.nvml_unavailable_reason() or "")
     assert gpu.gpu_metrics() == [] and gpu.devices() == [] and gpu.process_memory() == {}
     assert gpu.value("nvmlDeviceGetCount") is None
 
@@ -35,7 +45,7 @@ def test_a_snapshot_takes_well_under_100_ms():
     start = time.perf_counter()
     snap = monitor.snapshot()
     assert time.perf_counter() - start < 0.1
-    assert set(snap) == {"at", "host", "gpus"} and snap["gpus"] == []
+    assert set(snap) == {"at", "host", "gpus"} and isinstance(snap["gpus"], list)
 
 
 class _FakeNvml:
@@ -88,10 +98,10 @@ def test_run_sampler_counts_only_the_runs_processes():
     assert summary["gpu_samples"] == 2 and summary["gpu_memory_peak_by_gpu"] == {"A": 300, "B": 50}
 
 
-def test_run_sampler_without_nvml_reports_nothing():
+def test_run_sampler_without_nvml_reports_nothing(no_nvml):
     with RunGpuSampler(interval=0.01) as sampler:
-        time.sleep(0.05)
-    assert sampler.enabled is False and sampler.summary() == {}
+        assert sampler.enabled is False and sampler._thread is None  # nothing samples
+    assert sampler.summary() == {}
 
 
 def test_a_child_forked_while_nvml_locks_are_held_does_not_hang():
@@ -102,8 +112,13 @@ def test_a_child_forked_while_nvml_locks_are_held_does_not_hang():
 
     with gpu._lock, pynvml.libLoadLock:  # what a heartbeat thread holds while it initializes NVML
         pid = os.fork()
-        if pid == 0:  # the child: must answer, not deadlock
+        if pid == 0:  # the child: must answer (either way: GPU machine or not), not deadlock
             signal.alarm(5)
-            os._exit(0 if gpu.nvml_available() is False else 1)
+            code = 1
+            try:
+                gpu.nvml_available()
+                code = 0
+            finally:
+                os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

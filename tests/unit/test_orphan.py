@@ -106,10 +106,16 @@ def _run_of(proc: psutil.Process) -> str | None:
         return None
 
 
-def test_the_watchdog_stays_quiet_while_the_parent_lives():
+def test_the_watchdog_stays_quiet_while_the_parent_lives(monkeypatch: pytest.MonkeyPatch):
     exits: list[int] = []
-    dog = orphan.Watchdog(os.getppid(), interval=0.02, exit=exits.append).start()
-    time.sleep(0.2)
+    looks: list[int] = []
+    real = os.getppid
+    monkeypatch.setattr(orphan.os, "getppid", lambda: looks.append(1) or real())
+    dog = orphan.Watchdog(real(), interval=0.02, exit=exits.append).start()
+    deadline = time.monotonic() + 10
+    while len(looks) < 10:  # ten looks at the parent, each finding it alive
+        assert time.monotonic() < deadline and dog._thread.is_alive(), len(looks)
+        time.sleep(0.01)
     dog.stop()
     assert exits == [] and not dog.fired.is_set()
 

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from celery_agent.errors import SpecError
-from celery_agent.spec import TaskSpec, parse_param
+from celery_agent.params import parse_param
+from celery_agent.spec import TaskSpec
 
 
 def make(**kw):
@@ -44,6 +45,10 @@ def test_invalid_spec_names_the_field_and_the_fix(fields, words):
         make(**fields)
     assert words in str(info.value)
     assert str(info.value).startswith("invalid task spec: ")
+    assert str(info.value).count("invalid task spec") == 1 and info.value.field != "spec"
+    with pytest.raises(SpecError) as direct:
+        TaskSpec(**({"repo": "/tmp/r", "entry": "train.py"} | fields))
+    assert direct.value.args == info.value.args
 
 
 def test_spec_built_directly_raises_spec_error_naming_the_field():
@@ -156,3 +161,18 @@ def test_stored_form_masks_secret_values_and_repo_credentials():
 def test_a_spec_with_nothing_to_hide_is_its_own_masked_form():
     spec = make(env={"A": "1"})
     assert spec.masked() is spec and TaskSpec.parse(spec.to_json()) == spec
+
+
+def test_options_built_directly_raise_spec_error_with_their_own_fields():
+    from celery_agent.spec import CondaOptions, DockerOptions
+
+    with pytest.raises(
+        SpecError, match="imag: unknown field; known fields: image, install"
+    ) as info:
+        DockerOptions(imag="python:3.11")
+    assert "image" in info.value.field and isinstance(info.value, ValueError)
+    with pytest.raises(SpecError, match="exactly one of"):
+        CondaOptions()
+    with pytest.raises(SpecError, match="docker.pul: unknown field; known fields: image, install"):
+        TaskSpec.parse({"repo": "r", "entry": "t.py", "executor": "docker",
+                        "docker": {"image": "x", "pul": "never"}})  # fmt: skip

@@ -1,0 +1,132 @@
+"""RabbitMQ as the broker (state and results stay in Redis): the run path with re-queue priorities,
+cancel, a killed worker and a drained one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from test_reliability_recovery import SCRIPT, pids, spec, wait_for
+
+from celery_agent import submit_task
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def broker(amqp_url: str, redis_url: str) -> Iterator[str]:
+    """This process sends through RabbitMQ for the module's tests; Redis again after them."""
+    from celery_agent.app import use_environment
+
+    os.environ["CELERY_BROKER_URL"] = amqp_url
+    use_environment()
+    yield amqp_url
+    del os.environ["CELERY_BROKER_URL"]
+    use_environment()
+
+
+def queue_name(tag: str) -> str:
+    return f"rmq-{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def test_runs_go_through_rabbitmq_and_a_requeued_one_goes_first(
+    broker, make_worker, make_repo, tmp_path, store
+):
+    """Classic queues are declared with x-max-priority: the re-queue priority beats new runs."""
+    from celery_agent.app import app
+    from celery_agent.requeue import celery_resend
+
+    queue = queue_name("order")
+    starts = tmp_path / "starts.txt"
+    code = (
+        f"import os\nopen({str(starts)!r}, 'a').write(os.environ['CELERY_AGENT_RUN_ID'] + '\\n')\n"
+    )
+    fields = {"repo": str(make_repo({"job.py": code})), "entry": "job.py", "queue": queue,
+              "executor": "local"}  # fmt: skip
+    backlog = [submit_task.delay(fields).id for _ in range(3)]
+    again = str(uuid.uuid4())
+    store.create_run(again, fields, queue)
+    celery_resend(app)(again, fields, queue)  # sent last, as the sweep sends a requeued run
+    w = make_worker(queue, concurrency=1, CELERY_BROKER_URL=broker)
+    for run_id in [again, *backlog]:
+        assert app.AsyncResult(run_id).get(timeout=60)["status"] == "succeeded"
+    assert starts.read_text().split() == [again, *backlog]
+    assert "amqp://" in w.output()
+
+
+def test_cancel_on_rabbitmq(broker, make_worker, make_repo, tmp_path, store):
+    queue = queue_name("cancel")
+    make_worker(queue, concurrency=1, CELERY_BROKER_URL=broker)
+    r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=60, grace=0))
+    wait_for(lambda: pids(tmp_path), 30)
+    store.request_abort(r.id)
+    assert r.get(timeout=30)["status"] == "aborted"
+
+
+def test_a_killed_workers_run_comes_back_on_rabbitmq(
+    broker, make_worker, make_repo, tmp_path, store
+):
+    """RabbitMQ gives the dead worker's message back as its connection drops; the claim of the
+    dead runner (on this machine) is taken over, or the sweep requeues the run."""
+    queue = queue_name("kill")
+    workers = [make_worker(queue, concurrency=1, CELERY_BROKER_URL=broker) for _ in range(2)]
+    r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=3))
+    wait_for(lambda: pids(tmp_path), 30)
+    name = store.get(r.id)["worker"]
+    victim = next(w for w in workers if name == f"{w.name}@{socket.gethostname()}")
+    os.killpg(victim.proc.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    victim.proc.wait()
+    out = r.get(timeout=60)
+    assert out["status"] == "succeeded", out
+    assert time.monotonic() - killed_at < 20 + 3, "back and done within the recovery goal"
+    record = store.get(r.id)
+    assert record["attempt"] == 2 and record["lost_attempts"] == 1, record
+    assert len(pids(tmp_path)) == 2
+
+
+def test_a_drained_run_goes_back_through_rabbitmq(broker, make_worker, make_repo, tmp_path, store):
+    queue = queue_name("drain")
+    env = {"CELERY_BROKER_URL": broker}
+    first = make_worker(queue, concurrency=1, CELERY_AGENT_DRAIN_GRACE="1", **env)
+    r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=3))
+    wait_for(lambda: pids(tmp_path), 30)
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(15)
+    record = store.get(r.id)
+    assert record["state"] == "queued" and "drained" in record["last_error"], record
+    make_worker(queue, concurrency=1, **env)
+    assert r.get(timeout=60)["status"] == "succeeded"
+    assert store.get(r.id)["attempt"] == 2
+
+
+def test_quorum_queues_carry_runs(broker, make_worker, make_repo, tmp_path, monkeypatch):
+    """amqp_queue_type = quorum: the run's queue is a quorum queue (declaring it classic fails)."""
+    from amqp.exceptions import PreconditionFailed
+    from kombu import Connection
+
+    from celery_agent.app import use_environment
+
+    # (a queue keeps the type it was declared with: this test's sweep queue is its own too)
+    env = {"CELERY_AGENT_AMQP_QUEUE_TYPE": "quorum", "CELERY_AGENT_SWEEP_QUEUE": queue_name("sw")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    use_environment()
+    try:
+        queue = queue_name("quorum")
+        make_worker(queue, concurrency=1, CELERY_BROKER_URL=broker, **env)
+        r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=0.2))
+        assert r.get(timeout=60)["status"] == "succeeded"
+        with Connection(broker) as conn, pytest.raises(PreconditionFailed, match="x-queue-type"):
+            conn.default_channel.queue_declare(
+                queue=queue, durable=True, auto_delete=False, arguments={"x-queue-type": "classic"}
+            )
+    finally:
+        for name in env:
+            monkeypatch.delenv(name)
+        use_environment()
