@@ -27,7 +27,7 @@ from celery_agent.executors.interpreters import base_interpreter
 from .context import AGENT_QUEUE, Context, quiet
 from .report import Row, median
 
-SLACK = 1.10  #: our cold build may take this many times `uv sync --frozen` by hand (neither compiles)
+SLACK = 1.10  #: our cold build may take this many times `uv sync --frozen` by hand (no .pyc)
 FULL = ["numpy", "scikit-learn", "pyyaml"]
 LOCAL_INDEX = Path("/opt/pypi/simple")
 
