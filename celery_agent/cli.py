@@ -207,7 +207,7 @@ def _source_fields(
     workdir: str | None,
     reqs_file: str | None = None,
 ) -> dict[str, Any]:
-    from .capture import missing_entry
+    from .capture import missing_entry, requirements_path
     from .source import capture
 
     if repo is not None:  # no checkout here: paths are the repository's own
@@ -231,24 +231,8 @@ def _source_fields(
     return fields | {
         "entry": entry,
         "workdir": _in_repo(workdir or ".", captured.root, "--workdir"),
-        "requirements_file": reqs_file and _in_checkout(reqs_file, captured.root),
+        "requirements_file": reqs_file and requirements_path(reqs_file, captured.root),
     }
-
-
-def _in_checkout(path: str, root: Path) -> str:
-    """A requirements file named from the submit folder, else from the repo root, as a path from
-    the repo root; an error when it is in neither or outside the repository."""
-    for base in (Path.cwd(), root):
-        found = (base / path).resolve()
-        if found.is_file():
-            try:
-                return found.relative_to(root.resolve()).as_posix()
-            except ValueError:
-                break
-    raise click.BadParameter(
-        f"{path} is not a file in this repository (looked in {Path.cwd()} and {root})",
-        param_hint="--requirements-file",
-    )
 
 
 def _in_repo(path: str, root: Path, what: str) -> str | None:

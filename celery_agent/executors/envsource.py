@@ -100,15 +100,16 @@ class EnvSource:
         return str(self.project.import_root) if self.project is not None else None
 
 
-def resolve(spec: TaskSpec, root: Path, *, locks: bool = True) -> EnvSource:
+def resolve(spec: TaskSpec, root: Path | str, *, locks: bool = True) -> EnvSource:
     """The source of ``spec``'s environment in the checkout at ``root`` (see the module's order).
 
-    Without ``locks`` lock files are passed over (an installer that cannot read them).
+    Without ``locks`` lock files are passed over (an installer that cannot read them). Paths are
+    strings here: this runs on every prepare, cache hits included.
     """
-    root = Path(os.path.abspath(root))
-    folders = list(_upward(entry_folder(spec, root), root))
+    top = os.path.abspath(root)
+    folders = list(_upward(entry_folder(spec, top), top))
     project = next((p for p in map(pyprojects.read, folders) if p is not None), None)
-    found = _find(spec, root, folders, project, locks)
+    found = _find(spec, top, folders, project, locks)
     if (spec.extras or spec.groups) and found.kind not in _PROJECT_KINDS:
         raise SpecError(
             "extras and groups choose from a project's lock file or pyproject.toml, and this "
@@ -123,76 +124,79 @@ _PROJECT_KINDS = (*LOCKS, "pyproject.toml")
 
 
 def _find(
-    spec: TaskSpec, root: Path, folders: list[Path], project: Project | None, locks: bool
+    spec: TaskSpec, root: str, folders: list[str], project: Project | None, locks: bool
 ) -> EnvSource:
     if spec.requirements is not None:
         return _listed(tuple(spec.requirements), project)
     if spec.requirements_file:
-        return _from_file("requirements_file", root / spec.requirements_file, root, project)
+        path = os.path.join(root, spec.requirements_file)
+        return _from_file("requirements_file", path, root, project)
     for folder in folders:
         found = _project_source(folder, root, locks, spec)
         if found is not None:
             return found
     for folder in folders:
-        if os.path.isfile(folder / "requirements.txt"):
-            return _from_file("requirements.txt", folder / "requirements.txt", root, project)
+        path = os.path.join(folder, "requirements.txt")
+        if os.path.isfile(path):
+            return _from_file("requirements.txt", path, root, project)
     return EnvSource("none", project=project)
 
 
-def entry_folder(spec: TaskSpec, root: Path) -> Path:
+def entry_folder(spec: TaskSpec, root: Path | str) -> str:
     """The folder the entry lives in: a script's (a path from the root); for '-m pkg.mod', pkg's
     folder under ``workdir`` (where the run starts, so where Python finds the module) if any."""
     if not spec.module:
-        return (root / spec.entry).parent
-    base = root / spec.workdir if spec.workdir else root
+        return os.path.dirname(os.path.join(root, spec.entry))
+    base = os.path.join(root, spec.workdir) if spec.workdir else str(root)
     parts = spec.module.split(".")[:-1]
-    while parts and not (base.joinpath(*parts)).is_dir():
+    while parts and not os.path.isdir(os.path.join(base, *parts)):
         parts.pop()
-    return base.joinpath(*parts)
+    return os.path.join(base, *parts)
 
 
-def _upward(start: Path, root: Path) -> Iterator[Path]:
+def _upward(start: str, root: str) -> Iterator[str]:
     """``start`` and each parent up to ``root`` (only ``root`` when ``start`` is outside it)."""
-    root = Path(os.path.normpath(root))
-    folder = Path(os.path.normpath(start))
-    if folder != root and root not in folder.parents:
+    root, folder = os.path.normpath(root), os.path.normpath(start)
+    if folder != root and not folder.startswith(root + os.sep):
         yield root
         return
     while True:
         yield folder
         if folder == root:
             return
-        folder = folder.parent
+        folder = os.path.dirname(folder)
 
 
-def _project_source(folder: Path, root: Path, locks: bool, spec: TaskSpec) -> EnvSource | None:
+def _project_source(folder: str, root: str, locks: bool, spec: TaskSpec) -> EnvSource | None:
     project = pyprojects.read(folder)
     chosen = {"extras": tuple(spec.extras), "groups": tuple(spec.groups)}
     for name in LOCKS if locks else ():
-        path = folder / name
-        digest = _HASHES.get(str(path))
+        path = os.path.join(folder, name)
+        digest = _HASHES.get(path)
         if digest is not None:
-            return EnvSource(name, _rel(path, root), digest, file=path, project=project, **chosen)
+            rel = _rel(path, root)
+            return EnvSource(name, rel, digest, file=Path(path), project=project, **chosen)
     if project is None:
         return None
-    rel, path = _rel(folder / "pyproject.toml", root), folder / "pyproject.toml"
+    path = os.path.join(folder, "pyproject.toml")
+    rel = _rel(path, root)
     if project.dependencies is None:  # dynamic: the build backend says what they are
-        digest = _HASHES.get(str(path))
-        return EnvSource("pyproject.toml", rel, digest, file=path, project=project, **chosen)
+        digest = _HASHES.get(path)
+        return EnvSource("pyproject.toml", rel, digest, file=Path(path), project=project, **chosen)
     if "project" not in project.data and (spec.extras or spec.groups):
         raise SpecError(
             f"{rel} declares a poetry project without a lock: its extras and groups are read "
             "from its poetry.lock",
             "run poetry lock and commit poetry.lock, or drop extras and groups",
         )
-    wanted = project.dependencies + pyprojects.chosen(project, spec.extras, spec.groups)
-    lines = reqfiles.normalize(wanted)
-    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
-    return EnvSource("pyproject.toml", rel, digest, lines, project=project)
+    lines = _listed_lines(
+        project.dependencies + pyprojects.chosen(project, spec.extras, spec.groups)
+    )
+    return EnvSource("pyproject.toml", rel, _lines_hash(lines), lines, project=project)
 
 
-def _from_file(kind: str, path: Path, root: Path, project: Project | None) -> EnvSource:
-    found = reqfiles.read(path)
+def _from_file(kind: str, path: str, root: str, project: Project | None) -> EnvSource:
+    found = reqfiles.read(Path(path))
     rel = _rel(path, root)
     if found.lines:
         return EnvSource(kind, rel, found.sha256, found.lines, project=project)
@@ -204,16 +208,22 @@ def _listed_lines(lines: tuple[str, ...]) -> tuple[str, ...]:
     return reqfiles.normalize(lines)
 
 
+@functools.lru_cache(maxsize=256)
+def _lines_hash(lines: tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 def _listed(lines: tuple[str, ...], project: Project | None) -> EnvSource:
     """A spec's requirement list, normalized once per distinct list (specs repeat them)."""
     return EnvSource("requirements", lines=_listed_lines(lines), project=project)
 
 
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return Path(os.path.normpath(path)).relative_to(os.path.normpath(root)).as_posix()
-    except ValueError:
-        return str(path)
+def _rel(path: str, root: str) -> str:
+    """``path`` from ``root`` with '/' separators (as it is when it lies outside ``root``)."""
+    path, root = os.path.normpath(path), os.path.normpath(root)
+    if path.startswith(root + os.sep):
+        return path[len(root) + 1 :].replace(os.sep, "/")
+    return path
 
 
 def _sha256(path: str, stamp: Stamp) -> str:

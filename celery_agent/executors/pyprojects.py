@@ -32,7 +32,7 @@ class Project:
     data: dict[str, Any] = field(compare=False)  #: the parsed pyproject.toml
 
 
-def read(folder: Path) -> Project | None:
+def read(folder: Path | str) -> Project | None:
     """The project declared by ``folder/pyproject.toml``, or None (no file, or tool settings only)."""
     return _PROJECTS.get(os.path.join(folder, "pyproject.toml"))
 

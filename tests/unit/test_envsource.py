@@ -44,9 +44,11 @@ def test_a_script_is_a_path_from_the_root_and_a_module_is_found_under_the_workdi
     files(tmp_path, {"requirements.txt": "numpy\n", "ex/a/requirements.txt": "six\n"})
     assert resolve(spec("ex/a/run.py", workdir="ex"), tmp_path).rel == "ex/a/requirements.txt"
     assert resolve(spec("run.py", workdir="ex/a"), tmp_path).rel == "requirements.txt"
-    assert entry_folder(spec("-m pkg.sub.mod", workdir="ex"), tmp_path) == tmp_path / "ex"
+    assert entry_folder(spec("-m pkg.sub.mod", workdir="ex"), tmp_path) == str(tmp_path / "ex")
     (tmp_path / "ex/pkg/sub").mkdir(parents=True)
-    assert entry_folder(spec("-m pkg.sub.mod", workdir="ex"), tmp_path) == tmp_path / "ex/pkg/sub"
+    assert entry_folder(spec("-m pkg.sub.mod", workdir="ex"), tmp_path) == str(
+        tmp_path / "ex/pkg/sub"
+    )
 
 
 def test_includes_resolve_from_the_including_file_and_change_the_hash(tmp_path: Path) -> None:
