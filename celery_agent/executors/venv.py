@@ -325,6 +325,13 @@ class _Build:
             if folders:
                 self.log(f"env: poetry.lock folders left to sys.path: {', '.join(folders)}")
             extra = ["--no-deps", "-r", str(pins)]
+        elif self.reqs.local:  # projects of the checkout: their code on sys.path, deps here
+            copy = scratch / "requirements.txt"
+            scratch.mkdir(parents=True, exist_ok=True)
+            copy.write_text(self.reqs.requirements_text())
+            names = ", ".join(p.name for p in self.reqs.local)
+            self.log(f"env: {names} from the checkout go on sys.path; their dependencies here")
+            extra = ["-r", str(copy)]
         argv = self._install_argv(env_dir, extra)
         self.steps.run(argv, f"{self.installer} install", _LOCK_HINT if extra else _INSTALL_HINT)
 
