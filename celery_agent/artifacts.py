@@ -125,7 +125,6 @@ class ArtifactStore:
     def _copy_all(
         self, run_id: str, folder: Path, files: list[str], threads: int
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        self.fs.makedirs(self._path(run_id), exist_ok=True)
         with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
             done = list(pool.map(lambda rel: self._copy_retried(run_id, folder, rel), files))
         kept = [entry for entry in done if isinstance(entry, dict)]
