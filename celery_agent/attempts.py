@@ -83,6 +83,13 @@ def admit(store: RunStore, run_id: str, token: str, ttl: float, worker: str) -> 
     return Admission(cancelled, draining, record)
 
 
+def stop_if_lost(run_id: str, stop_reason: str | None) -> None:
+    """Raise DuplicateRun when the run's stop reason is 'lost': its claim expired while this
+    attempt stalled and another runner holds it now, so this attempt ends and writes nothing."""
+    if stop_reason == "lost":
+        raise DuplicateRun(f"run {run_id}: its claim expired and another runner has it now")
+
+
 def kill_leftovers(run_id: str) -> list[int]:
     """Kill every process on this machine of ``run_id`` (call as its new runner, before it starts:
     they belong to an attempt whose runner died); returns their pids."""

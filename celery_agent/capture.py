@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SourceError
+from .errors import SourceError, SpecError
 from .gitcmd import Git, git_env, redact
 
 _DIFF_OPTIONS = (
@@ -175,3 +175,20 @@ def missing_entry(root: Path, entry: str, commit: str, diff: str) -> SourceError
         if not diff and not ignored:
             hint = "it is not committed: commit it, or drop --no-diff/--commit to send your changes"
     return SourceError(f"entry {entry!r} is not in {where}", hint)
+
+
+def requirements_path(path: str, root: Path) -> str:
+    """A requirements file named from the current folder, else from the repository root, as a
+    path from the root; SpecError when it is in neither or lies outside the repository."""
+    for base in (Path.cwd(), root):
+        found = (base / path).resolve()
+        if found.is_file():
+            try:
+                return found.relative_to(root.resolve()).as_posix()
+            except ValueError:
+                break
+    raise SpecError(
+        f"requirements file {path} is not a file in this repository (looked in {Path.cwd()} "
+        f"and {root})",
+        "give a path from the current folder or the repository root",
+    )

@@ -102,6 +102,8 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
     "--requirements-file", "-r", "requirements_file", default=None,
     help="a requirements file in the repo (from the submit folder or the repo root)",
 )  # fmt: skip
+@click.option("--extra", "extras", multiple=True, help="an extra of the project (repeat)")
+@click.option("--group", "groups", multiple=True, help="a dependency group of the project (repeat)")
 @click.option(
     "--find-links", "find_links", multiple=True, help="a local wheel folder or page (repeat)"
 )
@@ -142,7 +144,7 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 )
 def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], strict_params: bool, requirements: tuple[str, ...],
            find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
-           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None,
+           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
            require_pushed: bool, workdir: str | None, wait: bool, wait_timeout: float | None, require_worker: bool,
            extra_index_urls: tuple[str, ...] = (), no_index: bool = False) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
@@ -167,7 +169,11 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
         | {"secret_env": list(secret_env), "strict_params": strict_params}
         | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
-        | {"extra_index_urls": list(extra_index_urls)}
+        | {
+            "extra_index_urls": list(extra_index_urls),
+            "extras": list(extras),
+            "groups": list(groups),
+        }
         | ({"requirements": list(requirements)} if requirements else {})
     )
     run = _send(spec, require_worker)
@@ -201,7 +207,7 @@ def _source_fields(
     workdir: str | None,
     reqs_file: str | None = None,
 ) -> dict[str, Any]:
-    from .capture import missing_entry
+    from .capture import missing_entry, requirements_path
     from .source import capture
 
     if repo is not None:  # no checkout here: paths are the repository's own
@@ -225,24 +231,8 @@ def _source_fields(
     return fields | {
         "entry": entry,
         "workdir": _in_repo(workdir or ".", captured.root, "--workdir"),
-        "requirements_file": reqs_file and _in_checkout(reqs_file, captured.root),
+        "requirements_file": reqs_file and requirements_path(reqs_file, captured.root),
     }
-
-
-def _in_checkout(path: str, root: Path) -> str:
-    """A requirements file named from the submit folder, else from the repo root, as a path from
-    the repo root; an error when it is in neither or outside the repository."""
-    for base in (Path.cwd(), root):
-        found = (base / path).resolve()
-        if found.is_file():
-            try:
-                return found.relative_to(root.resolve()).as_posix()
-            except ValueError:
-                break
-    raise click.BadParameter(
-        f"{path} is not a file in this repository (looked in {Path.cwd()} and {root})",
-        param_hint="--requirements-file",
-    )
 
 
 def _in_repo(path: str, root: Path, what: str) -> str | None:

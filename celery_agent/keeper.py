@@ -39,6 +39,9 @@ class Held:
     def __init__(self, store: RunStore, run_id: str, token: str, ttl: float) -> None:
         self.store, self.run_id, self.token, self.ttl = store, run_id, token, ttl
         self.cancel_heard = False
+        #: the holder of the run's claim now, when it expired and another runner took it: this
+        #: attempt must stop and write nothing more (the run is that runner's now)
+        self.lost_to: str | None = None
         self.renew_at = time.monotonic() + ttl / RENEWALS
         self._lock = threading.Lock()
         self._fields: dict[str, Any] = {}
@@ -75,7 +78,7 @@ class Held:
         transition instead of three writes); ``end``'s own values win."""
         with self._lock:
             pipe = self.store.r.pipeline(transaction=False)
-            deferred = self._queue(pipe, end)
+            deferred = self._queue(pipe, end) if self.lost_to is None else 0
             if build is not None:
                 build(pipe)
             if not len(pipe):
@@ -184,9 +187,17 @@ class Keeper:
                 logger.warning("run %s: %s", held.run_id, err)
 
     def _renew(self, held: Held) -> None:
-        if not self.store.renew_claim(held.run_id, held.token, held.ttl):
-            logger.warning("claim on run %s was lost; re-claiming it", held.run_id)
-            self.store.claim(held.run_id, held.token, held.ttl)
+        """Renew the claim; when it expired (this process stalled, or Redis lost it), claim it
+        again unless another runner has it by now: then this attempt must stop."""
+        if held.lost_to is not None or self.store.renew_claim(held.run_id, held.token, held.ttl):
+            return
+        holder = self.store.claim(held.run_id, held.token, held.ttl)
+        if holder is None:
+            logger.warning("claim on run %s had expired; claimed it again", held.run_id)
+        else:
+            held.lost_to = holder
+            logger.warning("run %s: its claim expired and %s runs it now; stopping this attempt",
+                           held.run_id, holder)  # fmt: skip
 
 
 _keepers: dict[tuple[int, int], Keeper] = {}

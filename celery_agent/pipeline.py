@@ -316,6 +316,7 @@ class Job:
         status: str = outcome.status
         if outcome.status == state.ABORTED and self.stop_reason() == "drain":
             return self.requeue(f"worker {self.ctx.worker} drained while it ran")
+        attempts.stop_if_lost(self.run_id, self.stop_reason())
         if outcome.status == state.FAILED:
             error = AgentError(f"the run exited with code {outcome.exit_code}", stage_hint(outcome))
         elif outcome.status == state.TIMED_OUT:
@@ -438,6 +439,7 @@ class Job:
     def check_abort(self) -> None:
         """Raise Cancelled when someone asked to cancel the run, Drained when its worker drains."""
         if self.stops():
+            attempts.stop_if_lost(self.run_id, self.stop_reason())
             if self.stop_reason() == "drain":
                 raise Drained()
             raise Cancelled("cancelled while preparing")

@@ -150,9 +150,9 @@ class TaskSpec(_Validated):
     requirements: list[str] | None = Field(
         None, description="pip requirements; None: requirements_file, else the repo's own"
     )
-    requirements_file: str | None = Field(
-        None, description="a requirements file in the repo (-r/-c lines read relative to it)"
-    )
+    requirements_file: str | None = Field(None, description="a requirements file in the repo")
+    extras: list[str] = Field(default_factory=list, description="the project's extras to install")
+    groups: list[str] = Field(default_factory=list, description="dependency groups to install too")
     index_url: str | None = Field(
         None, description="package index to install from; ${NAME} is filled in on the worker"
     )
@@ -201,18 +201,11 @@ class TaskSpec(_Validated):
         _inside_repo(v, "entry")
         return v
 
-    @field_validator("workdir")
+    @field_validator("workdir", "requirements_file")
     @classmethod
-    def _workdir(cls, v: str | None) -> str | None:
+    def _repo_path(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None:
-            _inside_repo(v, "workdir")
-        return v
-
-    @field_validator("requirements_file")
-    @classmethod
-    def _requirements_file(cls, v: str | None) -> str | None:
-        if v is not None:
-            _inside_repo(v, "requirements_file")
+            _inside_repo(v, info.field_name or "path")
         return v
 
     @field_validator("params")
@@ -329,9 +322,7 @@ class TaskSpec(_Validated):
         if self.diff and not self.diff.endswith("\n"):
             object.__setattr__(self, "diff", self.diff + "\n")
         if self.requirements is not None and self.requirements_file:
-            raise ValueError(
-                "give requirements or requirements_file, not both (the list would hide the file)"
-            )
+            raise ValueError("give requirements or requirements_file, not both")
         if self.executor == "docker" and self.docker is None:
             raise ValueError(
                 "executor 'docker' needs docker options: docker={'image': 'python:3.11-slim'}"

@@ -1,4 +1,5 @@
-"""Why a running run should stop: a cancel (pub/sub nudge or flag) or its worker draining.
+"""Why a running run should stop: a cancel (pub/sub nudge or flag), its worker draining, or its
+claim lost to another runner (this process stalled past the claim's TTL).
 
 The runner asks :meth:`StopWatch.__call__` every few milliseconds. The process's
 :class:`~celery_agent.keeper.Keeper` listens on the abort channel, so a cancel is seen at once; the
@@ -16,7 +17,8 @@ CHECK_EVERY = 0.02  #: seconds between the runner's looks at the stop watch
 
 
 class StopWatch:
-    """A callable: True once the run should stop; ``reason`` says why ('cancel' or 'drain')."""
+    """A callable: True once the run should stop; ``reason`` says why ('cancel', 'drain' or
+    'lost')."""
 
     def __init__(self, held: Held, worker: str, poll: float) -> None:
         self.held, self.worker, self.poll = held, worker, poll
@@ -25,6 +27,8 @@ class StopWatch:
 
     def __call__(self) -> bool:
         """Whether the run should stop now."""
+        if self.held.lost_to is not None:
+            self.reason = "lost"
         if self.reason is None and self.held.cancel_heard:
             self.reason = "cancel"
         now = time.monotonic()

@@ -143,15 +143,17 @@ class DockerExecutor(Executor):
             self.settings.build_timeout,
         )  # fmt: skip
         key = EnvCache.key(parts)
-        cached = self.env_cache().get_or_build(key, install, label=_label(options, reqs))
+        cached = self.env_cache().get_or_build(key, install, label=_label(options, reqs), hold=True)
         how = "reused" if cached.hit else "installed"
         log(f"env: requirements {how} in {cached.path} ({key}) in {cached.seconds:.3f}s")
         prepared.site_dir = str(cached.path)
-        prepared.cache_key, prepared.cache_hit = key, cached.hit
+        prepared.cache_key, prepared.cache_hit, prepared.lease = key, cached.hit, cached.lease
         prepared.freeze = list(cached.meta.get("freeze", []))
         prepared.facts["env_index"] = str(cached.meta.get("index", "none"))
 
-    def run(self, prepared: PreparedEnv, argv: Sequence[str], job: RunRequest) -> ProcessOutcome:
+    def _run_here(
+        self, prepared: PreparedEnv, argv: Sequence[str], job: RunRequest
+    ) -> ProcessOutcome:
         """Run ``argv`` (interpreter arguments) in a new container and supervise it."""
         if not isinstance(prepared, DockerPrepared) or prepared.options is None:
             raise RunError("the docker executor got an environment it did not prepare")

@@ -173,8 +173,10 @@ def reap_stale_containers(worker: str) -> int:
         return 0
     try:
         wanted = [MANAGED_LABEL, f"{LABEL_PREFIX}worker={worker}"]
-        found = client.containers.list(all=True, filters={"label": wanted})
-        removed = sum(_remove(c) for c in found if c.labels.get(ROLE_LABEL) != NETWORK_ROLE)
+        # sparse: no inspect per container, which fails for one removed meanwhile
+        found = client.containers.list(all=True, filters={"label": wanted}, sparse=True)
+        kept = [c for c in found if (c.attrs.get("Labels") or {}).get(ROLE_LABEL) == NETWORK_ROLE]
+        removed = sum(_remove(c) for c in found if c not in kept)
     finally:
         client.close()
     if removed:

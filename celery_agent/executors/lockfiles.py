@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +95,23 @@ def _top_table(line: str) -> bool:
     return stripped.startswith("[") and not re.match(r"^\[\[?packages[.\]]", stripped)
 
 
-def poetry_requirements(lock: Path, scratch: Path) -> tuple[Path, list[str]]:
+def poetry_requirements(
+    lock: Path, scratch: Path, extras: Sequence[str] = (), groups: Sequence[str] = ()
+) -> tuple[Path, list[str]]:
     """A requirements file in ``scratch`` pinning what ``poetry install`` would install from
-    ``lock`` (the groups that are not optional), and the names of folder packages left out."""
+    ``lock`` (the groups that are not optional, and ``groups``; the optional packages of
+    ``extras``), and the names of folder packages left out."""
     data = _toml(lock)
     project = pyprojects.read(lock.parent)
     optional = pyprojects.optional_poetry_groups(project.data) if project else set()
+    optional -= set(groups)
+    table = data.get("extras") or {}
+    wanted = {canonicalize_name(n) for e in extras for n in _poetry_extra(table, e, lock)}
     files = (data.get("metadata") or {}).get("files") or {}
     lines, folders = [], []
     for pkg in data.get("package") or []:
-        groups = _poetry_groups(pkg) - optional
-        if pkg.get("optional") or not groups:
+        among = _poetry_groups(pkg) - optional
+        if not among or (pkg.get("optional") and canonicalize_name(pkg["name"]) not in wanted):
             continue
         source = pkg.get("source") or {}
         if source.get("type") in ("directory", "file") and not _is_wheel(source):
@@ -113,7 +120,7 @@ def poetry_requirements(lock: Path, scratch: Path) -> tuple[Path, list[str]]:
         hashes = [
             f["hash"] for f in pkg.get("files") or files.get(pkg["name"]) or [] if "hash" in f
         ]
-        lines.append((_pin(pkg, source, lock.parent) + _markers(pkg, groups), hashes))
+        lines.append((_pin(pkg, source, lock.parent) + _markers(pkg, among), hashes))
     hashed = all(h for _, h in lines)
     text = "".join(
         line + "".join(f" --hash={h}" for h in hs if hashed) + "\n" for line, hs in lines
@@ -122,6 +129,14 @@ def poetry_requirements(lock: Path, scratch: Path) -> tuple[Path, list[str]]:
     out = scratch / "poetry-requirements.txt"
     out.write_text(text)
     return out, folders
+
+
+def _poetry_extra(extras: dict[str, Any], name: str, lock: Path) -> list[str]:
+    for key, names in extras.items():
+        if canonicalize_name(key) == canonicalize_name(name):
+            return [re.split(r"[\s\[(<>=!~;]", str(n), maxsplit=1)[0] for n in names]
+    known = ", ".join(sorted(extras)) or "none"
+    raise EnvBuildError(f"{lock.name} has no extra {name!r} (known: {known})", "name one of them")
 
 
 def _poetry_groups(pkg: dict[str, Any]) -> set[str]:

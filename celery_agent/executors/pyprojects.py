@@ -10,7 +10,9 @@ project folder), so ``import mypkg`` finds this run's code from any entry, at no
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ class Project:
     data: dict[str, Any] = field(compare=False)  #: the parsed pyproject.toml
 
 
-def read(folder: Path) -> Project | None:
+def read(folder: Path | str) -> Project | None:
     """The project declared by ``folder/pyproject.toml``, or None (no file, or tool settings only)."""
     return _PROJECTS.get(os.path.join(folder, "pyproject.toml"))
 
@@ -97,6 +99,48 @@ def import_root(folder: Path, data: dict[str, Any]) -> Path:
         parent = Path(str(package)).parent
         return folder / parent
     return folder / "src" if (folder / "src").is_dir() else folder
+
+
+def chosen(project: Project, extras: Sequence[str], groups: Sequence[str]) -> tuple[str, ...]:
+    """The requirements ``extras`` and dependency ``groups`` add to a [project]'s dependencies
+    (groups may include other groups); SpecError naming the known ones for an unknown name."""
+    table = project.data.get("project") or {}
+    optional = table.get("optional-dependencies") or {}
+    declared = project.data.get("dependency-groups") or {}
+    lines: list[str] = []
+    for extra in extras:
+        lines += [str(dep) for dep in _known(optional, extra, "extra", project)]
+    for group in groups:
+        lines += _group(declared, group, project, seen=set())
+    return tuple(lines)
+
+
+def _group(declared: dict[str, Any], name: str, project: Project, seen: set[str]) -> list[str]:
+    if name in seen:
+        return []
+    seen.add(name)
+    lines: list[str] = []
+    for item in _known(declared, name, "dependency group", project):
+        if isinstance(item, dict) and "include-group" in item:
+            lines += _group(declared, str(item["include-group"]), project, seen)
+        else:
+            lines.append(str(item))
+    return lines
+
+
+def _known(table: dict[str, Any], name: str, what: str, project: Project) -> list[Any]:
+    for key, value in table.items():
+        if _canonical(key) == _canonical(name):
+            return list(value or [])
+    known = ", ".join(sorted(table)) or "none"
+    raise SpecError(
+        f"{what} {name!r} is not declared in {project.folder / 'pyproject.toml'} (known: {known})",
+        f"name one of its {what}s, or add it to pyproject.toml",
+    )
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def optional_poetry_groups(data: dict[str, Any]) -> set[str]:

@@ -78,9 +78,9 @@ def docker_spec(repo: Path, worker: Any, **kw: Any) -> TaskSpec:
 
 
 def containers_of(client: Any, run_id: str) -> list[Any]:
-    return list(
-        client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}run-id={run_id}"})
-    )
+    """The run's containers (sparse: one removed while listed is not looked up)."""
+    label = f"{LABEL_PREFIX}run-id={run_id}"
+    return list(client.containers.list(all=True, filters={"label": label}, sparse=True))
 
 
 def removed(client: Any, run_id: str, timeout: float = 30) -> bool:
@@ -175,6 +175,27 @@ def test_a_requirement_from_the_default_index_installs_once_and_is_reused(
     capsys.readouterr()
     assert main(["show", second["run_id"]]) == 0
     assert "env_index" in capsys.readouterr().out
+
+
+SEES_INDEX = """\
+import os, sys
+name, paths = sys.argv[1], sys.argv[2:]
+print("sees", os.environ.get(name) is not None, all(os.path.exists(p) for p in paths))
+"""
+
+
+def test_index_config_run_carries_the_index_into_the_run_as_well(docker_client, worker, make_repo):
+    index = worker_index()
+    if not index.mounts:
+        pytest.skip("this worker's index configuration names no file to carry")
+    args = [sorted(index.env)[0], *(m.source for m in index.mounts)]
+    repo = make_repo({"train.py": SEES_INDEX})
+    out = submit_task.delay(docker_spec(repo, worker, args=args)).get(timeout=180)
+    assert out["status"] == "succeeded", out
+    assert any(line.startswith("sees False ") for line in out["log_tail"]), out["log_tail"]
+    carried = docker_spec(repo, worker, args=args, docker={"index_config": "run"})
+    out = submit_task.delay(carried).get(timeout=180)
+    assert out["status"] == "succeeded" and "sees True True" in out["log_tail"], out
 
 
 def test_index_config_none_fails_naming_the_index_the_tls_problem_and_what_to_set(

@@ -190,3 +190,37 @@ def test_pyproject_without_a_lock_installs_its_dependencies_and_nothing_says_non
     out = run(worker, bare, "go.py", wheels)
     _, lines = store.read_log(out["run_id"])
     assert any("env: requirements from none (no requirements" in line for line in lines)
+
+
+def test_a_uv_lock_installs_the_chosen_extra_and_group(worker, make_repo, wheels, store):
+    write_wheel(wheels, "cathird", "0.2", "NAME = 'third'\n")
+    repo = make_repo({
+        "pyproject.toml": pyproject('"cademo<2"')
+        + '[project.optional-dependencies]\nx = ["caextra"]\n[dependency-groups]\ng = ["cathird"]\n',
+        "src/mypkg/__init__.py": "CODE = 'chosen'\n",
+        "run.py": "import mypkg, caextra, cathird\nprint('code', mypkg.CODE, caextra.NAME, cathird.NAME)\n",
+    })  # fmt: skip
+    uv(repo, "lock", "--no-index", "--find-links", str(wheels))
+    commit(repo, {})
+    out = run(worker, repo, "run.py", wheels, find_links=[], extras=["x"], groups=["g"])
+    assert "code chosen extra third" in out["log_tail"]
+    assert store.get(out["run_id"])["freeze"] == ["cademo==1.0", "caextra==0.1", "cathird==0.2"]
+
+
+def test_an_editable_project_in_a_requirements_file_is_this_runs_code_with_its_deps_installed(
+    worker, make_repo, wheels, store
+):
+    repo = make_repo({
+        "pyproject.toml": pyproject('"cademo<2"'),
+        "src/mypkg/__init__.py": "CODE = 'first'\n",
+        "envs/dev.txt": "-e ..\ncaextra\n",
+        "examples/run.py": "import mypkg, cademo, caextra\nprint('code', mypkg.CODE, cademo.VERSION)\n",
+    })  # fmt: skip
+    first = run(worker, repo, "examples/run.py", wheels, requirements_file="envs/dev.txt")
+    assert "code first 1.0" in first["log_tail"]
+    record = store.get(first["run_id"])
+    assert record["freeze"] == ["cademo==1.0", "caextra==0.1"], "mypkg is not installed"
+    commit(repo, {"src/mypkg/__init__.py": "CODE = 'second'\n"})
+    second = run(worker, repo, "examples/run.py", wheels, requirements_file="envs/dev.txt")
+    assert "code second 1.0" in second["log_tail"]
+    assert store.get(second["run_id"])["env_hit"] == "1"

@@ -11,7 +11,7 @@ import uuid
 
 import psutil
 import pytest
-from test_reliability_recovery import SCRIPT, pids, spec, wait_for
+from test_reliability_recovery import SCRIPT, gone, pids, spec, wait_for
 
 from celery_agent import submit_task
 from celery_agent.keeper import RENEWALS
@@ -115,3 +115,29 @@ def test_a_message_whose_worker_died_before_claiming_it_goes_to_another_worker(
     assert store.get(r.id)["attempt"] == 1 and len(pids(tmp_path)) == 1
     assert not store.r.exists(reserved), "the dead worker's list was handed back and dropped"
     assert back < RECOVERY_GOAL, f"the run ended {back:.1f}s after its worker died"
+
+
+def test_a_worker_paused_past_its_claim_stops_its_attempt_once_it_resumes(
+    make_worker, make_repo, tmp_path, store
+):
+    """Paused longer than the claim lives: the run goes to the other worker; when the paused one
+    resumes, its runner finds the claim taken, kills its attempt and writes nothing more."""
+    queue, workers = two_workers(make_worker, "dflt-stall")
+    r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=60, grace=0))
+    wait_for(lambda: pids(tmp_path), 30)
+    ((old_run, old_child),) = pids(tmp_path)
+    paused, other = holder(workers, store, r.id)
+    os.killpg(paused.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: len(pids(tmp_path)) == 2, RECOVERY_GOAL + 5)  # attempt 2, elsewhere
+    finally:
+        os.killpg(paused.proc.pid, signal.SIGCONT)
+    wait_for(lambda: gone(old_run) and gone(old_child), 10)
+    record = store.get(r.id)
+    assert record["attempt"] == 2 and record["worker"] == f"{other.name}@{socket.gethostname()}"
+    assert record["state"] == "running", record
+    assert "runs it now; stopping this attempt" in wait_for(
+        lambda: "runs it now" in paused.output() and paused.output(), 10
+    )
+    store.request_abort(r.id)
+    assert r.get(timeout=30)["status"] == "aborted"

@@ -43,7 +43,9 @@ def test_a_run_outlives_a_redis_restart_and_keeps_every_log_line(make_repo, tmp_
         sender.send_task("celery_agent.run", args=[job.to_json()], task_id=run_id, queue=queue)
         wait_for(lambda: "line 5" in store.read_log(run_id)[1], 30)
         server.stop()
-        time.sleep(2.5)  # lines keep coming while Redis is away
+        folder = tmp_path / "home" / "runs" / run_id  # lines keep coming while Redis is away
+        wait_for(lambda: any("line 25" in f.read_text(errors="replace")
+                             for f in folder.rglob("*") if f.is_file()), 30)  # fmt: skip
         server = EmbeddedRedis(tmp_path / "redis", port=server.port).start()
         record = wait_for(lambda: (rec := store.get(run_id))["state"] in TERMINAL and rec, 60)
         assert record["state"] == "succeeded", record

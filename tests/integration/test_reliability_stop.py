@@ -71,7 +71,7 @@ def test_a_second_sigterm_stops_the_runs_at_once(make_worker, make_repo, tmp_pat
     wait_for(lambda: pids(tmp_path), 30)
     assert w.proc is not None
     w.proc.send_signal(signal.SIGTERM)
-    time.sleep(1.5)
+    wait_for(lambda: "draining: runs get 300s to finish" in w.output(), 30)
     assert w.proc.poll() is None and store.get(r.id)["state"] == "running", "the grace holds"
     w.proc.send_signal(signal.SIGTERM)
     w.proc.wait(10)

@@ -69,10 +69,10 @@ def test_a_sweep_works_off_a_backlog_in_bounded_batches(own):
     registry = WorkerRegistry(own.r, own.keys)
     rounds = []
     for _ in range(6):
+        own.r.delete(own.keys.sweep_lock())  # (the last sweep's lock: this one sweeps at once)
         result = sweep(own, registry, lock_ttl=0.001, retention_days=30, retention_batch=5,
                        retention_every=0)  # fmt: skip
         rounds.append(result["expired_runs"])
-        time.sleep(0.005)
     assert max(rounds) <= 5 and sum(rounds) == 12, rounds
     assert rounds[0] == 2  # the first window held the three running runs and two failed ones
     assert all(keys_of(own, r) == [] for r in old) and all(keys_of(own, r) for r in stuck)
@@ -110,7 +110,7 @@ def test_show_and_ls_of_a_deleted_run_say_it_is_unknown(store, capsys):
     capsys.readouterr()
     assert main(["show", run_id]) == EXIT_ERROR
     err = capsys.readouterr().err
-    assert "error:" in err and "0 runs match" in err and run_id in err, err
+    assert err.startswith("error: no run") and run_id in err and "celery-agent ls" in err, err
     assert main(["ls", "-n", "500"]) == 0
     assert run_id not in capsys.readouterr().out
 

@@ -40,6 +40,19 @@ def started_meta(client: redis.Redis, run_id: str, timeout: float = 60) -> dict:
     raise AssertionError(f"no STARTED result for {run_id} within {timeout}s")
 
 
+def until(check, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def task_done(worker, task_id: str) -> bool:
+    """Whether the worker logged the task's end (``Task run: job.py [queue][id] succeeded``),
+    which its pool process does after it stored any result it stores."""
+    return f"[{task_id}] succeeded in" in worker.output()
+
+
 def test_the_start_write_carries_the_started_result(worker, make_repo, store):
     r = submit_task.delay(spec(make_repo({"job.py": JOB}), worker.queues))
     meta = started_meta(store.r, r.id)
@@ -103,10 +116,11 @@ def test_the_runs_own_writes_are_the_only_writes_of_its_result(worker, make_repo
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    time.sleep(0.2)
+    until(lambda: store.r.echo("monitor-ready") and any("monitor-ready" in " ".join(c)
+                                                        for c in seen))  # fmt: skip
     r = submit_task.apply_async([spec(make_repo({"job.py": QUICK}), worker.queues)])
     assert wait_ended(store, r.id)["state"] == "succeeded"
-    time.sleep(0.5)  # (anything Celery would write after the task returned)
+    until(lambda: task_done(worker, r.id))  # (anything Celery writes comes before this line)
     stop.set()
     store.r.ping()  # (one more command: the watcher sees stop)
     watcher.join(10)
@@ -123,7 +137,7 @@ def test_a_sender_that_asks_for_no_result_gets_none(worker, make_repo, store):
     r = submit_task.apply_async([spec(make_repo({"job.py": QUICK}), worker.queues)],
                                 ignore_result=True)  # fmt: skip
     assert wait_ended(store, r.id)["state"] == "succeeded"
-    time.sleep(0.5)
+    until(lambda: task_done(worker, r.id))  # Celery is done with it: it wrote no result
     assert store.r.get(f"celery-task-meta-{r.id}") is None
 
 

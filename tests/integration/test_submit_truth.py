@@ -131,3 +131,17 @@ def test_rerun_by_name_can_require_a_worker(make_repo, store, capsys):
     assert main(["rerun", name, "--require-worker"]) == EXIT_ERROR
     assert f"no online worker serves queue '{nobody}'" in capsys.readouterr().err
     assert last_run_id(store) == first, "nothing was queued"
+
+
+def test_an_ambiguous_id_prefix_is_refused_listing_the_candidates(make_repo, store, capsys):
+    repo = make_repo({"train.py": "print('hi')\n"})
+    stem = f"pfx{uuid.uuid4().hex[:8]}"
+    spec = {"repo": str(repo), "entry": "train.py", "queue": f"nobody-{stem}"}
+    with pytest.warns(NoWorkerWarning):
+        runs = [submit(spec, task_id=f"{stem}-{i}") for i in (1, 2)]
+    capsys.readouterr()
+    assert main(["logs", stem]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert f"2 runs match '{stem}'" in err and f"{stem}-1" in err and f"{stem}-2" in err
+    assert main(["show", f"{stem}-2"]) == 0 and f"{stem}-2" in capsys.readouterr().out
+    assert [r.cancel() for r in runs] == ["queued", "queued"]

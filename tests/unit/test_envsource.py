@@ -44,9 +44,11 @@ def test_a_script_is_a_path_from_the_root_and_a_module_is_found_under_the_workdi
     files(tmp_path, {"requirements.txt": "numpy\n", "ex/a/requirements.txt": "six\n"})
     assert resolve(spec("ex/a/run.py", workdir="ex"), tmp_path).rel == "ex/a/requirements.txt"
     assert resolve(spec("run.py", workdir="ex/a"), tmp_path).rel == "requirements.txt"
-    assert entry_folder(spec("-m pkg.sub.mod", workdir="ex"), tmp_path) == tmp_path / "ex"
+    assert entry_folder(spec("-m pkg.sub.mod", workdir="ex"), tmp_path) == str(tmp_path / "ex")
     (tmp_path / "ex/pkg/sub").mkdir(parents=True)
-    assert entry_folder(spec("-m pkg.sub.mod", workdir="ex"), tmp_path) == tmp_path / "ex/pkg/sub"
+    assert entry_folder(spec("-m pkg.sub.mod", workdir="ex"), tmp_path) == str(
+        tmp_path / "ex/pkg/sub"
+    )
 
 
 def test_includes_resolve_from_the_including_file_and_change_the_hash(tmp_path: Path) -> None:
@@ -159,3 +161,66 @@ def test_a_poetry_lock_becomes_pins_with_hashes_and_markers(tmp_path: Path) -> N
     out, folders = lockfiles.poetry_requirements(tmp_path / "poetry.lock", tmp_path / "s")
     assert out.read_text() == 'six==1.17.0 ; python_version >= "3.8" --hash=sha256:ab\n'
     assert folders == ["lib"]
+
+
+def test_extras_and_groups_add_to_a_pyprojects_requirements_and_its_key(tmp_path: Path) -> None:
+    files(tmp_path, {"pyproject.toml": PROJECT + (
+        '[project.optional-dependencies]\nGPU = ["cupy"]\n'
+        '[dependency-groups]\ntest = ["pytest", {include-group = "lint"}]\nlint = ["ruff"]\n'
+    )})  # fmt: skip
+    found = resolve(spec(extras=["gpu"], groups=["test"]), tmp_path)
+    assert found.lines == ("attrs", "cupy", "pytest", "ruff", "six>=1")
+    assert found.sha256 != resolve(spec(), tmp_path).sha256
+    with pytest.raises(SpecError, match=r"extra 'cuda' is not declared .* \(known: GPU\)"):
+        resolve(spec(extras=["cuda"]), tmp_path)
+
+
+def test_extras_and_groups_of_a_lock_go_to_the_installer_and_the_key(tmp_path: Path) -> None:
+    files(tmp_path, {"pyproject.toml": PROJECT, "uv.lock": "version = 1\n"})
+    found = resolve(spec(extras=["gpu"], groups=["test"]), tmp_path)
+    assert found.selection() == ["--extra=gpu", "--group=test"]
+    assert found.key_parts()["extras"] == ["gpu"] and resolve(spec(), tmp_path).key_parts() != (
+        found.key_parts()
+    )
+
+
+def test_extras_without_a_project_is_an_error_naming_the_source(tmp_path: Path) -> None:
+    files(tmp_path, {"requirements.txt": "six\n"})
+    with pytest.raises(SpecError, match=r"extras and groups choose .* requirements.txt"):
+        resolve(spec(groups=["dev"]), tmp_path)
+
+
+def test_a_poetry_lock_takes_the_chosen_optional_group_and_extra(tmp_path: Path) -> None:
+    files(tmp_path, {
+        "pyproject.toml": '[tool.poetry]\nname = "p"\n[tool.poetry.group.docs]\noptional = true\n',
+        "poetry.lock": (
+            '[[package]]\nname = "sphinx"\nversion = "7.0"\noptional = false\ngroups = ["docs"]\n\n'
+            '[[package]]\nname = "cupy"\nversion = "13.0"\noptional = true\ngroups = ["main"]\n\n'
+            '[extras]\ngpu = ["cupy (>=13)"]\n'
+        ),
+    })  # fmt: skip
+    lock = tmp_path / "poetry.lock"
+    plain, _ = lockfiles.poetry_requirements(lock, tmp_path / "a")
+    assert plain.read_text() == ""
+    chosen, _ = lockfiles.poetry_requirements(lock, tmp_path / "b", ["gpu"], ["docs"])
+    assert chosen.read_text() == "sphinx==7.0\ncupy==13.0\n"
+
+
+def test_a_project_of_the_checkout_in_a_requirements_file_goes_on_sys_path_with_its_deps_installed(
+    tmp_path: Path,
+) -> None:
+    files(tmp_path, {
+        "libs/tool/pyproject.toml": PROJECT.replace("mypkg", "tool"),
+        "libs/tool/src/tool/__init__.py": "",
+        "envs/common.txt": "numpy\n",
+        "envs/dev.txt": "-e ../libs/tool\n-r common.txt\nrich\n",
+    })  # fmt: skip
+    found = resolve(spec(requirements_file="envs/dev.txt"), tmp_path)
+    assert [p.name for p in found.local] == ["tool"]
+    assert found.pythonpath() == str(tmp_path / "libs/tool/src")
+    text = found.requirements_text()
+    assert text == f"-r {tmp_path / 'envs/common.txt'}\nrich\nSix>=1\nattrs\n"
+    (tmp_path / "libs/tool/pyproject.toml").write_text(PROJECT.replace("mypkg", "tool") + "#\n")
+    assert resolve(spec(requirements_file="envs/dev.txt"), tmp_path).sha256 == found.sha256
+    (tmp_path / "libs/tool/pyproject.toml").write_text(PROJECT.replace('"attrs"', '"idna"'))
+    assert resolve(spec(requirements_file="envs/dev.txt"), tmp_path).sha256 != found.sha256
