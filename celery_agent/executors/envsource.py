@@ -23,7 +23,7 @@ import functools
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,9 @@ class EnvSource:
     file: Path | None = None  #: the requirements or lock file handed to the installer
     project: Project | None = None  #: the nearest project (its import root goes on sys.path)
     extras: tuple[str, ...] = ()  #: the project's extras the installer is asked for
+    #: projects in the checkout a requirements file installs ('-e .'): on sys.path instead, their
+    #: dependencies installed in their place
+    local: tuple[Project, ...] = ()
     groups: tuple[str, ...] = ()  #: dependency groups the installer is asked for
 
     def selection(self) -> list[str]:
@@ -97,7 +100,16 @@ class EnvSource:
 
     def pythonpath(self) -> str | None:
         """The folder to put on the run's sys.path for the project's own packages, if any."""
-        return str(self.project.import_root) if self.project is not None else None
+        roots = [p.import_root for p in (self.project, *self.local) if p is not None]
+        return os.pathsep.join(dict.fromkeys(str(root) for root in roots)) or None
+
+    def requirements_text(self) -> str:
+        """The requirements file to install when it names projects of the checkout: without
+        those lines, with their dependencies (see :attr:`local`)."""
+        assert self.file is not None
+        found = reqfiles.read(self.file)
+        folders = tuple(p.folder.resolve() for p in self.local)
+        return reqfiles.rewritten(found, folders, _local_requirements(self.local))
 
 
 def resolve(spec: TaskSpec, root: Path | str, *, locks: bool = True) -> EnvSource:
@@ -169,20 +181,20 @@ def _upward(start: str, root: str) -> Iterator[str]:
 
 def _project_source(folder: str, root: str, locks: bool, spec: TaskSpec) -> EnvSource | None:
     project = pyprojects.read(folder)
-    chosen = {"extras": tuple(spec.extras), "groups": tuple(spec.groups)}
+    chosen = EnvSource(extras=tuple(spec.extras), groups=tuple(spec.groups), project=project)
     for name in LOCKS if locks else ():
         path = os.path.join(folder, name)
         digest = _HASHES.get(path)
         if digest is not None:
             rel = _rel(path, root)
-            return EnvSource(name, rel, digest, file=Path(path), project=project, **chosen)
+            return replace(chosen, kind=name, rel=rel, sha256=digest, file=Path(path))
     if project is None:
         return None
     path = os.path.join(folder, "pyproject.toml")
     rel = _rel(path, root)
     if project.dependencies is None:  # dynamic: the build backend says what they are
         digest = _HASHES.get(path)
-        return EnvSource("pyproject.toml", rel, digest, file=Path(path), project=project, **chosen)
+        return replace(chosen, kind="pyproject.toml", rel=rel, sha256=digest, file=Path(path))
     if "project" not in project.data and (spec.extras or spec.groups):
         raise SpecError(
             f"{rel} declares a poetry project without a lock: its extras and groups are read "
@@ -200,7 +212,23 @@ def _from_file(kind: str, path: str, root: str, project: Project | None) -> EnvS
     rel = _rel(path, root)
     if found.lines:
         return EnvSource(kind, rel, found.sha256, found.lines, project=project)
-    return EnvSource(kind, rel, found.sha256, file=found.path if found else None, project=project)
+    local = tuple(p for p in map(pyprojects.read, _inside(found.local, root)) if p is not None)
+    local = tuple(p for p in local if p.dependencies is not None)
+    digest = found.sha256
+    if local:  # what is installed in their place is their dependencies
+        digest = _lines_hash((digest, *_local_requirements(local)))
+    file = found.path if found else None
+    return EnvSource(kind, rel, digest, file=file, project=project, local=local)
+
+
+def _inside(folders: tuple[Path, ...], root: str) -> list[str]:
+    top = os.path.realpath(root)
+    real = (os.path.realpath(folder) for folder in folders)
+    return [f for f in real if f == top or f.startswith(top + os.sep)]
+
+
+def _local_requirements(local: tuple[Project, ...]) -> tuple[str, ...]:
+    return tuple(dep for p in local for dep in p.dependencies or ())
 
 
 @functools.lru_cache(maxsize=256)

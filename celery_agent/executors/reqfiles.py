@@ -7,6 +7,7 @@ A file is read once per content: memoized by its stat stamp.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -22,6 +23,8 @@ from ..filestamps import FileMemo, Stamp, file_stamp
 
 #: an include line: -r/-c/--requirement/--constraint, with the path after a space, '=' or nothing
 _INCLUDE = re.compile(r"^(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?=[^\s-]))(\S+)")
+#: a line naming a local folder to install: '-e .', '--editable=./pkg', '.', './libs/x', '/abs'
+_LOCAL = re.compile(r"^(?:(?:-e|--editable)(?:\s*=\s*|\s+))?(\.{1,2}(?:/\S*)?|/\S+)$")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class RequirementsFile:
     includes: tuple[Path, ...] = ()  #: files named by -r/-c lines, recursively
     stamps: tuple[Stamp | None, ...] = ()  #: the includes' stamps when they were read
     empty: bool = False  #: no requirement, option or include in it
+    local: tuple[Path, ...] = ()  #: folders its own lines install ('-e .', './pkg')
 
     def __bool__(self) -> bool:
         return not self.empty
@@ -71,8 +75,34 @@ def _parse(path: str, stamp: Stamp) -> RequirementsFile:
     except InvalidRequirement:
         plain = ()
     stamps = tuple(file_stamp(str(inc)) for inc in includes)
+    local = tuple(_local_folder(Path(path), line) for line in lines if _LOCAL.match(line))
     resolved = Path(path).resolve()
-    return RequirementsFile(resolved, digest.hexdigest(), plain, tuple(includes), stamps, not lines)
+    found = RequirementsFile(
+        resolved, digest.hexdigest(), plain, tuple(includes), stamps, not lines
+    )
+    return dataclasses.replace(found, local=tuple(p for p in local if p is not None))
+
+
+def _local_folder(path: Path, line: str) -> Path | None:
+    match = _LOCAL.match(line)
+    folder = (path.parent / match.group(1)).resolve() if match else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def rewritten(found: RequirementsFile, drop: tuple[Path, ...], add: tuple[str, ...]) -> str:
+    """The file's text without the lines installing the folders in ``drop``, its include paths
+    made absolute (the copy lives elsewhere), and ``add`` at the end."""
+    out = []
+    for raw in found.path.read_text().splitlines():
+        line = strip_comment(raw)
+        if _LOCAL.match(line) and _local_folder(found.path, line) in drop:
+            continue
+        include = _INCLUDE.match(line)
+        if include is not None and "://" not in include.group(1):
+            target = (found.path.parent / os.path.expanduser(include.group(1))).resolve()
+            line = line[: include.start(1)] + str(target) + line[include.end(1) :]
+        out.append(line)
+    return "\n".join([*out, *add]) + "\n"
 
 
 #: requirements files by path, parsed again whenever the file's or one of its includes' stamps

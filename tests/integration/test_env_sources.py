@@ -205,3 +205,22 @@ def test_a_uv_lock_installs_the_chosen_extra_and_group(worker, make_repo, wheels
     out = run(worker, repo, "run.py", wheels, find_links=[], extras=["x"], groups=["g"])
     assert "code chosen extra third" in out["log_tail"]
     assert store.get(out["run_id"])["freeze"] == ["cademo==1.0", "caextra==0.1", "cathird==0.2"]
+
+
+def test_an_editable_project_in_a_requirements_file_is_this_runs_code_with_its_deps_installed(
+    worker, make_repo, wheels, store
+):
+    repo = make_repo({
+        "pyproject.toml": pyproject('"cademo<2"'),
+        "src/mypkg/__init__.py": "CODE = 'first'\n",
+        "envs/dev.txt": "-e ..\ncaextra\n",
+        "examples/run.py": "import mypkg, cademo, caextra\nprint('code', mypkg.CODE, cademo.VERSION)\n",
+    })  # fmt: skip
+    first = run(worker, repo, "examples/run.py", wheels, requirements_file="envs/dev.txt")
+    assert "code first 1.0" in first["log_tail"]
+    record = store.get(first["run_id"])
+    assert record["freeze"] == ["cademo==1.0", "caextra==0.1"], "mypkg is not installed"
+    commit(repo, {"src/mypkg/__init__.py": "CODE = 'second'\n"})
+    second = run(worker, repo, "examples/run.py", wheels, requirements_file="envs/dev.txt")
+    assert "code second 1.0" in second["log_tail"]
+    assert store.get(second["run_id"])["env_hit"] == "1"

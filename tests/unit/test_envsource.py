@@ -204,3 +204,23 @@ def test_a_poetry_lock_takes_the_chosen_optional_group_and_extra(tmp_path: Path)
     assert plain.read_text() == ""
     chosen, _ = lockfiles.poetry_requirements(lock, tmp_path / "b", ["gpu"], ["docs"])
     assert chosen.read_text() == "sphinx==7.0\ncupy==13.0\n"
+
+
+def test_a_project_of_the_checkout_in_a_requirements_file_goes_on_sys_path_with_its_deps_installed(
+    tmp_path: Path,
+) -> None:
+    files(tmp_path, {
+        "libs/tool/pyproject.toml": PROJECT.replace("mypkg", "tool"),
+        "libs/tool/src/tool/__init__.py": "",
+        "envs/common.txt": "numpy\n",
+        "envs/dev.txt": "-e ../libs/tool\n-r common.txt\nrich\n",
+    })  # fmt: skip
+    found = resolve(spec(requirements_file="envs/dev.txt"), tmp_path)
+    assert [p.name for p in found.local] == ["tool"]
+    assert found.pythonpath() == str(tmp_path / "libs/tool/src")
+    text = found.requirements_text()
+    assert text == f"-r {tmp_path / 'envs/common.txt'}\nrich\nSix>=1\nattrs\n"
+    (tmp_path / "libs/tool/pyproject.toml").write_text(PROJECT.replace("mypkg", "tool") + "#\n")
+    assert resolve(spec(requirements_file="envs/dev.txt"), tmp_path).sha256 == found.sha256
+    (tmp_path / "libs/tool/pyproject.toml").write_text(PROJECT.replace('"attrs"', '"idna"'))
+    assert resolve(spec(requirements_file="envs/dev.txt"), tmp_path).sha256 != found.sha256
