@@ -31,6 +31,7 @@ from . import (
     bench_docker,
     bench_env,
     bench_feedback,
+    bench_first_run,
     bench_fleet,
     bench_heartbeat,
     bench_import,
@@ -57,6 +58,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "docker": bench_docker.run,
     "env_cold": bench_env.run_cold,
     "env_lock": bench_lock.run,
+    "first_run": bench_first_run.run,
 }
 
 

@@ -84,6 +84,7 @@ def executor_settings(settings: Settings) -> ExecutorSettings:
         failure_ttl=settings.env_failure_ttl,
         build_timeout=settings.env_build_timeout,
         indexes=IndexDefaults.of(settings),
+        bytecode=settings.env_bytecode,
     )
 
 

@@ -37,6 +37,9 @@ class Settings:
     max_envs: int = 20
     env_cache_max_gb: float | None = None  # GB the cached environments may take (per executor)
     max_env_gb: float | None = None  # the former name of env_cache_max_gb, still read
+    env_bytecode: str = (
+        "import"  # when packages are compiled: import (by Python), background, build
+    )
     index_url: str | None = None  # the package index a spec without one installs from (a mirror)
     extra_index_urls: tuple[
         str, ...

@@ -31,6 +31,7 @@ class ExecutorSettings:
     failure_ttl: float = 600.0
     build_timeout: float | None = None  #: seconds; over it the build raises StageTimeout
     indexes: IndexDefaults = field(default_factory=IndexDefaults)  #: mirror, torch index
+    bytecode: str = "import"  #: when installed packages are compiled: import, background, build
 
     #: asked every tenth of a second while a build step runs: True ends the step (a cancel)
     stop: Callable[[], bool] | None = None

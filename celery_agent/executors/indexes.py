@@ -17,11 +17,13 @@ newest CUDA build its driver supports (``torch_index_template`` with ``{variant}
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import EnvBuildError
@@ -222,3 +224,38 @@ def _masked_userinfo(match: re.Match[str]) -> str:
 def mask_text(text: str) -> str:
     """Every URL in ``text`` masked as :func:`mask` does (for installer command lines and output)."""
     return _USERINFO.sub(_masked_userinfo, text) if "@" in text else text
+
+
+#: (find-links entry, hash of its folder's listing or None when it is not a local folder)
+LinkListing = tuple[str, str | None]
+
+
+def link_listings(links: Iterable[str], source_dir: Path) -> tuple[LinkListing, ...]:
+    """Each find-links entry, with a hash of a local folder's listing so new wheels change the key
+    (a wheel added or rebuilt there changes what an install gets).
+
+    A relative folder is read from ``source_dir``, where the installer runs.
+    """
+    return tuple((link, _listing_hash(_link_folder(link, source_dir))) for link in links)
+
+
+def _link_folder(link: str, source_dir: Path) -> str:
+    """The local folder a find-links entry would name (a relative one lies under ``source_dir``)."""
+    return os.path.join(source_dir, os.path.expanduser(link.removeprefix("file://")))
+
+
+def _listing_hash(folder: str) -> str | None:
+    """sha256 of the folder's sorted (name, size, mtime ns) entries; None when it is no folder.
+
+    Listed on every call, not memoized: a wheel rebuilt in place changes no stamp of the folder.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+    return hashlib.sha256(repr(listing).encode()).hexdigest()
+
+
+def link_entry(link: str, listing: str | None) -> dict[str, Any]:
+    return {"link": link} if listing is None else {"link": link, "listing": listing}

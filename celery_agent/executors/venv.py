@@ -11,26 +11,26 @@ changes no folder stamp.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import logging
 import os
 import shutil
+import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement
 
 from ..envcache import CachedEnv, EnvCache
-from ..errors import ExecutorUnavailable
+from ..errors import EnvBuildError, ExecutorUnavailable
 from ..spec import TaskSpec
 from . import indexes, lockfiles
 from .base import Executor, PreparedEnv
 from .envsource import EnvSource, resolve
-from .indexes import IndexOptions
+from .indexes import IndexOptions, LinkListing, link_entry, link_listings, mask
 from .interpreters import Interpreter, find_interpreter
 from .reqfiles import normalize as normalize  # (its home before envsource)
 from .steps import LogFn, Steps, clean_env
@@ -49,40 +49,6 @@ def read_requirements(spec: TaskSpec, source_dir: Path, *, locks: bool = False) 
     """The source of the spec's environment in the checkout at ``source_dir``; lock files are
     passed over unless ``locks`` (an installer in a container cannot read them)."""
     return resolve(spec, source_dir, locks=locks)
-
-
-#: (find-links entry, hash of its folder's listing or None when it is not a local folder)
-LinkListing = tuple[str, str | None]
-
-
-def _link_listings(links: Iterable[str], source_dir: Path) -> tuple[LinkListing, ...]:
-    """Each find-links entry, with a hash of a local folder's listing so new wheels change the key.
-
-    A relative folder is read from ``source_dir``, where the installer runs.
-    """
-    return tuple((link, _listing_hash(_link_folder(link, source_dir))) for link in links)
-
-
-def _link_folder(link: str, source_dir: Path) -> str:
-    """The local folder a find-links entry would name (a relative one lies under ``source_dir``)."""
-    return os.path.join(source_dir, os.path.expanduser(link.removeprefix("file://")))
-
-
-def _listing_hash(folder: str) -> str | None:
-    """sha256 of the folder's sorted (name, size, mtime ns) entries; None when it is no folder.
-
-    Listed on every call, not memoized: a wheel rebuilt in place changes no stamp of the folder.
-    """
-    try:
-        entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
-    return hashlib.sha256(repr(listing).encode()).hexdigest()
-
-
-def _link_entry(link: str, listing: str | None) -> dict[str, Any]:
-    return {"link": link} if listing is None else {"link": link, "listing": listing}
 
 
 @functools.cache
@@ -135,7 +101,9 @@ class VenvExecutor(Executor):
         log(f"env: requirements from {reqs.describe()}")
         sources = self.sources(spec, reqs)
         if sources.torch_variant:
-            log(f"env: torch from the {sources.torch_variant} wheel index {sources.torch_index}")
+            log(
+                f"env: torch from the {sources.torch_variant} wheel index {mask(sources.torch_index)}"
+            )
         key = env_key(python, installer, reqs, sources, source_dir)
         build = _Build(self, installer, python, reqs, sources, source_dir, log)
         cache = self.env_cache()
@@ -197,7 +165,7 @@ def key_parts(
     python: Interpreter, installer: str, reqs: Requirements, sources: IndexOptions, source_dir: Path
 ) -> dict[str, Any]:
     """Everything that decides what a venv contains; its hash is the cache key."""
-    links = _link_listings(sources.find_links, source_dir)
+    links = link_listings(sources.find_links, source_dir)
     return _parts(python, installer, reqs, sources, links)
 
 
@@ -205,7 +173,7 @@ def env_key(
     python: Interpreter, installer: str, reqs: Requirements, sources: IndexOptions, source_dir: Path
 ) -> str:
     """``EnvCache.key(key_parts(...))``, with the JSON and its hash made once per distinct parts."""
-    links = _link_listings(sources.find_links, source_dir)
+    links = link_listings(sources.find_links, source_dir)
     return _hashed_key(python, installer, reqs, sources, links)
 
 
@@ -235,7 +203,7 @@ def _parts(
             "installer": installer,
             "requirements": list(reqs.lines),
             "requirements_file": None,
-            "find_links": [_link_entry(link, listing) for link, listing in links],
+            "find_links": [link_entry(link, listing) for link, listing in links],
         }
         | sources.key_parts()
         | reqs.key_parts()
@@ -279,6 +247,12 @@ class _Build:
         self.installer, self.python, self.reqs, self.sources = installer, python, reqs, sources
         self.source_dir, self.log = Path(source_dir), log
         self.timeout, self.stop = executor.settings.build_timeout, executor.settings.stop
+        self.bytecode = executor.settings.bytecode
+        if self.bytecode not in BYTECODE:
+            raise EnvBuildError(
+                f"env_bytecode {self.bytecode!r} is unknown",
+                f"set env_bytecode to one of {', '.join(BYTECODE)}",
+            )
 
     def __call__(self, env_dir: Path) -> dict[str, Any]:
         env = clean_env() | {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
@@ -298,6 +272,8 @@ class _Build:
             freeze = lockfiles.installed(env_dir)
         else:
             freeze = self.steps.run(self._freeze_argv(env_dir), "freeze", _INSTALL_HINT, quiet=True)
+        if self.reqs and self.bytecode == "background":
+            compile_in_background(env_dir, env)
         return {
             "python": self.python.path,
             "python_version": self.python.version,
@@ -312,6 +288,8 @@ class _Build:
         if kind == "uv.lock" and lock is not None:
             argv = lockfiles.uv_sync_argv(_uv(), lock.parent, self.python.path)
             argv += self.reqs.selection()
+            if self.bytecode != "build":
+                argv.remove("--compile-bytecode")
             self.steps.run(argv, "uv sync --frozen", _LOCK_HINT)  # (UV_PROJECT_ENVIRONMENT set)
             return
         extra: list[str] = []
@@ -359,12 +337,12 @@ class _Build:
                 "--no-config",
                 "--python",
                 env_python,
-                "--compile-bytecode",
                 "--link-mode",
                 "hardlink",  # files shared with uv's cache (a copy where the filesystem says no)
-            ]
+            ] + (["--compile-bytecode"] if self.bytecode == "build" else [])
         else:
             head = [env_python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+            head += [] if self.bytecode == "build" else ["--no-compile"]
         return head + self.sources.args() + (requirements or self._requirement_args())
 
     def _requirement_args(self) -> list[str]:
@@ -377,6 +355,21 @@ class _Build:
         if self.installer == "uv":
             return [_uv(), "pip", "freeze", "--quiet", "--no-config", "--python", env_python]
         return [env_python, "-m", "pip", "freeze", "--all", "--disable-pip-version-check"]
+
+
+#: when the installed packages' bytecode is compiled: all of it at build time, in the background
+#: while the first run starts, or by Python itself as each module is first imported
+BYTECODE = ("build", "background", "import")
+
+
+def compile_in_background(env_dir: Path, env: dict[str, str]) -> None:
+    """Compile the env's site-packages in a process of its own, not waited for: the run starts
+    meanwhile and compiles what it imports itself (both write .pyc files atomically)."""
+    python = str(env_dir / "bin" / "python")
+    argv = [python, "-m", "compileall", "-q", "-j", "0", *map(str, env_dir.glob("lib/python*"))]
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    threading.Thread(target=proc.wait, name="ca-compileall", daemon=True).start()
 
 
 def _is_pin(line: str) -> bool:

@@ -242,7 +242,7 @@ def test_honcho_start_brings_the_stack_up_here_and_sigterm_drains_it(tmp_path):
         out = stack.output()
         for worker in stack.workers[:-1]:
             assert out.count(f"passing SIGTERM on to {worker}") == 1, stack.tail()
-        assert "draining: runs get 1s to finish" in out, stack.tail()
+        assert "draining: runs get 0s to finish" in out, stack.tail()
     assert f"run {long_id} went back to queue gpu0" in fake.output(), fake.tail()
 
     # what the fake stack's Redis kept: the long run queued again, its message on queue gpu0

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from test_reliability_recovery import SCRIPT, pids, spec, wait_for
@@ -130,3 +133,37 @@ def test_quorum_queues_carry_runs(broker, make_worker, make_repo, tmp_path, monk
         for name in env:
             monkeypatch.delenv(name)
         use_environment()
+
+
+def test_celery_agent_up_takes_rabbitmq_as_its_broker(broker, make_repo, tmp_path):
+    """`celery-agent up --broker amqp://...`: its own Redis for state, messages through RabbitMQ."""
+    from conftest import _spawn
+
+    from celery_agent.embedded import free_port
+
+    port, home = free_port(), tmp_path / "up-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY")}
+    env["CELERY_AGENT_SWEEP_QUEUE"] = queue_name("up-sweep")
+    exe = str(Path(sys.executable).with_name("celery-agent"))
+    argv = [exe, "up", "--port", str(port), "--home",
+            str(home), "--broker", broker, "-Q", queue_name("up")]  # fmt: skip
+    up = _spawn(argv, env, tmp_path / "up.log", tmp_path)
+    try:
+        log = tmp_path / "up.log"
+        wait_for(lambda: b" ready." in log.read_bytes(), 60)
+        assert b"set CELERY_BROKER_URL to it as well" in log.read_bytes()
+        queue = argv[-1]
+        repo = make_repo({"job.py": "print('through rabbitmq')\n"})
+        client = env | {"CELERY_AGENT_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                        "CELERY_BROKER_URL": broker}  # fmt: skip
+        done = subprocess.run(
+            [exe, "submit", "job.py", "--queue", queue,
+             "--executor", "local", "--wait"],
+            cwd=repo, env=client, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "through rabbitmq" in done.stdout
+        assert "amqp://" in log.read_text()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(60)
