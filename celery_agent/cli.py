@@ -412,12 +412,13 @@ def _announce(url: str, broker: str | None) -> None:
 
 @cli.command()
 def config() -> int:
-    """Show the agent settings in force and where each came from."""
+    """Show the agent settings in force and where each came from (passwords in URLs as ***)."""
+    from .executors.indexes import mask_text
     from .settings import Settings
 
     table = Table("setting", "value", "from")
     for name, value, source in Settings.load().describe():
-        table.add_row(escape(name), escape(str(value)), escape(source))
+        table.add_row(escape(name), escape(mask_text(str(value))), escape(source))
     console.print(table)
     return EXIT_OK
 
