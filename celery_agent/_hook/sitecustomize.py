@@ -12,7 +12,9 @@ parameters, one small file write):
   one value). A value the option rejects is reported by argparse, as a bad command-line value is.
 - ``CELERY_AGENT_APPENDED``: a JSON list of the parameters appended to argv. The parser is not
   shown an appended option it does not know, so it cannot fail with "unrecognized arguments";
-  ``sys.argv`` itself is left as it is. Arguments the user wrote are always passed on.
+  ``sys.argv`` itself is left as it is. Arguments the user wrote are always passed on. With
+  ``CELERY_AGENT_STRICT_PARAMS=1`` an appended option the parser does not know is shown to it,
+  so ``parse_args`` refuses it at once, as it would by hand.
 - ``CELERY_AGENT_PARAMS_OUT``: after the first top-level parse, the resolved namespace is written
   there as JSON (values JSON can not carry are written as ``str()``).
 
