@@ -96,7 +96,10 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 @click.option("--param", "-p", "params", multiple=True, help="override a parameter: name=value")
 @click.option("--strict-params", is_flag=True, help="fail the run if a parameter goes unused")
 @click.option(
-    "--req", "requirements", multiple=True, help="a requirement (repeat); default: requirements.txt"
+    "--req",
+    "requirements",
+    multiple=True,
+    help="a requirement (repeat); default: the repo's own",
 )
 @click.option(
     "--requirements-file", "-r", "requirements_file", default=None,
