@@ -96,7 +96,10 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 @click.option("--param", "-p", "params", multiple=True, help="override a parameter: name=value")
 @click.option("--strict-params", is_flag=True, help="fail the run if a parameter goes unused")
 @click.option(
-    "--req", "requirements", multiple=True, help="a requirement (repeat); default: requirements.txt"
+    "--req",
+    "requirements",
+    multiple=True,
+    help="a requirement (repeat); default: the repo's own",
 )
 @click.option(
     "--requirements-file", "-r", "requirements_file", default=None,
@@ -412,12 +415,13 @@ def _announce(url: str, broker: str | None) -> None:
 
 @cli.command()
 def config() -> int:
-    """Show the agent settings in force and where each came from."""
+    """Show the agent settings in force and where each came from (passwords in URLs as ***)."""
+    from .executors.indexes import mask_text
     from .settings import Settings
 
     table = Table("setting", "value", "from")
     for name, value, source in Settings.load().describe():
-        table.add_row(escape(name), escape(str(value)), escape(source))
+        table.add_row(escape(name), escape(mask_text(str(value))), escape(source))
     console.print(table)
     return EXIT_OK
 

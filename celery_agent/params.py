@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
-from .spec import PARAM_NAME, ParamValue
+from .spec import PARAM_NAME, ParamValue, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,10 @@ def hook_env(
     out_file: Path,
     appended: Sequence[str],
     base_pythonpath: str | None = None,
+    strict: bool = False,
 ) -> dict[str, str]:
-    """The variables to add to the run's environment so the argparse hook applies ``params``."""
+    """The variables to add to the run's environment so the argparse hook applies ``params``;
+    ``strict``: appended options a parser does not know are left for it to refuse."""
     pythonpath = str(HOOK_DIR) + (os.pathsep + base_pythonpath if base_pythonpath else "")
     return {
         "PYTHONPATH": pythonpath,
@@ -77,6 +79,7 @@ def hook_env(
         "CELERY_AGENT_PARAMS_OUT": str(out_file),
         "CELERY_AGENT_APPENDED": json.dumps(list(appended)),
         "CELERY_AGENT_HOOK_PID": "",  # the run's first interpreter claims it (its children not)
+        "CELERY_AGENT_STRICT_PARAMS": "1" if strict else "",
     }
 
 
@@ -97,12 +100,19 @@ def resolve(
     params: Mapping[str, ParamValue],
     out_file: Path,
     base_pythonpath: str | None = None,
+    strict: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
     """Rewrite the args and build the hook's environment; a stale ``out_file`` is removed."""
     Path(out_file).unlink(missing_ok=True)
     Path(f"{out_file}.usage").unlink(missing_ok=True)
     args, appended = rewrite_argv(spec_args, params)
-    return args, hook_env(params, out_file, appended, base_pythonpath)
+    return args, hook_env(params, out_file, appended, base_pythonpath, strict)
+
+
+def for_spec(spec: TaskSpec, out_file: Path) -> tuple[list[str], dict[str, str]]:
+    """:func:`resolve` for a run of ``spec``: its args, params, PYTHONPATH and strictness."""
+    pythonpath = spec.env.get("PYTHONPATH")
+    return resolve(spec.args, spec.params, out_file, pythonpath, spec.strict_params)
 
 
 def written_in(args: Sequence[str], name: str) -> bool:

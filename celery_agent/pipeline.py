@@ -250,9 +250,7 @@ class Job:
         self, spec: TaskSpec, co: Checkout, prepared: PreparedEnv, gpus: list[GpuDevice]
     ) -> ProcessOutcome:
         """Run the entry under supervision on ``gpus``, its log streaming into Redis."""
-        args, hook = params_mod.resolve(
-            spec.args, spec.params, self.run_dir / "params.json", spec.env.get("PYTHONPATH")
-        )
+        args, hook = params_mod.for_spec(spec, self.run_dir / "params.json")
         executor = get_executor(spec.executor, self.ctx.executor_settings)
         interp_args = [*entry_head(spec, co), *args]
         argv = executor.command(prepared, interp_args)

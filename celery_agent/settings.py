@@ -58,7 +58,7 @@ class Settings:
     keep_source: bool = False  # keep each run's worktree in its run folder (none is reused)
     checkouts_kept: int = 8  # pristine worktrees kept per repository for reuse (0: none)
     heartbeat_interval: float = 2.0  # seconds between a worker's heartbeats (TTL: three of them)
-    heartbeat_history: int = 1800  # hardware snapshots kept per worker (1 h at 2 s)
+    heartbeat_history: int = 720  # hardware snapshots kept per worker (24 min at 2 s)
     sweep_interval: float = 2.0  # seconds between cluster sweeps (beat and each worker)
     amqp_queue_type: str = "classic"  # RabbitMQ broker: classic (priorities) or quorum queues
     sweep_queue: str = "celery-agent.sweep"  # every worker also consumes this queue

@@ -169,6 +169,7 @@ class _Hook:
         self.out_file = out_file
         self.original = original
         self.usage = usage  # sitecustomize's record of the parameters taken, or None
+        self.strict = os.environ.get("CELERY_AGENT_STRICT_PARAMS") == "1"
         self.pid = os.getpid()
         self.recorded = False
         self.local = threading.local()
@@ -220,6 +221,8 @@ class _Hook:
         if start < 0 or _subcommand_knows(parser, run[0].partition("=")[0]):
             return words
         action = _find_action(parser, name)
+        if action is None and self.strict:  # strict: argparse refuses it, as by hand
+            return words
         known = action is not None and getattr(action, "option_strings", None)
         takes_words = known and getattr(action, "nargs", None) != 0
         fixed = _action_tokens(action, self.params[name]) if takes_words else []

@@ -2,7 +2,8 @@
 
 It reads the run's parameter overrides from the environment and, when the program imports
 argparse, patches ``argparse.ArgumentParser.parse_known_args`` (``parse_args`` goes through it);
-at interpreter start it imports nothing, so a program that never uses argparse pays ~nothing:
+at interpreter start it imports nothing, so a program that never uses argparse pays ~nothing (with
+parameters, one small file write):
 
 - ``CELERY_AGENT_PARAMS``: a JSON object of overrides. After the top-level parser has parsed, each
   parameter naming an action (by its dest, or by a long option ``--name`` with ``-``/``_``
@@ -11,20 +12,23 @@ at interpreter start it imports nothing, so a program that never uses argparse p
   one value). A value the option rejects is reported by argparse, as a bad command-line value is.
 - ``CELERY_AGENT_APPENDED``: a JSON list of the parameters appended to argv. The parser is not
   shown an appended option it does not know, so it cannot fail with "unrecognized arguments";
-  ``sys.argv`` itself is left as it is. Arguments the user wrote are always passed on.
+  ``sys.argv`` itself is left as it is. Arguments the user wrote are always passed on. With
+  ``CELERY_AGENT_STRICT_PARAMS=1`` an appended option the parser does not know is shown to it,
+  so ``parse_args`` refuses it at once, as it would by hand.
 - ``CELERY_AGENT_PARAMS_OUT``: after the first top-level parse, the resolved namespace is written
   there as JSON (values JSON can not carry are written as ``str()``).
 
 Only the top-level parse is overridden: a subparser parses its own words untouched. Without
 parameters nothing changes but the recording.
 
-The hook acts in the run's main process only: the first interpreter to start claims the run by
-writing its pid to ``CELERY_AGENT_HOOK_PID``, which its children inherit, so a child Python
+The hook acts in the run's main process only: a Python that finds ``CELERY_AGENT_HOOK_PID`` empty
+claims the run by writing its pid there, which its children inherit, so a child Python
 (joblib/loky workers, multiprocessing spawn and forkserver children, a subprocess) neither gets
 the overrides nor records its own parse; a fork of the main process is told apart by its pid.
-With parameters, the main process writes ``<CELERY_AGENT_PARAMS_OUT>.usage`` (JSON): ``read``,
-the parameters its parsers know, and ``environ``, whether it read ``CELERY_AGENT_PARAMS``; the
-agent reports the others as unused. Any failure inside the hook is reported on one
+(Pythons a shell entry runs one after another are each a main process.) With parameters, the
+main process writes ``<CELERY_AGENT_PARAMS_OUT>.usage`` (JSON): ``read``, the parameters its
+parsers know, and ``environ``, whether it read ``CELERY_AGENT_PARAMS`` by name; the agent
+reports the others as unused. Any failure inside the hook is reported on one
 line starting "celery-agent:" and the program runs on. Afterwards the ``sitecustomize`` this file
 shadows, if any, is run. This file must run on Python 3.8+ with the standard library only.
 """

@@ -94,6 +94,8 @@ class DockerExecutor(Executor):
         finally:
             client.close()
         _note(log, options, image, pulled, installer, spec)
+        if options.install:  # (lock files are read on the host by the venv executor only)
+            log(f"env: requirements from {reqs.describe()}")
         prepared = DockerPrepared(
             python=options.python,
             env=dict(options.env),
@@ -110,6 +112,9 @@ class DockerExecutor(Executor):
             prepared.index_files = index.written(self._root / "index")
         if reqs:
             self._install(prepared, spec, reqs, source_dir, index, log)
+        prepared.facts["env_source"] = reqs.describe()
+        if reqs.pythonpath():  # the project's code from the mounted checkout (translated)
+            prepared.env["PYTHONPATH"] = str(reqs.pythonpath())
         prepared.seconds = time.perf_counter() - start
         return prepared
 

@@ -31,7 +31,7 @@ ROWS = (
 )
 
 
-def run_quick(timeout: float = 240) -> tuple[int, str, str]:
+def run_quick(timeout: float = 300) -> tuple[int, str, str]:
     """``python -m benchmarks --quick``; on timeout it gets SIGTERM, so it stops what it started."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks", "--quick"],

@@ -174,6 +174,8 @@ def test_submit_names_a_requirements_file_from_the_submit_folder_or_the_repo_roo
         assert done.returncode == 0 and "dep one" in done.stdout, done.stdout + done.stderr
         run_id = done.stderr.split("submitted run ")[1].split()[0]
         assert store.get(run_id)["spec"]["requirements_file"] == "ex/sk/requirements.txt"
+        shown = cli("show", run_id)
+        assert "env_source" in shown.stdout and "ex/sk/requirements.txt (sha256" in shown.stdout
         done = cli("submit", "train.py", "--requirements-file", "envs/new.txt", *common)
         assert done.returncode == 0 and "dep two" in done.stdout, done.stdout + done.stderr
         missing = cli("submit", "train.py", "-r", "nope.txt", "--queue", worker.queues)

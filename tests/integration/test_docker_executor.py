@@ -143,6 +143,22 @@ def test_requirements_install_in_the_container_from_a_local_wheelhouse(
     assert docker_client.volumes.get(CACHE_VOLUME).name == CACHE_VOLUME
 
 
+def test_a_projects_dependencies_install_in_the_container_and_its_code_is_importable(
+    docker_client, worker, make_repo, wheelhouse, store
+):
+    repo = make_repo({
+        "pyproject.toml": '[project]\nname = "mypkg"\nversion = "0.1"\ndependencies = ["cademo"]\n',
+        "src/mypkg/__init__.py": "CODE = 'boxed'\n",
+        "examples/run.py": "import mypkg, cademo\nprint('code', mypkg.CODE, cademo.VERSION)\n",
+    })  # fmt: skip
+    spec = docker_spec(repo, worker, entry="examples/run.py", requirements=None,
+                       find_links=[str(wheelhouse)], no_index=True)  # fmt: skip
+    out = submit_task.delay(spec).get(timeout=180)
+    assert out["status"] == "succeeded", out
+    assert "code boxed 1.0" in out["log_tail"]
+    assert store.get(out["run_id"])["env_source"].startswith("pyproject.toml (sha256 ")
+
+
 def _worker_has_its_own_ca() -> bool:
     """Whether this worker reaches its index through a CA of its own (PIP_CERT, pip's cert)."""
     index = worker_index()

@@ -4,8 +4,16 @@ its environment, and the torch build that fits its hardware."""
 
 from __future__ import annotations
 
+import base64
+import functools
 import html
+import http.server
+import json
+import threading
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -93,6 +101,56 @@ def test_a_worker_without_gpus_installs_the_cpu_torch_from_its_mirror_setup(
     assert out["status"] == "succeeded", out
     assert out["log_tail"][-1] == "mirror"
     assert store.get(out["run_id"])["spec"]["index_url"] == "file://${CA_TEST_MIRROR}"
+
+
+class _AuthIndex(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder only to requests that carry user ``bot`` with password ``s3cret``."""
+
+    expected = "Basic " + base64.b64encode(b"bot:s3cret").decode()
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+        if self.headers.get("Authorization") != self.expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mirror"')
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def auth_mirror(mirror: Path) -> Iterator[str]:
+    """The mirror over HTTP behind basic auth: its URL without credentials."""
+    handler = functools.partial(_AuthIndex, directory=str(mirror))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_password_from_the_workers_environment_reaches_the_index_and_nothing_else(
+    make_worker, make_repo, auth_mirror: str, store
+) -> None:
+    queue = f"auth-{uuid.uuid4().hex[:6]}"
+    make_worker(queue, concurrency=1, CELERY_AGENT_INSTALLER="uv", CA_MIRROR_TOKEN="s3cret")
+    repo = make_repo({"plain.py": "import cademo\nprint(cademo.VERSION)\n"})
+    fields = {"repo": str(repo), "entry": "plain.py", "queue": queue, "requirements": ["cademo"]}
+    url = f"http://bot:${{CA_MIRROR_TOKEN}}@{auth_mirror}/"
+    out = submit_task.delay(TaskSpec.parse(fields | {"index_url": url})).get(timeout=180)
+    assert out["status"] == "succeeded", out
+    assert out["log_tail"][-1] == "mirror"
+    record = store.get(out["run_id"])
+    assert record["spec"]["index_url"] == url, "the record keeps the placeholder"
+    log = "\n".join(store.read_log(out["run_id"])[1])
+    assert "s3cret" not in log and "s3cret" not in json.dumps(record)
+    assert f"--index-url http://bot:***@{auth_mirror}/" in log
+
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        urllib.request.urlopen(f"http://{auth_mirror}/cademo/", timeout=10)  # (it does ask)
 
 
 def test_a_gpu_worker_gets_the_cuda_build_its_driver_supports(

@@ -53,7 +53,9 @@ def test_joblib_and_multiprocessing_children_leave_the_params_alone(worker, make
 def test_a_param_no_parser_reads_is_reported_and_strict_params_fails_the_run(
     worker, make_repo, store
 ):
-    repo = make_repo({"study.py": "import sys\nprint('trials', 100, sys.argv[1:])\n"})
+    parsed = "import argparse\nargparse.ArgumentParser().parse_args()\nprint('all 100 trials')\n"
+    repo = make_repo({"study.py": "import sys\nprint('trials', 100, sys.argv[1:])\n",
+                      "parsed.py": parsed})  # fmt: skip
     os.chdir(repo)
     done = cli("submit", "study.py", "--queue", worker.queues, "--executor", "local",
                "-p", "n_trials=3", "--wait")  # fmt: skip
@@ -69,6 +71,10 @@ def test_a_param_no_parser_reads_is_reported_and_strict_params_fails_the_run(
     record = store.get(run_id_of(strict))
     assert record["state"] == "failed" and record["exit_code"] == 0
     assert "did not use parameter n_trials" in record["error"]
+    early = cli("submit", "parsed.py", "--queue", worker.queues, "--executor", "local",
+                "-p", "n_trials=3", "--strict-params", "--wait")  # fmt: skip
+    assert early.returncode == 2 and "all 100 trials" not in early.stdout  # refused at the parse
+    assert "unrecognized arguments: --n_trials 3" in early.stdout
 
 
 def test_submit_from_a_subfolder_runs_there(worker, make_repo, store):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_agent.errors import SpecError
-from celery_agent.executors import lockfiles, pyprojects
+from celery_agent.errors import ExecutorUnavailable, SpecError
+from celery_agent.executors import ExecutorSettings, get_executor, lockfiles, pyprojects
 from celery_agent.executors.envsource import entry_folder, resolve
 from celery_agent.spec import TaskSpec
 
@@ -224,3 +224,11 @@ def test_a_project_of_the_checkout_in_a_requirements_file_goes_on_sys_path_with_
     assert resolve(spec(requirements_file="envs/dev.txt"), tmp_path).sha256 == found.sha256
     (tmp_path / "libs/tool/pyproject.toml").write_text(PROJECT.replace('"attrs"', '"idna"'))
     assert resolve(spec(requirements_file="envs/dev.txt"), tmp_path).sha256 != found.sha256
+
+
+def test_a_uv_lock_on_a_worker_whose_installer_is_pip_names_the_fix(tmp_path: Path) -> None:
+    files(tmp_path, {"pyproject.toml": PROJECT, "uv.lock": "version = 1\n"})
+    pip = get_executor("venv", ExecutorSettings(cache_root=tmp_path / "envs", installer="pip"))
+    with pytest.raises(ExecutorUnavailable, match=r"uv.lock is installed with uv.*pip install uv"):
+        pip.prepare(spec(), tmp_path, lambda line: None)
+    assert not (tmp_path / "envs").exists(), "nothing was built"

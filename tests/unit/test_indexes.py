@@ -155,3 +155,15 @@ def test_a_chosen_index_or_no_torch_means_no_pick() -> None:
     assert resolve(spec(requirements=["six"]), defaults, ["six"], CPU_ONLY).record() == {}
     off = IndexDefaults(torch_index_template="")
     assert resolve(spec(requirements=["torch"]), off, ["torch"], CPU_ONLY).torch_index is None
+
+
+def test_celery_agent_config_shows_a_mirrors_password_as_stars(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from celery_agent.cli import main
+
+    monkeypatch.setenv("CELERY_AGENT_INDEX_URL", "https://bot:hunter2@mirror.corp/simple")
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["config"]) == 0
+    shown = capsys.readouterr().out
+    assert "https://bot:***@mirror.corp/simple" in shown and "hunter2" not in shown

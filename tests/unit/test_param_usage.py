@@ -184,3 +184,26 @@ def test_pythons_one_after_another_in_a_shell_entry_each_get_the_params(tmp_path
     assert find_unused({"lr": 0.5, "epochs": 3, "seed": 1}, [], tmp_path / "params.json") == [
         "seed"
     ]
+
+
+def test_strict_params_lets_argparse_refuse_an_option_it_does_not_know(tmp_path: Path) -> None:
+    source = textwrap.dedent("""\
+        import argparse, json
+        p = argparse.ArgumentParser()
+        p.add_argument("--batch-size", type=int, default=8)
+        print(json.dumps(vars(p.parse_args())))
+    """)
+    (tmp_path / "main.py").write_text(source)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_AGENT_")}
+    outcomes = {}
+    for strict in (False, True):
+        args, env = resolve([], {"batch_size": 3, "n_trials": 5}, tmp_path / "p.json", None, strict)
+        outcomes[strict] = subprocess.run([sys.executable, "main.py", *args], cwd=tmp_path,
+                                          env=base | env, capture_output=True, text=True)  # fmt: skip
+    assert json.loads(outcomes[False].stdout) == {"batch_size": 3}  # n_trials hidden, reported
+    assert outcomes[True].returncode == 2
+    assert "unrecognized arguments: --n_trials 5" in outcomes[True].stderr
+    args, env = resolve([], {"batch_size": 3}, tmp_path / "p.json", None, True)
+    known = subprocess.run([sys.executable, "main.py", *args], cwd=tmp_path, env=base | env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert json.loads(known.stdout) == {"batch_size": 3}  # (--batch_size shown as --batch-size)

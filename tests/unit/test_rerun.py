@@ -27,6 +27,15 @@ def test_rerun_of_a_conda_run_does_not_turn_its_freeze_into_pip_requirements():
     assert respec(record).requirements is None
 
 
+def test_a_pinned_rerun_of_a_requirements_file_run_lists_the_frozen_set_instead():
+    record = {"run_id": "r4", "spec": {"repo": "/r", "entry": "t.py", "requirements_file": "envs/a.txt"},
+              "freeze": ["six==1.17.0"]}  # fmt: skip
+    pinned = respec(record)
+    assert pinned.requirements == ["six==1.17.0"] and pinned.requirements_file is None
+    unpinned = respec(record, pin=False)
+    assert unpinned.requirements is None and unpinned.requirements_file == "envs/a.txt"
+
+
 SECRET_RECORD = {
     "run_id": "r3",
     "spec": {"repo": "/r", "entry": "t.py", "env": {"KEY": "***", "TOKEN": "***", "P": "1"},
