@@ -49,6 +49,12 @@ def record_table(record: dict[str, Any], cover: QueueCover | None, now: float) -
                 "error", "output_dir", "env_source", "env_index"):  # fmt: skip
         if record.get(key) not in (None, ""):
             row(key, record[key])
+    if isinstance(record.get("torch_index"), dict):
+        picked = record["torch_index"]
+        row("torch index", f"{picked.get('variant')} ({picked.get('url')}), picked for the worker")
+    if record.get("env_key"):
+        hit = str(record.get("env_hit")) in ("1", "True", "true")  # (as stored: "1" or "0")
+        row("env", f"{record['env_key']} ({'reused' if hit else 'built'})")
     for key in ("entry", "workdir"):
         if (record.get("spec") or {}).get(key):
             row(key, record["spec"][key])

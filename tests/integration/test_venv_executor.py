@@ -201,3 +201,21 @@ def test_prepare_follows_an_edited_requirements_txt(
     second = ex.prepare(spec(demo_wheels), source, print)
     assert (second.cache_hit, second.freeze) == (False, ["caw-extra==0.3.1"])
     assert second.cache_key != first.cache_key
+
+
+def test_two_envs_with_the_same_package_share_its_files_through_uvs_cache(
+    tmp_path: Path, demo_wheels: Path, source: Path
+) -> None:
+    ex = executor(tmp_path, "uv")
+    one = ex.prepare(spec(demo_wheels, requirements=["caw-demo"]), source, print)
+    two = ex.prepare(spec(demo_wheels, requirements=["caw-demo", "caw-extra"]), source, print)
+    assert one.cache_key != two.cache_key
+
+    def module(prepared: PreparedEnv) -> Path:
+        env = Path(prepared.env["VIRTUAL_ENV"])
+        return next(env.glob("lib/python*/site-packages/caw_demo/__init__.py"))
+
+    a, b = module(one).stat(), module(two).stat()
+    assert (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino), "one file, linked into both envs"
+    rows = {row["key"]: row for row in ex.env_cache().entries()}
+    assert rows[two.cache_key]["shared_bytes"] > 0

@@ -42,3 +42,13 @@ def test_outcome_line_names_state_exit_code_duration_and_error():
     assert outcome_line(ok) == "run r1 succeeded (exit 0) in 12.5s"
     bad = {"run_id": "r2", "state": "aborted", "error": "cancelled before it started"}
     assert outcome_line(bad) == "run r2 aborted: cancelled before it started"
+
+
+def test_show_says_which_env_and_which_torch_build_a_run_got():
+    record = {"run_id": "r1", "state": "succeeded", "env_key": "abc123", "env_hit": True,
+              "torch_index": {"variant": "cu121", "url": "https://w.example/whl/cu121"}}  # fmt: skip
+    text = rendered(record_table(record, None, now=1.0))
+    assert "torch index  cu121 (https://w.example/whl/cu121), picked for the worker" in text
+    assert "env          abc123 (reused)" in text
+    built = rendered(record_table(record | {"env_hit": 0}, None, now=1.0))
+    assert "abc123 (built)" in built
