@@ -429,11 +429,12 @@ def config() -> int:
 def _register_commands() -> None:
     from .cli_artifacts import artifacts
     from .cli_search import metrics, search
-    from .cli_services import flower, redis, services, workers
+    from .cli_services import exporter, flower, redis, services, workers
     from .cli_show import show
     from .cli_status import status
 
-    for command in (show, status, search, metrics, artifacts, workers, services, flower, redis):
+    commands = (show, status, search, metrics, artifacts, workers, services, flower, redis)
+    for command in (*commands, exporter):
         cli.add_command(command)
 
 
