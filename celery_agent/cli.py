@@ -431,10 +431,10 @@ def _register_commands() -> None:
     from .cli_search import metrics, search
     from .cli_services import exporter, flower, redis, services, workers
     from .cli_show import show
-    from .cli_status import status
+    from .cli_status import health, status
 
-    commands = (show, status, search, metrics, artifacts, workers, services, flower, redis)
-    for command in (*commands, exporter):
+    commands = (show, status, health, search, metrics, workers, services, flower, redis, exporter)
+    for command in (*commands, artifacts):
         cli.add_command(command)
 
 

@@ -196,3 +196,25 @@ def test_every_metric_the_grafana_dashboard_queries_is_served(store):
     served |= {f"{n}_total" for n in served}
     assert len(queried) >= 10
     assert queried <= served, f"the dashboard queries metrics never served: {queried - served}"
+
+
+def test_health_exits_0_for_a_live_worker_and_1_naming_the_problem_otherwise(store, worker):
+    _until("the session worker's heartbeat", lambda: any(
+        n.startswith(worker.name + "@") for n in store.r.zrange(store.keys.workers(), 0, -1)))  # fmt: skip
+    full = _full_name(store, worker.name)
+    alive = subprocess.run(
+        [CELERY_AGENT, "health", "--worker", full], capture_output=True, text=True, timeout=60
+    )
+    assert alive.returncode == 0, alive.stderr
+    local = f"{worker.name}@%h" if full.endswith("@" + os.uname().nodename) else full
+    assert (
+        subprocess.run(
+            [CELERY_AGENT, "health", "-w", local], capture_output=True, timeout=60
+        ).returncode
+        == 0
+    )
+    gone = subprocess.run(
+        [CELERY_AGENT, "health", "-w", "nobody@%h"], capture_output=True, text=True, timeout=60
+    )
+    assert gone.returncode == 1
+    assert "nobody@" in gone.stderr and "no current heartbeat" in gone.stderr
