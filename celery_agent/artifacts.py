@@ -3,8 +3,8 @@
 ``artifact_root`` is any fsspec URL (``file:///mnt/nfs/artifacts``, ``s3://bucket/prefix`` with
 ``s3fs``, ...). Credentials come from the environment or the config files of the library behind
 the scheme, never from a spec or a record: a URL written with ``user:password@`` is refused.
-Each file is read once, hashed and written in the same pass, in parallel threads, and retried a
-few times; what was kept is described by a manifest (path, size, sha256) that goes on the run
+Files are copied by the store's own put and hashed, in parallel threads, each retried a few
+times; what was kept is described by a manifest (path, size, sha256) that goes on the run
 record and, as ``manifest.json``, next to the files.
 """
 
@@ -144,13 +144,14 @@ class ArtifactStore:
         return reason
 
     def _copy(self, local: Path, remote: str, rel: str) -> dict[str, Any]:
+        """Copy one file with the store's own put (a kernel copy on a local folder, multipart on
+        an object store), then hash it from the page cache: the run has ended, it is stable."""
+        self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.put_file(str(local), remote)
         digest, size = hashlib.sha256(), 0
-        parent = remote.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        with local.open("rb") as src, self.fs.open(remote, "wb") as dst:
+        with local.open("rb") as src:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
-                dst.write(chunk)
                 size += len(chunk)
         return {"path": rel, "size": size, "sha256": digest.hexdigest()}
 
