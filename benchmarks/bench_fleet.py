@@ -8,6 +8,11 @@ is the change of ``used_cpu_user + used_cpu_sys`` (INFO cpu) over a window, as %
 scaled to the planned load when the senders fell behind; memory is ``used_memory`` (INFO memory)
 and ``MEMORY USAGE`` of sample keys. Rows project the measured cost to 1,000 workers and say how
 many workers one Redis core carries at 50 % busy.
+
+Between the two, with every worker's heartbeat and run in flight in place (and the senders idle),
+one Prometheus scrape of the fleet (:class:`celery_agent.exporter.FleetCollector`) is timed as
+Redis CPU per scrape, against the read of ``celery-agent status`` (``WorkerRegistry.overview``) in
+the same run as the baseline.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import redis
 
@@ -35,12 +41,13 @@ def run(ctx: Context) -> list[Row]:
         client = redis.Redis.from_url(server.url, decode_responses=True)
         fleet = Fleet(server.url, load, ctx.workload.spec("train.py", AGENT_QUEUE).to_json())
         memory = _memory_rows(client, fleet, load)
+        scrape = _scrape_rows(client, ctx.n(10, 3))
         beats = _cpu_row(client, fleet, load, window, runs=False)
         both = _cpu_row(client, fleet, load, window, runs=True)
         runs = _run_rows(client, fleet)
     finally:
         server.stop()
-    return [*beats, *both, *memory, *runs]
+    return [*beats, *both, *memory, *scrape, *runs]
 
 
 def _memory_rows(client: redis.Redis, fleet: Fleet, load: Load) -> list[Row]:
@@ -72,6 +79,47 @@ def _cpu_row(client: redis.Redis, fleet: Fleet, load: Load, window: float, runs:
         Row(f"  part: {what}: round trips sent / planned", achieved, None, "x", "none", "-",
             None),
     ]  # fmt: skip
+
+
+def _scrape_rows(client: redis.Redis, repeat: int) -> list[Row]:
+    """Redis CPU of one exporter scrape of the whole fleet, and of one status read (baseline)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from celery_agent.exporter import FleetCollector
+    from celery_agent.keys import Keys
+    from celery_agent.workers import WorkerRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(client, Keys(), client, [AGENT_QUEUE]))
+    workers = WorkerRegistry(client, Keys())
+    text = b""
+
+    def scrape() -> None:
+        nonlocal text
+        text = generate_latest(registry)
+
+    scraped, wall = _redis_cpu(client, scrape, repeat)
+    overview, _ = _redis_cpu(client, workers.overview, repeat)
+    samples = sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
+    print(f"  fleet scrape: {samples:,} samples, {len(text):,} bytes, {wall * 1000:.0f} ms wall",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return [
+        Row("fleet: Redis CPU per exporter scrape (baseline: status read)", scraped, overview,
+            "ms", "ratio", "< 1 s (a core-second)", scraped < 1.0),
+        Row("  part: exporter scrape wall time, client side included", wall, None, "ms", "none",
+            "-", None),
+    ]  # fmt: skip
+
+
+def _redis_cpu(client: redis.Redis, call: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """(Redis CPU seconds, wall seconds) of one ``call``, the median of ``repeat``."""
+    cpu, wall = [], []
+    for _ in range(repeat):
+        before, t0 = _cpu(client), time.perf_counter()
+        call()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(_cpu(client) - before)
+    return median(cpu), median(wall)
 
 
 def _run_rows(client: redis.Redis, fleet: Fleet, sample: int = 20) -> list[Row]:

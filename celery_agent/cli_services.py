@@ -1,4 +1,5 @@
-"""Commands for running the cluster's processes: `workers`, `services`, `flower` and `redis`.
+"""Commands for running the cluster's processes: `workers`, `services`, `flower`, `redis` and
+`exporter`.
 
 Each one execs (or becomes) the process a Procfile, docker-compose or Kubernetes starts, so
 signals reach it directly; see ``Procfile`` and ``deploy/``.
@@ -89,9 +90,10 @@ def flower(flower_args: tuple[str, ...]) -> int:
     """
     from celery.bin.celery import celery
 
-    from .flower import install_handlers
+    from .flower import install_handlers, install_metrics
 
     install_handlers()
+    install_metrics()
     args = ["-A", "celery_agent", "flower", *flower_args]
     result = celery.main(args=args, prog_name="celery", auto_envvar_prefix="CELERY",
                          standalone_mode=False)  # fmt: skip
@@ -114,6 +116,37 @@ def redis(port: int, bind: str, data_dir: str | None, linger: float) -> int:
     folder = Path(data_dir) if data_dir else get_settings().home / "redis"
     _log_to_stderr("redis")
     return serve(EmbeddedRedis(folder, port=port, host=bind), linger)
+
+
+@click.command()
+@click.option("--port", default=9808, show_default=True, help="TCP port of the metrics endpoint")
+@click.option("--bind", default="0.0.0.0", show_default=True, help="address to listen on")
+@click.option("--queue", "-Q", "queues", multiple=True,
+              help="a queue to report even while no worker serves it (repeat)")  # fmt: skip
+def exporter(port: int, bind: str, queues: tuple[str, ...]) -> int:
+    """Serve the fleet's Prometheus metrics at http://BIND:PORT/metrics until stopped: queue depth,
+    runs, workers, GPUs, read from Redis on each scrape."""
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from .app import get_settings
+    from .exporter import fleet_collector
+
+    settings = get_settings()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(fleet_collector(settings.redis_url, settings.broker, settings.prefix, queues))
+    _log_to_stderr("exporter")
+    server, thread = start_http_server(port, addr=bind, registry=registry)
+    logging.getLogger(__name__).info("serving metrics on http://%s:%d/metrics", bind, port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    thread.join(5)
+    return 0
 
 
 def _log_to_stderr(name: str) -> None:

@@ -1,4 +1,5 @@
-"""`celery-agent status`: workers and GPUs as tables with bars, live with --watch, or as JSON."""
+"""`celery-agent status`: workers and GPUs as tables with bars, live with --watch, or as JSON;
+`celery-agent health`: a worker's liveness as an exit code, for orchestrators' probes."""
 
 from __future__ import annotations
 
@@ -41,6 +42,34 @@ def status(watch: bool, interval: float, as_json: bool, worker: str | None, poin
         console.print(status_view(cluster_status(registry)))
         return 0
     return _watch(console, registry, interval)
+
+
+@click.command()
+@click.option("--worker", "-w", "name", required=True,
+              help="the worker's full name, e.g. gpu0@%h (%h: this machine's hostname)")  # fmt: skip
+def health(name: str) -> int:
+    """Exit 0 when the worker's heartbeat is current in Redis, 1 when it is not (a liveness probe:
+    the heartbeat lives three intervals) or Redis cannot be read."""
+    import socket
+
+    from .app import get_registry
+    from .cli import err_console
+
+    name = name.replace("%h", socket.gethostname())
+    try:
+        alive = get_registry().is_alive(name)
+    except Exception as exc:  # Redis down: the probe fails with the reason
+        err_console.print(f"cannot read worker {name} from Redis: {exc}", markup=False)
+        return 1
+    if not alive:
+        err_console.print(
+            f"worker {name} has no current heartbeat (stopped, lost or never started; "
+            "`celery-agent status` lists the workers)",
+            markup=False,
+        )
+        return 1
+    click.echo(f"worker {name} is alive")
+    return 0
 
 
 def _watch(console: Console, registry: Any, interval: float) -> int:

@@ -8,6 +8,9 @@ the app is built (``celery-agent flower`` does it, see :mod:`.cli_services`):
 
 - ``/celery-agent/hardware``: workers, GPUs, current runs and history charts (HTML, inline SVG);
 - ``/celery-agent/api/hardware``: the same data as JSON (:func:`hardware_data`).
+
+:func:`install_metrics` adds the fleet's Prometheus metrics (see :mod:`.exporter`) to Flower's own
+``/metrics``, which serves ``prometheus_client``'s default registry.
 """
 
 from __future__ import annotations
@@ -65,6 +68,20 @@ def install_handlers(handlers: list[Any] | None = None) -> bool:
     at = next((i for i, h in enumerate(handlers) if _pattern(h) == ".*"), len(handlers))
     handlers[at:at] = routes()
     return True
+
+
+def install_metrics(registry: Any = None) -> Any:
+    """Register the fleet collector (this process's settings) in ``registry``, by default the
+    ``prometheus_client`` registry Flower's ``/metrics`` serves; returns the collector."""
+    from .app import get_settings
+    from .exporter import fleet_collector
+
+    if registry is None:
+        from prometheus_client import REGISTRY as registry
+    settings = get_settings()
+    collector = fleet_collector(settings.redis_url, settings.broker, settings.prefix)
+    registry.register(collector)
+    return collector
 
 
 def _pattern(handler: Any) -> str:

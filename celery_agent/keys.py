@@ -3,6 +3,8 @@
 Runs:
 
 - ``{p}:run:{id}`` hash: the run record; ``{p}:runs`` sorted set of run ids by submit time
+- ``{p}:runs:counts`` hash of counters since the deployment began: ``submitted``, ``requeued``
+  and one per end state (``succeeded``, ``failed``, ...); never reset
 - ``{p}:run:{id}:metrics`` stream of scalars the run reported (name, value, step)
 - ``{p}:run:{id}:log`` stream of line chunks; ``{p}:run:{id}:claim`` who runs it (TTL): ``worker|host|pid``
 - ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
@@ -54,6 +56,10 @@ class Keys:
     def runs(self) -> str:
         """Sorted set of run ids by submit time."""
         return self._join("runs")
+
+    def run_counts(self) -> str:
+        """Hash of run counters: submitted, requeued and one per end state."""
+        return self._join("runs", "counts")
 
     def log(self, run_id: str) -> str:
         """The run's log stream."""

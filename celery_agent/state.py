@@ -28,23 +28,28 @@ ACTIVE = frozenset({PREPARING, RUNNING})
 START_FIELDS = ("state", "attempt", "lost_attempts", "preparing_at")
 _JSON_FIELDS = (
     "spec", "params", "usage", "freeze", "timings", "log_tail", "gpus", "torch_index",
-    "unused_params",
+    "unused_params", "artifacts",
 )  # fmt: skip
 
 # Move a run to a new state unless it already ended; returns the state it had ("" if none).
 # The fields come as one JSON object of strings (ARGV[4]): a run's end writes ~20 fields, and
-# packing each as an argument of its own cost the worker ~0.1 ms of CPU.
+# packing each as an argument of its own cost the worker ~0.1 ms of CPU. KEYS[2] is the run counters
+# hash (:meth:`Keys.run_counts`): a run that ends counts once under its end state, an active run
+# sent back to its queue under 'requeued' (the exporter serves them as Prometheus counters).
 _TRANSITION = """
+local ended = {succeeded=true, failed=true, aborted=true, timed_out=true, lost=true}
 local old = redis.call('HGET', KEYS[1], 'state') or ''
 if old == '' and ARGV[2] ~= '1' then return '' end
-if ARGV[3] ~= '1' and (old == 'succeeded' or old == 'failed' or old == 'aborted'
-    or old == 'timed_out' or old == 'lost') then return old end
+if ARGV[3] ~= '1' and ended[old] then return old end
 local flat = {'state', ARGV[1]}
 for name, value in pairs(cjson.decode(ARGV[4])) do
   flat[#flat + 1] = name
   flat[#flat + 1] = value
 end
 redis.call('HSET', KEYS[1], unpack(flat))
+if ended[ARGV[1]] and not ended[old] then redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+elseif ARGV[1] == 'queued' and (old == 'preparing' or old == 'running') then
+  redis.call('HINCRBY', KEYS[2], 'requeued', 1) end
 return old
 """
 # Renew or release a claim only when it is still ours.
@@ -69,9 +74,11 @@ if st ~= 'preparing' and st ~= 'running' then return 'ended' end
 local lost = redis.call('HINCRBY', KEYS[1], 'lost_attempts', 1)
 if lost < tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'state', 'queued', 'requeued_at', ARGV[2], 'last_error', ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'requeued', 1)
   return 'requeued' end
 redis.call('HSET', KEYS[1], 'state', 'lost', 'lost_at', ARGV[2], 'error', ARGV[3],
   'error_stage', 'run')
+redis.call('HINCRBY', KEYS[3], 'lost', 1)
 return 'lost'
 """
 _RELEASE = """
@@ -80,10 +87,12 @@ return 0
 """
 # Record a queued run unless its id is taken: KEYS run record, runs index; ARGV submit time, run id,
 # then field, value, ... One round trip, and no reader ever sees a record without its fields.
+# KEYS[3], the run counters hash, counts it under 'submitted'.
 _CREATE = """
 if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'submitted', 1)
 return 1
 """
 
@@ -121,7 +130,7 @@ class RunStore:
         record = {"state": QUEUED, "spec": spec, "queue": queue, "submitted_at": now, "attempt": 0}
         record["name"] = spec.get("name") or spec.get("entry", "")
         flat = [x for kv in _encode(record | fields).items() for x in kv]
-        keys = [self.keys.run(run_id), self.keys.runs()]
+        keys = [self.keys.run(run_id), self.keys.runs(), self.keys.run_counts()]
         with _errors(self):
             return bool(self._create(keys=keys, args=[now, run_id, *flat]))
 
@@ -136,11 +145,12 @@ class RunStore:
         """
         fields = {f"{state}_at": time.time()} | fields
         args = [state, "1", "1" if force else "0", json.dumps(_encode(fields), ensure_ascii=False)]
+        keys = [self.keys.run(run_id), self.keys.run_counts()]
         if pipe is not None:  # EVAL, not EVALSHA: a pipeline with a script object first asks
-            pipe.eval(_TRANSITION, 1, self.keys.run(run_id), *args)  # Redis if it has it
+            pipe.eval(_TRANSITION, 2, *keys, *args)  # Redis if it has it
             return ""
         with _errors(self):
-            old = self._transition(keys=[self.keys.run(run_id)], args=args)
+            old = self._transition(keys=keys, args=args)
         return str(old or "")
 
     def update(self, run_id: str, *, pipe: Any = None, **fields: Any) -> None:
@@ -266,7 +276,7 @@ class RunStore:
 
     def requeue_lost(self, run_id: str, max_attempts: int, error: str) -> str:
         """Requeue a run whose runner is gone: 'requeued', 'lost', 'claimed' or 'ended'."""
-        keys = [self.keys.run(run_id), self.keys.claim(run_id)]
+        keys = [self.keys.run(run_id), self.keys.claim(run_id), self.keys.run_counts()]
         with _errors(self):
             args: list[Any] = [max_attempts, time.time(), error]
             return str(self._requeue(keys=keys, args=args))

@@ -175,6 +175,12 @@ def _encode(record: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def decode(raw: dict[str, str]) -> dict[str, Any]:
+    """A heartbeat hash as stored, decoded (JSON fields parsed, numbers converted); raises
+    ValueError when a field is malformed."""
+    return _decode(raw)
+
+
 def _decode(raw: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in raw.items():

@@ -24,6 +24,7 @@ ROWS = (
     "fleet: heartbeats, Redis CPU",
     "fleet: heartbeats + runs, Redis CPU",
     "fleet: Redis memory per worker",
+    "fleet: Redis CPU per exporter scrape",
     "docker",
     "cold env",
     "uv.lock cold env",

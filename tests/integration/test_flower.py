@@ -108,6 +108,23 @@ def test_hardware_api_lists_the_live_worker_with_its_history(flower_url, worker)
     assert len(row["history"]) >= 2 and row["history"][-1]["cpu"] is not None
 
 
+def test_flower_metrics_carry_the_fleet_metrics(flower_url, worker):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + 20
+    while True:
+        text = _get(flower_url + "/metrics").decode()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+        served = samples.get(("celery_agent_queue_workers", (("queue", worker.queues),)))
+        if served == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert samples.get(("celery_agent_up", ())) == 1
+    assert served == 1  # the session worker, online for its queue
+    assert "# HELP flower_events_total" in text  # Flower's own metrics are still served
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_hardware_page_renders_the_worker_and_its_run_in_chromium(
     flower_url, make_worker, make_repo, tmp_path

@@ -203,3 +203,33 @@ def test_unreachable_redis_is_a_clear_state_error():
     dead = RunStore(redis.Redis(port=free_port(), socket_connect_timeout=0.5), "ca")
     with pytest.raises(StateError, match=r"Redis is unreachable at redis://localhost:\d+/0"):
         dead.create_run("x", {"repo": "/r", "entry": "t.py"}, "q")
+
+
+def test_run_counters_count_each_submit_end_and_requeue_once(store: RunStore):
+    own = RunStore(store.r, prefix=f"t{new_id()[:8]}")  # counters of its own
+    ids = [new_id() for _ in range(4)]
+    for rid in ids:
+        assert own.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
+    assert not own.create_run(ids[0], {"repo": "/r", "entry": "t.py"}, "q")  # not counted again
+    own.transition(ids[0], "preparing")
+    own.transition(ids[0], "running")
+    own.transition(ids[0], "succeeded")
+    own.transition(ids[0], "failed")  # refused: it ended already
+    own.transition(ids[0], "aborted", force=True)  # forced over an end: still one end
+    pipe = own.r.pipeline(transaction=False)
+    own.transition(ids[1], "running", pipe=pipe)
+    own.transition(ids[1], "queued", pipe=pipe)  # a drained run goes back
+    own.transition(ids[1], "failed", pipe=pipe)
+    pipe.execute()
+    own.transition(ids[2], "running")
+    assert own.requeue_lost(ids[2], 2, "worker lost") == "requeued"
+    own.transition(ids[2], "running")
+    assert own.requeue_lost(ids[2], 2, "worker lost") == "lost"
+    counts = own.r.hgetall(own.keys.run_counts())
+    assert counts == {
+        "submitted": "4",
+        "succeeded": "1",
+        "failed": "1",
+        "requeued": "2",
+        "lost": "1",
+    }

@@ -108,6 +108,22 @@ def test_k8s_pods_start_the_procfile_commands():
         assert container["envFrom"] == [{"configMapRef": {"name": "celery-agent"}}]
 
 
+def test_compose_and_k8s_run_the_exporter_on_its_port():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    words = ["celery-agent", "exporter", "--port", "9808"]
+    assert fixed(compose["exporter"]["command"]) == words
+    assert compose["exporter"]["environment"]["CELERY_AGENT_REDIS_URL"] == "redis://redis:6379/0"
+    docs = k8s_docs()
+    (container,) = docs["Deployment/celery-agent-exporter"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert fixed(container["command"]) == words
+    assert container["envFrom"] == [{"configMapRef": {"name": "celery-agent"}}]
+    service = docs["Service/celery-agent-exporter"]
+    assert service["spec"]["ports"][0]["targetPort"] == 9808
+    assert service["metadata"]["annotations"]["prometheus.io/port"] == "9808"
+
+
 def test_k8s_gpu_worker_runs_the_planned_gpu0_worker_without_its_own_queue():
     (container,) = k8s_docs()["Deployment/celery-agent-gpu-worker"]["spec"]["template"]["spec"][
         "containers"
