@@ -1,5 +1,6 @@
 """A run's outputs kept in a file:// artifact store by a real worker: succeeded and failed runs,
-exclude globs, `celery-agent artifacts --get` from the store, and a store it cannot write to."""
+exclude globs, `celery-agent artifacts --get` from the store, a cancelled run, and a store it
+cannot write to."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_reliability_recovery import wait_for
 
 from celery_agent import get_run, submit_task
 from celery_agent.cli import main
@@ -98,3 +100,16 @@ def test_an_unwritable_store_is_reported_on_the_run_and_its_result_still_arrives
     shown = capsys.readouterr().out
     assert "artifacts" in shown and "failed (" in shown and "not kept" in shown
     assert json.dumps(out["artifacts"]) == json.dumps(kept)
+
+
+def test_a_cancelled_runs_outputs_are_kept(make_worker, make_repo, store, tmp_path: Path):
+    root = tmp_path / "store"
+    w = make_worker(f"art-{uuid.uuid4().hex[:6]}", CELERY_AGENT_ARTIFACT_ROOT=root.as_uri())
+    job = JOB.replace("sys.exit(", "import time; time.sleep(600); sys.exit(")
+    r = submit_task.delay(spec(make_repo({"job.py": job}), w.queues, "c", EXIT="0"))
+    wait_for(lambda: "wrote outputs" in store.read_log(r.id)[1], 60)
+    get_run(r.id).cancel()
+    out = r.get(timeout=60)
+    assert out["status"] == "aborted", out
+    assert out["artifacts"]["status"] == "uploaded" and out["artifacts"]["count"] == 2
+    assert (root / "runs" / r.id / "plots" / "loss.txt").read_text() == "0.5 0.25\n"

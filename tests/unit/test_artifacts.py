@@ -123,3 +123,24 @@ def test_of_run_reads_the_store_manifest_when_the_record_holds_part_of_it(
     assert got_store.url == store.url and files == kept["files"]
     with pytest.raises(ConfigError, match="kept no artifacts"):
         artifacts.of_run({"run_id": "r8", "state": "running"})
+
+
+def test_a_file_that_fails_twice_is_retried_and_kept(outputs: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(artifacts, "BACKOFF", (0.0,))
+    real, calls = ArtifactStore._copy, {"n": 0}
+
+    def flaky(self, local, remote, rel):
+        if rel == "model.pt" and calls["n"] < artifacts.TRIES - 1:
+            calls["n"] += 1
+            raise OSError("store away")
+        return real(self, local, remote, rel)
+
+    monkeypatch.setattr(ArtifactStore, "_copy", flaky)
+    out = ArtifactStore((tmp_path / "store").as_uri()).upload("r9", outputs)
+    assert calls["n"] == artifacts.TRIES - 1
+    assert out["status"] == "uploaded" and out["count"] == 4, out
+    monkeypatch.setattr(artifacts, "TRIES", 2)  # now it fails every try it gets
+    calls["n"] = -10
+    out = ArtifactStore((tmp_path / "store2").as_uri()).upload("r9", outputs)
+    assert out["status"] == "failed" and out["count"] == 3
+    assert out["error"] == "model.pt: OSError: store away (1 file(s) not kept)"
