@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from . import (
+    bench_artifacts,
     bench_cancel,
     bench_dispatch,
     bench_docker,
@@ -59,6 +60,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "env_cold": bench_env.run_cold,
     "env_lock": bench_lock.run,
     "first_run": bench_first_run.run,
+    "artifacts": bench_artifacts.run,
 }
 
 

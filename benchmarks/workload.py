@@ -31,6 +31,14 @@ SCRIPTS = {
         '    print(f"tick {time.time():.6f}")\n'
         "    time.sleep(0.05)\n"
     ),
+    # artifacts: argv[1] files of argv[2] bytes each in the run's output folder
+    "outputs.py": (
+        "import os, sys\n"
+        'out = os.environ["CELERY_AGENT_OUTPUT_DIR"]\n'
+        "for i in range(int(sys.argv[1])):\n"
+        '    with open(os.path.join(out, f"part-{i}.bin"), "wb") as fh:\n'
+        "        fh.write(os.urandom(int(sys.argv[2])))\n"
+    ),
     # cancel: a child of its own, then sleep
     "sleeper.py": (
         "import os, subprocess, sys, time\n"

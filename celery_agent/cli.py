@@ -427,13 +427,14 @@ def config() -> int:
 
 
 def _register_commands() -> None:
+    from .cli_artifacts import artifacts
     from .cli_search import metrics, search
     from .cli_services import exporter, flower, redis, services, workers
     from .cli_show import show
     from .cli_status import health, status
 
     commands = (show, status, health, search, metrics, workers, services, flower, redis, exporter)
-    for command in commands:
+    for command in (*commands, artifacts):
         cli.add_command(command)
 
 

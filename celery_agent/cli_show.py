@@ -11,8 +11,11 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from .cli_artifacts import artifacts_line
 from .serving import QueueCover
 from .state import QUEUED
+
+SHOWN_FILES = 20  #: artifact files listed by `show` (`celery-agent artifacts RUN` lists all)
 
 
 @click.command()
@@ -73,6 +76,10 @@ def record_table(record: dict[str, Any], cover: QueueCover | None, now: float) -
         row("unused params", f"{unused} (no parser read them, see the log)")
     if (record.get("usage") or {}).get("gpu_memory_peak_bytes") is not None:
         row("gpu memory", gpu_memory_line(record["usage"]))
+    if record.get("artifacts"):
+        row("artifacts", artifacts_line(record["artifacts"]))
+        for entry in (record["artifacts"].get("files") or [])[:SHOWN_FILES]:
+            row("", f"{entry['path']} ({entry['size']} bytes)")
     if record.get("freeze"):
         row("packages", f"{len(record['freeze'])} pinned (see --json)")
     return table

@@ -16,10 +16,9 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from . import attempts, metrics, paramusage, runenv, stages, state
+from . import artifacts, attempts, metrics, paramusage, runenv, stages, state
 from . import leases as leases_mod
 from . import params as params_mod
 from .attempts import DuplicateRun
@@ -88,6 +87,7 @@ class Job:
         self.stops: Callable[[], bool] = lambda: False
         self.stop_reason: Callable[[], str | None] = lambda: None
         self.notes = RunNotes(self.log_file)  #: the agent's lines in the run's log file
+        self.exclude: list[str] = []  #: output files not kept (the spec's output_exclude)
         self._cleaned = False
 
     # -- the algorithm --------------------------------------------------------------------------
@@ -190,6 +190,7 @@ class Job:
         if old in state.TERMINAL:
             raise DuplicateRun(f"run {self.run_id} already ended as {old}")
         self.note(f"run {self.run_id} on {self.ctx.worker} (attempt {attempt})")
+        self.exclude = spec.output_exclude
         self.want = self.ctx.gpus.request(spec.gpus)  # a request it can never meet fails now
 
     def materialize(self, spec: TaskSpec) -> Checkout:
@@ -280,7 +281,7 @@ class Job:
         held.defer_state(state.RUNNING)  # sent with the run's first output (or within 50 ms)
         request = RunRequest(
             env=env,
-            cwd=self._workdir(spec, co),
+            cwd=co.path / spec.workdir if spec.workdir else co.path,
             sink=sink,
             log_file=self.log_file,
             timeout=self.clock.remaining("run"),
@@ -333,7 +334,10 @@ class Job:
         error: AgentError | None = None,
         stage: str = "",
     ) -> dict[str, Any]:
-        """Write the terminal state and return the summary."""
+        """Keep the run's outputs (:mod:`.artifacts`), write the terminal state, return the summary."""
+        if self.output_dir.is_dir():  # every run that began keeps its outputs, however it ended
+            kept = artifacts.upload_run(self.ctx.settings, self.run_dir, self.exclude, self.note)
+            self.summary["artifacts"] = kept
         self.summary["timings"]["total"] = round(time.time() - self.started, 3)
         self.summary |= {
             "status": status,
@@ -441,6 +445,3 @@ class Job:
             if self.stop_reason() == "drain":
                 raise Drained()
             raise Cancelled("cancelled while preparing")
-
-    def _workdir(self, spec: TaskSpec, co: Checkout) -> Path:
-        return co.path / spec.workdir if spec.workdir else co.path

@@ -66,6 +66,7 @@ class Settings:
     gpu_wait: float = 300.0  # seconds a dynamic run waits for free GPUs before it fails
     gpu_lease_ttl: float = 60.0  # seconds a crashed worker's GPU lease survives
     gpu_sample_interval: float = 2.0  # seconds between samples of a run's GPU memory
+    artifact_root: str | None = None  # fsspec URL runs' outputs go to (default: {home}/artifacts)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property

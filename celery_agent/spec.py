@@ -174,6 +174,9 @@ class TaskSpec(_Validated):
         2, ge=1, le=100, description="starts allowed when a worker is lost (2 = one retry)"
     )
     workdir: str | None = Field(None, description="working directory, a path from the repo root")
+    output_exclude: list[str] = Field(
+        default_factory=list, description="globs of output files not kept (e.g. '*.tmp', 'cache')"
+    )
     docker: DockerOptions | None = Field(None, description="options of the docker executor")
     conda: CondaOptions | None = Field(None, description="options of the conda executor")
 

@@ -28,6 +28,8 @@ ROWS = (
     "docker",
     "cold env",
     "uv.lock cold env",
+    "artifacts: run end",
+    "artifacts: upload",
 )
 
 

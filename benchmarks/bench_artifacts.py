@@ -1,0 +1,98 @@
+"""Artifacts: what keeping a run's outputs costs.
+
+Run end: submit -> result of a run that writes 16 files of 64 KiB, its outputs uploaded to the
+agent worker's artifact store (the default, a folder under its home), against the same run with
+``output_exclude=["*"]`` (the same files written, none uploaded); alternating, median of N.
+Upload: ``ArtifactStore.upload`` of 64 files and of one file (full: 256 MiB each way; quick:
+8 MiB) to a local folder store, against a plain ``fsspec`` ``put`` of the same files in the same
+run (no hashing, no manifest: the sha256 of every byte is what the ratio mostly pays for), and
+against that put followed by a sha256 of each file by hand (one thread).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import fsspec
+
+from celery_agent.artifacts import ArtifactStore
+
+from .context import AGENT_QUEUE, Context
+from .report import Row, median
+
+FILES, SIZE = "16", str(64 * 2**10)
+RUN_TARGET = 0.15  #: seconds a run's end may wait for a small upload
+COPY_SLACK = 1.10  #: our upload may take this many times a plain fsspec copy
+
+
+def run(ctx: Context) -> list[Row]:
+    """The run-end row and the upload rows."""
+    return [_run_end(ctx), *(row for files in (64, 1) for row in _upload(ctx, files))]
+
+
+def _run_end(ctx: Context) -> Row:
+    kept, skipped, uploads = [], [], []
+    ctx.submit_and_wait(ctx.workload.spec("outputs.py", AGENT_QUEUE, FILES, SIZE))  # env built
+    for _ in range(ctx.n(10, 2)):
+        for exclude, times in (([], kept), (["*"], skipped)):
+            spec = ctx.workload.spec("outputs.py", AGENT_QUEUE, FILES, SIZE, output_exclude=exclude)
+            t0 = time.perf_counter()
+            summary = ctx.submit_and_wait(spec)
+            times.append(time.perf_counter() - t0)
+            if exclude == []:
+                if summary["artifacts"]["status"] != "uploaded":
+                    raise RuntimeError(f"upload failed: {summary['artifacts']}")
+                uploads.append(float(summary["artifacts"]["seconds"]))
+    measured, baseline = median(kept), median(skipped)
+    name = (f"artifacts: run end, {FILES} x 64 KiB uploaded vs excluded (upload itself "
+            f"{median(uploads) * 1000:.0f} ms), median of {len(kept)}")  # fmt: skip
+    return Row(name, measured, baseline, "ms", "diff", f"<= +{RUN_TARGET * 1000:.0f} ms",
+               measured - baseline <= RUN_TARGET)  # fmt: skip
+
+
+def _upload(ctx: Context, files: int) -> list[Row]:
+    total = ctx.n(256, 8) * 2**20
+    folder = ctx.root / f"outputs-{files}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        (folder / f"part-{i}.bin").write_bytes(os.urandom(total // files))
+    ours, plain, hashed = [], [], []
+    for i in range(ctx.n(3, 1)):
+        ours.append(_ours(ctx.root / f"store-ours-{files}-{i}", folder))
+        plain.append(_plain(ctx.root / f"store-plain-{files}-{i}", folder))
+        hashed.append(_plain(ctx.root / f"store-hashed-{files}-{i}", folder, hashed=True))
+    shutil.rmtree(folder, ignore_errors=True)
+    measured, baseline = median(ours), median(plain)
+    name = f"artifacts: upload {total >> 20} MiB in {files} file(s) to a folder"
+    return [
+        Row(f"{name} vs fsspec put", measured, baseline, "s", "ratio", "<= 1.10x",
+            measured <= COPY_SLACK * baseline),
+        Row(f"{name} vs fsspec put + sha256 by hand", measured, median(hashed), "s", "ratio",
+            "-", None),
+    ]  # fmt: skip
+
+
+def _ours(root: Path, folder: Path) -> float:
+    t0 = time.perf_counter()
+    out = ArtifactStore(root.as_uri()).upload("bench", folder)
+    elapsed = time.perf_counter() - t0
+    if out["status"] != "uploaded":
+        raise RuntimeError(f"upload failed: {out}")
+    shutil.rmtree(root, ignore_errors=True)
+    return elapsed
+
+
+def _plain(root: Path, folder: Path, hashed: bool = False) -> float:
+    t0 = time.perf_counter()
+    fs = fsspec.filesystem("file")
+    fs.put(str(folder), str(root / "runs" / "bench"), recursive=True)
+    for path in sorted(folder.iterdir()) if hashed else ():
+        with path.open("rb") as src:
+            hashlib.file_digest(src, "sha256")
+    elapsed = time.perf_counter() - t0
+    shutil.rmtree(root, ignore_errors=True)
+    return elapsed

@@ -1,0 +1,232 @@
+"""The artifact store: a run's output folder kept under ``{artifact_root}/runs/{run_id}/``.
+
+``artifact_root`` is any fsspec URL (``file:///mnt/nfs/artifacts``, ``s3://bucket/prefix`` with
+``s3fs``, ...). Credentials come from the environment or the config files of the library behind
+the scheme, never from a spec or a record: a URL written with ``user:password@`` is refused.
+Files are copied by the store's own put and hashed, in parallel threads, each retried a few
+times; what was kept is described by a manifest (path, size, sha256) that goes on the run
+record and, as ``manifest.json``, next to the files.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 4 * 2**20  #: bytes read and written at a time
+THREADS = 8  #: files copied at once
+TRIES = 3  #: attempts per file before the upload is reported failed
+BACKOFF = (0.2, 1.0)  #: seconds between attempts
+MANIFEST = "manifest.json"
+RECORD_FILES = 1000  #: manifest entries kept on the run record (manifest.json has them all)
+
+
+def safe_url(url: str) -> str:
+    """``url`` without any ``user:password@`` part (what logs and records may show)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc=parts.hostname or "").geturl()
+
+
+def excluded(path: str, patterns: Sequence[str]) -> bool:
+    """Whether the relative posix ``path`` (or a folder above it) matches one of ``patterns``."""
+    pure = PurePosixPath(path)
+    candidates = [path, *(str(parent) for parent in pure.parents if str(parent) != ".")]
+    return any(fnmatch.fnmatchcase(c, p.rstrip("/")) for c in candidates for p in patterns)
+
+
+def output_files(folder: Path, exclude: Sequence[str] = ()) -> list[str]:
+    """The files under ``folder`` to keep, as sorted relative posix paths."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        rel_root = Path(root).relative_to(folder).as_posix()
+        for name in files:
+            rel = name if rel_root == "." else f"{rel_root}/{name}"
+            if Path(root, name).is_file() and not excluded(rel, exclude):
+                out.append(rel)
+        dirs.sort()
+    return sorted(out)
+
+
+class ArtifactStore:
+    """One artifact root: where runs' outputs are uploaded to and downloaded from."""
+
+    def __init__(self, url: str) -> None:
+        if urlsplit(url).password is not None:
+            raise ConfigError(
+                f"artifact_root {safe_url(url)!r} carries a password",
+                "give credentials through the environment or the storage library's config file",
+            )
+        self.url = url.rstrip("/")
+        self._fs: Any = None
+
+    @classmethod
+    def for_home(cls, artifact_root: str | None, home: Path) -> ArtifactStore:
+        """The store named by the ``artifact_root`` setting, else ``{home}/artifacts``."""
+        return cls(artifact_root or (home / "artifacts").resolve().as_uri())
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem (opened on first use; an unknown scheme is a ConfigError)."""
+        if self._fs is None:
+            self._fs, self._root = _open(self.url)
+        return self._fs
+
+    def run_url(self, run_id: str) -> str:
+        """Where a run's files live in the store."""
+        return f"{self.url}/runs/{run_id}"
+
+    def _path(self, run_id: str, rel: str = "") -> str:
+        self.fs  # noqa: B018 (opens the filesystem, which sets the root)
+        base = f"{self._root.rstrip('/')}/runs/{run_id}"
+        return f"{base}/{rel}" if rel else base
+
+    # -- upload ---------------------------------------------------------------------------------
+    def upload(
+        self, run_id: str, folder: Path, exclude: Sequence[str] = (), threads: int = THREADS
+    ) -> dict[str, Any]:
+        """Copy ``folder`` to the run's place in the store; returns what the run record keeps:
+        ``status`` (uploaded, failed, empty), ``url``, ``files`` (path, size, sha256), ``bytes``,
+        ``seconds`` and, when it failed, ``error``. Never raises."""
+        t0 = time.monotonic()
+        out: dict[str, Any] = {"root": self.url, "url": self.run_url(run_id), "files": []}
+        files: list[str] = []
+        try:
+            files = output_files(folder, exclude)
+            kept, errors = self._copy_all(run_id, folder, files, threads) if files else ([], [])
+            if files and not errors:
+                self._write(self._path(run_id, MANIFEST), json.dumps(kept, indent=1).encode())
+        except Exception as err:  # an unknown scheme, a missing package, a folder it cannot read
+            kept, errors = [], [_reason(err)]
+        out["files"] = kept[:RECORD_FILES]
+        out["count"], out["bytes"] = len(kept), sum(f["size"] for f in kept)
+        out["status"] = "failed" if errors else "uploaded" if kept else "empty"
+        if errors:
+            missed = len(files) - len(kept)
+            out["error"] = errors[0] + (f" ({missed} file(s) not kept)" if missed else "")
+        out["seconds"] = round(time.monotonic() - t0, 3)
+        return out
+
+    def _copy_all(
+        self, run_id: str, folder: Path, files: list[str], threads: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
+            done = list(pool.map(lambda rel: self._copy_retried(run_id, folder, rel), files))
+        kept = [entry for entry in done if isinstance(entry, dict)]
+        return kept, [entry for entry in done if isinstance(entry, str)]
+
+    def _copy_retried(self, run_id: str, folder: Path, rel: str) -> dict[str, Any] | str:
+        """One file's manifest entry, or the reason its last attempt failed."""
+        for attempt in range(TRIES):
+            try:
+                return self._copy(folder / rel, self._path(run_id, rel), rel)
+            except Exception as err:
+                reason = f"{rel}: {_reason(err)}"
+                logger.warning("upload of %s (try %d of %d) failed: %s", rel, attempt + 1,
+                               TRIES, reason)  # fmt: skip
+                if attempt < TRIES - 1:
+                    time.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+        return reason
+
+    def _copy(self, local: Path, remote: str, rel: str) -> dict[str, Any]:
+        """Copy one file with the store's own put (a kernel copy on a local folder, multipart on
+        an object store), then hash it from the page cache: the run has ended, it is stable."""
+        self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.put_file(str(local), remote)
+        digest, size = hashlib.sha256(), 0
+        with local.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return {"path": rel, "size": size, "sha256": digest.hexdigest()}
+
+    def _write(self, remote: str, data: bytes) -> None:
+        with self.fs.open(remote, "wb") as dst:
+            dst.write(data)
+
+    # -- download -------------------------------------------------------------------------------
+    def manifest(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's manifest as the store has it."""
+        with self.fs.open(self._path(run_id, MANIFEST), "rb") as src:
+            return list(json.loads(src.read()))
+
+    def download(
+        self,
+        run_id: str,
+        dest: Path,
+        files: Iterable[dict[str, Any]],
+        progress: Callable[[str], None] = lambda _: None,
+    ) -> list[Path]:
+        """Fetch the manifest's ``files`` into ``dest``, checking each one's sha256."""
+        out = []
+        for entry in files:
+            rel = str(entry["path"])
+            target = (dest / rel).resolve()
+            if dest.resolve() not in target.parents:
+                raise ConfigError(f"artifact path {rel!r} leaves {dest}", "check the manifest")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256()
+            with self.fs.open(self._path(run_id, rel), "rb") as src, target.open("wb") as dst:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+            if entry.get("sha256") and digest.hexdigest() != entry["sha256"]:
+                raise ConfigError(
+                    f"artifact {rel} of run {run_id} does not match its manifest's sha256",
+                    "upload it again (rerun) or check the store for changes",
+                )
+            progress(rel)
+            out.append(target)
+        return out
+
+
+def _open(url: str) -> tuple[Any, str]:
+    try:
+        import fsspec
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise ConfigError("fsspec is not installed", "pip install fsspec") from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError) as err:
+        raise ConfigError(
+            f"artifact_root {safe_url(url)!r} cannot be opened: {err}",
+            "use a file:// path or a URL whose fsspec package (s3fs, gcsfs, ...) is installed; "
+            "set CELERY_AGENT_ARTIFACT_ROOT",
+        ) from None
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text if isinstance(err, ConfigError) else f"{type(err).__name__}: {text}"
+
+
+def upload_run(
+    settings: Settings, run_dir: Path, exclude: Sequence[str], note: Callable[[str], None]
+) -> dict[str, Any]:
+    """Upload a run's output folder (``run_dir/output``) at its end and say so in its log;
+    never raises: a failure is the result's ``status`` and ``error``."""
+    try:
+        store = ArtifactStore.for_home(settings.artifact_root, settings.home)
+        result = store.upload(run_dir.name, run_dir / "output", exclude)
+    except ConfigError as err:  # (a URL with a password)
+        result = {"status": "failed", "error": str(err), "files": [], "count": 0, "bytes": 0}
+    if result["status"] == "failed":
+        note(f"artifacts: failed ({result['error']})")
+    elif result["status"] == "uploaded":
+        note(f"artifacts: {result['count']} file(s), {result['bytes']} bytes -> {result['url']}")
+    return result

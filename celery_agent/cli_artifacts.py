@@ -1,0 +1,59 @@
+"""`celery-agent artifacts`: the files a run kept in the artifact store, and fetching them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import AgentError
+
+
+@click.command()
+@click.argument("run")
+@click.option("--get", "dest", type=click.Path(path_type=Path), help="download them into DEST")
+@click.option("--root", help="the artifact root as this machine reaches it (default: recorded)")
+def artifacts(run: str, dest: Path | None, root: str | None) -> int:
+    """List the files RUN kept in the artifact store (path, size, sha256), or --get them."""
+    from .artifacts import ArtifactStore
+    from .cli import console, err_console
+    from .handle import get_run
+
+    record = get_run(run).info()
+    kept = record.get("artifacts") or {}
+    if not kept.get("root"):
+        raise AgentError(
+            f"run {record['run_id']} kept no artifacts (state {record.get('state')})",
+            "outputs are uploaded when a run ends; wait for it (celery-agent wait)",
+        )
+    store = ArtifactStore(root or kept["root"])
+    files = kept.get("files") or []
+    if len(files) < int(kept.get("count") or 0):  # the record holds the first entries only
+        files = store.manifest(record["run_id"])
+    if dest is None:
+        console.print(manifest_table(files))
+        if kept.get("status") == "failed":
+            err_console.print(f"artifacts: failed ({kept.get('error')})", markup=False)
+        return 0
+    got = store.download(record["run_id"], dest, files, lambda rel: console.print(escape(rel)))
+    console.print(f"{len(got)} file(s) in {escape(str(dest))}")
+    return 0
+
+
+def manifest_table(files: list[dict[str, Any]]) -> Table:
+    """A manifest as a table: path, size, sha256."""
+    table = Table("path", "size", "sha256")
+    for entry in files:
+        table.add_row(escape(str(entry["path"])), str(entry["size"]), str(entry["sha256"])[:16])
+    return table
+
+
+def artifacts_line(kept: dict[str, Any]) -> str:
+    """One line for `show`: 'uploaded: 3 file(s), 1234 bytes at URL' or 'failed (reason)'."""
+    if kept.get("status") == "failed":
+        return f"failed ({kept.get('error')})"
+    count, size = kept.get("count", 0), kept.get("bytes", 0)
+    return f"{kept.get('status')}: {count} file(s), {size} bytes at {kept.get('url')}"

@@ -1,0 +1,113 @@
+"""The artifact store on a real local folder: upload with its manifest, exclude globs, failures
+reported (never raised), download checked against the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from celery_agent import artifacts
+from celery_agent.artifacts import ArtifactStore, excluded, output_files, safe_url, upload_run
+from celery_agent.errors import ConfigError
+from celery_agent.settings import Settings
+
+
+@pytest.fixture()
+def outputs(tmp_path: Path) -> Path:
+    folder = tmp_path / "run-1" / "output"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "cache").mkdir()
+    (folder / "model.pt").write_bytes(b"weights" * 1000)
+    (folder / "checkpoints" / "step-1.pt").write_bytes(b"ckpt")
+    (folder / "cache" / "big.bin").write_bytes(b"x" * 10)
+    (folder / "scratch.tmp").write_text("tmp")
+    return folder
+
+
+def test_exclude_matches_a_file_or_a_folder_above_it() -> None:
+    assert excluded("a/b.tmp", ["*.tmp"])
+    assert excluded("cache/x/y.bin", ["cache"])
+    assert excluded("cache/x/y.bin", ["cache/"])
+    assert not excluded("model.pt", ["*.tmp", "cache"])
+    assert not excluded("mycache/y", ["cache"])
+
+
+def test_upload_copies_every_file_with_its_manifest(outputs: Path, tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    out = store.upload("r1", outputs)
+    assert out["status"] == "uploaded" and out["count"] == 4, out
+    kept = tmp_path / "store" / "runs" / "r1"
+    for entry in out["files"]:
+        data = (kept / entry["path"]).read_bytes()
+        assert entry["size"] == len(data) == (outputs / entry["path"]).stat().st_size
+        assert entry["sha256"] == hashlib.sha256((outputs / entry["path"]).read_bytes()).hexdigest()
+    assert json.loads((kept / "manifest.json").read_text()) == out["files"]
+    assert out["bytes"] == 7000 + 4 + 10 + 3
+
+
+def test_exclude_globs_skip_files(outputs: Path, tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    out = store.upload("r2", outputs, exclude=["*.tmp", "cache"])
+    assert [f["path"] for f in out["files"]] == ["checkpoints/step-1.pt", "model.pt"]
+    assert not (tmp_path / "store" / "runs" / "r2" / "cache").exists()
+    assert output_files(outputs, ["*"]) == []
+
+
+def test_an_unwritable_root_is_reported_not_raised(outputs: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(artifacts, "BACKOFF", (0.0,))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = ArtifactStore((blocker / "store").as_uri()).upload("r3", outputs)
+    assert out["status"] == "failed" and out["count"] == 0
+    assert "a-file" in out["error"], out
+
+
+def test_an_unknown_scheme_names_the_setting(outputs: Path) -> None:
+    out = ArtifactStore("nosuchscheme://bucket/x").upload("r4", outputs)
+    assert out["status"] == "failed"
+    assert "artifact_root" in out["error"] and "CELERY_AGENT_ARTIFACT_ROOT" in out["error"]
+
+
+def test_a_password_in_the_root_is_refused_and_never_shown(outputs: Path, tmp_path: Path):
+    with pytest.raises(ConfigError) as info:
+        ArtifactStore("s3://key:hunter2@bucket/x")
+    assert "hunter2" not in str(info.value) and "environment" in str(info.value)
+    assert safe_url("s3://key:hunter2@bucket/x") == "s3://bucket/x"
+    lines: list[str] = []
+    settings = Settings(home=tmp_path, artifact_root="s3://key:hunter2@bucket/x")
+    out = upload_run(settings, outputs.parent, [], lines.append)
+    assert out["status"] == "failed" and "hunter2" not in json.dumps(out) + "".join(lines)
+    assert lines and lines[0].startswith("artifacts: failed (")
+
+
+def test_the_default_root_is_under_home(outputs: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    out = upload_run(Settings(home=tmp_path / "home"), outputs.parent, [], lines.append)
+    assert out["status"] == "uploaded"
+    assert (tmp_path / "home" / "artifacts" / "runs" / "run-1" / "model.pt").is_file()
+    assert "4 file(s)" in lines[0]
+
+
+def test_an_empty_output_folder_keeps_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    out = ArtifactStore((tmp_path / "store").as_uri()).upload("r5", tmp_path / "empty")
+    assert out["status"] == "empty" and out["count"] == 0
+
+
+def test_download_checks_each_file_against_the_manifest(outputs: Path, tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    out = store.upload("r6", outputs)
+    got = store.download("r6", tmp_path / "dest", out["files"])
+    assert sorted(p.relative_to(tmp_path / "dest").as_posix() for p in got) == sorted(
+        f["path"] for f in out["files"]
+    )
+    assert (tmp_path / "dest" / "model.pt").read_bytes() == (outputs / "model.pt").read_bytes()
+    assert store.manifest("r6") == out["files"]
+    (tmp_path / "store" / "runs" / "r6" / "model.pt").write_bytes(b"changed")
+    with pytest.raises(ConfigError, match="sha256"):
+        store.download("r6", tmp_path / "dest2", out["files"])
+    with pytest.raises(ConfigError, match="leaves"):
+        store.download("r6", tmp_path / "dest3", [{"path": "../escape", "size": 1}])
