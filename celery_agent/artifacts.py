@@ -195,6 +195,24 @@ class ArtifactStore:
         return out
 
 
+def of_run(
+    record: dict[str, Any], root: str | None = None
+) -> tuple[ArtifactStore, list[dict[str, Any]]]:
+    """The store and the manifest of the run ``record`` describes (``root``: the artifact root
+    as this machine reaches it, default the recorded one); a ConfigError when it kept none."""
+    kept = record.get("artifacts") or {}
+    if not kept.get("root"):
+        raise ConfigError(
+            f"run {record.get('run_id')} kept no artifacts (state {record.get('state')})",
+            "outputs are uploaded when a run ends; wait for it (celery-agent wait)",
+        )
+    store = ArtifactStore(root or kept["root"])
+    files = list(kept.get("files") or [])
+    if len(files) < int(kept.get("count") or 0):  # the record holds the first entries only
+        files = store.manifest(str(record["run_id"]))
+    return store, files
+
+
 def _open(url: str) -> tuple[Any, str]:
     try:
         import fsspec

@@ -9,8 +9,6 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import AgentError
-
 
 @click.command()
 @click.argument("run")
@@ -18,21 +16,13 @@ from .errors import AgentError
 @click.option("--root", help="the artifact root as this machine reaches it (default: recorded)")
 def artifacts(run: str, dest: Path | None, root: str | None) -> int:
     """List the files RUN kept in the artifact store (path, size, sha256), or --get them."""
-    from .artifacts import ArtifactStore
+    from .artifacts import of_run
     from .cli import console, err_console
     from .handle import get_run
 
     record = get_run(run).info()
-    kept = record.get("artifacts") or {}
-    if not kept.get("root"):
-        raise AgentError(
-            f"run {record['run_id']} kept no artifacts (state {record.get('state')})",
-            "outputs are uploaded when a run ends; wait for it (celery-agent wait)",
-        )
-    store = ArtifactStore(root or kept["root"])
-    files = kept.get("files") or []
-    if len(files) < int(kept.get("count") or 0):  # the record holds the first entries only
-        files = store.manifest(record["run_id"])
+    store, files = of_run(record, root)
+    kept = record["artifacts"]
     if dest is None:
         console.print(manifest_table(files))
         if kept.get("status") == "failed":

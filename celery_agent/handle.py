@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -40,6 +41,20 @@ class RunHandle:
     def info(self) -> dict[str, Any]:
         """The run record as it is now."""
         return self.store.get(self.run_id)
+
+    def artifacts(self, root: str | None = None) -> list[dict[str, Any]]:
+        """The files the run kept in the artifact store: its manifest (path, size, sha256)."""
+        from .artifacts import of_run
+
+        return of_run(self.info(), root)[1]
+
+    def pull(self, dest: str | Path, root: str | None = None) -> list[Path]:
+        """Download the files the run kept into ``dest`` (each checked against its sha256);
+        ``root``: the artifact root as this machine reaches it, default the recorded one."""
+        from .artifacts import of_run
+
+        store, files = of_run(self.info(), root)
+        return store.download(self.run_id, Path(dest), files)
 
     @property
     def state(self) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_agent import submit_task
+from celery_agent import get_run, submit_task
 from celery_agent.cli import main
 from celery_agent.spec import TaskSpec
 
@@ -70,6 +70,9 @@ def test_outputs_of_succeeded_and_failed_runs_reach_the_store(
     assert main(["artifacts", ok.id, "--get", str(dest)]) == 0
     assert (dest / "model.pt").read_bytes() == b"weights-" + b"ok" * 5000
     assert (dest / "plots" / "loss.txt").read_text() == "0.5 0.25\n"
+    pulled = get_run(bad.id).pull(tmp_path / "pulled")  # the same from Python
+    assert sorted(p.name for p in pulled) == ["loss.txt", "model.pt"]
+    assert get_run(bad.id).artifacts() == store.get(bad.id)["artifacts"]["files"]
     assert main(["artifacts", ok.id]) == 0 and main(["show", ok.id]) == 0
     shown = capsys.readouterr().out
     assert "plots/loss.txt" in shown and "uploaded: 2 file(s)" in shown

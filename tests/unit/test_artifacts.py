@@ -111,3 +111,15 @@ def test_download_checks_each_file_against_the_manifest(outputs: Path, tmp_path:
         store.download("r6", tmp_path / "dest2", out["files"])
     with pytest.raises(ConfigError, match="leaves"):
         store.download("r6", tmp_path / "dest3", [{"path": "../escape", "size": 1}])
+
+
+def test_of_run_reads_the_store_manifest_when_the_record_holds_part_of_it(
+    outputs: Path, tmp_path: Path
+) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    kept = store.upload("r7", outputs)
+    partial = kept | {"files": kept["files"][:1]}  # as when a run kept more than RECORD_FILES
+    got_store, files = artifacts.of_run({"run_id": "r7", "artifacts": partial})
+    assert got_store.url == store.url and files == kept["files"]
+    with pytest.raises(ConfigError, match="kept no artifacts"):
+        artifacts.of_run({"run_id": "r8", "state": "running"})
