@@ -188,9 +188,19 @@ class Fleet:
         w.due["run"] = w.run_ends
         return 7
 
+    def beat_all(self, ttl: float) -> None:
+        """Beat once for every worker, its heartbeat living ``ttl`` seconds (no history)."""
+        store = self.store()
+        registry = WorkerRegistry(store.r, store.keys)
+        for w in self.workers:
+            runs = [w.run_id] if w.run_id else []
+            registry.beat(w.name, self._beat_record(w.name, runs), ttl, 0)
+
     def _beat_record(self, name: str, runs: list[str]) -> dict[str, Any]:
         snapshot = self.record["snapshot"] | {"at": time.time()}
-        return self.record | {"name": name, "at": time.time(), "runs": runs, "snapshot": snapshot}
+        host = name.partition("@")[2]  # eight workers a machine, each machine its own GPUs
+        return self.record | {"name": name, "hostname": host, "at": time.time(), "runs": runs,
+                              "snapshot": snapshot}  # fmt: skip
 
 
 def _stop_check(store: RunStore, run_id: str, worker: str) -> None:
