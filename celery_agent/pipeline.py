@@ -11,31 +11,26 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import shutil
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from . import artifacts, attempts, metrics, paramusage, runenv, stages, state
-from . import leases as leases_mod
-from . import params as params_mod
+from . import artifacts, attempts, launch, paramusage, stages, state
 from .attempts import DuplicateRun
 from .context import ResultWrites, WorkerContext
 from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout, UnknownRunError
 from .executors import get_executor
-from .executors.base import PreparedEnv, RunRequest
-from .gpus import gpu_ids, pin_env
+from .executors.base import PreparedEnv
 from .keeper import Held
 from .monitoring.gpu import GpuDevice
-from .monitoring.sampler import RunGpuSampler
 from .notes import RunNotes
 from .runner import ProcessOutcome
 from .source import Checkout
 from .spec import TaskSpec
 from .stages import StageClock, entry_head, record_end, stage_hint, stage_timeout, with_retry
-from .stopwatch import CHECK_EVERY, StopWatch
+from .stopwatch import StopWatch
 
 logger = logging.getLogger(__name__)
 TAG = "[celery-agent]"
@@ -233,76 +228,14 @@ class Job:
         return prepared
 
     def execute(self, spec: TaskSpec, co: Checkout, prepared: PreparedEnv) -> ProcessOutcome:
-        """Take the run's GPUs (leased on a dynamic worker), then run it on them."""
-        s = self.ctx.settings
-        wait = min(s.gpu_wait, self.clock.remaining("gpu") or s.gpu_wait)
-        with leases_mod.held(self.ctx.leases, self.ctx.gpus.devices, self.want, self.run_id,
-                             ttl=s.gpu_lease_ttl, wait=wait,
-                             should_abort=lambda: self.store.is_aborted(self.run_id)) as gpus:  # fmt: skip
-            if self.ctx.gpus.mode != "unbound":
-                self._defer(gpus=gpu_ids(gpus))
-                self.note(f"GPUs ({self.ctx.gpus.mode}): {', '.join(gpu_ids(gpus)) or 'none'}")
-            with RunGpuSampler(s.gpu_sample_interval) as sampler:
-                outcome = self.supervise(spec, co, prepared, gpus)
-            self.gpu_usage = sampler.summary()
-            return outcome
+        """Take the run's GPUs (leased on a dynamic worker), then run it on them (:mod:`.launch`)."""
+        return launch.run_on_gpus(self, spec, co, prepared)
 
     def supervise(
         self, spec: TaskSpec, co: Checkout, prepared: PreparedEnv, gpus: list[GpuDevice]
     ) -> ProcessOutcome:
-        """Run the entry under supervision on ``gpus``, its log streaming into Redis."""
-        args, hook = params_mod.for_spec(spec, self.run_dir / "params.json")
-        executor = get_executor(spec.executor, self.ctx.executor_settings)
-        interp_args = [*entry_head(spec, co), *args]
-        argv = executor.command(prepared, interp_args)
-        env = runenv.build(
-            base=self.ctx.base_env,
-            spec_env=spec.env,
-            agent=runenv.run_vars(
-                self.run_id, self.run_dir, self.output_dir, spec, self.ctx.settings
-            )
-            | hook,  # fmt: skip
-            path_prefix=prepared.path_prefix,
-            extra=prepared.env,
-            threads=self.ctx.threads,
-        ) | pin_env(self.ctx.gpus.mode, gpus)
-        secrets = runenv.secret_values(env)  # credentials the run was given never reach the log
-        held = self.held
-        assert held is not None
-
-        def send(lines: list[str]) -> None:
-            held.write(lambda pipe: self.store.append_log(self.run_id, lines, pipe=pipe))
-
-        # the first batch carries the agent's deferred lines and the running state, the lines
-        # still waiting at the end go with the end record; metric lines also go to the run's
-        # metrics stream
-        sink = metrics.tap(send, self.store, self.run_id)
-        self.note(f"$ {shlex.join(argv)}")
-        held.defer_state(state.RUNNING)  # sent with the run's first output (or within 50 ms)
-        request = RunRequest(
-            env=env,
-            cwd=co.path / spec.workdir if spec.workdir else co.path,
-            sink=sink,
-            log_file=self.log_file,
-            timeout=self.clock.remaining("run"),
-            grace=spec.grace if spec.grace is not None else self.ctx.settings.grace,
-            should_abort=self.stops,
-            poll_interval=CHECK_EVERY,
-            source_dir=co.path,
-            output_dir=self.output_dir,
-            labels={"run_id": self.run_id, "worker": self.ctx.worker, "queue": spec.queue},
-            gpus=gpu_ids(gpus),
-            scrub=(lambda lines: runenv.scrub(lines, secrets)) if secrets else None,
-            sink_last=sink.then(held.defer),
-        )
-        self.notes.flush()  # the agent's lines come before the run's in the log file
-        t0 = time.time()
-        outcome = executor.run(prepared, interp_args, request)
-        sink.flush()
-        self.timing("run", t0)
-        if outcome.first_line_at:
-            self.summary["timings"]["first_line"] = round(outcome.first_line_at - self.started, 3)
-        return outcome
+        """Run the entry under supervision on ``gpus``, its log streaming into Redis (:mod:`.launch`)."""
+        return launch.supervise(self, spec, co, prepared, gpus)
 
     def collect(self, outcome: ProcessOutcome, spec: TaskSpec) -> dict[str, Any]:
         """Record the outcome: status, exit code, resolved and unused params, usage, log tail."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from celery_agent import pipeline, state
+from celery_agent import launch, pipeline, state
 from celery_agent.context import WorkerContext
 from celery_agent.errors import EnvBuildError, SourceError
 from celery_agent.executors.base import PreparedEnv
@@ -69,7 +69,8 @@ class FakeExecutor:
 @pytest.fixture()
 def executor(monkeypatch: pytest.MonkeyPatch) -> FakeExecutor:
     fake = FakeExecutor()
-    monkeypatch.setattr(pipeline, "get_executor", lambda name, settings: fake)
+    monkeypatch.setattr(pipeline, "get_executor", lambda name, settings: fake)  # (prepare)
+    monkeypatch.setattr(launch, "get_executor", lambda name, settings: fake)  # (the run)
     return fake
 
 

@@ -32,7 +32,7 @@ raise SystemExit(a.code)
 
 @pytest.mark.network
 def test_search_over_a_sklearn_model_finds_the_best_trial_by_its_metric(worker, make_repo, store, tmp_path):  # fmt: skip
-    """Needs pipeline.py to wrap the run's log sink with metrics.tap (else no trial has a value)."""
+    """Needs launch.py to wrap the run's log sink with metrics.tap (else no trial has a value)."""
     repo = make_repo({"train_digits.py": (EXAMPLE / "train_digits.py").read_text()})
     spec = TaskSpec(repo=str(repo), entry="train_digits.py", requirements=["scikit-learn"],
                     queue=worker.queues, args=["--folds", "3"])  # fmt: skip

@@ -1,0 +1,98 @@
+"""A run's launch on its worker: the GPUs it holds while it runs, the command and environment it
+runs with, and its supervision, its log streaming into Redis (the steps :class:`.pipeline.Job`
+takes between preparing the environment and collecting the outcome)."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from typing import TYPE_CHECKING
+
+from . import leases as leases_mod
+from . import metrics, runenv, state
+from . import params as params_mod
+from .executors import get_executor
+from .executors.base import PreparedEnv, RunRequest
+from .gpus import gpu_ids, pin_env
+from .monitoring.gpu import GpuDevice
+from .monitoring.sampler import RunGpuSampler
+from .runner import ProcessOutcome
+from .source import Checkout
+from .spec import TaskSpec
+from .stages import entry_head
+from .stopwatch import CHECK_EVERY
+
+if TYPE_CHECKING:
+    from .pipeline import Job
+
+
+def run_on_gpus(job: Job, spec: TaskSpec, co: Checkout, prepared: PreparedEnv) -> ProcessOutcome:
+    """Take the run's GPUs (leased on a dynamic worker), then run it on them."""
+    s = job.ctx.settings
+    wait = min(s.gpu_wait, job.clock.remaining("gpu") or s.gpu_wait)
+    with leases_mod.held(job.ctx.leases, job.ctx.gpus.devices, job.want, job.run_id,
+                         ttl=s.gpu_lease_ttl, wait=wait,
+                         should_abort=lambda: job.store.is_aborted(job.run_id)) as gpus:  # fmt: skip
+        if job.ctx.gpus.mode != "unbound":
+            job._defer(gpus=gpu_ids(gpus))
+            job.note(f"GPUs ({job.ctx.gpus.mode}): {', '.join(gpu_ids(gpus)) or 'none'}")
+        with RunGpuSampler(s.gpu_sample_interval) as sampler:
+            outcome = job.supervise(spec, co, prepared, gpus)
+        job.gpu_usage = sampler.summary()
+        return outcome
+
+
+def supervise(
+    job: Job, spec: TaskSpec, co: Checkout, prepared: PreparedEnv, gpus: list[GpuDevice]
+) -> ProcessOutcome:
+    """Run the entry under supervision on ``gpus``, its log streaming into Redis."""
+    args, hook = params_mod.for_spec(spec, job.run_dir / "params.json")
+    executor = get_executor(spec.executor, job.ctx.executor_settings)
+    interp_args = [*entry_head(spec, co), *args]
+    argv = executor.command(prepared, interp_args)
+    env = runenv.build(
+        base=job.ctx.base_env,
+        spec_env=spec.env,
+        agent=runenv.run_vars(job.run_id, job.run_dir, job.output_dir, spec, job.ctx.settings)
+        | hook,
+        path_prefix=prepared.path_prefix,
+        extra=prepared.env,
+        threads=job.ctx.threads,
+    ) | pin_env(job.ctx.gpus.mode, gpus)
+    secrets = runenv.secret_values(env)  # credentials the run was given never reach the log
+    held = job.held
+    assert held is not None
+
+    def send(lines: list[str]) -> None:
+        held.write(lambda pipe: job.store.append_log(job.run_id, lines, pipe=pipe))
+
+    # the first batch carries the agent's deferred lines and the running state, the lines
+    # still waiting at the end go with the end record; metric lines also go to the run's
+    # metrics stream
+    sink = metrics.tap(send, job.store, job.run_id)
+    job.note(f"$ {shlex.join(argv)}")
+    held.defer_state(state.RUNNING)  # sent with the run's first output (or within 50 ms)
+    request = RunRequest(
+        env=env,
+        cwd=co.path / spec.workdir if spec.workdir else co.path,
+        sink=sink,
+        log_file=job.log_file,
+        timeout=job.clock.remaining("run"),
+        grace=spec.grace if spec.grace is not None else job.ctx.settings.grace,
+        should_abort=job.stops,
+        poll_interval=CHECK_EVERY,
+        source_dir=co.path,
+        output_dir=job.output_dir,
+        labels={"run_id": job.run_id, "worker": job.ctx.worker, "queue": spec.queue},
+        gpus=gpu_ids(gpus),
+        scrub=(lambda lines: runenv.scrub(lines, secrets)) if secrets else None,
+        sink_last=sink.then(held.defer),
+    )
+    job.notes.flush()  # the agent's lines come before the run's in the log file
+    t0 = time.time()
+    outcome = executor.run(prepared, interp_args, request)
+    sink.flush()
+    job.timing("run", t0)
+    if outcome.first_line_at:
+        job.summary["timings"]["first_line"] = round(outcome.first_line_at - job.started, 3)
+    return outcome
