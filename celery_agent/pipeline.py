@@ -268,6 +268,7 @@ class Job:
         stage: str = "",
     ) -> dict[str, Any]:
         """Keep the run's outputs (:mod:`.artifacts`), write the terminal state, return the summary."""
+        self._stop_if_superseded()
         if self.output_dir.is_dir():  # every run that began keeps its outputs, however it ended
             kept = artifacts.upload_run(self.ctx.settings, self.run_dir, self.exclude, self.note)
             self.summary["artifacts"] = kept
@@ -288,10 +289,18 @@ class Job:
 
     def requeue(self, why: str) -> dict[str, Any]:
         """Put the run back in its queue (state queued; sent again once the claim is released)."""
+        self._stop_if_superseded()
         self.note(f"back to the queue: {why}")
         self.summary["status"] = state.QUEUED
         self._end(state.QUEUED, {"requeued_at": time.time(), "last_error": why})
         return self.summary
+
+    def _stop_if_superseded(self) -> None:
+        """Raise DuplicateRun when this attempt's claim went to another runner while it stalled:
+        whatever this attempt saw end (its child killed by the new runner, say), it writes
+        nothing, uploads nothing and leaves the Celery result to the runner that has the run."""
+        if self.held is not None and self.held.lost_to is not None:
+            raise DuplicateRun(f"run {self.run_id}: {self.held.lost_to} runs it now")
 
     def _end(self, status: str, fields: dict[str, Any]) -> None:
         """The last write of a delivery, in one round trip when it held the run: its deferred

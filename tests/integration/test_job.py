@@ -52,6 +52,7 @@ class FakeExecutor:
         self.on_prepare: Callable[[], None] = lambda: None
         self.on_run: Callable[[], None] = lambda: None
         self.runs = 0
+        self.outcome = ProcessOutcome(state.SUCCEEDED, 0, 0.01, 1, 1, ["hi"], Usage())
 
     def prepare(self, spec: TaskSpec, source_dir: Path, log: Any) -> PreparedEnv:
         self.on_prepare()
@@ -63,7 +64,7 @@ class FakeExecutor:
     def run(self, prepared: PreparedEnv, argv: list[str], request: Any) -> ProcessOutcome:
         self.runs += 1
         self.on_run()
-        return ProcessOutcome(state.SUCCEEDED, 0, 0.01, 1, 1, ["hi"], Usage())
+        return self.outcome
 
 
 @pytest.fixture()
@@ -190,3 +191,33 @@ def test_a_run_that_lost_its_runner_with_no_attempt_left_ends_lost(ctx, executor
     assert summary["status"] == record["state"] == state.LOST and executor.runs == 0
     assert "max_attempts is 1" in record["error"]
     assert not store.r.exists(store.keys.claim(run_id))
+
+
+def test_an_attempt_whose_claim_went_to_another_runner_writes_nothing(ctx, executor, store,
+                                                                      tmp_path):  # fmt: skip
+    """This runner stalled past its claim and another took the run (and killed this attempt's
+    child, so the run 'failed' here): it ends without a final state, result or upload."""
+    run_id, spec = submitted(store)
+    quick = replace(
+        with_sources(ctx, FakeSources(tmp_path)), settings=replace(ctx.settings, claim_ttl=0.8)
+    )  # (its claim renewed every 0.2 s)
+    job = pipeline.Job(run_id, quick)
+    other = f"other@h|{socket.gethostname()}|1"
+
+    def taken_over() -> None:
+        store.r.set(store.keys.claim(run_id), other, px=30_000)
+        store.transition(run_id, state.RUNNING, attempt=2, worker="other@h")
+        deadline = time.monotonic() + 10
+        while job.held is not None and job.held.lost_to is None:  # the keeper's next renewal
+            assert time.monotonic() < deadline, "the keeper never saw the claim taken"
+            time.sleep(0.02)
+
+    executor.on_run = taken_over
+    executor.outcome = ProcessOutcome(state.FAILED, -9, 0.01, 1, 1, [], Usage())
+    with pytest.raises(pipeline.DuplicateRun, match="other@h"):
+        job.run(spec)
+    record = store.get(run_id)
+    assert record["state"] == state.RUNNING and record["worker"] == "other@h"
+    assert record["attempt"] == 2 and "exit_code" not in record
+    assert store.r.get(store.keys.claim(run_id)) == other, "the other runner keeps its claim"
+    assert not (quick.settings.home / "artifacts" / "runs" / run_id).exists()
