@@ -2,7 +2,8 @@
 
 ``prepare`` reaches the engine, applies the pull policy, applies ``docker.setup`` once per (image,
 commands) as a derived image (:mod:`.docker_setup`), asks the image once which installer it has
-(uv, else pip), and installs the requirements once per (image, requirement set, installer) into a
+(uv, else pip), and installs the requirements (from the sources a venv run has, a lock file
+pinned on the worker by :mod:`.docker_lock`) once per (image, requirement set, installer) into a
 cached folder, with the worker's package-index configuration (:mod:`.docker_env`,
 :mod:`.docker_index`). ``run`` creates a container with the checkout, output folder, run folder,
 argparse hook and that folder (read-only) mounted under ``/celery-agent`` and ``/tmp``, the run's
@@ -26,6 +27,7 @@ from ..errors import EnvBuildError, ExecutorUnavailable, RunError
 from ..params import HOOK_DIR
 from ..runner import ProcessOutcome
 from ..spec import DockerOptions, TaskSpec
+from . import docker_lock
 from . import docker_options as opt
 from .base import Executor, PreparedEnv, RunRequest
 from .docker_engine import connect, ensure_image, probe_installer, reap_stale_containers, short_id
@@ -89,12 +91,16 @@ class DockerExecutor(Executor):
                     network=options.network, log=log,
                 )  # fmt: skip
                 pulled = pulled or built
-            reqs = read_requirements(spec, source_dir) if options.install else Requirements()
+            reqs = (
+                read_requirements(spec, source_dir, locks=True)
+                if options.install
+                else Requirements()
+            )
             installer = self._installer(client, image, options, reqs)
         finally:
             client.close()
         _note(log, options, image, pulled, installer, spec)
-        if options.install:  # (lock files are read on the host by the venv executor only)
+        if options.install:
             log(f"env: requirements from {reqs.describe()}")
         prepared = DockerPrepared(
             python=options.python,
@@ -135,17 +141,21 @@ class DockerExecutor(Executor):
         assert options is not None
         links = _link_dirs(spec.find_links, source_dir)
         args = _install_args(spec, reqs, source_dir)
+        if reqs.locked:  # wheels the lock takes from local folders, found through them
+            found = [f for f in docker_lock.local_folders(reqs) if f not in links]
+            links += found
+            args += [a for f in found for a in ("--find-links", f)]
         parts = {
             "executor": "docker", "image": prepared.image_id, "python": options.python,
             "installer": prepared.installer, "requirements": list(reqs.lines),
             "requirements_file": reqs.file_sha256, "sources": dataclasses.asdict(plain(spec)),
             "find_links": [[link, folder_listing(link)] for link in links],
             "worker_index": options.index_config != "none",
-        }  # fmt: skip
+        } | reqs.key_parts()  # fmt: skip
         install = SiteInstall(
             prepared.image_id, prepared.installer, options.python, args, Path(source_dir), links,
             index, options.index_config, self._root / "index", options.network, log,
-            self.settings.build_timeout,
+            self.settings.build_timeout, reqs if reqs.locked else None,
         )  # fmt: skip
         key = EnvCache.key(parts)
         cached = self.env_cache().get_or_build(key, install, label=_label(options, reqs), hold=True)
@@ -265,7 +275,7 @@ def image_path(image: Any) -> str:
 
 def _label(options: DockerOptions, reqs: Requirements) -> str:
     names = ", ".join(reqs.lines[:4]) + (" ..." if len(reqs.lines) > 4 else "")
-    return f"{options.image}: {names or 'requirements.txt'}"
+    return f"{options.image}: {names or reqs.rel or 'requirements.txt'}"
 
 
 def _options(spec: TaskSpec) -> DockerOptions:
@@ -281,6 +291,8 @@ def _install_args(spec: TaskSpec, reqs: Requirements, source_dir: Path) -> list[
     """Installer arguments after ``install``: index options, then the requirements."""
     links = [str(_local_folder(link, source_dir) or link) for link in spec.find_links]
     sources = dataclasses.replace(plain(spec), find_links=tuple(links))
+    if reqs.locked:  # the pinned file is added when the lock is installed (docker_lock)
+        return sources.args()
     return sources.args() + (["-r", str(reqs.file)] if reqs.file else list(reqs.lines))
 
 

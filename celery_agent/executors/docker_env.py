@@ -18,14 +18,16 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import EnvBuildError, StageTimeout
+from . import docker_lock
 from . import docker_options as opt
 from .docker_engine import connect, short_error
 from .docker_index import IndexConfig
+from .envsource import EnvSource
 from .steps import TAIL_LINES, LogFn
 
 logger = logging.getLogger(__name__)
@@ -55,9 +57,16 @@ class SiteInstall:
     network: str | None
     log: LogFn
     timeout: float | None
+    #: a lock file's source: pinned on the worker (:mod:`.docker_lock`), installed with --no-deps
+    lock: EnvSource | None = None
+    _pins_dir: Path | None = field(default=None, init=False)  #: where the pinned file is
 
     def __call__(self, env_dir: Path) -> dict[str, Any]:
         env_dir.mkdir(parents=True, exist_ok=True)
+        if self.lock is not None:
+            pins = docker_lock.pinned(self.lock, self.source_dir, env_dir.parent / "lock", self.log)
+            self.args = [*self.args, "--no-deps", "-r", str(pins)]
+            self._pins_dir = pins.parent
         argv = opt.install_argv(self.installer, self.python, self._args())
         if self.installer == "uv":
             argv.insert(3, "--compile-bytecode")
@@ -76,6 +85,8 @@ class SiteInstall:
     def _paths(self) -> opt.PathMap:
         paths = opt.PathMap()
         paths.add(self.source_dir, opt.SRC, read_only=True)
+        if self._pins_dir is not None:
+            paths.add(self._pins_dir, f"{opt.ROOT}/lock", read_only=True)
         for i, folder in enumerate(self.link_dirs):
             if not paths.covers(folder):
                 paths.add(folder, f"{opt.LINKS}/{i}", read_only=True)

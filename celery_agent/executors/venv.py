@@ -47,7 +47,7 @@ Requirements = EnvSource
 
 def read_requirements(spec: TaskSpec, source_dir: Path, *, locks: bool = False) -> EnvSource:
     """The source of the spec's environment in the checkout at ``source_dir``; lock files are
-    passed over unless ``locks`` (an installer in a container cannot read them)."""
+    passed over unless ``locks``."""
     return resolve(spec, source_dir, locks=locks)
 
 

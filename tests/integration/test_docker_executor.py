@@ -7,6 +7,7 @@ The image is ``celery-agent-test:py3``, built with no registry by ``scripts/buil
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 import subprocess
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_wheel
+from test_env_sources import RUN_PKG, commit, pyproject, uv
 
 from celery_agent import TaskSpec, submit, submit_task
 from celery_agent.cli import main
@@ -157,6 +159,36 @@ def test_a_projects_dependencies_install_in_the_container_and_its_code_is_import
     assert out["status"] == "succeeded", out
     assert "code boxed 1.0" in out["log_tail"]
     assert store.get(out["run_id"])["env_source"].startswith("pyproject.toml (sha256 ")
+
+
+def test_a_uv_lock_installs_exactly_the_locked_versions_in_the_container(
+    docker_client, worker, make_repo, tmp_path, store
+):
+    wheels = tmp_path / "locked-wheels"
+    write_wheel(wheels, "cademo", "1.0", "VERSION = '1.0'\n")
+    write_wheel(wheels, "cademo", "2.0", "VERSION = '2.0'\n")
+    repo = make_repo({
+        "pyproject.toml": pyproject('"cademo<2"'),
+        "src/mypkg/__init__.py": "CODE = 'locked'\n",
+        "examples/run.py": RUN_PKG,
+        "requirements.txt": "no-such-package-at-all\n",  # the lock comes first
+    })  # fmt: skip
+    uv(repo, "lock", "--no-index", "--find-links", str(wheels))
+    commit(repo, {"pyproject.toml": pyproject('"cademo"')})  # unpinned now: 2.0 without the lock
+    spec = docker_spec(repo, worker, entry="examples/run.py", requirements=None,
+                       find_links=[str(wheels)], no_index=True)  # fmt: skip
+    out = submit_task.delay(spec).get(timeout=180)
+    assert out["status"] == "succeeded", out
+    assert "code locked dep 1.0" in out["log_tail"], out["log_tail"]
+    record = store.get(out["run_id"])
+    digest = hashlib.sha256((repo / "uv.lock").read_bytes()).hexdigest()[:12]
+    assert record["env_source"] == f"uv.lock (sha256 {digest})"
+    assert record["freeze"] == ["cademo==1.0"]
+    commit(repo, {"src/mypkg/__init__.py": "CODE = 'new'\n"})  # the lock stays: its env reused
+    again = submit_task.delay(spec).get(timeout=180)
+    assert again["status"] == "succeeded" and "code new dep 1.0" in again["log_tail"], again
+    assert store.get(again["run_id"])["env_key"] == record["env_key"]
+    assert store.get(again["run_id"])["env_hit"] == "1"
 
 
 def _worker_has_its_own_ca() -> bool:
