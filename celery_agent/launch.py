@@ -54,7 +54,8 @@ def supervise(
         base=job.ctx.base_env,
         spec_env=spec.env,
         agent=runenv.run_vars(job.run_id, job.run_dir, job.output_dir, spec, job.ctx.settings)
-        | hook,
+        | hook
+        | job.input_env,
         path_prefix=prepared.path_prefix,
         extra=prepared.env,
         threads=job.ctx.threads,
