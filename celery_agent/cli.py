@@ -356,23 +356,29 @@ def cancel(run_id: str) -> int:
 @click.option(
     "--no-pin", is_flag=True, help="resolve requirements again instead of the recorded versions"
 )
+@click.option("--resume", is_flag=True, help="start from RUN's checkpoints (restored first)")
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
 @click.option("--wait-timeout", type=float, default=None, help="with --wait: give up after N s")
 @click.option("--require-worker", is_flag=True, help="fail when no worker serves the queue")
 def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[str, ...],
-          no_pin: bool, wait: bool, wait_timeout: float | None, require_worker: bool) -> int:  # fmt: skip
+          no_pin: bool, resume: bool, wait: bool, wait_timeout: float | None,
+          require_worker: bool) -> int:  # fmt: skip
     """Run a past run again (RUN: its id, an id prefix or its name): same commit, diff and
     package versions, with edits.
 
     Secret variables are not kept with a run: each comes from --env NAME=value or this environment.
+    With --resume the new run starts from RUN's checkpoints, restored into its output folder.
     """
     from .handle import get_run
     from .rerun import respec
 
     record = get_run(run_id).info()
-    spec = respec(record, _params(params), queue=queue, pin=not no_pin, env=_env(env))
+    spec = respec(
+        record, _params(params), queue=queue, pin=not no_pin, env=_env(env), resume=resume
+    )
     run = _send(spec, require_worker)
-    err_console.print(f"submitted run {run.id} (rerun of {record['run_id']})", markup=False)
+    how = "resuming" if resume else "rerun of"
+    err_console.print(f"submitted run {run.id} ({how} {record['run_id']})", markup=False)
     console.print(run.id, markup=False) if not wait else None
     return _follow(run.id, wait_timeout) if wait else EXIT_OK
 

@@ -130,3 +130,23 @@ def artifacts_line(kept: dict[str, Any]) -> str:
         return f"failed ({kept.get('error')})"
     count, size = kept.get("count", 0), kept.get("bytes", 0)
     return f"{kept.get('status')}: {count} file(s), {size} bytes at {kept.get('url')}"
+
+
+def checkpoints_line(synced: dict[str, Any], now: float) -> str:
+    """One line for `show`: what the run's checkpoint sync keeps, and how fresh it is."""
+    every = f"every {synced.get('interval')}s" if synced.get("interval") else "when it stops"
+    line = (
+        f"{synced.get('files', 0)} file(s), {synced.get('bytes', 0)} bytes at {synced.get('url')}"
+    )
+    line += f", synced {every}"
+    if synced.get("synced_at"):
+        line += f", last {now - float(synced['synced_at']):.0f}s ago"
+    return line + (f"; failed ({synced['error']})" if synced.get("error") else "")
+
+
+def resumed_line(resumed: dict[str, Any]) -> str:
+    """One line for `show`: where a run's restored checkpoints came from."""
+    return (
+        f"from run {resumed.get('from')} (attempt {resumed.get('attempt')}): "
+        f"{resumed.get('files')} file(s), {resumed.get('bytes')} bytes in {resumed.get('seconds')}s"
+    )

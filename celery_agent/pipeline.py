@@ -84,6 +84,7 @@ class Job:
         self.notes = RunNotes(self.log_file)  #: the agent's lines in the run's log file
         self.exclude: list[str] = []  #: output files not kept (the spec's output_exclude)
         self.input_env: dict[str, str] = {}  #: the run's variables naming its inputs
+        self.attempt = 1  #: this delivery's attempt at the run (1, 2, ...), set by begin
         self._cleaned = False
 
     # -- the algorithm --------------------------------------------------------------------------
@@ -160,7 +161,7 @@ class Job:
         lost = attempts.count_lost(self.store, self.run_id, record)
         if lost >= spec.max_attempts:
             raise RunLost(f"its runner died {lost} time(s); max_attempts is {spec.max_attempts}")
-        attempt = int(record.get("attempt") or 0) + 1
+        attempt = self.attempt = int(record.get("attempt") or 0) + 1
         if attempt > 1:  # an earlier attempt here may have left its worktree
             shutil.rmtree(self.run_dir / "src", ignore_errors=True)
         held = self.held

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import posixpath
 import re
 from typing import Any, Literal
 
@@ -91,6 +92,15 @@ class TaskSpec(_Validated):
     inputs: dict[str, str] = Field(
         default_factory=dict,
         description="files the run reads, name -> URL (run://RUN_ID/path, file:///..., s3://...)",
+    )
+    checkpoint_dir: str = Field(
+        "checkpoints", description="folder under the output folder synced to the store as it runs"
+    )
+    checkpoint_sync: float | None = Field(
+        None, description="seconds between checkpoint syncs (0: when it stops only; None: worker's)"
+    )
+    resume_from: str | None = Field(
+        None, description="a run whose checkpoints this run starts from"
     )
     docker: DockerOptions | None = Field(None, description="options of the docker executor")
     conda: CondaOptions | None = Field(None, description="options of the conda executor")
@@ -233,6 +243,31 @@ class TaskSpec(_Validated):
                 "(leave a stage out for its default deadline)"
             )
         return v
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _checkpoint_dir(cls, v: str) -> str:
+        norm = posixpath.normpath(v.strip().replace("\\", "/"))
+        if not v.strip() or norm.startswith(("/", "..")) or norm == ".":
+            raise ValueError(
+                f"checkpoint_dir {v!r} is not a folder under the output folder: give a relative "
+                "path such as 'checkpoints'"
+            )
+        return norm
+
+    @field_validator("checkpoint_sync")
+    @classmethod
+    def _checkpoint_sync(cls, v: float | None) -> float | None:
+        if v is not None and v < 0:
+            raise ValueError(f"checkpoint_sync {v} is not valid: give seconds >= 0 (0: at the end)")
+        return v
+
+    @field_validator("resume_from")
+    @classmethod
+    def _resume_from(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", v.strip()):
+            raise ValueError(f"resume_from {v!r} is not a run id: give the id of an earlier run")
+        return v.strip() if v is not None else None
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
