@@ -62,12 +62,12 @@ def _params(values: Sequence[str]) -> dict[str, Any]:
     return dict(parse_param(v) for v in values)
 
 
-def _env(values: Sequence[str]) -> dict[str, str]:
+def _env(values: Sequence[str], option: str = "--env") -> dict[str, str]:
     out = {}
     for item in values:
         name, sep, value = item.partition("=")
         if not sep:
-            raise click.BadParameter(f"{item!r}: write it as NAME=value", param_hint="--env")
+            raise click.BadParameter(f"{item!r}: write it as NAME=value", param_hint=option)
         out[name] = value
     return out
 
@@ -124,6 +124,10 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
     help="a secret variable (repeat): its value from --env NAME=value or this environment; "
     "runs get it, records, logs and Flower show ***",
 )
+@click.option(
+    "--input", "inputs", multiple=True,
+    help="a file the run reads (repeat): NAME=URL, URL run://RUN/path, file:///..., s3://...",
+)  # fmt: skip
 @click.option("--timeout", type=float, default=None, help="seconds the run may take")
 @click.option("--repo", default=None, help="repo URL or path (default: the checkout you are in)")
 @click.option(
@@ -149,7 +153,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
            find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
            secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
            require_pushed: bool, workdir: str | None, wait: bool, wait_timeout: float | None, require_worker: bool,
-           extra_index_urls: tuple[str, ...] = (), no_index: bool = False) -> int:  # fmt: skip
+           extra_index_urls: tuple[str, ...] = (), no_index: bool = False, inputs: tuple[str, ...] = ()) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
 
     ENTRY and --workdir are paths from the folder you are in; the run starts in that folder
@@ -171,6 +175,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
         | {"secret_env": list(secret_env), "strict_params": strict_params}
+        | {"inputs": _env(inputs, "--input")}
         | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
         | {
             "extra_index_urls": list(extra_index_urls),
@@ -379,7 +384,7 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[st
 
 
 def _register_commands() -> None:
-    from .cli_artifacts import artifacts
+    from .cli_artifacts import artifacts, pull
     from .cli_local import config, up
     from .cli_search import metrics, search
     from .cli_services import exporter, flower, redis, services, workers
@@ -387,7 +392,7 @@ def _register_commands() -> None:
     from .cli_status import health, status
 
     commands = (show, status, health, search, metrics, workers, services, flower, redis, exporter)
-    for command in (*commands, artifacts, up, config):
+    for command in (*commands, artifacts, pull, up, config):
         cli.add_command(command)
 
 

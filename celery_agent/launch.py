@@ -58,6 +58,7 @@ def supervise(
         spec_env=spec.env,
         agent=runenv.run_vars(job.run_id, job.run_dir, job.output_dir, spec, job.ctx.settings)
         | hook
+        | job.input_env
         | resumed.env,
         path_prefix=prepared.path_prefix,
         extra=prepared.env,

@@ -81,6 +81,11 @@ class Settings:
         return self.home / "cache" / "git"
 
     @property
+    def input_cache(self) -> Path:
+        """Where the inputs runs read are kept, each downloaded once (:mod:`.inputcache`)."""
+        return self.home / "cache" / "inputs"
+
+    @property
     def env_cache(self) -> Path:
         """The environment cache root; each executor has a folder under it."""
         return self.home / "cache" / "envs"

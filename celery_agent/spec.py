@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import inputs as input_refs
 from .errors import SpecError
 from .gitcmd import redact
 from .spec_errors import spec_error
@@ -78,8 +79,8 @@ class TaskSpec(_Validated):
     gpus: int | str | None = Field(None, description="GPUs wanted: a count, or ids like '0,1'")
     timeout: float | None = Field(None, description="seconds the whole run may take")
     grace: float | None = Field(None, description="seconds between TERM and KILL on cancel")
-    timeouts: dict[Literal["source", "env", "run"], float] = Field(
-        default_factory=dict, description="seconds each stage may take: source, env, run"
+    timeouts: dict[Literal["source", "inputs", "env", "run"], float] = Field(
+        default_factory=dict, description="seconds each stage may take: source, inputs, env, run"
     )
     max_attempts: int = Field(
         2, ge=1, le=100, description="starts allowed when a worker is lost (2 = one retry)"
@@ -87,6 +88,10 @@ class TaskSpec(_Validated):
     workdir: str | None = Field(None, description="working directory, a path from the repo root")
     output_exclude: list[str] = Field(
         default_factory=list, description="globs of output files not kept (e.g. '*.tmp', 'cache')"
+    )
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="files the run reads, name -> URL (run://RUN_ID/path, file:///..., s3://...)",
     )
     checkpoint_dir: str = Field(
         "checkpoints", description="folder under the output folder synced to the store as it runs"
@@ -182,6 +187,12 @@ class TaskSpec(_Validated):
                 )
             out.append(line)
         return out
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: dict[str, str]) -> dict[str, str]:
+        input_refs.check_names(list(v))
+        return {name: input_refs.check_url(name, url) for name, url in v.items()}
 
     @field_validator("executor")
     @classmethod
