@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import test_docker_executor
 
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.cli import main
@@ -150,3 +151,19 @@ def test_pull_one_file_all_files_and_from_python(setup, tmp_path: Path, capsys):
     table = capsys.readouterr().out
     assert "plots/loss.txt" in table and "600.0 kB" in table and "when" in table
     assert json.dumps(first.artifacts()) == json.dumps(first.info()["artifacts"]["files"])
+
+
+docker_client = test_docker_executor.docker_client  # (the engine, the test image built)
+
+
+def test_a_container_run_reads_its_inputs(setup, docker_client):
+    w, repo, first = setup
+    spec = TaskSpec.parse({"repo": str(repo), "entry": "read.py", "queue": w.queues,
+                           "executor": "docker", "requirements": [], "docker": {"image": test_docker_executor.IMAGE},
+                           "inputs": {"model": f"run://{first.id}/model.pt",
+                                      "plots": f"run://{first.id}/plots/"}})  # fmt: skip
+    run = submit(spec)
+    rec = run.wait(120)
+    assert rec["state"] == "succeeded", list(run.logs())
+    assert printed(run.id, "model") == f"{sha(b'm1' * 300_000)} dir=False"
+    assert printed(run.id, "plots") == f"{sha(b'0.5 0.25' + bytes([10]))} dir=True"
