@@ -68,7 +68,7 @@ def printed(run_id: str, name: str) -> str:
     return lines[0].split(": ", 1)[1]
 
 
-def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, store):
+def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, capsys):
     w, repo, first = setup
     model = b"m1" * 300_000
     url = f"run://{first.id[:10]}/model.pt"  # a prefix of the id, as elsewhere
@@ -92,6 +92,9 @@ def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, 
     assert path.stat().st_ino == inode, "not downloaded again"
     assert printed(third.id, "model") == f"{sha(model)} dir=False"
     assert any(x.endswith("(cached)") for x in third.logs() if "input model:" in x)
+    capsys.readouterr()
+    assert main(["show", third.id]) == 0
+    assert f"run://{first.id}/model.pt (cached)" in capsys.readouterr().out
     entries = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
     assert len(entries) == 2, entries  # model.pt and plots/, once each, no parts left
 
