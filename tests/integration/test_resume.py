@@ -21,7 +21,7 @@ from celery_agent.spec import TaskSpec
 
 pytestmark = pytest.mark.integration
 
-STEPS = 30
+STEPS = 20
 #: one checkpoint file per step (written to a temporary name, then renamed), the last 8 kept
 TRAIN = textwrap.dedent(
     f"""\
@@ -93,6 +93,34 @@ def test_a_killed_workers_run_resumes_from_its_checkpoint_on_another_worker(
     assert main(["show", r.id]) == 0
     shown = capsys.readouterr().out
     assert f"from run {r.id} (attempt 2)" in shown and "checkpoints" in shown, shown
+
+
+def test_a_drained_run_syncs_its_checkpoints_as_it_stops_and_resumes_from_them(
+    make_worker, make_repo, store, tmp_path: Path
+):
+    root = tmp_path / "shared-store"
+    queue = f"resume-drain-{uuid.uuid4().hex[:8]}"
+    env = FAST | {"CELERY_AGENT_ARTIFACT_ROOT": root.as_uri()}
+    first = make_worker(queue, concurrency=1, CELERY_AGENT_DRAIN_GRACE="1", **env)
+    repo = make_repo({"train.py": TRAIN})  # (checkpoint_sync 0: no rounds, a sync at its stop)
+    spec = TaskSpec(repo=str(repo), entry="train.py", queue=queue, executor="local",
+                    checkpoint_sync=0)  # fmt: skip
+    r = submit_task.delay(spec)
+    wait_for(lambda: "step 4" in store.read_log(r.id)[1], 30)
+    assert synced_step(root, r.id) == 0, "no periodic round"
+    assert first.proc is not None
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(15)
+    record = store.get(r.id)
+    assert record["state"] == "queued" and "drained" in record["last_error"], record
+    stopped_at = synced_step(root, r.id)
+    assert stopped_at >= 4 and record["checkpoints"]["files"] == min(stopped_at, 8), record
+    make_worker(queue, concurrency=1, **env)
+    out = r.get(timeout=60)
+    assert out["status"] == "succeeded", out
+    result = json.loads((root / "runs" / r.id / "result.json").read_text())
+    assert result["started_from"] == stopped_at and result["attempt"] == "2", result
+    assert result["total"] == sum(range(STEPS)), result
 
 
 def test_rerun_resume_starts_a_new_run_from_the_checkpoints_of_another(
