@@ -27,6 +27,7 @@ from celery.signals import task_received, worker_process_init
 from . import attempts, orphan, retention
 from .drain import Drain
 from .drain import install as install_drain
+from .fairorder import fair_order
 from .gpus import WORKER_GPUS_ENV, WorkerGpus
 from .monitoring import Monitor
 from .reserved import RUN_TASK, Reservations, held_runs, kombu_restore
@@ -157,7 +158,8 @@ class AgentStep(bootsteps.StartStopStep):
         # slot, which a fleet busy with long runs or a backlog may not have for hours (the sweep's
         # lock lets one process sweep at a time)
         hb.add_chore("cluster sweep", settings.sweep_interval,
-                     sweeper(parent.app, settings, store, registry))  # fmt: skip
+                     sweeper(parent.app, settings, store, registry,
+                             fair_order(store, settings)))  # fmt: skip
         if kombu_restore(parent.app) is not None:  # (RabbitMQ gives a dead worker's messages back)
             self._note_reserved(parent.hostname, Reservations(store.r, store.keys))
         self.drain = Drain(store, parent.hostname, settings.drain_grace)
