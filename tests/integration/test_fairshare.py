@@ -4,12 +4,14 @@ the quota leaves free serve the others; a parked run is listed as waiting and ca
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
 import pytest
 
 from celery_agent import submit_task
+from celery_agent.cli import main
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +53,59 @@ def test_a_second_user_goes_before_the_first_users_backlog_is_through(
     assert behind >= 50, f"only {behind} of alice's 100 runs started after bob's last one"
     assert all(records[i]["attempt"] == 1 for i in a_ids + b_ids), "each run started once"
 
+
+def test_a_quota_of_two_runs_holds_on_four_slots_and_the_free_slots_serve_others(
+    make_worker, make_repo, store, capsys
+):
+    queue = f"quota-{uuid.uuid4().hex[:6]}"
+    make_worker(queue, concurrency=4)
+    repo = make_repo({"job.py": JOB})
+    assert main(["quota", "set", "carol", "--runs", "2"]) == 0
+    try:
+        c_ids = _send(_spec(repo, queue, "carol", 0.6), 8)
+        deadline = time.monotonic() + 60  # a parked run says why it waits
+        reasons: set[str] = set()
+        while not any("at quota (2/2 runs)" in r for r in reasons):
+            reasons = {str(store.get(i).get("waiting") or "") for i in c_ids}
+            assert time.monotonic() < deadline, reasons
+            time.sleep(0.05)
+        parked = next(i for i in c_ids if "at quota" in str(store.get(i).get("waiting") or ""))
+        capsys.readouterr()
+        assert main(["show", parked]) == 0
+        shown = capsys.readouterr().out
+        assert "user carol at quota (2/2 runs)" in shown or store.get(parked)["state"] != "queued"
+        assert main(["status", "--json", "--user", "carol"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)["quotas"]
+        assert row["user"] == "carol" and row["limits"] == {"runs": 2} and row["runs"] <= 2
+        d_ids = _send(_spec(repo, queue, "dave", 0.6), 4)
+        records = _ended(store, c_ids + d_ids, timeout=180)
+    finally:
+        main(["quota", "rm", "carol"])
+    assert all(r["state"] == "succeeded" for r in records.values())
+    spans = [(records[i]["preparing_at"], records[i]["succeeded_at"]) for i in c_ids]
+    most = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert most <= 2, f"{most} of carol's runs ran at once on a quota of 2"
+    d_first = min(records[i]["preparing_at"] for i in d_ids)
+    assert d_first < max(s for s, _ in spans), "dave's runs took the slots carol's quota left"
+
+
+def test_a_parked_run_can_be_cancelled(make_worker, make_repo, store):
+    from celery_agent import get_run
+
+    queue = f"park-{uuid.uuid4().hex[:6]}"
+    make_worker(queue, concurrency=2)
+    repo = make_repo({"job.py": JOB})
+    assert main(["quota", "set", "erin", "--runs", "1", "--queue", queue]) == 0
+    try:
+        first, parked = _send(_spec(repo, queue, "erin", 5), 2)
+        deadline = time.monotonic() + 60
+        while "at quota" not in str(store.get(parked).get("waiting") or ""):
+            assert time.monotonic() < deadline, store.get(parked)
+            time.sleep(0.05)
+        assert "(1/1 runs on " + queue + ")" in store.get(parked)["waiting"]
+        assert get_run(parked).cancel() == "queued"
+        assert get_run(parked).wait(timeout=30)["state"] == "aborted"
+        store.request_abort(first)
+        assert get_run(first).wait(timeout=30)["state"] == "aborted"
+    finally:
+        main(["quota", "rm", "erin", "--queue", queue])
