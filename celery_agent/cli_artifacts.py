@@ -14,15 +14,21 @@ from rich.table import Table
 @click.argument("run")
 @click.option("--get", "dest", type=click.Path(path_type=Path), help="download them into DEST")
 @click.option("--root", help="the artifact root as this machine reaches it (default: recorded)")
-def artifacts(run: str, dest: Path | None, root: str | None) -> int:
+@click.option("--wait", "wait", type=float, default=600.0, show_default=True,
+              help="with --get: seconds to wait for outputs still uploading")  # fmt: skip
+def artifacts(run: str, dest: Path | None, root: str | None, wait: float) -> int:
     """List the files RUN kept in the artifact store (path, size, sha256), or --get them."""
     from .artifacts import of_run
     from .cli import console, err_console
     from .handle import get_run
 
-    record = get_run(run).info()
+    handle = get_run(run)
+    record = handle.settled(wait if dest is not None else 0.0)
+    kept = record.get("artifacts") or {}
+    if dest is None and kept.get("status") == "uploading":
+        console.print(f"artifacts: {artifacts_line(kept)}", markup=False)
+        return 0
     store, files = of_run(record, root)
-    kept = record["artifacts"]
     if dest is None:
         console.print(manifest_table(files))
         if kept.get("status") == "failed":
@@ -45,5 +51,7 @@ def artifacts_line(kept: dict[str, Any]) -> str:
     """One line for `show`: 'uploaded: 3 file(s), 1234 bytes at URL' or 'failed (reason)'."""
     if kept.get("status") == "failed":
         return f"failed ({kept.get('error')})"
+    if kept.get("status") == "uploading":
+        return f"uploading to {kept.get('url')} (in the background; --get waits for it)"
     count, size = kept.get("count", 0), kept.get("bytes", 0)
     return f"{kept.get('status')}: {count} file(s), {size} bytes at {kept.get('url')}"

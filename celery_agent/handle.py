@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,19 +43,31 @@ class RunHandle:
         """The run record as it is now."""
         return self.store.get(self.run_id)
 
-    def artifacts(self, root: str | None = None) -> list[dict[str, Any]]:
-        """The files the run kept in the artifact store: its manifest (path, size, sha256)."""
+    def artifacts(self, root: str | None = None, wait: float = 0.0) -> list[dict[str, Any]]:
+        """The files the run kept in the artifact store: its manifest (path, size, sha256);
+        ``wait``: seconds to wait for outputs still uploading in the background."""
         from .artifacts import of_run
 
-        return of_run(self.info(), root)[1]
+        return of_run(self.settled(wait), root)[1]
 
-    def pull(self, dest: str | Path, root: str | None = None) -> list[Path]:
+    def pull(self, dest: str | Path, root: str | None = None, wait: float = 600.0) -> list[Path]:
         """Download the files the run kept into ``dest`` (each checked against its sha256);
-        ``root``: the artifact root as this machine reaches it, default the recorded one."""
+        ``root``: the artifact root as this machine reaches it, default the recorded one;
+        ``wait``: seconds to wait for outputs still uploading in the background."""
         from .artifacts import of_run
 
-        store, files = of_run(self.info(), root)
+        store, files = of_run(self.settled(wait), root)
         return store.download(self.run_id, Path(dest), files)
+
+    def settled(self, wait: float, poll: float = 0.2) -> dict[str, Any]:
+        """The run record once its outputs no longer upload in the background, or after
+        ``wait`` seconds (whichever comes first)."""
+        deadline = time.monotonic() + wait
+        record = self.info()
+        while _uploading(record) and time.monotonic() < deadline:
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            record = self.info()
+        return record
 
     @property
     def state(self) -> str:
@@ -135,3 +148,7 @@ def get_run(ref: str, store: RunStore | None = None) -> RunHandle:
 
         store = get_store()
     return RunHandle(find_run(store, ref), store)
+
+
+def _uploading(record: dict[str, Any]) -> bool:
+    return (record.get("artifacts") or {}).get("status") == "uploading"
