@@ -375,13 +375,14 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[st
 def _register_commands() -> None:
     from .cli_artifacts import artifacts
     from .cli_local import config, up
+    from .cli_retention import delete, keep
     from .cli_search import metrics, search
     from .cli_services import exporter, flower, redis, services, workers
     from .cli_show import show
     from .cli_status import health, status
 
     commands = (show, status, health, search, metrics, workers, services, flower, redis, exporter)
-    for command in (*commands, artifacts, up, config):
+    for command in (*commands, artifacts, keep, delete, up, config):
         cli.add_command(command)
 
 
