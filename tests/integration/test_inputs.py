@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import test_docker_executor
 
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.cli import main
@@ -67,7 +68,7 @@ def printed(run_id: str, name: str) -> str:
     return lines[0].split(": ", 1)[1]
 
 
-def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, store):
+def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, capsys):
     w, repo, first = setup
     model = b"m1" * 300_000
     url = f"run://{first.id[:10]}/model.pt"  # a prefix of the id, as elsewhere
@@ -91,6 +92,9 @@ def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, 
     assert path.stat().st_ino == inode, "not downloaded again"
     assert printed(third.id, "model") == f"{sha(model)} dir=False"
     assert any(x.endswith("(cached)") for x in third.logs() if "input model:" in x)
+    capsys.readouterr()
+    assert main(["show", third.id]) == 0
+    assert f"run://{first.id}/model.pt (cached)" in capsys.readouterr().out
     entries = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
     assert len(entries) == 2, entries  # model.pt and plots/, once each, no parts left
 
@@ -150,3 +154,19 @@ def test_pull_one_file_all_files_and_from_python(setup, tmp_path: Path, capsys):
     table = capsys.readouterr().out
     assert "plots/loss.txt" in table and "600.0 kB" in table and "when" in table
     assert json.dumps(first.artifacts()) == json.dumps(first.info()["artifacts"]["files"])
+
+
+docker_client = test_docker_executor.docker_client  # (the engine, the test image built)
+
+
+def test_a_container_run_reads_its_inputs(setup, docker_client):
+    w, repo, first = setup
+    spec = TaskSpec.parse({"repo": str(repo), "entry": "read.py", "queue": w.queues,
+                           "executor": "docker", "requirements": [], "docker": {"image": test_docker_executor.IMAGE},
+                           "inputs": {"model": f"run://{first.id}/model.pt",
+                                      "plots": f"run://{first.id}/plots/"}})  # fmt: skip
+    run = submit(spec)
+    rec = run.wait(120)
+    assert rec["state"] == "succeeded", list(run.logs())
+    assert printed(run.id, "model") == f"{sha(b'm1' * 300_000)} dir=False"
+    assert printed(run.id, "plots") == f"{sha(b'0.5 0.25' + bytes([10]))} dir=True"
