@@ -62,7 +62,7 @@ def test_a_file_written_just_now_waits_for_the_next_round_unless_it_is_the_last(
     store, folder, tmp_path
 ):
     (folder / "fresh.pt").write_bytes(b"being written")
-    sync = CheckpointSync(store, "r1", folder, "checkpoints", interval=0)
+    sync = CheckpointSync(store, "r1", folder, "checkpoints", interval=0, settle=60)
     assert sync.sync() == 0 and kept(tmp_path) == {}
     assert sync.stop()["files"] == 1, "the last round (the process has ended) takes it"
     assert kept(tmp_path) == {"fresh.pt": b"being written"}
