@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .cli_artifacts import artifacts_line
+from .cli_artifacts import artifacts_line, checkpoints_line, resumed_line
 from .serving import QueueCover
 from .state import QUEUED
 
@@ -80,6 +80,16 @@ def record_table(record: dict[str, Any], cover: QueueCover | None, now: float) -
         row("artifacts", artifacts_line(record["artifacts"]))
         for entry in (record["artifacts"].get("files") or [])[:SHOWN_FILES]:
             row("", f"{entry['path']} ({entry['size']} bytes)")
+    for name, url in ((record.get("spec") or {}).get("inputs") or {}).items():
+        got = (record.get("inputs") or {}).get(name)
+        how = (
+            "" if got is None else " (cached)" if got.get("cached") else f" ({got['bytes']} bytes)"
+        )
+        row(f"input {name}", f"{url}{how}")
+    if record.get("resumed"):
+        row("resumed", resumed_line(record["resumed"]))
+    if record.get("checkpoints"):
+        row("checkpoints", checkpoints_line(record["checkpoints"], now))
     if record.get("freeze"):
         row("packages", f"{len(record['freeze'])} pinned (see --json)")
     return table

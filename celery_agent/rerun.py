@@ -26,6 +26,7 @@ def respec(
     pin: bool = True,
     env: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    resume: bool = False,
 ) -> TaskSpec:
     """A new spec from a run record.
 
@@ -33,6 +34,8 @@ def respec(
     requirements are the exact versions the run's environment resolved to (its freeze). ``env``
     sets variables; a masked secret value not given there is read from ``environ`` (the process
     environment at call time by default), and one found in neither raises :class:`SpecError`.
+    With ``resume`` the new run starts from the run's checkpoints (``resume_from``); a run that
+    kept none raises :class:`SpecError`.
     """
     spec = record.get("spec")
     if not isinstance(spec, dict):
@@ -44,6 +47,8 @@ def respec(
         changes |= {"commit": record["commit"], "branch": None}
     if queue:
         changes["queue"] = queue
+    if resume:
+        changes["resume_from"] = kept_checkpoints(record)
     freeze = [line for line in record.get("freeze") or [] if line and not line.startswith("-e")]
     if pin and freeze and spec.get("executor", "venv") in PINNABLE:
         changes |= {"requirements": freeze, "requirements_file": None}
@@ -64,3 +69,21 @@ def _secrets_again(
             f"give each value again: --env {missing[0]}=value, or export {missing[0]} first",
         )
     return env | {n: environ[n] for n in masked}
+
+
+def kept_checkpoints(record: Mapping[str, Any]) -> str:
+    """The id of the run ``record`` describes when it kept checkpoints (synced while it ran, or
+    uploaded at its end under its ``checkpoint_dir``), else a :class:`SpecError` saying why."""
+    run_id = str(record.get("run_id"))
+    folder = str((record.get("spec") or {}).get("checkpoint_dir") or "checkpoints")
+    synced = int((record.get("checkpoints") or {}).get("files") or 0)
+    kept = record.get("artifacts") or {}
+    uploaded = [f for f in kept.get("files") or [] if str(f.get("path")).startswith(folder + "/")]
+    if synced or uploaded or int(kept.get("count") or 0) > len(kept.get("files") or []):
+        return run_id
+    raise SpecError(
+        f"run {run_id} kept no checkpoints (no file under its output folder's {folder}/ reached "
+        "the artifact store)",
+        f"a run keeps checkpoints it writes under $CELERY_AGENT_OUTPUT_DIR/{folder}; "
+        "rerun without --resume to start from the beginning",
+    )

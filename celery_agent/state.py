@@ -29,7 +29,7 @@ ACTIVE = frozenset({PREPARING, RUNNING})
 START_FIELDS = ("state", "attempt", "lost_attempts", "preparing_at")
 _JSON_FIELDS = (
     "spec", "params", "usage", "freeze", "timings", "log_tail", "gpus", "torch_index",
-    "unused_params", "artifacts",
+    "unused_params", "artifacts", "checkpoints", "resumed", "inputs",
 )  # fmt: skip
 
 # Move a run to a new state unless it already ended; returns the state it had ("" if none).

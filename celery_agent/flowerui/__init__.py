@@ -14,7 +14,11 @@ from tornado import web
 from tornado.ioloop import IOLoop
 
 from ..flower import HARDWARE_API_PATH, HARDWARE_PATH, hardware_data
+from .assets import STATIC_PATH, AssetHandler
+from .chartapi import CompareApi, MetricsApi, SearchApi, SearchesApi
+from .comparepage import CompareView
 from .page import render_page
+from .searchpage import SearchesView, SearchView
 
 #: history points fetched per worker (one per heartbeat: 5 minutes at the default 5 s)
 POINTS = 60
@@ -22,7 +26,21 @@ POINTS = 60
 
 def routes() -> list[tuple[str, type[BaseHandler]]]:
     """The (pattern, handler) entries added to Flower's application."""
-    return [(HARDWARE_PATH, HardwareView), (HARDWARE_API_PATH, HardwareApi)]
+    return [(HARDWARE_PATH, HardwareView), (HARDWARE_API_PATH, HardwareApi), *chart_routes()]
+
+
+def chart_routes() -> list[tuple[str, type[BaseHandler]]]:
+    """The static files, metric series, compare and searches pages and endpoints."""
+    return [
+        (STATIC_PATH + r"/([\w.-]+)", AssetHandler),
+        (r"/celery-agent/api/runs/([^/]+)/metrics", MetricsApi),
+        (r"/celery-agent/api/compare", CompareApi),
+        (r"/celery-agent/api/searches", SearchesApi),
+        (r"/celery-agent/api/searches/([^/]+)", SearchApi),
+        (r"/celery-agent/compare", CompareView),
+        (r"/celery-agent/searches", SearchesView),
+        (r"/celery-agent/searches/([^/]+)", SearchView),
+    ]
 
 
 async def collect(points: int = POINTS) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from celery_agent.flower import HARDWARE_API_PATH, HARDWARE_PATH, install_handlers
+from celery_agent.flowerui import routes
 from celery_agent.flowerui.page import history_chart, render_page
 
 
@@ -10,7 +11,7 @@ def test_install_handlers_goes_before_the_catch_all_once():
     assert install_handlers(handlers) is True
     assert [h[0] for h in handlers[1:3]] == [HARDWARE_PATH, HARDWARE_API_PATH]
     assert handlers[-1] is catch_all
-    assert install_handlers(handlers) is False and len(handlers) == 4
+    assert install_handlers(handlers) is False and len(handlers) == 2 + len(routes())
 
 
 def _worker(**kw):
