@@ -205,3 +205,23 @@ def test_the_example_training_script_resumes_to_the_same_result(tmp_path: Path):
     assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == [
         "epoch-3.json", "epoch-4.json", "epoch-5.json"
     ]  # fmt: skip
+
+
+def test_an_attempt_whose_run_went_to_another_runner_overwrites_nothing(store, folder, tmp_path):
+    (folder / "old.pt").write_bytes(b"stale")
+    superseded = threading.Event()
+    sync = CheckpointSync(store, "r1", folder, "checkpoints", interval=0,
+                          active=lambda: not superseded.is_set())  # fmt: skip
+    superseded.set()  # it stalled; the run's claim went to another worker
+    assert sync.stop()["files"] == 0 and kept(tmp_path) == {}
+
+
+def test_a_container_sees_the_checkpoint_folder_where_its_output_is_mounted(tmp_path):
+    from celery_agent.executors import docker_options as opt
+
+    paths = opt.PathMap()
+    paths.add(tmp_path / "output", opt.OUTPUT)
+    env = {"CELERY_AGENT_CHECKPOINT_DIR": str(tmp_path / "output" / "checkpoints")}
+    assert opt.container_env(env, [], paths)["CELERY_AGENT_CHECKPOINT_DIR"] == (
+        f"{opt.OUTPUT}/checkpoints"
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from celery_agent.layout import gpu_worker
+from celery_agent.layout import gpu_worker, plan
 from celery_agent.redisservice import LINGER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,8 +96,37 @@ def test_compose_services_start_the_procfile_commands():
         assert fixed(compose[name]["command"]) == planned(index), name
         devices = compose[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["device_ids"] == [str(index)] and devices[0]["driver"] == "nvidia"
-    for name in (*SHARED, "gpu0", "gpu1"):
+    for name in (*SHARED, "gpu0", "gpu1", "cpu"):
         assert compose[name]["environment"]["CELERY_AGENT_REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_compose_cpu_workers_run_what_workers_runs_without_a_gpu():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    (cpu,) = plan(found=[]).workers
+    assert fixed(compose["cpu"]["command"]) == ["celery", *cpu.argv(["--loglevel", "INFO"])[3:]]
+    assert "deploy" not in compose["cpu"]  # no GPU reserved: it starts on any machine
+    assert compose["cpu"]["profiles"] == ["cpu"]
+    assert compose["gpu0"]["profiles"] == compose["gpu1"]["profiles"] == ["gpu"]
+
+
+def test_compose_workers_health_check_is_their_own_liveness_probe():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    for name in ("gpu0", "gpu1", "cpu"):
+        words = fixed(compose[name]["command"])
+        worker = words[words.index("-n") + 1]
+        assert compose[name]["healthcheck"]["test"] == [
+            "CMD", "celery-agent", "health", "--worker", worker
+        ], name  # fmt: skip
+        assert compose[name]["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
+def test_compose_without_a_registry_runs_the_procfile_redis_from_the_agent_image():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.noregistry.yml").read_text())["services"]
+    redis = compose["redis"]
+    assert redis["image"] == "${CELERY_AGENT_IMAGE:-celery-agent}"
+    words = fixed(redis["command"])
+    assert words[:2] == fixed(procfile()["redis"])[:2] == ["celery-agent", "redis"]
+    assert words[words.index("--bind") + 1] == "0.0.0.0"  # the other containers reach it
 
 
 def test_k8s_pods_start_the_procfile_commands():
