@@ -374,6 +374,7 @@ def _register_commands() -> None:
     from .cli_artifacts import artifacts, pull
     from .cli_local import config, up
     from .cli_quota import quota
+    from .cli_retention import delete, keep
     from .cli_runs import list_runs
     from .cli_search import metrics, search
     from .cli_services import exporter, flower, redis, services, workers
@@ -381,7 +382,7 @@ def _register_commands() -> None:
     from .cli_status import health, status
 
     commands = (show, status, health, search, metrics, workers, services, flower, redis, exporter)
-    for command in (*commands, list_runs, quota, artifacts, pull, up, config):
+    for command in (*commands, list_runs, quota, artifacts, pull, keep, delete, up, config):
         cli.add_command(command)
 
 
