@@ -105,8 +105,7 @@ local function head(q, u)
     local h = redis.call('ZRANGE', wkey, 0, 0, 'WITHSCORES')
     if #h == 0 then return nil end
     if redis.call('HGET', key(T.run, h[1]), 'state') == 'queued' then return h[1], tonumber(h[2]) end
-    redis.call('ZREM', wkey, h[1])
-    redis.call('ZREM', key(T.parked, q, u), h[1])
+    redis.call('ZREM', wkey, h[1])  -- (a parked one stays parked: the wake sends it to its end)
   end
   return nil
 end
@@ -134,14 +133,13 @@ local function turn(q, rank, but)
     if u ~= but then
       local id, score = head(q, u)
       if id == nil then
-        redis.call('SREM', users, u)
+        if redis.call('ZCARD', key(T.parked, q, u)) == 0 then redis.call('SREM', users, u) end
         redis.call('HDEL', owed, u)
       elseif (rank == nil or math.floor(score / 1e11) <= rank) and free(q, u, id) then
         local since = tonumber(redis.call('HGET', owed, u) or now)
         if now - since > patience then  -- its turn came and its runs did not: stop waiting for
           forget(q, u)                   -- those still on their way; its parked ones stay
           id = head(q, u)
-          if id == nil then redis.call('SREM', users, u) end
         end
         local p = tonumber(redis.call('HGET', passes, u) or '0')
         if id ~= nil and (best == nil or p < best_pass) then best, best_pass = u, p end
@@ -329,7 +327,8 @@ class FairOrder:
         """Parked runs to send again now: (queue, user, run id) of those no longer queued and of
         up to ``batch`` per queue of the user whose turn it is."""
         flat = self._wake(keys=[], args=[*self._lib(), batch])
-        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+        found = [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+        return list(dict.fromkeys(found))  # (a cancelled run of the next user comes up twice)
 
     def unpark(self, queue: str, user: str, run_id: str) -> None:
         """Take a run that was sent again off its parked set."""
