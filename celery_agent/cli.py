@@ -116,6 +116,7 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 @click.option("--python", default=None, help="interpreter version or path for the env")
 @click.option("--executor", default="venv", show_default=True)
 @click.option("--name", default=None, help="a label for the run")
+@click.option("--tag", "tags", multiple=True, help="a tag to find the run by (repeat)")
 @click.option("--env", "env", multiple=True, help="an environment variable for the run: NAME=value")
 @click.option(
     "--secret-env",
@@ -149,7 +150,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
            find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
            secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
            require_pushed: bool, workdir: str | None, wait: bool, wait_timeout: float | None, require_worker: bool,
-           extra_index_urls: tuple[str, ...] = (), no_index: bool = False) -> int:  # fmt: skip
+           extra_index_urls: tuple[str, ...] = (), no_index: bool = False, tags: tuple[str, ...] = ()) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
 
     ENTRY and --workdir are paths from the folder you are in; the run starts in that folder
@@ -170,6 +171,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         fields
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
+        | {"tags": list(tags)}
         | {"secret_env": list(secret_env), "strict_params": strict_params}
         | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
         | {

@@ -23,6 +23,7 @@ a sender that asks for no result (``ignore_result=True``) gets none, and a messa
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import socket
@@ -50,13 +51,22 @@ _contexts: dict[tuple[int, str], pipeline.WorkerContext] = {}
 _folded = False
 
 
+def submitter() -> str:
+    """Who submits a run: ``CELERY_AGENT_USER``, else this process's login name ('' if none)."""
+    try:
+        return os.environ.get("CELERY_AGENT_USER") or getpass.getuser()
+    except (KeyError, OSError):  # (a uid with no passwd entry, in a container)
+        return ""
+
+
 class SubmitTask(Task):
     """A task whose first argument is a TaskSpec: validated and recorded before it is queued."""
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> Any:
-        """Validate the spec, record the run (queued) and send it to the spec's queue."""
+        """Validate the spec, record the run (queued, with who submits it: ``submitted_by``, else
+        :func:`submitter`) and send it to the spec's queue."""
         args = list(args or ())
         if kwargs and "spec" in kwargs:
             args, kwargs = [kwargs.pop("spec"), *args], kwargs
@@ -66,7 +76,8 @@ class SubmitTask(Task):
         dispatch.first_send(spec, options, bool(self.ignore_result))  # queue, shadow, argsrepr
         task_id = task_id or uuid()
         store = get_store()
-        store.create_run(task_id, spec.to_json(), options["queue"])  # masked: no secret values
+        user = options.pop("submitted_by", None) or submitter()
+        store.create_run(task_id, spec.to_json(), options["queue"], user=user)  # masked: no secrets
         runenv.stash(store, task_id, spec)  # for a requeue, which sends the masked record
         return super().apply_async([spec, *args[1:]], kwargs, task_id=task_id, **options)
 
