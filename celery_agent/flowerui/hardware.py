@@ -1,7 +1,4 @@
-"""The hardware page inside Flower: tornado handlers (Flower's auth applies) over :mod:`..flower`.
-
-Imported only by :func:`celery_agent.flower.install_handlers`, so Flower stays an optional extra.
-"""
+"""The hardware page inside Flower: tornado handlers (Flower's auth applies) over :mod:`..flower`."""
 
 from __future__ import annotations
 
@@ -13,16 +10,11 @@ from flower.views import BaseHandler
 from tornado import web
 from tornado.ioloop import IOLoop
 
-from ..flower import HARDWARE_API_PATH, HARDWARE_PATH, hardware_data
+from ..flower import hardware_data
 from .page import render_page
 
 #: history points fetched per worker (one per heartbeat: 5 minutes at the default 5 s)
 POINTS = 60
-
-
-def routes() -> list[tuple[str, type[BaseHandler]]]:
-    """The (pattern, handler) entries added to Flower's application."""
-    return [(HARDWARE_PATH, HardwareView), (HARDWARE_API_PATH, HardwareApi)]
 
 
 async def collect(points: int = POINTS) -> dict[str, Any]:
