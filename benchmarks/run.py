@@ -38,6 +38,7 @@ from . import (
     bench_import,
     bench_lock,
     bench_logs,
+    bench_runs_page,
     bench_throughput,
 )
 from .context import Context
@@ -61,6 +62,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "env_lock": bench_lock.run,
     "first_run": bench_first_run.run,
     "artifacts": bench_artifacts.run,
+    "runs_page": bench_runs_page.run,
 }
 
 
