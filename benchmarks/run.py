@@ -28,6 +28,7 @@ from types import FrameType
 from . import (
     bench_artifacts,
     bench_cancel,
+    bench_checkpoints,
     bench_dispatch,
     bench_docker,
     bench_env,
@@ -62,6 +63,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "env_lock": bench_lock.run,
     "first_run": bench_first_run.run,
     "artifacts": bench_artifacts.run,
+    "checkpoints": bench_checkpoints.run,
     "runs_page": bench_runs_page.run,
 }
 

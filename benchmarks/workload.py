@@ -39,6 +39,22 @@ SCRIPTS = {
         '    with open(os.path.join(out, f"part-{i}.bin"), "wb") as fh:\n'
         "        fh.write(os.urandom(int(sys.argv[2])))\n"
     ),
+    # checkpoint sync: a stamp every 50 ms; every 20th, a checkpoint of argv[2] MiB, written to a
+    # temporary name and renamed (two names in turn)
+    "checkpointer.py": (
+        "import os, sys, time\n"
+        'folder = os.environ["CELERY_AGENT_CHECKPOINT_DIR"]\n'
+        "os.makedirs(folder, exist_ok=True)\n"
+        "blob = os.urandom(int(sys.argv[2]) * 2**20)\n"
+        "for i in range(int(sys.argv[1])):\n"
+        '    print(f"tick {time.time():.6f}")\n'
+        "    if i % 20 == 19:\n"
+        '        tmp = os.path.join(folder, "ckpt.bin.tmp")\n'
+        '        with open(tmp, "wb") as fh:\n'
+        "            fh.write(blob)\n"
+        '        os.replace(tmp, os.path.join(folder, f"ckpt-{i // 20 % 2}.bin"))\n'
+        "    time.sleep(0.05)\n"
+    ),
     # cancel: a child of its own, then sleep
     "sleeper.py": (
         "import os, subprocess, sys, time\n"

@@ -91,6 +91,10 @@ class ArtifactStore:
         """Where a run's files live in the store."""
         return f"{self.url}/runs/{run_id}"
 
+    def path(self, run_id: str, rel: str = "") -> str:
+        """The store's own path (no scheme) of a run's folder, or of ``rel`` in it."""
+        return self._path(run_id, rel)
+
     def _path(self, run_id: str, rel: str = "") -> str:
         self.fs  # noqa: B018 (opens the filesystem, which sets the root)
         base = f"{self._root.rstrip('/')}/runs/{run_id}"

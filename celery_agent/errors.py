@@ -104,6 +104,10 @@ class Cancelled(AgentError):
     """The run was cancelled while it was being prepared."""
 
 
+class RequestError(AgentError, ValueError):
+    """A request to the web pages or their JSON API asks for something malformed (HTTP 400)."""
+
+
 ALL_ERRORS: tuple[type[AgentError], ...] = (
     AgentError,
     ConfigError,
@@ -119,4 +123,5 @@ ALL_ERRORS: tuple[type[AgentError], ...] = (
     StageTimeout,
     Cancelled,
     RunLost,
+    RequestError,
 )

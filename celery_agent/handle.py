@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,21 @@ class RunHandle:
 
         return of_run(self.info(), root)[1]
 
-    def pull(self, dest: str | Path, root: str | None = None) -> list[Path]:
-        """Download the files the run kept into ``dest`` (each checked against its sha256);
-        ``root``: the artifact root as this machine reaches it, default the recorded one."""
-        from .artifacts import of_run
+    def pull(
+        self,
+        dest: str | Path = ".",
+        root: str | None = None,
+        *,
+        paths: Sequence[str] = (),
+        progress: Callable[[str, int], None] | None = None,
+    ) -> list[Path]:
+        """Download the files the run kept into ``dest`` (each checked against its sha256, each
+        whole or not at all); returns their local paths. ``paths``: files or folders of its
+        manifest (default: all); ``root``: the artifact root as this machine reaches it, default
+        the recorded one; ``progress`` is told (path, bytes) as each chunk arrives."""
+        from .pull import pull
 
-        store, files = of_run(self.info(), root)
-        return store.download(self.run_id, Path(dest), files)
+        return pull(self.info(), Path(dest), paths, root, progress)
 
     @property
     def state(self) -> str:
@@ -109,6 +117,8 @@ def submit(
 
     spec = TaskSpec.parse(spec)
     store = get_store()
+    if spec.inputs:  # run:// inputs checked against their run's record now, not on the worker
+        spec = spec.model_copy(update={"inputs": _checked_inputs(spec, store)})
     queue = str(options.get("queue") or spec.queue)
     try:
         cover = queue_cover(WorkerRegistry(store.r, store.keys), queue)
@@ -123,6 +133,13 @@ def submit(
     handle = RunHandle(result.id, store, result)
     handle.cover = cover
     return handle
+
+
+def _checked_inputs(spec: TaskSpec, store: RunStore) -> dict[str, str]:
+    from .inputs import checked
+    from .lookup import find_run
+
+    return checked(spec.inputs, lambda ref: store.get(find_run(store, ref)))
 
 
 def get_run(ref: str, store: RunStore | None = None) -> RunHandle:

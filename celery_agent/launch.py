@@ -8,9 +8,11 @@ import shlex
 import time
 from typing import TYPE_CHECKING
 
+from . import checkpoints, metrics, runenv, state
 from . import leases as leases_mod
-from . import metrics, runenv, state
 from . import params as params_mod
+from .artifacts import ArtifactStore
+from .errors import ConfigError
 from .executors import get_executor
 from .executors.base import PreparedEnv, RunRequest
 from .gpus import gpu_ids, pin_env
@@ -50,11 +52,14 @@ def supervise(
     executor = get_executor(spec.executor, job.ctx.executor_settings)
     interp_args = [*entry_head(spec, co), *args]
     argv = executor.command(prepared, interp_args)
+    resumed = resume(job, spec)  # the checkpoints it starts from, before anything runs
     env = runenv.build(
         base=job.ctx.base_env,
         spec_env=spec.env,
         agent=runenv.run_vars(job.run_id, job.run_dir, job.output_dir, spec, job.ctx.settings)
-        | hook,
+        | hook
+        | job.input_env
+        | resumed.env,
         path_prefix=prepared.path_prefix,
         extra=prepared.env,
         threads=job.ctx.threads,
@@ -90,9 +95,40 @@ def supervise(
     )
     job.notes.flush()  # the agent's lines come before the run's in the log file
     t0 = time.time()
-    outcome = executor.run(prepared, interp_args, request)
+    sync = resumed.sync.start() if resumed.sync is not None else None
+    try:
+        outcome = executor.run(prepared, interp_args, request)
+    finally:  # its last round, now that nothing writes: at the end, on cancel, on drain
+        if sync is not None:
+            job.summary["checkpoints"] = sync.stop()
     sink.flush()
     job.timing("run", t0)
     if outcome.first_line_at:
         job.summary["timings"]["first_line"] = round(outcome.first_line_at - job.started, 3)
     return outcome
+
+
+def resume(job: Job, spec: TaskSpec) -> checkpoints.Resumed:
+    """Restore the checkpoints the run starts from (an earlier attempt's, or ``resume_from``'s)
+    and make the sync of its own (:mod:`.checkpoints`); the restore is a stage of its own."""
+    s, held = job.ctx.settings, job.held
+    assert held is not None
+    try:
+        store = ArtifactStore.for_home(s.artifact_root, s.home)
+    except ConfigError as err:  # (a URL with a password: the end's upload reports it too)
+        job.note(f"checkpoints: not kept ({err})")
+        return checkpoints.Resumed(None, {checkpoints.ATTEMPT_ENV: str(job.attempt)})
+    interval = spec.checkpoint_sync if spec.checkpoint_sync is not None else s.checkpoint_sync
+    t0 = time.time()
+    out = checkpoints.resume(
+        store, job.run_id, output_dir=job.output_dir, rel=spec.checkpoint_dir,
+        attempt=job.attempt, resume_from=spec.resume_from, interval=interval,
+        exclude=spec.output_exclude, note=job.note,
+        report=lambda fields: held.defer(checkpoints=fields),
+        active=lambda: held.lost_to is None,  # (a stalled attempt whose run went elsewhere)
+    )  # fmt: skip
+    if out.resumed is not None:
+        job.timing("restore", t0)
+        job.summary["resumed"] = out.resumed
+        job._defer(resumed=out.resumed)
+    return out

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import artifacts, attempts, launch, paramusage, stages, state
+from . import artifacts, attempts, launch, paramusage, stages, staging, state
 from .attempts import DuplicateRun
 from .context import ResultWrites, WorkerContext
 from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout, UnknownRunError
@@ -83,6 +83,8 @@ class Job:
         self.stop_reason: Callable[[], str | None] = lambda: None
         self.notes = RunNotes(self.log_file)  #: the agent's lines in the run's log file
         self.exclude: list[str] = []  #: output files not kept (the spec's output_exclude)
+        self.input_env: dict[str, str] = {}  #: the run's variables naming its inputs
+        self.attempt = 1  #: this delivery's attempt at the run (1, 2, ...), set by begin
         self._cleaned = False
 
     # -- the algorithm --------------------------------------------------------------------------
@@ -125,6 +127,7 @@ class Job:
             self.begin(spec, record)
             self.checkout = self.materialize(spec)
             entry_head(spec, self.checkout)  # a missing entry fails now, before the env is built
+            self.input_env = staging.fetch_inputs(self, spec)
             prepared = self.prepare(spec, self.checkout)
             outcome = self.execute(spec, self.checkout, prepared)
             return self.collect(outcome, spec)
@@ -158,7 +161,7 @@ class Job:
         lost = attempts.count_lost(self.store, self.run_id, record)
         if lost >= spec.max_attempts:
             raise RunLost(f"its runner died {lost} time(s); max_attempts is {spec.max_attempts}")
-        attempt = int(record.get("attempt") or 0) + 1
+        attempt = self.attempt = int(record.get("attempt") or 0) + 1
         if attempt > 1:  # an earlier attempt here may have left its worktree
             shutil.rmtree(self.run_dir / "src", ignore_errors=True)
         held = self.held

@@ -67,6 +67,7 @@ class Settings:
     gpu_lease_ttl: float = 60.0  # seconds a crashed worker's GPU lease survives
     gpu_sample_interval: float = 2.0  # seconds between samples of a run's GPU memory
     artifact_root: str | None = None  # fsspec URL runs' outputs go to (default: {home}/artifacts)
+    checkpoint_sync: float = 60.0  # seconds between syncs of a run's checkpoints (0: at its end)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -78,6 +79,11 @@ class Settings:
     def git_cache(self) -> Path:
         """The clone cache: one clone per repo on this machine."""
         return self.home / "cache" / "git"
+
+    @property
+    def input_cache(self) -> Path:
+        """Where the inputs runs read are kept, each downloaded once (:mod:`.inputcache`)."""
+        return self.home / "cache" / "inputs"
 
     @property
     def env_cache(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import posixpath
 import re
 from typing import Any, Literal
 
@@ -16,10 +17,12 @@ from pydantic import (
     model_validator,
 )
 
+from . import inputs as input_refs
 from .errors import SpecError
 from .gitcmd import redact
 from .spec_errors import spec_error
 from .spec_options import CondaOptions, DockerOptions, _inside_repo, _Validated
+from .users import check_name
 
 #: a parameter value: what JSON and the command line can both carry
 ParamValue = str | int | float | bool | None
@@ -75,11 +78,16 @@ class TaskSpec(_Validated):
     python: str | None = Field(None, description="interpreter version ('3.11') or path")
     executor: str = Field("venv", description="venv (default), local, docker or conda")
     queue: str = Field("default", description="Celery queue the run is sent to")
+    user: str | None = Field(
+        None,
+        description="who the run belongs to; set at submit (CELERY_AGENT_USER, else the account)",
+    )
+    project: str | None = Field(None, description="the project the run counts for (optional)")
     gpus: int | str | None = Field(None, description="GPUs wanted: a count, or ids like '0,1'")
     timeout: float | None = Field(None, description="seconds the whole run may take")
     grace: float | None = Field(None, description="seconds between TERM and KILL on cancel")
-    timeouts: dict[Literal["source", "env", "run"], float] = Field(
-        default_factory=dict, description="seconds each stage may take: source, env, run"
+    timeouts: dict[Literal["source", "inputs", "env", "run"], float] = Field(
+        default_factory=dict, description="seconds each stage may take: source, inputs, env, run"
     )
     max_attempts: int = Field(
         2, ge=1, le=100, description="starts allowed when a worker is lost (2 = one retry)"
@@ -87,6 +95,19 @@ class TaskSpec(_Validated):
     workdir: str | None = Field(None, description="working directory, a path from the repo root")
     output_exclude: list[str] = Field(
         default_factory=list, description="globs of output files not kept (e.g. '*.tmp', 'cache')"
+    )
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="files the run reads, name -> URL (run://RUN_ID/path, file:///..., s3://...)",
+    )
+    checkpoint_dir: str = Field(
+        "checkpoints", description="folder under the output folder synced to the store as it runs"
+    )
+    checkpoint_sync: float | None = Field(
+        None, description="seconds between checkpoint syncs (0: when it stops only; None: worker's)"
+    )
+    resume_from: str | None = Field(
+        None, description="a run whose checkpoints this run starts from"
     )
     docker: DockerOptions | None = Field(None, description="options of the docker executor")
     conda: CondaOptions | None = Field(None, description="options of the conda executor")
@@ -174,6 +195,12 @@ class TaskSpec(_Validated):
             out.append(line)
         return out
 
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: dict[str, str]) -> dict[str, str]:
+        input_refs.check_names(list(v))
+        return {name: input_refs.check_url(name, url) for name, url in v.items()}
+
     @field_validator("executor")
     @classmethod
     def _executor(cls, v: str) -> str:
@@ -187,6 +214,11 @@ class TaskSpec(_Validated):
         if not _QUEUE_NAME.match(v):
             raise ValueError(f"queue name {v!r} is not valid: use letters, digits, '_-.:@'")
         return v
+
+    @field_validator("user", "project")
+    @classmethod
+    def _owner(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else check_name(v, info.field_name or "name")
 
     @field_validator("gpus")
     @classmethod
@@ -223,6 +255,31 @@ class TaskSpec(_Validated):
                 "(leave a stage out for its default deadline)"
             )
         return v
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _checkpoint_dir(cls, v: str) -> str:
+        norm = posixpath.normpath(v.strip().replace("\\", "/"))
+        if not v.strip() or norm.startswith(("/", "..")) or norm == ".":
+            raise ValueError(
+                f"checkpoint_dir {v!r} is not a folder under the output folder: give a relative "
+                "path such as 'checkpoints'"
+            )
+        return norm
+
+    @field_validator("checkpoint_sync")
+    @classmethod
+    def _checkpoint_sync(cls, v: float | None) -> float | None:
+        if v is not None and v < 0:
+            raise ValueError(f"checkpoint_sync {v} is not valid: give seconds >= 0 (0: at the end)")
+        return v
+
+    @field_validator("resume_from")
+    @classmethod
+    def _resume_from(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", v.strip()):
+            raise ValueError(f"resume_from {v!r} is not a run id: give the id of an earlier run")
+        return v.strip() if v is not None else None
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:

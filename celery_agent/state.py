@@ -28,7 +28,7 @@ ACTIVE = frozenset({PREPARING, RUNNING})
 START_FIELDS = ("state", "attempt", "lost_attempts", "preparing_at")
 _JSON_FIELDS = (
     "spec", "params", "usage", "freeze", "timings", "log_tail", "gpus", "torch_index",
-    "unused_params", "artifacts", "tags",
+    "unused_params", "artifacts", "checkpoints", "resumed", "inputs", "tags",
 )  # fmt: skip
 
 # Move a run to a new state unless it already ended; returns the state it had ("" if none).
@@ -205,16 +205,23 @@ class RunStore:
         )
         raise UnknownRunError(f"{len(matches)} runs match {prefix!r}", hint)
 
-    def list_runs(self, limit: int = 20, state: str | None = None) -> list[dict[str, Any]]:
-        """The newest runs first, optionally only those in ``state``."""
+    def list_runs(
+        self, limit: int = 20, state: str | None = None, **match: str | None
+    ) -> list[dict[str, Any]]:
+        """The newest runs first, optionally only those in ``state`` and whose record fields
+        equal ``match`` (``user="alice"``, ``project="vision"``; None matches any)."""
+        wanted = {name: value for name, value in match.items() if value is not None}
+        scan = max(limit * 5, 200) * (10 if wanted else 1)  # (a filter keeps fewer of them)
         with _errors(self):
-            ids = self.r.zrevrange(self.keys.runs(), 0, max(limit * 5, 200) - 1)
+            ids = self.r.zrevrange(self.keys.runs(), 0, scan - 1)
             pipe = self.r.pipeline()
             for run_id in ids:
                 pipe.hgetall(self.keys.run(run_id))
             rows = [_decode(i, raw) for i, raw in zip(ids, pipe.execute(), strict=True) if raw]
         if state:
             rows = [row for row in rows if row.get("state") == state]
+        for name, value in wanted.items():
+            rows = [row for row in rows if row.get(name) == value]
         return rows[:limit]
 
     # -- logs -----------------------------------------------------------------------------------

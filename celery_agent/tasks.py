@@ -23,7 +23,6 @@ a sender that asks for no result (``ignore_result=True``) gets none, and a messa
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import socket
@@ -35,7 +34,7 @@ from celery.exceptions import Ignore
 from celery.signals import celeryd_init, task_prerun, worker_ready
 from celery.utils import uuid
 
-from . import attempts, dispatch, pipeline, runenv, state
+from . import attempts, dispatch, pipeline, runenv, state, users
 from . import sweep as sweep_mod
 from .app import app, get_registry, get_settings, get_store
 from .defaults import SWEEP_TASK
@@ -51,33 +50,24 @@ _contexts: dict[tuple[int, str], pipeline.WorkerContext] = {}
 _folded = False
 
 
-def submitter() -> str:
-    """Who submits a run: ``CELERY_AGENT_USER``, else this process's login name ('' if none)."""
-    try:
-        return os.environ.get("CELERY_AGENT_USER") or getpass.getuser()
-    except (KeyError, OSError):  # (a uid with no passwd entry, in a container)
-        return ""
-
-
 class SubmitTask(Task):
     """A task whose first argument is a TaskSpec: validated and recorded before it is queued."""
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> Any:
-        """Validate the spec, record the run (queued, with who submits it: ``submitted_by``, else
-        :func:`submitter`) and send it to the spec's queue."""
+        """Validate the spec, record the run (queued) and send it to the spec's queue."""
         args = list(args or ())
         if kwargs and "spec" in kwargs:
             args, kwargs = [kwargs.pop("spec"), *args], kwargs
         if not args:
             raise TypeError("submit_task needs a TaskSpec (or dict) as its first argument")
-        spec = TaskSpec.parse(args[0])
+        spec = users.stamp(TaskSpec.parse(args[0]))  # whose run it is: kept by every re-send
         dispatch.first_send(spec, options, bool(self.ignore_result))  # queue, shadow, argsrepr
         task_id = task_id or uuid()
         store = get_store()
-        user = options.pop("submitted_by", None) or submitter()
-        store.create_run(task_id, spec.to_json(), options["queue"], user=user)  # masked: no secrets
+        owner = {"user": spec.user, "project": spec.project or ""}
+        store.create_run(task_id, spec.to_json(), options["queue"], **owner)  # masked: no secrets
         runenv.stash(store, task_id, spec)  # for a requeue, which sends the masked record
         return super().apply_async([spec, *args[1:]], kwargs, task_id=task_id, **options)
 
@@ -120,6 +110,7 @@ def _run(
     except pipeline.Requeued as requeued:
         logger.warning("%s", requeued)
         raise Ignore() from None
+
     if isinstance(spec, TaskSpec) and runenv.hides_values(spec):
         runenv.forget(ctx.store, run_id)
     return summary

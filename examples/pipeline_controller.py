@@ -1,4 +1,4 @@
-"""A pipeline controller: run step 1, then step 2 only if step 1 succeeded.
+"""A pipeline controller: run step 1, then step 2 only if step 1 succeeded, on step 1's output.
 
 The controller is itself a run, light and mostly waiting, so it goes to a services worker
 (``celery-agent services``: a thread pool, no GPU) while its steps go to ordinary workers. It runs
@@ -10,7 +10,10 @@ installed), and reaches Redis through the variables every run gets (CELERY_AGENT
                     queue="services", args=["--queue", "gpu0"]))
 
 The steps run the controller's own repository at its own commit (and diff), so the pipeline is
-reproducible as a whole. Cancelling the controller cancels the step it is waiting for.
+reproducible as a whole. Step 1 writes ``rows.csv`` to its output folder; step 2 names it as an
+input, ``inputs={"data": "run://STEP1/rows.csv"}``, and its worker, whichever machine it is,
+fetches it from the artifact store and gives its path as ``CELERY_AGENT_INPUT_DATA``. Cancelling
+the controller cancels the step it is waiting for.
 """
 
 from __future__ import annotations
@@ -47,13 +50,14 @@ def own_source() -> dict[str, Any]:
     return {"repo": spec["repo"], "commit": commit, "diff": spec.get("diff", "")}
 
 
-def run_step(label: str, spec: TaskSpec, timeout: float) -> str:
-    """Submit one step, wait for it (cancel it when we are stopped); returns its final state."""
+def run_step(label: str, spec: TaskSpec, timeout: float) -> tuple[str, str]:
+    """Submit one step, wait for it (cancel it when we are stopped); returns its run id and
+    final state."""
     handle = submit(spec)
     print(f"{label}: run {handle.id} queued on {spec.queue}", flush=True)
     state = wait(handle, timeout)
     print(f"{label}: {state}", flush=True)
-    return state
+    return handle.id, state
 
 
 def wait(handle: RunHandle, timeout: float) -> str:
@@ -77,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     source = own_source()
     common = {"queue": args.queue, "executor": args.executor, **source}
     first = TaskSpec(entry=PREPARE, params={"rows": args.rows, "fail": args.fail_first}, **common)
-    if run_step("step 1 (prepare)", first, args.timeout) != "succeeded":
+    prepared, state = run_step("step 1 (prepare)", first, args.timeout)
+    if state != "succeeded":
         print("step 1 did not succeed: step 2 (train) is skipped", flush=True)
         return 1
-    second = TaskSpec(entry=TRAIN, params={"rows": args.rows}, **common)
-    return 0 if run_step("step 2 (train)", second, args.timeout) == "succeeded" else 1
+    second = TaskSpec(entry=TRAIN, inputs={"data": f"run://{prepared}/rows.csv"}, **common)
+    return 0 if run_step("step 2 (train)", second, args.timeout)[1] == "succeeded" else 1
 
 
 def _stop(signum: int, frame: object) -> None:

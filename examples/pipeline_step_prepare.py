@@ -1,9 +1,15 @@
-"""Step 1 of the example pipeline: "prepare" some data (``--fail 1`` makes it fail)."""
+"""Step 1 of the example pipeline: "prepare" some data (``--fail 1`` makes it fail).
+
+It writes ``rows.csv`` into its output folder (``CELERY_AGENT_OUTPUT_DIR``), which is kept in the
+artifact store when it ends; the controller hands it to step 2 as the input ``data``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 def main() -> int:
@@ -14,7 +20,10 @@ def main() -> int:
     if args.fail:
         print("prepare: the data source is broken", file=sys.stderr)
         return 1
-    print(f"prepare: {args.rows} rows ready")
+    out = Path(os.environ.get("CELERY_AGENT_OUTPUT_DIR", "."))
+    lines = ["x,y", *(f"{i},{i * i}" for i in range(args.rows))]
+    (out / "rows.csv").write_text("\n".join(lines) + "\n")
+    print(f"prepare: {args.rows} rows ready in rows.csv")
     return 0
 
 

@@ -13,7 +13,10 @@ from tornado.web import url
 
 from ..flower import HARDWARE_API_PATH, HARDWARE_PATH
 from . import actions, downloads, hardware, logstream, run, runs
-from .base import STATIC_PATH, AssetView
+from .assets import STATIC_PATH, AssetHandler
+from .chartapi import CompareApi, MetricsApi, SearchApi, SearchesApi
+from .comparepage import CompareView
+from .searchpage import SearchesView, SearchView
 
 RUNS_PATH = "/celery-agent/runs"
 RUNS_API_PATH = "/celery-agent/api/runs"
@@ -22,6 +25,11 @@ _ID = r"([0-9A-Za-z_.\-]+)"
 
 def routes() -> list[Any]:
     """The handler entries added to Flower's application (named ones can be ``reverse_url``'d)."""
+    return [*run_routes(), *chart_routes()]
+
+
+def run_routes() -> list[Any]:
+    """The hardware page, the runs table, the run pages and their endpoints."""
     return [
         url(HARDWARE_PATH, hardware.HardwareView, name="celery-agent-hardware"),
         (HARDWARE_API_PATH, hardware.HardwareApi),
@@ -34,5 +42,18 @@ def routes() -> list[Any]:
         (f"{RUNS_API_PATH}/{_ID}/cancel", actions.CancelApi),
         (f"{RUNS_API_PATH}/{_ID}/rerun", actions.RerunApi),
         (f"{RUNS_API_PATH}/{_ID}/artifacts/(.+)", downloads.ArtifactFile),
-        (f"{STATIC_PATH}/(.+)", AssetView),
+    ]
+
+
+def chart_routes() -> list[Any]:
+    """The static files, metric series, compare and searches pages and endpoints."""
+    return [
+        (STATIC_PATH + r"/([\w.-]+)", AssetHandler),
+        (r"/celery-agent/api/runs/([^/]+)/metrics", MetricsApi),
+        (r"/celery-agent/api/compare", CompareApi),
+        (r"/celery-agent/api/searches", SearchesApi),
+        (r"/celery-agent/api/searches/([^/]+)", SearchApi),
+        (r"/celery-agent/compare", CompareView),
+        (r"/celery-agent/searches", SearchesView),
+        (r"/celery-agent/searches/([^/]+)", SearchView),
     ]

@@ -24,9 +24,6 @@ from ..errors import AgentError, UnknownRunError
 
 T = TypeVar("T")
 
-#: the static folder's URL path (under Flower's url prefix)
-STATIC_PATH = "/celery-agent/static"
-
 
 async def blocking(fn: Callable[[], T]) -> T:
     """``fn()`` run on the application's executor (Redis calls block the loop otherwise)."""
@@ -41,8 +38,8 @@ def prefix(handler: web.RequestHandler) -> str:
 
 
 @lru_cache(maxsize=32)
-def asset(name: str) -> str:
-    """A file of the static folder, as text."""
+def shell_text(name: str) -> str:
+    """An HTML shell of the static folder, as text (scripts and styles: see :mod:`.assets`)."""
     return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
 
@@ -52,7 +49,7 @@ class PageView(BaseHandler):
     def shell(self, name: str, title: str, **values: str) -> None:
         """Write static ``name`` with ``{{prefix}}``, ``{{xsrf}}``, ``{{title}}`` and each of
         ``values`` replaced (HTML-escaped)."""
-        text = asset(name)
+        text = shell_text(name)
         fills = {"prefix": prefix(self), "xsrf": self.xsrf_token.decode(), "title": title, **values}
         for key, value in fills.items():
             text = text.replace("{{" + key + "}}", escape(value))
@@ -115,25 +112,6 @@ class ActionApi(_Json, BaseApiHandler):
         web.RequestHandler.check_xsrf_cookie(self)
 
 
-class AssetView(web.RequestHandler):
-    """The static folder (scripts and styles, no secrets: served without auth, as Flower's own
-    static files are)."""
-
-    def get(self, name: str) -> None:
-        """Write one file with its content type."""
-        kinds = {"js": "application/javascript", "css": "text/css"}
-        kind = kinds.get(name.rsplit(".", 1)[-1])
-        if kind is None or "/" in name:
-            raise web.HTTPError(404)
-        try:
-            text = asset(name)
-        except (FileNotFoundError, OSError):
-            raise web.HTTPError(404) from None
-        self.set_header("Content-Type", f"{kind}; charset=UTF-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.write(text)
-
-
 def _error(err: AgentError) -> dict[str, str]:
     return {
         "error": str(getattr(err, "message", None) or err),
@@ -141,4 +119,4 @@ def _error(err: AgentError) -> dict[str, str]:
     }
 
 
-__all__ = ["ActionApi", "AssetView", "JsonApi", "PageView", "blocking", "prefix", "web"]
+__all__ = ["ActionApi", "JsonApi", "PageView", "blocking", "prefix", "web"]

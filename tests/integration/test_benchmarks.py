@@ -30,6 +30,8 @@ ROWS = (
     "uv.lock cold env",
     "artifacts: run end",
     "artifacts: upload",
+    "checkpoints: log latency",
+    "checkpoints: largest heartbeat gap",
 )
 
 

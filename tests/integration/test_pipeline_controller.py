@@ -1,5 +1,5 @@
 """examples/pipeline_controller.py end to end: a services worker runs the controller, a normal
-worker runs its two steps."""
+worker runs its two steps, the second reading the first's output through inputs=run://..."""
 
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ def test_controller_runs_train_after_prepare_succeeded(cluster):
     assert first["state"] == second["state"] == "succeeded"
     assert first["succeeded_at"] <= second["submitted_at"]  # in order, not at once
     assert any("train: 1 epoch(s) on 1000 rows" in x for x in get_run(second["run_id"]).logs())
+    assert second["spec"]["inputs"] == {"data": f"run://{first['run_id']}/rows.csv"}
+    assert second["inputs"]["data"]["bytes"] == first["artifacts"]["bytes"], "step 1's output"
 
 
 def test_controller_skips_train_when_prepare_fails(cluster):

@@ -55,3 +55,20 @@ def test_rerun_without_the_secret_values_names_them_and_how_to_give_them():
     text = str(info.value)
     assert "run r3" in text and "TOKEN" in text and "KEY," not in text
     assert "--env TOKEN=value" in text and "export TOKEN" in text
+
+
+def test_rerun_resume_starts_from_the_runs_checkpoints_or_says_it_kept_none():
+    spec = {"repo": "/r", "entry": "t.py", "checkpoint_dir": "ck"}
+    synced = {"run_id": "r5", "spec": spec, "checkpoints": {"files": 2}}
+    uploaded = {
+        "run_id": "r6",
+        "spec": spec,
+        "artifacts": {"count": 1, "files": [{"path": "ck/a"}]},
+    }
+    assert respec(synced, resume=True).resume_from == "r5"
+    assert respec(uploaded, resume=True).resume_from == "r6"
+    assert respec(synced).resume_from is None
+    other = {"run_id": "r7", "spec": spec, "artifacts": {"count": 1, "files": [{"path": "m.pt"}]}}
+    with pytest.raises(SpecError, match="run r7 kept no checkpoints .* ck/") as info:
+        respec(other, resume=True)
+    assert "rerun without --resume" in str(info.value)

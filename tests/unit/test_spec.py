@@ -38,6 +38,10 @@ def test_minimal_spec_has_documented_defaults():
         ({"grace": -1}, "give seconds >= 0"),
         ({"epochs": 3}, "unknown field"),
         ({"env": {"1BAD": "x"}}, "environment variable name"),
+        ({"checkpoint_dir": "../up"}, "checkpoint_dir '../up' is not a folder under the output"),
+        ({"checkpoint_dir": "/abs"}, "give a relative path such as 'checkpoints'"),
+        ({"checkpoint_sync": -1}, "checkpoint_sync -1.0 is not valid: give seconds >= 0"),
+        ({"resume_from": "a b"}, "resume_from 'a b' is not a run id"),
     ],
 )
 def test_invalid_spec_names_the_field_and_the_fix(fields, words):

@@ -1,0 +1,58 @@
+"""The inputs stage of a run: each input the spec names resolved (:mod:`.inputs`), fetched into
+this machine's input cache (:mod:`.inputcache`), and handed to the run as variables:
+``CELERY_AGENT_INPUT_<NAME>`` (its local path) and ``CELERY_AGENT_INPUTS`` (the path of a JSON
+file mapping each name to its local path)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .errors import AgentError, Cancelled
+from .inputcache import InputCache
+from .inputs import MAP_ENV, env_name, resolve
+from .lookup import find_run
+from .spec import TaskSpec
+
+if TYPE_CHECKING:
+    from .pipeline import Job
+
+MAP_FILE = "inputs.json"  #: in the run's folder
+
+
+def fetch_inputs(job: Job, spec: TaskSpec) -> dict[str, str]:
+    """Bring the run's inputs to this machine (each downloaded once per machine); returns the
+    run's variables naming them. Records ``inputs`` (name -> url, path, cached, bytes) and the
+    stage's time; a cancel or drain while it downloads ends it within a chunk."""
+    if not spec.inputs:
+        return {}
+    t0 = time.time()
+    cache = InputCache(job.ctx.settings.input_cache)
+    found: dict[str, Any] = {}
+    for name, url in spec.inputs.items():
+        try:
+            source = resolve(name, url, lambda ref: _record(job, ref))
+            got = cache.fetch(source, job.stops, job.clock.remaining("inputs"))
+        except Cancelled:
+            job.check_abort()  # (a drain sends the run back to its queue)
+            raise
+        except AgentError as err:
+            err.stage = "inputs"  # (a SpecError would say "submit")
+            raise
+        how = "cached" if got.hit else f"downloaded {got.bytes} bytes in {got.seconds:.1f}s"
+        job.note(f"input {name}: {source.url} -> {got.path} ({how})")
+        found[name] = {"url": source.url, "path": str(got.path), "cached": got.hit,
+                       "bytes": source.size}  # fmt: skip
+    paths = {name: entry["path"] for name, entry in found.items()}
+    map_file = job.run_dir / MAP_FILE
+    map_file.write_text(json.dumps(paths, indent=1))
+    job.timing("inputs", t0)
+    job.summary["inputs"] = found
+    job.check_abort()
+    return {env_name(name): path for name, path in paths.items()} | {MAP_ENV: str(map_file)}
+
+
+def _record(job: Job, ref: str) -> Mapping[str, Any]:
+    return job.store.get(find_run(job.store, ref))

@@ -1,0 +1,147 @@
+"""Resume after loss: a real worker process runs a script that writes a checkpoint every step, the
+worker is killed (SIGKILL, the whole process group: a dead machine) mid-run, and the re-queued
+attempt on another worker process (its own home: another machine) starts from the checkpoint the
+first one synced to a shared file:// store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+from test_reliability_recovery import FAST, wait_for
+
+from celery_agent import submit_task
+from celery_agent.cli import main
+from celery_agent.spec import TaskSpec
+
+pytestmark = pytest.mark.integration
+
+STEPS = 20
+#: one checkpoint file per step (written to a temporary name, then renamed), the last 8 kept
+TRAIN = textwrap.dedent(
+    f"""\
+    import json, os, pathlib, time
+    out = pathlib.Path(os.environ["CELERY_AGENT_OUTPUT_DIR"])
+    ckpts = pathlib.Path(os.environ["CELERY_AGENT_CHECKPOINT_DIR"])
+    ckpts.mkdir(parents=True, exist_ok=True)
+    found = sorted(ckpts.glob("step-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    state = json.loads(found[-1].read_text()) if found else {{"step": 0, "total": 0}}
+    start = state["step"]
+    attempt, resumed = os.environ["CELERY_AGENT_ATTEMPT"], os.environ.get("CELERY_AGENT_RESUMED")
+    print(f"attempt {{attempt}} resumed {{resumed}} from step {{start}}", flush=True)
+    for step in range(start, {STEPS}):
+        time.sleep(0.25)
+        state = {{"step": step + 1, "total": state["total"] + step}}
+        tmp = ckpts / f"step-{{step + 1}}.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, ckpts / f"step-{{step + 1}}.json")
+        (ckpts / f"step-{{step - 7}}.json").unlink(missing_ok=True)
+        print(f"step {{step + 1}}", flush=True)
+    result = {{"attempt": attempt, "resumed": resumed, "started_from": start, **state}}
+    (out / "result.json").write_text(json.dumps(result))
+    """
+)
+
+
+def synced_step(root: Path, run_id: str) -> int:
+    """The newest step whose checkpoint the store holds for the run (0: none)."""
+    folder = root / "runs" / run_id / "checkpoints"
+    steps = [int(p.stem.split("-")[1]) for p in folder.glob("step-*.json")]
+    return max(steps, default=0)
+
+
+def test_a_killed_workers_run_resumes_from_its_checkpoint_on_another_worker(
+    make_worker, make_repo, store, tmp_path: Path, capsys
+):
+    root = tmp_path / "shared-store"
+    queue = f"resume-{uuid.uuid4().hex[:8]}"
+    env = FAST | {"CELERY_AGENT_ARTIFACT_ROOT": root.as_uri()}
+    first = make_worker(queue, concurrency=1, **env)
+    spec = TaskSpec(repo=str(make_repo({"train.py": TRAIN})), entry="train.py", queue=queue,
+                    executor="local", checkpoint_sync=0.2)  # fmt: skip
+    r = submit_task.delay(spec)
+    wait_for(lambda: synced_step(root, r.id) >= 5, 30)
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)  # the whole worker, pool included
+    first.proc.wait()
+    kept_at_kill = synced_step(root, r.id)
+    make_worker(queue, concurrency=1, **env)
+    out = r.get(timeout=60)
+    assert out["status"] == "succeeded", out
+    record = store.get(r.id)
+    assert record["attempt"] == 2 and record["lost_attempts"] == 1
+    assert record["resumed"]["from"] == r.id and record["resumed"]["attempt"] == 2
+    result = json.loads((root / "runs" / r.id / "result.json").read_text())
+    assert result["attempt"] == "2" and result["resumed"] == "1", result
+    assert 0 < result["started_from"] <= kept_at_kill, (result, kept_at_kill)
+    assert result["step"] == STEPS and result["total"] == sum(range(STEPS)), result
+    lines = store.read_log(r.id)[1]
+    assert "attempt 1 resumed None from step 0" in lines
+    assert f"attempt 2 resumed 1 from step {result['started_from']}" in lines
+    assert any(line.startswith("[celery-agent] checkpoints: restored ") for line in lines)
+    steps_kept = sorted(synced_step(root, r.id) - n for n in range(8))
+    assert sorted(p.name for p in (root / "runs" / r.id / "checkpoints").iterdir()) == sorted(
+        f"step-{n}.json" for n in steps_kept
+    ), "deleted checkpoints left the store; no hidden or temporary names are left"
+    assert record["checkpoints"]["files"] == 8 and "error" not in record["checkpoints"]
+    capsys.readouterr()
+    assert main(["show", r.id]) == 0
+    shown = capsys.readouterr().out
+    assert f"from run {r.id} (attempt 2)" in shown and "checkpoints" in shown, shown
+
+
+def test_a_drained_run_syncs_its_checkpoints_as_it_stops_and_resumes_from_them(
+    make_worker, make_repo, store, tmp_path: Path
+):
+    root = tmp_path / "shared-store"
+    queue = f"resume-drain-{uuid.uuid4().hex[:8]}"
+    env = FAST | {"CELERY_AGENT_ARTIFACT_ROOT": root.as_uri()}
+    first = make_worker(queue, concurrency=1, CELERY_AGENT_DRAIN_GRACE="1", **env)
+    repo = make_repo({"train.py": TRAIN})  # (checkpoint_sync 0: no rounds, a sync at its stop)
+    spec = TaskSpec(repo=str(repo), entry="train.py", queue=queue, executor="local",
+                    checkpoint_sync=0)  # fmt: skip
+    r = submit_task.delay(spec)
+    wait_for(lambda: "step 4" in store.read_log(r.id)[1], 30)
+    assert synced_step(root, r.id) == 0, "no periodic round"
+    assert first.proc is not None
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(15)
+    record = store.get(r.id)
+    assert record["state"] == "queued" and "drained" in record["last_error"], record
+    stopped_at = synced_step(root, r.id)
+    assert stopped_at >= 4 and record["checkpoints"]["files"] == min(stopped_at, 8), record
+    make_worker(queue, concurrency=1, **env)
+    out = r.get(timeout=60)
+    assert out["status"] == "succeeded", out
+    result = json.loads((root / "runs" / r.id / "result.json").read_text())
+    assert result["started_from"] == stopped_at and result["attempt"] == "2", result
+    assert result["total"] == sum(range(STEPS)), result
+
+
+def test_rerun_resume_starts_a_new_run_from_the_checkpoints_of_another(
+    make_worker, make_repo, store, tmp_path: Path, capsys
+):
+    root = tmp_path / "store"
+    w = make_worker(f"rerun-{uuid.uuid4().hex[:8]}", CELERY_AGENT_ARTIFACT_ROOT=root.as_uri())
+    short = TRAIN.replace(f"range(start, {STEPS})", "range(start, int(os.environ['UNTIL']))")
+    spec = TaskSpec(repo=str(make_repo({"train.py": short})), entry="train.py", queue=w.queues,
+                    executor="local", env={"UNTIL": "3"})  # fmt: skip
+    first = submit_task.delay(spec)
+    assert first.get(timeout=60)["status"] == "succeeded"
+    capsys.readouterr()
+    assert main(["rerun", first.id, "--resume", "--env", "UNTIL=5", "--wait"]) == 0
+    second = [line for line in capsys.readouterr().err.splitlines() if "submitted run" in line]
+    rerun_id = second[0].split()[2]
+    result = json.loads((root / "runs" / rerun_id / "result.json").read_text())
+    assert result == {"attempt": "1", "resumed": "1", "started_from": 3, "step": 5,
+                      "total": sum(range(5))}  # fmt: skip
+    assert store.get(rerun_id)["resumed"]["from"] == first.id
+    assert synced_step(root, rerun_id) == 5, "the new run keeps checkpoints of its own"
+    fresh = submit_task.delay(spec.with_changes(resume_from=rerun_id + "x"))
+    out = fresh.get(timeout=60)
+    assert out["status"] == "failed" and f"run {rerun_id}x kept no checkpoints" in out["error"]
