@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import artifacts, attempts, launch, paramusage, stages, staging, state
+from . import artifacts, attempts, envstats, launch, paramusage, stages, staging, state
 from .attempts import DuplicateRun
 from .context import ResultWrites, WorkerContext
 from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout, UnknownRunError
@@ -216,7 +216,9 @@ class Job:
     def prepare(self, spec: TaskSpec, co: Checkout) -> PreparedEnv:
         """Reuse or build the run's environment."""
         t0 = time.time()
-        settings = self.ctx.executor_settings.within(self.clock.remaining("env"), self.stops)
+        settings = self.ctx.executor_settings.within(
+            self.clock.remaining("env"), self.stops, self.count_env
+        )
         executor = get_executor(spec.executor, settings)
         try:
             prepared = executor.prepare(spec, co.path, self.note)
@@ -378,6 +380,12 @@ class Job:
         """Record fields that go out with the run's next write (only while the run is held)."""
         assert self.held is not None
         self.held.defer(**fields)
+
+    def count_env(self, kind: str, outcome: str, seconds: float) -> None:
+        """Count an env cache outcome (:mod:`.envstats`) with the run's next write."""
+        if self.held is not None:
+            keys = self.store.keys
+            self.held.defer_write(lambda pipe: envstats.count(pipe, keys, kind, outcome, seconds))
 
     def timing(self, stage: str, t0: float) -> None:
         """Record how long a stage took."""
