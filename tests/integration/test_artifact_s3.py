@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_support import read_tree
+from s3_support import read_only, read_tree
 from test_reliability_recovery import wait_for
 
 from celery_agent import get_run, submit_task
@@ -182,3 +182,20 @@ def _store_check(store: Any, worker: str) -> dict[str, Any] | None:
         if raw:
             return dict(json.loads(raw))
     return None
+
+
+def test_no_permission_to_write_is_reported_naming_the_setting(
+    s3_with_iam, make_worker, make_repo, store
+):
+    bucket = f"ro-{uuid.uuid4().hex[:8]}"
+    env = read_only(s3_with_iam, bucket)  # a user who may read the bucket, not write it
+    w = make_worker(f"s3-{uuid.uuid4().hex[:6]}", CELERY_AGENT_ARTIFACT_ROOT=f"s3://{bucket}/x",
+                    **env)  # fmt: skip
+    out = submit_task.delay(spec(make_repo({"job.py": JOB}), w.queues)).get(timeout=120)
+    assert out["status"] == "succeeded", out
+    kept = get_run(out["run_id"]).settled(60)["artifacts"]
+    assert kept["status"] == "failed" and "no permission to write" in kept["error"], kept
+    assert "artifact_root" in kept["error"] and "write access" in kept["error"]
+    assert Path(store.get(out["run_id"])["output_dir"], "model.pt").is_file()
+    check = wait_for(lambda: _store_check(store, w.name), 60)
+    assert check["ok"] is False and "no permission to write" in check["error"], check
