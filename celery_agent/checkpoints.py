@@ -24,6 +24,7 @@ run is told so (``CELERY_AGENT_ATTEMPT``, ``CELERY_AGENT_RESUMED=1``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -192,7 +193,12 @@ class CheckpointSync:
         hidden = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.part"
         fs = self.store.fs
         fs.makedirs(parent, exist_ok=True)
-        fs.put_file(str(self.folder / rel), hidden)
+        try:
+            fs.put_file(str(self.folder / rel), hidden)
+        except BaseException:
+            with contextlib.suppress(Exception):  # (a part left by a broken copy)
+                fs.rm_file(hidden)
+            raise
         try:
             st = (self.folder / rel).stat()
             now = (st.st_size, st.st_mtime_ns)

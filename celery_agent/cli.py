@@ -371,6 +371,7 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, project: str 
 def _register_commands() -> None:
     from .cli_artifacts import artifacts, pull
     from .cli_local import config, up
+    from .cli_retention import delete, keep
     from .cli_runs import list_runs
     from .cli_search import metrics, search
     from .cli_services import exporter, flower, redis, services, workers
@@ -378,7 +379,7 @@ def _register_commands() -> None:
     from .cli_status import health, status
 
     commands = (show, status, health, search, metrics, workers, services, flower, redis, exporter)
-    for command in (*commands, list_runs, artifacts, pull, up, config):
+    for command in (*commands, list_runs, artifacts, pull, keep, delete, up, config):
         cli.add_command(command)
 
 

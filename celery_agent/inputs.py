@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .artifacts import ArtifactStore, of_run, safe_url
+from .artifact_store import safe_url
+from .artifacts import ArtifactStore, of_run
 from .errors import AgentError, ConfigError, SpecError
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import artifacts, attempts, envstats, launch, paramusage, stages, staging, state
+from . import artifacts, attempts, envstats, launch, paramusage, stages, staging, state, uploads
 from .attempts import DuplicateRun
 from .context import ResultWrites, WorkerContext
 from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout, UnknownRunError
@@ -274,9 +274,12 @@ class Job:
     ) -> dict[str, Any]:
         """Keep the run's outputs (:mod:`.artifacts`), write the terminal state, return the summary."""
         self._stop_if_superseded()
+        going = None  # an upload that takes longer than artifact_wait goes on in the background
         if self.output_dir.is_dir():  # every run that began keeps its outputs, however it ended
-            kept = artifacts.upload_run(self.ctx.settings, self.run_dir, self.exclude, self.note)
+            kept, going = uploads.keep(self.ctx.settings, self.run_id, self.run_dir, self.exclude)
             self.summary["artifacts"] = kept
+            if line := artifacts.describe(kept):
+                self.note(line)
         self.summary["timings"]["total"] = round(time.time() - self.started, 3)
         self.summary |= {
             "status": status,
@@ -290,6 +293,9 @@ class Job:
         self.summary = stages.leading(self.summary)  # (what short previews show first)
         fields = {k: v for k, v in self.summary.items() if k not in ("run_id", "status")}
         self._end(status, fields)
+        if going is not None:
+            s = self.ctx.settings
+            uploads.settle(self.store, self.run_id, self.log_file, going, s.record_retry)
         return self.summary
 
     def requeue(self, why: str) -> dict[str, Any]:

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import test_docker_executor
+from conftest import Worker
 
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.cli import main
 from celery_agent.errors import SpecError
+from celery_agent.testing import init_repo
 
 pytestmark = pytest.mark.integration
 
@@ -51,15 +53,20 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture()
-def setup(make_worker, make_repo, tmp_path: Path):
-    """(worker, repo, the run that wrote model.pt and plots/)."""
-    root = (tmp_path / "store").as_uri()
-    w = make_worker(f"in-{uuid.uuid4().hex[:6]}", concurrency=2, CELERY_AGENT_ARTIFACT_ROOT=root)
-    repo = make_repo({"write.py": WRITE, "read.py": READ})
+@pytest.fixture(scope="module")
+def setup(redis_url: str, tmp_path_factory: pytest.TempPathFactory):
+    """(worker, repo, the run that wrote model.pt and plots/), shared by the module's tests."""
+    base = tmp_path_factory.mktemp("inputs")
+    root = (base / "store").as_uri()
+    w = Worker(base / "home", redis_url, f"in-{uuid.uuid4().hex[:6]}", concurrency=2,
+               CELERY_AGENT_ARTIFACT_ROOT=root).start()  # fmt: skip
+    repo = base / "repo"
+    repo.mkdir()
+    init_repo(repo, {"write.py": WRITE, "read.py": READ})
     first = submit(job(repo, w.queues, "write.py", env={"TAG": "m1"}))
     assert first.wait(90)["state"] == "succeeded", list(first.logs())
-    return w, repo, first
+    yield w, repo, first
+    w.stop()
 
 
 def printed(run_id: str, name: str) -> str:
@@ -95,8 +102,8 @@ def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, 
     capsys.readouterr()
     assert main(["show", third.id]) == 0
     assert f"run://{first.id}/model.pt (cached)" in capsys.readouterr().out
-    entries = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
-    assert len(entries) == 2, entries  # model.pt and plots/, once each, no parts left
+    assert [p for p in cache.iterdir() if p.name.startswith(".part")] == [], "no parts left"
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
 
 
 def test_two_runs_wanting_a_new_input_at_once_download_it_once(setup, tmp_path: Path):

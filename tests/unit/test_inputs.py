@@ -122,7 +122,9 @@ def test_a_url_input_is_keyed_by_size_and_mtime_and_a_missing_one_is_named(tmp_p
 
 
 class SlowFS:
-    """A filesystem whose reads are slow, counting the files it opened."""
+    """A remote filesystem whose reads are slow, counting the files it opened."""
+
+    protocol = ("slow",)
 
     def __init__(self, delay: float = 0.05) -> None:
         self.local = fsspec.filesystem("file")
