@@ -29,7 +29,7 @@ ACTIVE = frozenset({PREPARING, RUNNING})
 START_FIELDS = ("state", "attempt", "lost_attempts", "preparing_at")
 _JSON_FIELDS = (
     "spec", "params", "usage", "freeze", "timings", "log_tail", "gpus", "torch_index",
-    "unused_params", "artifacts", "checkpoints", "resumed", "inputs",
+    "unused_params", "artifacts", "checkpoints", "resumed", "inputs", "tags",
 )  # fmt: skip
 
 # Move a run to a new state unless it already ended; returns the state it had ("" if none).
@@ -148,6 +148,7 @@ class RunStore:
         now = time.time()
         record = {"state": QUEUED, "spec": spec, "queue": queue, "submitted_at": now, "attempt": 0}
         record["name"] = spec.get("name") or spec.get("entry", "")
+        record["tags"] = list(spec.get("tags") or [])
         flat = [x for kv in _encode(record | fields).items() for x in kv]
         keys = [self.keys.run(run_id), self.keys.runs(), self.keys.run_counts()]
         with _errors(self):
