@@ -34,26 +34,30 @@ def get(url: str, timeout: float = 5, headers: dict[str, str] | None = None) -> 
         return bytes(resp.read())
 
 
-@pytest.fixture()
-def make_flower(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start Flower on a free port with these Flower arguments; returns its base URL (with the
-    ``--url_prefix`` if given). ``plain=True`` starts it the Celery way (``celery -A celery_agent
-    flower``), else as ``celery-agent flower``; ``api=True`` sets FLOWER_UNAUTHENTICATED_API."""
-    procs: list[subprocess.Popen[bytes]] = []
+class Flowers:
+    """Flower processes started for tests, stopped together."""
 
-    def start(*args: str, plain: bool = False, api: bool = True) -> str:
+    def __init__(self, redis_url: str, logs: Path) -> None:
+        self.redis_url, self.logs = redis_url, logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, plain: bool = False, api: bool = True) -> str:
+        """Start Flower on a free port with these Flower arguments; returns its base URL (with
+        the ``--url_prefix`` if given). ``plain=True`` starts it the Celery way (``celery -A
+        celery_agent flower``), else as ``celery-agent flower``; ``api`` sets
+        FLOWER_UNAUTHENTICATED_API."""
         port = free_port()
-        env = dict(os.environ, CELERY_AGENT_REDIS_URL=redis_url)
+        env = dict(os.environ, CELERY_AGENT_REDIS_URL=self.redis_url)
         env.pop("FLOWER_UNAUTHENTICATED_API", None)
         if api:
             env["FLOWER_UNAUTHENTICATED_API"] = "true"
         head = ["-m", "celery", "-A", "celery_agent", "flower"] if plain else ["-c", START_FLOWER]
         argv = [sys.executable, *head, f"--port={port}", "--address=127.0.0.1", *args]
-        log_path = tmp_path / f"flower-{port}.log"
+        log_path = self.logs / f"flower-{port}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        procs.append(proc)
+        self.procs.append(proc)
         prefix = next(
             (a.split("=", 1)[1].strip("/") for a in args if a.startswith("--url_prefix=")), ""
         )
@@ -61,20 +65,42 @@ def make_flower(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., str]]:
         _wait_healthy(url, proc, log_path)
         return url
 
-    yield start
-    for proc in procs:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    def stop(self) -> None:
+        """Stop every Flower started (TERM, then KILL after 15 s)."""
+        for proc in self.procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
 
 
 @pytest.fixture()
-def flower_url(make_flower: Callable[..., str]) -> str:
-    """`celery-agent flower` on a free port, API open (FLOWER_UNAUTHENTICATED_API)."""
-    return make_flower()
+def make_flower(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start Flowers for one test (see :meth:`Flowers.start`); they stop after it."""
+    flowers = Flowers(redis_url, tmp_path)
+    yield flowers.start
+    flowers.stop()
+
+
+@pytest.fixture(scope="module")
+def flower_url(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`celery-agent flower` on a free port, API open (FLOWER_UNAUTHENTICATED_API), shared by
+    the tests of a module."""
+    flowers = Flowers(redis_url, tmp_path_factory.mktemp("flower"))
+    yield flowers.start()
+    flowers.stop()
+
+
+@pytest.fixture(scope="module")
+def plain_flower(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Flower started the Celery way (`celery -A celery_agent flower`), API open, shared by the
+    tests of a module."""
+    flowers = Flowers(redis_url, tmp_path_factory.mktemp("flower"))
+    yield flowers.start(plain=True)
+    flowers.stop()
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:

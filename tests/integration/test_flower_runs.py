@@ -50,14 +50,13 @@ def _status(url: str, method: str = "GET", headers: dict[str, str] | None = None
 
 
 def test_flower_started_the_plain_way_links_its_workers_page_to_the_runs_table(
-    make_flower, browser, worker, make_repo
+    plain_flower, browser, worker, make_repo
 ):
     repo = make_repo({"hello.py": "print('hello from the table')\n"})
     done = submit(TaskSpec(repo=str(repo), entry="hello.py", executor="local",
                            queue=worker.queues, name=f"table-{uuid.uuid4().hex[:6]}"))  # fmt: skip
     assert done.wait(90)["state"] == "succeeded"
-    url = make_flower(plain=True)  # `celery -A celery_agent flower`
-    browser.open(url + "/workers")
+    browser.open(plain_flower + "/workers")  # (Flower started as `celery -A celery_agent flower`)
     href = browser.wait("[...document.querySelectorAll('nav a')].filter(a => a.textContent.trim() "
                         "=== 'Runs').map(a => a.getAttribute('href'))[0]")  # fmt: skip
     assert href == "/celery-agent/runs"
@@ -69,17 +68,16 @@ def test_flower_started_the_plain_way_links_its_workers_page_to_the_runs_table(
 
 
 def test_a_running_runs_page_shows_a_printed_line_within_a_second_and_cancel_stops_it(
-    make_flower, browser, make_worker, make_repo, tmp_path
+    plain_flower, browser, make_worker, make_repo, tmp_path
 ):
     w = make_worker(f"live-{uuid.uuid4().hex[:6]}", concurrency=1)
     trigger, mark = tmp_path / "go", uuid.uuid4().hex
     run = submit(TaskSpec(repo=str(make_repo({"wait.py": WAITER})), entry="wait.py",
                           executor="local", queue=w.queues, name="live-log",
                           env={"TRIGGER": str(trigger), "MARK": mark}, grace=2))  # fmt: skip
-    url = make_flower(plain=True)
     try:
         _wait_state(run, "running")
-        browser.open(f"{url}/celery-agent/runs/{run.id}")
+        browser.open(f"{plain_flower}/celery-agent/runs/{run.id}")
         browser.wait("document.getElementById('log').dataset.live === 'on' && "
                      "document.getElementById('log').textContent.includes('started')", 30)  # fmt: skip
         t0 = time.monotonic()
@@ -121,22 +119,39 @@ def test_basic_auth_guards_the_pages_and_endpoints_and_url_prefix_places_them(ma
     assert code == 200 and b"/flower/celery-agent/runs" in body  # Flower's bar links there
 
 
-def test_an_unknown_run_id_gets_a_404_page_that_says_so(flower_url, browser):
-    code, body = _status(flower_url + "/celery-agent/api/runs/no-such-run")
+def test_an_unknown_run_id_gets_a_404_page_that_says_so(plain_flower, browser):
+    code, body = _status(plain_flower + "/celery-agent/api/runs/no-such-run")
     assert code == 404 and "no-such-run" in json.loads(body)["error"]
-    browser.open(flower_url + "/celery-agent/runs/no-such-run")
+    browser.open(plain_flower + "/celery-agent/runs/no-such-run")
     assert "404" in browser.text("h1")
     assert "no-such-run" in browser.text("#what")
 
 
-def test_cancel_and_rerun_need_the_xsrf_token(flower_url, worker, make_repo):
-    repo = make_repo({"p.py": "import argparse\np = argparse.ArgumentParser()\n"
-                      "p.add_argument('--lr', type=float, default=1.0)\n"
-                      "print('lr is', p.parse_args().lr)\n"})  # fmt: skip
-    first = submit(TaskSpec(repo=str(repo), entry="p.py", executor="local", queue=worker.queues,
-                            params={"lr": 0.5}))  # fmt: skip
+def test_rerun_needs_the_xsrf_token_and_artifacts_download_through_flower(
+    plain_flower, worker, make_repo
+):
+    script = textwrap.dedent(
+        """\
+        import argparse, os, pathlib
+        p = argparse.ArgumentParser()
+        p.add_argument('--lr', type=float, default=1.0)
+        lr = p.parse_args().lr
+        print('lr is', lr)
+        out = pathlib.Path(os.environ['CELERY_AGENT_OUTPUT_DIR'])
+        (out / 'plots').mkdir()
+        (out / 'plots' / 'model.txt').write_text(f'weights for lr {lr}')
+        """
+    )
+    first = submit(TaskSpec(repo=str(make_repo({"p.py": script})), entry="p.py",
+                            executor="local", queue=worker.queues, params={"lr": 0.5}))  # fmt: skip
     assert first.wait(90)["state"] == "succeeded"
-    api = f"{flower_url}/celery-agent/api/runs/{first.id}"
+    view = json.loads(get(f"{plain_flower}/celery-agent/api/runs/{first.id}"))
+    assert [f["path"] for f in view["artifacts"]["files"]] == ["plots/model.txt"]
+    kept = get(f"{plain_flower}/celery-agent/api/runs/{first.id}/artifacts/plots/model.txt")
+    assert kept == b"weights for lr 0.5"
+    code, body = _status(f"{plain_flower}/celery-agent/api/runs/{first.id}/artifacts/other.txt")
+    assert code == 404 and "other.txt" in json.loads(body)["error"]
+    api = f"{plain_flower}/celery-agent/api/runs/{first.id}"
     body = json.dumps({"params": {"lr": 0.25}}).encode()
     code, _ = _status(api + "/rerun", "POST", {"Content-Type": "application/json"}, body)
     assert code == 403  # no token
@@ -153,12 +168,15 @@ def test_cancel_and_rerun_need_the_xsrf_token(flower_url, worker, make_repo):
     out = again.wait(90)
     assert out["state"] == "succeeded" and again.info()["spec"]["params"] == {"lr": 0.25}
     assert "lr is 0.25" in "\n".join(again.logs())
+    assert get(f"{plain_flower}/celery-agent/api/runs/{again.id}/artifacts/plots/model.txt") == (
+        b"weights for lr 0.25"
+    )
     code, answer = _status(api + "/rerun", "POST", headers, b"{not json")
     assert code == 400 and "not JSON" in json.loads(answer)["error"]
 
 
 def test_a_200k_line_log_opens_at_its_tail_and_gives_earlier_lines_on_demand(
-    flower_url, browser, store
+    plain_flower, browser, store
 ):
     run_id = f"biglog-{uuid.uuid4().hex[:8]}"
     store.create_run(run_id, {"entry": "big.py", "repo": "/nowhere"}, "q")
@@ -168,7 +186,7 @@ def test_a_200k_line_log_opens_at_its_tail_and_gives_earlier_lines_on_demand(
     pipe.execute()
     store.transition(run_id, "succeeded", exit_code=0)
     t0 = time.monotonic()
-    browser.open(f"{flower_url}/celery-agent/runs/{run_id}")
+    browser.open(f"{plain_flower}/celery-agent/runs/{run_id}")
     browser.wait("document.getElementById('log').dataset.live === 'ended'", 20)
     opened = time.monotonic() - t0
     text = browser.text("#log")
@@ -178,11 +196,11 @@ def test_a_200k_line_log_opens_at_its_tail_and_gives_earlier_lines_on_demand(
     assert browser.text("#log").count("\n") == 4000
     print(f"200k-line log page: tail shown in {opened:.2f} s")
     assert opened < 10
-    full = get(f"{flower_url}/celery-agent/api/runs/{run_id}/log?format=text", timeout=30)
+    full = get(f"{plain_flower}/celery-agent/api/runs/{run_id}/log?format=text", timeout=30)
     assert full.count(b"\n") == 200_000 and full.startswith(b"line 0\n")
 
 
-def test_the_runs_endpoint_filters_sorts_and_pages_from_redis(flower_url, store):
+def test_the_runs_endpoint_filters_sorts_and_pages_from_redis(plain_flower, store):
     tag = uuid.uuid4().hex[:8]
     ids = []
     for i in range(7):
@@ -194,7 +212,7 @@ def test_the_runs_endpoint_filters_sorts_and_pages_from_redis(flower_url, store)
         ids.append(run_id)
         time.sleep(0.002)  # (distinct submit times)
     store.transition(ids[3], "running", worker="w1")
-    api = f"{flower_url}/celery-agent/api/runs"
+    api = f"{plain_flower}/celery-agent/api/runs"
     data = json.loads(get(f"{api}?tag={tag}&limit=3"))
     assert [r["run_id"] for r in data["runs"]] == ids[::-1][:3] and data["next"]
     more = json.loads(get(f"{api}?tag={tag}&limit=3&cursor={data['next']}"))

@@ -29,7 +29,8 @@ function show(data) {
     ["host", data.host], ["user", data.user], ["submitted", CA.time(data.submitted_at)],
     ["started", CA.time(data.running_at || data.preparing_at)], ["ended", CA.time(data.ended_at)],
     ["duration", CA.duration(data.duration)], ["output", data.output_dir]]);
-  table("timings", Object.entries(data.timings || {}).map(([k, v]) => [k, typeof v === "number" ? CA.duration(v) : v]));
+  const timings = Object.entries(data.timings || {});
+  table("timings", timings.length ? timings.map(([k, v]) => [k, typeof v === "number" ? CA.duration(v) : v]) : [["not yet"]]);
   const given = data.params.given || {}, resolved = data.params.resolved || {};
   const names = [...new Set([...Object.keys(given), ...Object.keys(resolved)])];
   table("params", names.length ? [["name", "given", "resolved"], ...names.map(n => [n, n in given ? given[n] : "", n in resolved ? resolved[n] : ""])] : [["none"]]);
