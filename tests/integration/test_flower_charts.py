@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -15,6 +17,8 @@ import test_flower
 from test_flower import ARTIFACTS, CHROMIUM, chromium
 
 from celery_agent import RunHandle, TaskSpec, submit
+from celery_agent.flowerui.series import SeriesCache, run_series
+from celery_agent.metrics import Metric, append
 from celery_agent.search import run_search
 from celery_agent.testing import init_repo
 
@@ -78,7 +82,7 @@ def _shot(tmp_path: Path, page: str, name: str, height: int = 1000) -> None:
 def test_metrics_endpoint_returns_the_points_the_run_reported(flower_url, trained):
     run = trained[0]
     status, data = _json(f"{flower_url}/celery-agent/api/runs/{run.id}/metrics")
-    assert status == 200 and data["run_id"] == run.id
+    assert status == 200 and data["run_id"] == run.id and data["ended"] is True
     assert data["series"] == {
         "loss": [[0, 2.25], [1, 1.75], [2, 1.5], [3, 1.25], [4, 1.0]],
         "acc": [[0, 0.75]],  # reported without a step: its position
@@ -152,3 +156,38 @@ def test_a_search_page_lists_its_trials_and_draws_its_objective(
     assert sid in chromium(tmp_path, "--dump-dom", f"{flower_url}/celery-agent/searches")
     status, missing = _status(f"{flower_url}/celery-agent/searches/nosuch")
     assert status == 404 and "no search &#x27;nosuch&#x27; is recorded" in missing
+
+
+def _losses(store, run_id: str, n: int, start: int = 0) -> None:
+    append(store, run_id, [Metric("loss", float(i) / 2, i) for i in range(start, start + n)])
+
+
+def test_the_series_cache_reads_only_entries_added_since_and_drops_the_least_recent_run(store):
+    a, b = (f"cache-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for run_id in (a, b):
+        store.create_run(run_id, {"entry": "x.py"}, "q")
+    _losses(store, a, 30)
+    cache = SeriesCache(max_points=60)
+    assert run_series(store, a, cache=cache)["series"] == {"loss": [[i, i / 2] for i in range(30)]}
+    store.r.xtrim(store.keys.metrics(a), maxlen=0)  # what was read stays read...
+    append(store, a, [Metric("loss", 99.0, 30), Metric("acc", 0.5)])  # ...and only this is new
+    got = run_series(store, a, cache=cache)
+    assert got["series"] == {
+        "loss": [[i, i / 2] for i in range(30)] + [[30, 99.0]],
+        "acc": [[0, 0.5]],
+    }
+    assert got["counts"] == {"loss": 31, "acc": 1} and got["state"] == "queued" and not got["ended"]
+    assert run_series(store, a, cache=SeriesCache())["counts"] == {"loss": 1, "acc": 1}
+
+    _losses(store, b, 40)  # 32 + 40 points > 60: run a, read least recently, is dropped
+    assert run_series(store, b, cache=cache)["counts"] == {"loss": 40}
+    assert run_series(store, a, cache=cache)["counts"] == {"loss": 1, "acc": 1}  # read afresh
+
+
+def test_the_metrics_benchmark_runs_and_prints_its_table():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_metrics_api", "--quick"],
+                          cwd=ARTIFACTS.parents[1], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split("  ")[0] for line in done.stdout.splitlines()[2:]]
+    assert rows == ["metrics api: first read, 10,000 points -> 2000",
+                    "metrics api: refresh, 100 new points", "metrics api: JSON size, 10,000 points"]  # fmt: skip
