@@ -37,6 +37,7 @@ from . import (
     bench_fleet,
     bench_heartbeat,
     bench_import,
+    bench_inputs,
     bench_lock,
     bench_logs,
     bench_throughput,
@@ -63,6 +64,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "first_run": bench_first_run.run,
     "artifacts": bench_artifacts.run,
     "checkpoints": bench_checkpoints.run,
+    "inputs": bench_inputs.run,
 }
 
 

@@ -24,6 +24,7 @@ run is told so (``CELERY_AGENT_ATTEMPT``, ``CELERY_AGENT_RESUMED=1``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -104,8 +105,12 @@ class CheckpointSync:
         baseline: dict[str, Stamp] | None = None,
         settle: float = SETTLE,
         report: Callable[[dict[str, Any]], None] = lambda _: None,
+        active: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store, self.run_id, self.folder, self.rel = store, run_id, folder, rel
+        #: whether this attempt still has the run: one whose claim went to another runner (it
+        #: stalled) must not overwrite the checkpoints of the attempt that goes on
+        self.active = active
         self.interval, self.exclude, self.settle, self.report = interval, exclude, settle, report
         #: the files as the store has them (restored ones included)
         self.synced: dict[str, Stamp] = dict(baseline or {})
@@ -151,6 +156,8 @@ class CheckpointSync:
                 return 0
 
     def _round(self, final: bool) -> int:
+        if not self.active():
+            return 0
         now = time.time_ns()
         seen = scan(self.folder, self.rel, self.exclude)
         changed = [
@@ -186,13 +193,18 @@ class CheckpointSync:
         hidden = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.part"
         fs = self.store.fs
         fs.makedirs(parent, exist_ok=True)
-        fs.put_file(str(self.folder / rel), hidden)
+        try:
+            fs.put_file(str(self.folder / rel), hidden)
+        except BaseException:
+            with contextlib.suppress(Exception):  # (a part left by a broken copy)
+                fs.rm_file(hidden)
+            raise
         try:
             st = (self.folder / rel).stat()
             now = (st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
             now = None
-        if now != stamp:  # written (or removed) while it was copied
+        if now != stamp or not self.active():  # written (or removed) while copied; superseded
             fs.rm_file(hidden)
             return 0
         fs.mv(hidden, remote)
@@ -260,6 +272,7 @@ def resume(
     exclude: Sequence[str] = (),
     note: Callable[[str], None] = lambda _: None,
     report: Callable[[dict[str, Any]], None] = lambda _: None,
+    active: Callable[[], bool] = lambda: True,
 ) -> Resumed:
     """Restore the checkpoints a run starts from, if any, and make its sync (not started).
 
@@ -304,5 +317,5 @@ def resume(
         note(f"checkpoints: attempt {attempt} found none kept; it starts from the beginning")
     own = baseline if source == run_id else {}  # (another run's files are copied to this one's)
     sync = CheckpointSync(store, run_id, folder, rel, interval=interval, exclude=exclude,
-                          baseline=own, report=report)  # fmt: skip
+                          baseline=own, report=report, active=active)  # fmt: skip
     return Resumed(sync, env, resumed)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from .errors import AgentError
 from .params import parse_param
@@ -116,6 +113,7 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 @click.option("--python", default=None, help="interpreter version or path for the env")
 @click.option("--executor", default="venv", show_default=True)
 @click.option("--name", default=None, help="a label for the run")
+@click.option("--project", default=None, help="the project it counts for (CELERY_AGENT_PROJECT)")
 @click.option("--env", "env", multiple=True, help="an environment variable for the run: NAME=value")
 @click.option(
     "--secret-env",
@@ -151,7 +149,7 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 )
 def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], strict_params: bool, requirements: tuple[str, ...],
            find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
-           secret_env: tuple[str, ...], timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
+           secret_env: tuple[str, ...], project: str | None, timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
            require_pushed: bool, workdir: str | None, wait: bool, wait_timeout: float | None, require_worker: bool,
            extra_index_urls: tuple[str, ...] = (), no_index: bool = False, inputs: tuple[str, ...] = ()) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
@@ -174,6 +172,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         fields
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
+        | {"project": project}
         | {"secret_env": list(secret_env), "strict_params": strict_params}
         | {"inputs": _env(inputs, "--input")}
         | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
@@ -311,23 +310,6 @@ def logs(run_id: str, follow: bool, timeout: float | None) -> int:
     return EXIT_OK
 
 
-@cli.command(name="ls")
-@click.option("--limit", "-n", default=20, show_default=True)
-@click.option("--state", default=None, help="only runs in this state")
-def list_runs(limit: int, state: str | None) -> int:
-    """List recent runs, newest first."""
-    from .app import get_store
-
-    table = Table("run id", "name", "state", "queue", "worker", "submitted", "exit")
-    for row in get_store().list_runs(limit, state):
-        when = time.strftime("%m-%d %H:%M:%S", time.localtime(row.get("submitted_at") or 0))
-        cells = (row["run_id"], row.get("name", ""), row.get("state", ""), row.get("queue", ""),
-                 row.get("worker", ""), when, "" if row.get("exit_code") is None else row["exit_code"])  # fmt: skip
-        table.add_row(*(escape(str(c)) for c in cells))
-    console.print(table)
-    return EXIT_OK
-
-
 @cli.command()
 @click.argument("run_id", metavar="RUN")
 def cancel(run_id: str) -> int:
@@ -352,6 +334,7 @@ def cancel(run_id: str) -> int:
 @click.argument("run_id", metavar="RUN")
 @click.option("--param", "-p", "params", multiple=True, help="change a parameter: name=value")
 @click.option("--queue", "-q", default=None, help="send it to another queue")
+@click.option("--project", default=None, help="count it for another project")
 @click.option("--env", "env", multiple=True, help="set a variable (a secret one too): NAME=value")
 @click.option(
     "--no-pin", is_flag=True, help="resolve requirements again instead of the recorded versions"
@@ -360,23 +343,25 @@ def cancel(run_id: str) -> int:
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
 @click.option("--wait-timeout", type=float, default=None, help="with --wait: give up after N s")
 @click.option("--require-worker", is_flag=True, help="fail when no worker serves the queue")
-def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[str, ...],
-          no_pin: bool, resume: bool, wait: bool, wait_timeout: float | None,
+def rerun(run_id: str, params: tuple[str, ...], queue: str | None, project: str | None,
+          env: tuple[str, ...], no_pin: bool, resume: bool, wait: bool, wait_timeout: float | None,
           require_worker: bool) -> int:  # fmt: skip
     """Run a past run again (RUN: its id, an id prefix or its name): same commit, diff and
     package versions, with edits.
 
     Secret variables are not kept with a run: each comes from --env NAME=value or this environment.
+    The rerun is yours (your user, your quota); it keeps the run's project unless --project.
     With --resume the new run starts from RUN's checkpoints, restored into its output folder.
     """
+    from .app import get_store
     from .handle import get_run
     from .rerun import respec
 
     record = get_run(run_id).info()
-    spec = respec(
-        record, _params(params), queue=queue, pin=not no_pin, env=_env(env), resume=resume
-    )
+    spec = respec(record, _params(params), queue=queue, project=project, pin=not no_pin,
+                  env=_env(env), resume=resume)  # fmt: skip
     run = _send(spec, require_worker)
+    get_store().update(run.id, rerun_of=record["run_id"])
     how = "resuming" if resume else "rerun of"
     err_console.print(f"submitted run {run.id} ({how} {record['run_id']})", markup=False)
     console.print(run.id, markup=False) if not wait else None
@@ -386,13 +371,15 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, env: tuple[st
 def _register_commands() -> None:
     from .cli_artifacts import artifacts, pull
     from .cli_local import config, up
+    from .cli_retention import delete, keep
+    from .cli_runs import list_runs
     from .cli_search import metrics, search
     from .cli_services import exporter, flower, redis, services, workers
     from .cli_show import show
     from .cli_status import health, status
 
     commands = (show, status, health, search, metrics, workers, services, flower, redis, exporter)
-    for command in (*commands, artifacts, pull, up, config):
+    for command in (*commands, list_runs, artifacts, pull, keep, delete, up, config):
         cli.add_command(command)
 
 

@@ -48,8 +48,9 @@ def record_table(record: dict[str, Any], cover: QueueCover | None, now: float) -
     def row(key: str, value: Any) -> None:
         table.add_row(escape(key), escape(str(value)))
 
-    for key in ("run_id", "name", "state", "queue", "worker", "attempt", "commit", "exit_code",
-                "error", "output_dir", "env_source", "env_index"):  # fmt: skip
+    for key in ("run_id", "name", "user", "project", "rerun_of", "state", "queue", "worker",
+                "attempt", "commit", "exit_code", "error", "output_dir", "env_source",
+                "env_index"):  # fmt: skip
         if record.get(key) not in (None, ""):
             row(key, record[key])
     if isinstance(record.get("torch_index"), dict):
@@ -62,7 +63,8 @@ def record_table(record: dict[str, Any], cover: QueueCover | None, now: float) -
         if (record.get("spec") or {}).get(key):
             row(key, record["spec"][key])
     if record.get("state") == QUEUED and record.get("submitted_at"):
-        row("waiting", f"{now - float(record['submitted_at']):.0f}s in the queue")
+        waited = f"{now - float(record['submitted_at']):.0f}s in the queue"
+        row("waiting", f"{record['waiting']}, {waited}" if record.get("waiting") else waited)
     if cover is not None:
         row("workers", ", ".join(cover.workers) if cover.covered else cover.problem())
     for key in ("submitted_at", "preparing_at", "running_at", f"{record.get('state')}_at"):
@@ -80,6 +82,12 @@ def record_table(record: dict[str, Any], cover: QueueCover | None, now: float) -
         row("artifacts", artifacts_line(record["artifacts"]))
         for entry in (record["artifacts"].get("files") or [])[:SHOWN_FILES]:
             row("", f"{entry['path']} ({entry['size']} bytes)")
+    for name, url in ((record.get("spec") or {}).get("inputs") or {}).items():
+        got = (record.get("inputs") or {}).get(name)
+        how = (
+            "" if got is None else " (cached)" if got.get("cached") else f" ({got['bytes']} bytes)"
+        )
+        row(f"input {name}", f"{url}{how}")
     if record.get("resumed"):
         row("resumed", resumed_line(record["resumed"]))
     if record.get("checkpoints"):

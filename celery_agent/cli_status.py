@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -12,8 +13,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .status import cluster_status
+from .usage import GROUPS, current
 
 SPARKS = " ▁▂▃▄▅▆▇█"
 GIB = 2**30
@@ -25,9 +28,15 @@ GIB = 2**30
 @click.option("--json", "as_json", is_flag=True, help="print the data as JSON")
 @click.option("--history", "worker", default=None, help="plot a worker's recent CPU/GPU/memory")
 @click.option("--points", default=60, show_default=True, help="history points to plot")
-def status(watch: bool, interval: float, as_json: bool, worker: str | None, points: int) -> int:
-    """Show the workers (queues, state, current run, uptime) and their GPUs."""
-    from .app import get_registry
+@click.option("--user", "-u", default=None, help="only this user's runs in the users table")
+@click.option("--project", default=None, help="only this project's runs in the users table")
+@click.option("--by", type=click.Choice(GROUPS), default="user", show_default=True,
+              help="group the runs waiting and running by user or by project")  # fmt: skip
+def status(watch: bool, interval: float, as_json: bool, worker: str | None, points: int,
+           user: str | None, project: str | None, by: str) -> int:  # fmt: skip
+    """Show the workers (queues, state, current run, uptime), their GPUs, and the runs waiting
+    and running per user (or project)."""
+    from .app import get_registry, get_store
     from .cli import console
 
     registry = get_registry()
@@ -35,13 +44,17 @@ def status(watch: bool, interval: float, as_json: bool, worker: str | None, poin
         data: Any = {"worker": worker, "history": registry.history(worker, points)}
         console.print_json(json.dumps(data)) if as_json else console.print(history_view(data))
         return 0
+
+    def snapshot() -> dict[str, Any]:
+        return cluster_status(registry) | {by + "s": current(get_store(), by, user, project)}
+
     if as_json:
-        console.print_json(json.dumps(cluster_status(registry), default=str))
+        console.print_json(json.dumps(snapshot(), default=str))
         return 0
     if not watch:
-        console.print(status_view(cluster_status(registry)))
+        console.print(status_view(snapshot()))
         return 0
-    return _watch(console, registry, interval)
+    return _watch(console, snapshot, interval)
 
 
 @click.command()
@@ -72,12 +85,12 @@ def health(name: str) -> int:
     return 0
 
 
-def _watch(console: Console, registry: Any, interval: float) -> int:
-    with Live(status_view(cluster_status(registry)), console=console, auto_refresh=False) as live:
+def _watch(console: Console, snapshot: Callable[[], dict[str, Any]], interval: float) -> int:
+    with Live(status_view(snapshot()), console=console, auto_refresh=False) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(status_view(cluster_status(registry)), refresh=True)
+                live.update(status_view(snapshot()), refresh=True)
         except KeyboardInterrupt:
             return 0
 
@@ -85,19 +98,39 @@ def _watch(console: Console, registry: Any, interval: float) -> int:
 def status_view(data: dict[str, Any]) -> Group:
     """The workers table and the GPU table."""
     workers = Table("worker", "host", "queues", "state", "GPUs", "current run", "uptime", "cpu %",
-                    "env cache", title="workers", title_justify="left")  # fmt: skip
+                    "env cache", "artifacts", title="workers", title_justify="left")  # fmt: skip
     for w in data["workers"]:
         workers.add_row(escape(w["name"]), escape(w["host"] or ""), escape(",".join(w["queues"])),
                         _state(w["state"]), _gpus(w), escape(", ".join(r[:12] for r in w["runs"]) or "-"),
                         _duration(w["uptime"]), _num(w["cpu_percent"]),
-                        env_cache_text(w.get("env_cache")))  # fmt: skip
+                        env_cache_text(w.get("env_cache")), _store(w.get("artifact_store")))  # fmt: skip
     gpus = Table("host", "gpu", "name", "util", "memory", "temp", "power", "worker / lease",
                  title="GPUs", title_justify="left")  # fmt: skip
     for g in data["gpus"]:
         gpus.add_row(escape(g["host"]), f"{g['index']} {g['uuid'][:12]}", escape(g["name"] or ""),
                      bar(g["util"], 100), _memory(g), _num(g["temperature"], "°C"),
                      _num(g["power_w"], " W"), escape(_owner(g)))  # fmt: skip
-    return Group(workers, gpus) if data["gpus"] else Group(workers)
+    broken = [Text(f"{w['name']}: artifact store: {w['artifact_store']['error']}", style="red")
+              for w in data["workers"] if (w.get("artifact_store") or {}).get("error")]  # fmt: skip
+    parts: list[Table | Text] = [workers, *broken, *([gpus] if data["gpus"] else [])]
+    for by in GROUPS:
+        if data.get(by + "s"):
+            parts.append(users_table(data[by + "s"], by))
+    return Group(*parts)
+
+
+def _store(check: dict[str, Any] | None) -> str:
+    if not check:
+        return "-"
+    return "ok" if check.get("ok") else "[red]cannot write[/]"
+
+
+def users_table(rows: list[dict[str, Any]], by: str = "user") -> Table:
+    """Runs waiting and running now, per user (or project)."""
+    table = Table(by, "waiting", "running", title=f"runs by {by}", title_justify="left")
+    for row in rows:
+        table.add_row(escape(str(row[by])), str(row["queued"]), str(row["active"]))
+    return table
 
 
 def env_cache_text(usage: dict[str, Any] | None) -> str:

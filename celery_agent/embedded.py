@@ -5,6 +5,7 @@ It persists to an append-only file in its data dir, so a restart loses nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
 import socket
@@ -60,11 +61,13 @@ class EmbeddedRedis:
         return f"redis://{self.host}:{self.port}/0"
 
     def argv(self) -> list[str]:
-        """The server's command line."""
+        """The server's command line. Bound to an address other machines reach (``0.0.0.0`` in a
+        container), Redis's protected mode is off: without a password it would refuse them."""
         return [
             redis_server_binary(),
             "--port", str(self.port),
             "--bind", self.host,
+            "--protected-mode", "yes" if _loopback(self.host) else "no",
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", "everysec",
@@ -109,6 +112,13 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _answers(url: str) -> bool:

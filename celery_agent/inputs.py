@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .artifacts import ArtifactStore, of_run, safe_url
+from .artifact_store import safe_url
+from .artifacts import ArtifactStore, of_run
 from .errors import AgentError, ConfigError, SpecError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,14 @@ def field(name: str) -> str:
 def env_name(name: str) -> str:
     """The run's variable holding the local path of input ``name``."""
     return ENV_PREFIX + name.upper()
+
+
+def cache_folders(run_env: Mapping[str, str]) -> list[str]:
+    """The input cache folders holding the inputs named in a run's variables (what a container
+    run mounts, read-only, at the same paths, so the paths and the JSON map hold there too)."""
+    return sorted(
+        {os.path.dirname(v) for k, v in run_env.items() if k.startswith(ENV_PREFIX) and v}
+    )
 
 
 def check_names(names: list[str]) -> None:

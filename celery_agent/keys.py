@@ -4,7 +4,10 @@ Runs:
 
 - ``{p}:run:{id}`` hash: the run record; ``{p}:runs`` sorted set of run ids by submit time
 - ``{p}:runs:counts`` hash of counters since the deployment began: ``submitted``, ``requeued``
-  and one per end state (``succeeded``, ``failed``, ...); never reset
+  and one per end state (``succeeded``, ``failed``, ...), ``lost_attempts`` (a runner found gone
+  under a run); never reset
+- ``{p}:runs:histograms`` hash of run duration and queue wait buckets per queue (see
+  :mod:`.histograms`); never reset
 - ``{p}:run:{id}:metrics`` stream of scalars the run reported (name, value, step)
 - ``{p}:run:{id}:log`` stream of line chunks; ``{p}:run:{id}:claim`` who runs it (TTL): ``worker|host|pid``
 - ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
@@ -30,6 +33,8 @@ Workers and GPUs:
   (Redis broker; rewritten each heartbeat, handed back by the sweep once the worker is dead)
 - ``{p}:workers`` sorted set: every worker seen, scored by its last heartbeat time
 - ``{p}:workers:gone`` hash: worker name -> JSON {"state": "stopped"|"lost", "at": time}
+- ``{p}:envcache:stats`` hash of env cache outcomes per executor kind: ``{kind}|hits``,
+  ``{kind}|misses``, ``{kind}|failures`` and the build-time histogram (see :mod:`.histograms`)
 - ``{p}:gpu:{host}:{uuid}`` a dynamic GPU lease: value ``{worker}/{run id}``, with a TTL
 - ``{p}:sweep:lock`` short lock so two beats never sweep at once
 """
@@ -60,6 +65,14 @@ class Keys:
     def run_counts(self) -> str:
         """Hash of run counters: submitted, requeued and one per end state."""
         return self._join("runs", "counts")
+
+    def run_histograms(self) -> str:
+        """Hash of run duration and queue wait histograms, per queue."""
+        return self._join("runs", "histograms")
+
+    def env_cache_stats(self) -> str:
+        """Hash of env cache hits, misses, failures and build times, per executor kind."""
+        return self._join("envcache", "stats")
 
     def log(self, run_id: str) -> str:
         """The run's log stream."""

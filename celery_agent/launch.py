@@ -125,6 +125,7 @@ def resume(job: Job, spec: TaskSpec) -> checkpoints.Resumed:
         attempt=job.attempt, resume_from=spec.resume_from, interval=interval,
         exclude=spec.output_exclude, note=job.note,
         report=lambda fields: held.defer(checkpoints=fields),
+        active=lambda: held.lost_to is None,  # (a stalled attempt whose run went elsewhere)
     )  # fmt: skip
     if out.resumed is not None:
         job.timing("restore", t0)

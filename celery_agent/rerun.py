@@ -2,6 +2,11 @@
 
 A run record holds secret env values masked, so a rerun takes each again from the caller: an
 explicit ``env`` value first, else the caller's environment.
+
+A rerun is a new run of whoever asks for it: its ``user`` is left for the submit to fill in (the
+same as the original's when its owner reruns it; someone else's rerun counts against that person's
+quota and fair share, as they asked for the GPUs now); it keeps the original's ``project`` unless
+another is given, and the record names the original in ``rerun_of``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ def respec(
     params: Mapping[str, ParamValue] | None = None,
     *,
     queue: str | None = None,
+    project: str | None = None,
     pin: bool = True,
     env: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -41,6 +47,9 @@ def respec(
     if not isinstance(spec, dict):
         raise SpecError(f"run {record.get('run_id')} has no readable spec to rerun")
     changes: dict[str, Any] = {"params": {**spec.get("params", {}), **(params or {})}}
+    changes["user"] = None  # whoever reruns it (see the module's docstring)
+    if project:
+        changes["project"] = project
     environ = os.environ if environ is None else environ
     changes["env"] = _secrets_again(str(record.get("run_id")), spec, env or {}, environ)
     if record.get("commit"):

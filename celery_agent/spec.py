@@ -22,6 +22,7 @@ from .errors import SpecError
 from .gitcmd import redact
 from .spec_errors import spec_error
 from .spec_options import CondaOptions, DockerOptions, _inside_repo, _Validated
+from .users import check_name
 
 #: a parameter value: what JSON and the command line can both carry
 ParamValue = str | int | float | bool | None
@@ -76,6 +77,11 @@ class TaskSpec(_Validated):
     python: str | None = Field(None, description="interpreter version ('3.11') or path")
     executor: str = Field("venv", description="venv (default), local, docker or conda")
     queue: str = Field("default", description="Celery queue the run is sent to")
+    user: str | None = Field(
+        None,
+        description="who the run belongs to; set at submit (CELERY_AGENT_USER, else the account)",
+    )
+    project: str | None = Field(None, description="the project the run counts for (optional)")
     gpus: int | str | None = Field(None, description="GPUs wanted: a count, or ids like '0,1'")
     timeout: float | None = Field(None, description="seconds the whole run may take")
     grace: float | None = Field(None, description="seconds between TERM and KILL on cancel")
@@ -207,6 +213,11 @@ class TaskSpec(_Validated):
         if not _QUEUE_NAME.match(v):
             raise ValueError(f"queue name {v!r} is not valid: use letters, digits, '_-.:@'")
         return v
+
+    @field_validator("user", "project")
+    @classmethod
+    def _owner(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else check_name(v, info.field_name or "name")
 
     @field_validator("gpus")
     @classmethod

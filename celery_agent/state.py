@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from . import histograms
 from .errors import StateError, UnknownRunError
 from .keys import Keys
 
@@ -36,7 +37,12 @@ _JSON_FIELDS = (
 # packing each as an argument of its own cost the worker ~0.1 ms of CPU. KEYS[2] is the run counters
 # hash (:meth:`Keys.run_counts`): a run that ends counts once under its end state, an active run
 # sent back to its queue under 'requeued' (the exporter serves them as Prometheus counters).
-_TRANSITION = """
+# KEYS[3] is the run histograms hash (:meth:`Keys.run_histograms`): a queued run that starts
+# observes its wait (since it was submitted or last requeued), an active run that ends other than
+# lost its duration (since it started), both under the run's queue.
+_TRANSITION = (
+    histograms.lua_observe(histograms.RUN_DURATION, histograms.QUEUE_WAIT)
+    + """
 local ended = {succeeded=true, failed=true, aborted=true, timed_out=true, lost=true}
 local old = redis.call('HGET', KEYS[1], 'state') or ''
 if old == '' and ARGV[2] ~= '1' then return '' end
@@ -50,8 +56,19 @@ redis.call('HSET', KEYS[1], unpack(flat))
 if ended[ARGV[1]] and not ended[old] then redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 elseif ARGV[1] == 'queued' and (old == 'preparing' or old == 'running') then
   redis.call('HINCRBY', KEYS[2], 'requeued', 1) end
+if ARGV[1] == 'preparing' and old == 'queued' then
+  local f = redis.call('HMGET', KEYS[1], 'queue', 'preparing_at', 'submitted_at', 'requeued_at')
+  local since = math.max(tonumber(f[3]) or 0, tonumber(f[4]) or 0)
+  if f[1] and tonumber(f[2]) and since > 0 then
+    observe(KEYS[3], 'wait', f[1], tonumber(f[2]) - since) end
+elseif ended[ARGV[1]] and ARGV[1] ~= 'lost' and (old == 'preparing' or old == 'running') then
+  local f = redis.call('HMGET', KEYS[1], 'queue', ARGV[1] .. '_at', 'preparing_at')
+  if f[1] and tonumber(f[2]) and tonumber(f[3]) then
+    observe(KEYS[3], 'duration', f[1], tonumber(f[2]) - tonumber(f[3])) end
+end
 return old
 """
+)
 # Renew or release a claim only when it is still ours.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -66,12 +83,14 @@ return 0
 """
 # Put an active run whose claim expired back in the queue (or end it lost when its attempts are
 # used up). Atomic with the claim check, so a runner that just claimed the run is never undone.
-# ARGV: max attempts, now, error text. Returns 'claimed', 'ended', 'requeued' or 'lost'.
+# ARGV: max attempts, now, error text. Returns 'claimed', 'ended', 'requeued' or 'lost'. The run
+# counters (KEYS[3]) count the lost attempt, then the requeue or the run ended lost.
 _REQUEUE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'claimed' end
 local st = redis.call('HGET', KEYS[1], 'state') or ''
 if st ~= 'preparing' and st ~= 'running' then return 'ended' end
 local lost = redis.call('HINCRBY', KEYS[1], 'lost_attempts', 1)
+redis.call('HINCRBY', KEYS[3], 'lost_attempts', 1)
 if lost < tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'state', 'queued', 'requeued_at', ARGV[2], 'last_error', ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'requeued', 1)
@@ -145,9 +164,9 @@ class RunStore:
         """
         fields = {f"{state}_at": time.time()} | fields
         args = [state, "1", "1" if force else "0", json.dumps(_encode(fields), ensure_ascii=False)]
-        keys = [self.keys.run(run_id), self.keys.run_counts()]
+        keys = [self.keys.run(run_id), self.keys.run_counts(), self.keys.run_histograms()]
         if pipe is not None:  # EVAL, not EVALSHA: a pipeline with a script object first asks
-            pipe.eval(_TRANSITION, 2, *keys, *args)  # Redis if it has it
+            pipe.eval(_TRANSITION, len(keys), *keys, *args)  # Redis if it has it
             return ""
         with _errors(self):
             old = self._transition(keys=keys, args=args)
@@ -204,16 +223,23 @@ class RunStore:
         )
         raise UnknownRunError(f"{len(matches)} runs match {prefix!r}", hint)
 
-    def list_runs(self, limit: int = 20, state: str | None = None) -> list[dict[str, Any]]:
-        """The newest runs first, optionally only those in ``state``."""
+    def list_runs(
+        self, limit: int = 20, state: str | None = None, **match: str | None
+    ) -> list[dict[str, Any]]:
+        """The newest runs first, optionally only those in ``state`` and whose record fields
+        equal ``match`` (``user="alice"``, ``project="vision"``; None matches any)."""
+        wanted = {name: value for name, value in match.items() if value is not None}
+        scan = max(limit * 5, 200) * (10 if wanted else 1)  # (a filter keeps fewer of them)
         with _errors(self):
-            ids = self.r.zrevrange(self.keys.runs(), 0, max(limit * 5, 200) - 1)
+            ids = self.r.zrevrange(self.keys.runs(), 0, scan - 1)
             pipe = self.r.pipeline()
             for run_id in ids:
                 pipe.hgetall(self.keys.run(run_id))
             rows = [_decode(i, raw) for i, raw in zip(ids, pipe.execute(), strict=True) if raw]
         if state:
             rows = [row for row in rows if row.get("state") == state]
+        for name, value in wanted.items():
+            rows = [row for row in rows if row.get(name) == value]
         return rows[:limit]
 
     # -- logs -----------------------------------------------------------------------------------
@@ -273,6 +299,15 @@ class RunStore:
         """Take the claim from ``holder`` (known dead); False when someone else changed it."""
         args: list[Any] = [holder, worker, int(ttl * 1000)]
         return bool(self._steal(keys=[self.keys.claim(run_id)], args=args))
+
+    def count_lost_attempt(self, run_id: str) -> int:
+        """Count one more lost attempt of the run (its runner died), in its record and in the
+        run counters; returns the record's count."""
+        with _errors(self):
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hincrby(self.keys.run(run_id), "lost_attempts", 1)
+            pipe.hincrby(self.keys.run_counts(), "lost_attempts", 1)
+            return int(pipe.execute()[0])
 
     def requeue_lost(self, run_id: str, max_attempts: int, error: str) -> str:
         """Requeue a run whose runner is gone: 'requeued', 'lost', 'claimed' or 'ended'."""

@@ -34,9 +34,10 @@ from celery.exceptions import Ignore
 from celery.signals import celeryd_init, task_prerun, worker_ready
 from celery.utils import uuid
 
-from . import attempts, dispatch, pipeline, runenv, state
+from . import attempts, dispatch, pipeline, runenv, state, users
 from . import sweep as sweep_mod
 from .app import app, get_registry, get_settings, get_store
+from .artifact_store import check_url
 from .defaults import SWEEP_TASK
 from .errors import SpecError, UnknownRunError
 from .requeue import celery_resend, ended_summary
@@ -62,11 +63,14 @@ class SubmitTask(Task):
             args, kwargs = [kwargs.pop("spec"), *args], kwargs
         if not args:
             raise TypeError("submit_task needs a TaskSpec (or dict) as its first argument")
-        spec = TaskSpec.parse(args[0])
+        spec = users.stamp(TaskSpec.parse(args[0]))  # whose run it is: kept by every re-send
+        if root := get_settings().artifact_root:  # a scheme no worker could open: say so now
+            check_url(root)
         dispatch.first_send(spec, options, bool(self.ignore_result))  # queue, shadow, argsrepr
         task_id = task_id or uuid()
         store = get_store()
-        store.create_run(task_id, spec.to_json(), options["queue"])  # masked: no secret values
+        owner = {"user": spec.user, "project": spec.project or ""}
+        store.create_run(task_id, spec.to_json(), options["queue"], **owner)  # masked: no secrets
         runenv.stash(store, task_id, spec)  # for a requeue, which sends the masked record
         return super().apply_async([spec, *args[1:]], kwargs, task_id=task_id, **options)
 
@@ -109,6 +113,7 @@ def _run(
     except pipeline.Requeued as requeued:
         logger.warning("%s", requeued)
         raise Ignore() from None
+
     if isinstance(spec, TaskSpec) and runenv.hides_values(spec):
         runenv.forget(ctx.store, run_id)
     return summary

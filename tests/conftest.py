@@ -98,6 +98,28 @@ def amqp_url() -> Iterator[str]:
     subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
 
 
+# -- s3 -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3-compatible HTTP server (moto's standalone server) on a free loopback port."""
+    from s3_support import S3Server
+
+    from celery_agent.embedded import free_port
+
+    server = S3Server(free_port())
+    home = tmp_path_factory.mktemp("s3")
+    proc = _spawn(server.argv(), dict(os.environ), home / "s3.log", home)
+    try:
+        yield server.wait_ready()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture()
 def store(redis_url: str):
     """The run store on the test Redis."""

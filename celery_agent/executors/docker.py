@@ -24,6 +24,7 @@ from typing import Any
 
 from ..envcache import EnvCache
 from ..errors import EnvBuildError, ExecutorUnavailable, RunError
+from ..inputs import cache_folders
 from ..params import HOOK_DIR
 from ..runner import ProcessOutcome
 from ..spec import DockerOptions, TaskSpec
@@ -251,6 +252,8 @@ def mount_plan(job: RunRequest) -> opt.PathMap:
     if run_dir:
         paths.add(run_dir, opt.RUN)
     paths.add(HOOK_DIR, opt.HOOK, read_only=True)
+    for folder in cache_folders(job.env):  # the run's inputs, at their host paths
+        paths.add(folder, folder, read_only=True)
     params_out = job.env.get("CELERY_AGENT_PARAMS_OUT")
     if params_out and not paths.covers(params_out):
         paths.add(Path(params_out).parent, opt.PARAMS)

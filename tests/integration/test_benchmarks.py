@@ -32,6 +32,8 @@ ROWS = (
     "artifacts: upload",
     "checkpoints: log latency",
     "checkpoints: largest heartbeat gap",
+    "inputs: run start",
+    "inputs: fetch",
 )
 
 

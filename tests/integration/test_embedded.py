@@ -53,3 +53,15 @@ def test_a_busy_port_is_a_clear_error(redis_url: str, tmp_path: Path):
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     with pytest.raises(StateError, match="already answers"):
         EmbeddedRedis(tmp_path, port=port).start()
+
+
+def test_bound_beyond_loopback_it_serves_other_machines(tmp_path: Path):
+    # protected mode (on by default without a password) would answer clients on other addresses
+    # with DENIED: bound to 0.0.0.0 (a container's Redis) it is off, on loopback it stays on
+    with EmbeddedRedis(tmp_path / "open", port=free_port(), host="0.0.0.0") as server:
+        client = redis.Redis(port=server.port)
+        assert client.config_get("protected-mode") == {"protected-mode": "no"}
+        assert client.config_get("bind")["bind"] == "0.0.0.0"
+    with EmbeddedRedis(tmp_path / "local", port=free_port()) as server:
+        client = redis.Redis(port=server.port)
+        assert client.config_get("protected-mode") == {"protected-mode": "yes"}

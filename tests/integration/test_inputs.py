@@ -13,10 +13,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+import test_docker_executor
+from conftest import Worker
 
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.cli import main
 from celery_agent.errors import SpecError
+from celery_agent.testing import init_repo
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +53,20 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture()
-def setup(make_worker, make_repo, tmp_path: Path):
-    """(worker, repo, the run that wrote model.pt and plots/)."""
-    root = (tmp_path / "store").as_uri()
-    w = make_worker(f"in-{uuid.uuid4().hex[:6]}", concurrency=2, CELERY_AGENT_ARTIFACT_ROOT=root)
-    repo = make_repo({"write.py": WRITE, "read.py": READ})
+@pytest.fixture(scope="module")
+def setup(redis_url: str, tmp_path_factory: pytest.TempPathFactory):
+    """(worker, repo, the run that wrote model.pt and plots/), shared by the module's tests."""
+    base = tmp_path_factory.mktemp("inputs")
+    root = (base / "store").as_uri()
+    w = Worker(base / "home", redis_url, f"in-{uuid.uuid4().hex[:6]}", concurrency=2,
+               CELERY_AGENT_ARTIFACT_ROOT=root).start()  # fmt: skip
+    repo = base / "repo"
+    repo.mkdir()
+    init_repo(repo, {"write.py": WRITE, "read.py": READ})
     first = submit(job(repo, w.queues, "write.py", env={"TAG": "m1"}))
     assert first.wait(90)["state"] == "succeeded", list(first.logs())
-    return w, repo, first
+    yield w, repo, first
+    w.stop()
 
 
 def printed(run_id: str, name: str) -> str:
@@ -67,7 +75,7 @@ def printed(run_id: str, name: str) -> str:
     return lines[0].split(": ", 1)[1]
 
 
-def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, store):
+def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, capsys):
     w, repo, first = setup
     model = b"m1" * 300_000
     url = f"run://{first.id[:10]}/model.pt"  # a prefix of the id, as elsewhere
@@ -91,8 +99,11 @@ def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, 
     assert path.stat().st_ino == inode, "not downloaded again"
     assert printed(third.id, "model") == f"{sha(model)} dir=False"
     assert any(x.endswith("(cached)") for x in third.logs() if "input model:" in x)
-    entries = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
-    assert len(entries) == 2, entries  # model.pt and plots/, once each, no parts left
+    capsys.readouterr()
+    assert main(["show", third.id]) == 0
+    assert f"run://{first.id}/model.pt (cached)" in capsys.readouterr().out
+    assert [p for p in cache.iterdir() if p.name.startswith(".part")] == [], "no parts left"
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
 
 
 def test_two_runs_wanting_a_new_input_at_once_download_it_once(setup, tmp_path: Path):
@@ -150,3 +161,19 @@ def test_pull_one_file_all_files_and_from_python(setup, tmp_path: Path, capsys):
     table = capsys.readouterr().out
     assert "plots/loss.txt" in table and "600.0 kB" in table and "when" in table
     assert json.dumps(first.artifacts()) == json.dumps(first.info()["artifacts"]["files"])
+
+
+docker_client = test_docker_executor.docker_client  # (the engine, the test image built)
+
+
+def test_a_container_run_reads_its_inputs(setup, docker_client):
+    w, repo, first = setup
+    spec = TaskSpec.parse({"repo": str(repo), "entry": "read.py", "queue": w.queues,
+                           "executor": "docker", "requirements": [], "docker": {"image": test_docker_executor.IMAGE},
+                           "inputs": {"model": f"run://{first.id}/model.pt",
+                                      "plots": f"run://{first.id}/plots/"}})  # fmt: skip
+    run = submit(spec)
+    rec = run.wait(120)
+    assert rec["state"] == "succeeded", list(run.logs())
+    assert printed(run.id, "model") == f"{sha(b'm1' * 300_000)} dir=False"
+    assert printed(run.id, "plots") == f"{sha(b'0.5 0.25' + bytes([10]))} dir=True"

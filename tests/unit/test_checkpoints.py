@@ -62,7 +62,7 @@ def test_a_file_written_just_now_waits_for_the_next_round_unless_it_is_the_last(
     store, folder, tmp_path
 ):
     (folder / "fresh.pt").write_bytes(b"being written")
-    sync = CheckpointSync(store, "r1", folder, "checkpoints", interval=0)
+    sync = CheckpointSync(store, "r1", folder, "checkpoints", interval=0, settle=60)
     assert sync.sync() == 0 and kept(tmp_path) == {}
     assert sync.stop()["files"] == 1, "the last round (the process has ended) takes it"
     assert kept(tmp_path) == {"fresh.pt": b"being written"}
@@ -205,3 +205,39 @@ def test_the_example_training_script_resumes_to_the_same_result(tmp_path: Path):
     assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == [
         "epoch-3.json", "epoch-4.json", "epoch-5.json"
     ]  # fmt: skip
+
+
+def test_an_attempt_whose_run_went_to_another_runner_overwrites_nothing(store, folder, tmp_path):
+    (folder / "old.pt").write_bytes(b"stale")
+    superseded = threading.Event()
+    sync = CheckpointSync(store, "r1", folder, "checkpoints", interval=0,
+                          active=lambda: not superseded.is_set())  # fmt: skip
+    superseded.set()  # it stalled; the run's claim went to another worker
+    assert sync.stop()["files"] == 0 and kept(tmp_path) == {}
+
+
+def test_a_container_sees_the_checkpoint_folder_where_its_output_is_mounted(tmp_path):
+    from celery_agent.executors import docker_options as opt
+
+    paths = opt.PathMap()
+    paths.add(tmp_path / "output", opt.OUTPUT)
+    env = {"CELERY_AGENT_CHECKPOINT_DIR": str(tmp_path / "output" / "checkpoints")}
+    assert opt.container_env(env, [], paths)["CELERY_AGENT_CHECKPOINT_DIR"] == (
+        f"{opt.OUTPUT}/checkpoints"
+    )
+
+
+def test_a_broken_copy_leaves_no_part_in_the_store_and_is_reported(
+    store, folder, tmp_path, monkeypatch
+):
+    (folder / "w.pt").write_bytes(b"w" * 1000)
+    real_put = store.fs.put_file
+
+    def broken(src: str, dst: str, **kw: object) -> None:
+        real_put(src, dst, **kw)  # (the part is written, then the connection drops)
+        raise ConnectionError("store went away")
+
+    monkeypatch.setattr(store.fs, "put_file", broken)
+    out = CheckpointSync(store, "r1", folder, "checkpoints", interval=0).stop()
+    assert "w.pt: ConnectionError: store went away" in out["error"] and out["files"] == 0
+    assert kept(tmp_path) == {}

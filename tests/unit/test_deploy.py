@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from celery_agent.layout import gpu_worker
+from celery_agent.layout import gpu_worker, plan
 from celery_agent.redisservice import LINGER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,8 +96,37 @@ def test_compose_services_start_the_procfile_commands():
         assert fixed(compose[name]["command"]) == planned(index), name
         devices = compose[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["device_ids"] == [str(index)] and devices[0]["driver"] == "nvidia"
-    for name in (*SHARED, "gpu0", "gpu1"):
+    for name in (*SHARED, "gpu0", "gpu1", "cpu"):
         assert compose[name]["environment"]["CELERY_AGENT_REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_compose_cpu_workers_run_what_workers_runs_without_a_gpu():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    (cpu,) = plan(found=[]).workers
+    assert fixed(compose["cpu"]["command"]) == ["celery", *cpu.argv(["--loglevel", "INFO"])[3:]]
+    assert "deploy" not in compose["cpu"]  # no GPU reserved: it starts on any machine
+    assert compose["cpu"]["profiles"] == ["cpu"]
+    assert compose["gpu0"]["profiles"] == compose["gpu1"]["profiles"] == ["gpu"]
+
+
+def test_compose_workers_health_check_is_their_own_liveness_probe():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    for name in ("gpu0", "gpu1", "cpu"):
+        words = fixed(compose[name]["command"])
+        worker = words[words.index("-n") + 1]
+        assert compose[name]["healthcheck"]["test"] == [
+            "CMD", "celery-agent", "health", "--worker", worker
+        ], name  # fmt: skip
+        assert compose[name]["depends_on"]["redis"] == {"condition": "service_healthy"}
+
+
+def test_compose_without_a_registry_runs_the_procfile_redis_from_the_agent_image():
+    compose = yaml.safe_load((DEPLOY / "docker-compose.noregistry.yml").read_text())["services"]
+    redis = compose["redis"]
+    assert redis["image"] == "${CELERY_AGENT_IMAGE:-celery-agent}"
+    words = fixed(redis["command"])
+    assert words[:2] == fixed(procfile()["redis"])[:2] == ["celery-agent", "redis"]
+    assert words[words.index("--bind") + 1] == "0.0.0.0"  # the other containers reach it
 
 
 def test_k8s_pods_start_the_procfile_commands():
@@ -148,3 +177,47 @@ def test_honcho_accepts_the_procfile():
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "redis, workers, services, beat, flower" in done.stderr
+
+
+def test_k8s_workers_are_never_killed_before_their_drained_runs_are_back_on_the_queue():
+    # SIGTERM starts the drain: runs get the drain grace, then are stopped (TERM, the stop grace,
+    # KILL) and requeued; the pod must outlive that, with a margin, or its runs end lost
+    from celery_agent.settings import Settings
+
+    defaults = Settings()
+    workers = 0
+    for name, doc in k8s_docs().items():
+        if doc["kind"] != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        words = fixed(container["command"])
+        if "worker" not in words and "services" not in words:
+            continue
+        workers += 1
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        drain = float(env.get("CELERY_AGENT_DRAIN_GRACE", defaults.drain_grace))
+        needed = drain + defaults.grace + 30
+        assert pod["terminationGracePeriodSeconds"] >= needed, (name, needed)
+    assert workers == 2  # the GPU workers and the services worker
+
+
+def test_the_keda_scaled_object_scales_the_gpu_workers_to_zero_by_runs_queued_and_running():
+    docs = [
+        d
+        for f in sorted((DEPLOY / "k8s" / "keda").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+    ]
+    (scaled,) = [d for d in docs if d["kind"] == "ScaledObject"]
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] in {n.split("/")[1] for n in k8s_docs()}
+    assert spec["scaleTargetRef"]["name"] == "celery-agent-gpu-worker"
+    assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
+    (trigger,) = spec["triggers"]
+    query = trigger["metadata"]["query"]
+    for metric in ("celery_agent_queue_depth", "celery_agent_runs_active", "celery_agent_up"):
+        assert metric in query
+    worker = k8s_docs()["Deployment/celery-agent-gpu-worker"]["spec"]["template"]["spec"]
+    queues = fixed(worker["containers"][0]["command"])
+    served = queues[queues.index("-Q") + 1].replace(",", "|")
+    assert query.count(f'queue=~"{served}"') == 2  # the queues the worker serves, both terms

@@ -122,7 +122,9 @@ def test_a_url_input_is_keyed_by_size_and_mtime_and_a_missing_one_is_named(tmp_p
 
 
 class SlowFS:
-    """A filesystem whose reads are slow, counting the files it opened."""
+    """A remote filesystem whose reads are slow, counting the files it opened."""
+
+    protocol = ("slow",)
 
     def __init__(self, delay: float = 0.05) -> None:
         self.local = fsspec.filesystem("file")
@@ -214,3 +216,22 @@ def test_pull_selects_files_and_folders_of_the_manifest(kept):
     assert [f["path"] for f in select(files, ["plots/b.txt"], "r")] == ["plots/b.txt"]
     with pytest.raises(ConfigError, match="kept no file or folder 'plot'"):
         select(files, ["plot"], "r")
+
+
+def test_a_container_run_mounts_its_inputs_read_only_at_their_own_paths(tmp_path: Path):
+    from celery_agent.executors.base import RunRequest
+    from celery_agent.executors.docker import mount_plan
+
+    cache = tmp_path / "cache" / "inputs"
+    env = {"CELERY_AGENT_RUN_DIR": str(tmp_path / "run"),
+           "CELERY_AGENT_INPUT_MODEL": str(cache / "k1" / "model.pt"),
+           "CELERY_AGENT_INPUT_PLOTS": str(cache / "k2" / "plots"),
+           "CELERY_AGENT_INPUTS": str(tmp_path / "run" / "inputs.json")}  # fmt: skip
+    job = RunRequest(env=env, cwd=tmp_path / "src", sink=lambda lines: None,
+                     source_dir=tmp_path / "src", output_dir=tmp_path / "out")  # fmt: skip
+    paths = mount_plan(job)
+    mounted = {m.source: (m.target, m.read_only) for m in paths.mounts}
+    assert mounted[str(cache / "k1")] == (str(cache / "k1"), True)
+    assert mounted[str(cache / "k2")] == (str(cache / "k2"), True)
+    assert paths.translate(env["CELERY_AGENT_INPUT_MODEL"]) == env["CELERY_AGENT_INPUT_MODEL"]
+    assert paths.translate(env["CELERY_AGENT_INPUTS"]) == "/celery-agent/run/inputs.json"

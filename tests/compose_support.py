@@ -1,0 +1,137 @@
+"""A docker-compose project of deploy/ on the real engine, for tests: up, exec, metrics, down.
+
+Works with the compose plugin (`docker compose`) or the standalone `docker-compose` (Debian's
+package); neither pulls or builds here: the image comes from scripts/build-image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+FILES = (DEPLOY / "docker-compose.yml", DEPLOY / "docker-compose.noregistry.yml")
+PROJECT_LABEL = "com.docker.compose.project"
+T = TypeVar("T")
+
+
+def compose_cli() -> list[str] | None:
+    """The compose command of this machine (plugin first), or None when there is none."""
+    if shutil.which("docker"):
+        done = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60)
+        if done.returncode == 0:
+            return ["docker", "compose"]
+    found = shutil.which("docker-compose")
+    return [found] if found else None
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (any address)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:
+    """Call ``probe`` until it returns something other than None (or False); fail at the deadline
+    naming ``what`` and the last exception the probe raised."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = probe()
+            if value is not None and value is not False:
+                return value
+        except Exception as exc:  # the service is not up yet: try again
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s (last error: {last!r})")
+        time.sleep(every)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """Status and body of a GET."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status, response.read().decode()
+
+
+class Stack:
+    """One compose project: the deploy/ files, an override of the test's own, a unique name."""
+
+    def __init__(self, cli: list[str], name: str, override: Path, env: dict[str, str]) -> None:
+        self.cli = cli
+        self.name = name
+        self.files = (*FILES, override)
+        self.env = env
+
+    def compose(self, *args: str, timeout: float = 180, check: bool = True) -> str:
+        """Run a compose command of this project; its output (stdout, then stderr)."""
+        argv = [*self.cli, "-p", self.name, *(a for f in self.files for a in ("-f", str(f)))]
+        argv += ["--profile", "cpu", *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env)
+        out = done.stdout + done.stderr
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{out[-3000:]}")
+        return out
+
+    def up(self, workers: int) -> None:
+        """Start everything but the GPU workers, with ``workers`` CPU workers; pulls nothing."""
+        self.compose("up", "-d", "--no-build", "--scale", f"cpu={workers}", timeout=300)
+
+    def execute(self, service: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in the first container of ``service``, as an orchestrator's probe does."""
+        args = [*self.cli, "-p", self.name, *(a for f in self.files for a in ("-f", str(f)))]
+        args += ["exec", "-T", service, *argv]
+        return subprocess.run(args, capture_output=True, text=True, timeout=120, env=self.env)
+
+    def containers(self, service: str | None = None) -> list[dict[str, object]]:
+        """`docker inspect` of the project's containers (of one service), running or not."""
+        filters = ["--filter", f"label={PROJECT_LABEL}={self.name}"]
+        if service:
+            filters += ["--filter", f"label=com.docker.compose.service={service}"]
+        ids = _docker("ps", "-aq", *filters).split()
+        return json.loads(_docker("inspect", *ids)) if ids else []
+
+    def health(self, service: str) -> list[str]:
+        """Each container's health status (starting, healthy, unhealthy)."""
+        return [str(c["State"]["Health"]["Status"]) for c in self.containers(service)]  # type: ignore[index]
+
+    def logs(self) -> str:
+        """The last lines of every container's output, for a failure's message."""
+        return self.compose("logs", "--no-color", "--tail", "40", check=False)
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """The project's containers, networks and volumes still in the engine."""
+        label = f"label={PROJECT_LABEL}={self.name}"
+        found = {
+            "containers": _docker("ps", "-aq", "--filter", label).split(),
+            "networks": _docker("network", "ls", "-q", "--filter", label).split(),
+            "volumes": _docker("volume", "ls", "-q", "--filter", label).split(),
+        }
+        return {kind: names for kind, names in found.items() if names}
+
+    def down(self) -> None:
+        """Stop and remove the containers, networks and volumes (the workers drain first)."""
+        self.compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without the settings that would point the stack elsewhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY", "COMPOSE_"))}
+    return env | extra
+
+
+def _docker(*args: str) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout

@@ -1,0 +1,66 @@
+"""An S3-compatible HTTP server for the tests: moto's standalone server on a free loopback port,
+with credentials of its own that the tests hand to workers through their environment only."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+MOTO = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1"]
+
+
+class S3Server:
+    """Where the server answers, and the credentials a worker (or a user) gives s3fs."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.key = "AKIA" + secrets.token_hex(8).upper()  #: unlikely to appear by chance
+        self.secret = secrets.token_urlsafe(30)
+
+    def argv(self) -> list[str]:
+        """The command that serves S3 on ``port``."""
+        return [*MOTO, "-p", str(self.port)]
+
+    def wait_ready(self, timeout: float = 60) -> S3Server:
+        """Wait until the server answers HTTP."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=2).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no S3 server answered at {self.endpoint}") from None
+                time.sleep(0.1)
+
+    def env(self, endpoint: str | None = None) -> dict[str, str]:
+        """The environment a worker gets to reach the store (the usual variables of boto)."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_ENDPOINT_URL": endpoint or self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def fs(self) -> Any:
+        """An s3fs filesystem on the server, credentials given directly (not through the
+        environment, which the test process keeps free of them)."""
+        import s3fs
+
+        return s3fs.S3FileSystem(key=self.key, secret=self.secret, endpoint_url=self.endpoint,
+                                 skip_instance_cache=True)  # fmt: skip
+
+    def bucket(self, name: str) -> str:
+        """Create bucket ``name``; returns it."""
+        self.fs().mkdir(name)
+        return name
+
+
+def read_tree(fs: Any, root: str) -> dict[str, bytes]:
+    """Every object under ``root`` (a bucket path), by its path relative to it."""
+    return {str(Path(p).relative_to(root)): fs.cat_file(p) for p in fs.find(root)}
