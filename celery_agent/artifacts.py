@@ -175,6 +175,10 @@ class ArtifactStore:
         with self.fs.open(self._path(run_id, MANIFEST), "rb") as src:
             return list(json.loads(src.read()))
 
+    def open_file(self, run_id: str, rel: str) -> Any:
+        """One of the run's files (a path from its manifest), opened for reading in binary."""
+        return self.fs.open(self._path(run_id, rel), "rb")
+
     def download(
         self,
         run_id: str,

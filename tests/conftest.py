@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from flower_support import browser, flower_url, make_flower, plain_flower  # noqa: F401 (fixtures)
 
 from celery_agent.guard import guard
 from celery_agent.testing import WorkerProcess, git, init_repo, write_wheel

@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import test_flower
 from test_flower import ARTIFACTS, CHROMIUM, chromium
 
 from celery_agent import RunHandle, TaskSpec, submit
@@ -23,7 +22,6 @@ from celery_agent.search import run_search
 from celery_agent.testing import init_repo
 
 pytestmark = pytest.mark.integration
-flower_url = test_flower.flower_url  # the fixture: `celery-agent flower` on a free port
 
 TRAIN = """\
 import argparse

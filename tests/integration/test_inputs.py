@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import test_docker_executor
 from conftest import Worker
+from test_reliability_recovery import wait_for
 
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.cli import main
@@ -177,3 +178,20 @@ def test_a_container_run_reads_its_inputs(setup, docker_client):
     assert rec["state"] == "succeeded", list(run.logs())
     assert printed(run.id, "model") == f"{sha(b'm1' * 300_000)} dir=False"
     assert printed(run.id, "plots") == f"{sha(b'0.5 0.25' + bytes([10]))} dir=True"
+
+
+def test_an_input_whose_run_still_uploads_waits_for_the_upload(setup, store):
+    w, repo, first = setup
+    key, kept = store.keys.run(first.id), first.info()["artifacts"]
+    store.r.hset(key, "artifacts", json.dumps({"status": "uploading", "root": kept["root"]}))
+    try:  # (as a worker records outputs it uploads in the background, artifact_wait passed)
+        spec = job(repo, w.queues, "read.py", inputs={"later": f"run://{first.id[:10]}/model.pt"})
+        run = submit(spec)  # accepted: its path is checked once the upload ended
+        assert run.info()["spec"]["inputs"]["later"] == f"run://{first.id}/model.pt"
+        wait_for(lambda: any("finish uploading" in x for x in run.logs()), 60)
+        assert run.state == "preparing"
+    finally:
+        store.r.hset(key, "artifacts", json.dumps(kept))
+    rec = run.wait(90)
+    assert rec["state"] == "succeeded", list(run.logs())
+    assert printed(run.id, "later") == f"{sha(b'm1' * 300_000)} dir=False"
