@@ -2,7 +2,7 @@
 its stream, first and on each refresh, and how much the downsampling spares the page.
 
 One run with one metric of 200,000 points (the stream's cap) in a redis-server of
-its own. Measured, median of 5 rounds (quick: 10,000 points, 2 rounds, targets not judged),
+its own. Measured, median of 5 rounds (quick: 5,000 points, 1 round, targets not judged),
 samples alternating with the baseline:
 
 - first read: :func:`celery_agent.flowerui.series.run_series` with an empty cache (read the whole
@@ -87,14 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print its table; 1 when the target is missed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="10,000 points, 2 rounds: checks that it runs"
+        "--quick", action="store_true", help="5,000 points, 1 round: checks that it runs"
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as home:
         server = EmbeddedRedis(Path(home), port=free_port()).start()
         try:
             store = RunStore.from_url(server.url)
-            rows = (measure(store, 10_000, 2, judge=False) if args.quick
+            rows = (measure(store, 5_000, 1, judge=False) if args.quick
                     else measure(store, 200_000, 5))  # fmt: skip
         finally:
             server.stop()

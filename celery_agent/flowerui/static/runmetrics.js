@@ -1,6 +1,7 @@
 /* A run page's metric charts: one chart per metric the run reported, drawn with charts.js from
  * /celery-agent/api/runs/RUN_ID/metrics into <section id="metrics" data-run="RUN_ID">, and drawn
- * again every few seconds until the run has ended. */
+ * again every few seconds until the run has ended. The section stays empty (hidden) while the
+ * run has reported no metric. */
 (function () {
   "use strict";
   var REFRESH_MS = 3000;
@@ -18,7 +19,7 @@
     note.id = "metrics-note";
     var names = Object.keys(data.series);
     var cut = data.downsampled.map(function (n) { return n + " (" + data.counts[n] + " points)"; });
-    note.textContent = names.length === 0 ? "" : " " + names.length + " series" +
+    note.textContent = " " + names.length + " series" +
       (cut.length ? "; downsampled for the chart: " + cut.join(", ") : "") +
       (data.ended ? "" : "; live");
     h.appendChild(note);
@@ -27,15 +28,9 @@
 
   function draw(data) {
     var names = Object.keys(data.series);
-    box.textContent = "";
+    box.textContent = "";  // (an empty section is hidden: no metric, no section)
+    if (names.length === 0) return;
     box.appendChild(head(data));
-    if (names.length === 0) {
-      var none = document.createElement("p");
-      none.className = "muted";
-      none.textContent = data.ended ? "The run reported no metric." : "No metric reported yet.";
-      box.appendChild(none);
-      return;
-    }
     var grid = document.createElement("div");
     grid.className = "ca-charts";
     grid.style.cssText = "display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));" +
