@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -146,16 +147,22 @@ class ArtifactStore:
 
     def _copy(self, local: Path, remote: str, rel: str) -> dict[str, Any]:
         """Copy one file with the store's own put (a kernel copy on a local folder, multipart on
-        an object store), then hash it from the page cache: the run has ended, it is stable."""
+        an object store) while another thread hashes it: the run has ended, the file is stable,
+        and the two overlap (the put leaves the GIL to the kernel or the network, hashlib
+        releases it)."""
         if makes_folders(self.fs):
             self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.put_file(str(local), remote)
-        digest, size = hashlib.sha256(), 0
-        with local.open("rb") as src:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        return {"path": rel, "size": size, "sha256": digest.hexdigest()}
+        hashed: list[tuple[str, int] | BaseException] = []
+        hasher = threading.Thread(target=_hash_into, args=(local, hashed), name="ca-hash")
+        hasher.start()
+        try:
+            self.fs.put_file(str(local), remote)
+        finally:
+            hasher.join()
+        if isinstance(hashed[0], BaseException):
+            raise hashed[0]
+        digest, size = hashed[0]
+        return {"path": rel, "size": size, "sha256": digest}
 
     def _write(self, remote: str, data: bytes) -> None:
         with self.fs.open(remote, "wb") as dst:
@@ -207,6 +214,19 @@ class ArtifactStore:
             progress(rel)
             out.append(target)
         return out
+
+
+def _hash_into(path: Path, out: list[tuple[str, int] | BaseException]) -> None:
+    """Append (sha256 hex digest, size) of ``path`` to ``out``, or what went wrong."""
+    try:
+        digest, size = hashlib.sha256(), 0
+        with path.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        out.append((digest.hexdigest(), size))
+    except BaseException as err:  # (handed to the copying thread, which raises it)
+        out.append(err)
 
 
 def of_run(
