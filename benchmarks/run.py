@@ -40,6 +40,7 @@ from . import (
     bench_inputs,
     bench_lock,
     bench_logs,
+    bench_runs_page,
     bench_throughput,
 )
 from .context import Context
@@ -65,6 +66,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "artifacts": bench_artifacts.run,
     "checkpoints": bench_checkpoints.run,
     "inputs": bench_inputs.run,
+    "runs_page": bench_runs_page.run,
 }
 
 

@@ -113,6 +113,7 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 @click.option("--python", default=None, help="interpreter version or path for the env")
 @click.option("--executor", default="venv", show_default=True)
 @click.option("--name", default=None, help="a label for the run")
+@click.option("--tag", "tags", multiple=True, help="a tag to find the run by (repeat)")
 @click.option("--project", default=None, help="the project it counts for (CELERY_AGENT_PROJECT)")
 @click.option("--priority", type=int, default=0, show_default=True,
               help="-1 low, 0 normal, 1 high (up to the max_priority setting)")  # fmt: skip
@@ -153,7 +154,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
            find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
            secret_env: tuple[str, ...], project: str | None, priority: int, timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
            require_pushed: bool, workdir: str | None, wait: bool, wait_timeout: float | None, require_worker: bool,
-           extra_index_urls: tuple[str, ...] = (), no_index: bool = False, inputs: tuple[str, ...] = ()) -> int:  # fmt: skip
+           extra_index_urls: tuple[str, ...] = (), no_index: bool = False, inputs: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
 
     ENTRY and --workdir are paths from the folder you are in; the run starts in that folder
@@ -174,7 +175,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         fields
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
-        | {"project": project, "priority": priority}
+        | {"project": project, "priority": priority, "tags": list(tags)}
         | {"secret_env": list(secret_env), "strict_params": strict_params}
         | {"inputs": _env(inputs, "--input")}
         | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
