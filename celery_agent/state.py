@@ -106,12 +106,14 @@ return 0
 """
 # Record a queued run unless its id is taken: KEYS run record, runs index; ARGV submit time, run id,
 # then field, value, ... One round trip, and no reader ever sees a record without its fields.
-# KEYS[3], the run counters hash, counts it under 'submitted'.
+# KEYS[3], the run counters hash, counts it under 'submitted'; KEYS[4...], the runs' indexes by
+# queue, user and tag (:meth:`Keys.runs_by`), get the id too.
 _CREATE = """
 if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'submitted', 1)
+for i = 4, #KEYS do redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2]) end
 return 1
 """
 
@@ -148,9 +150,11 @@ class RunStore:
         now = time.time()
         record = {"state": QUEUED, "spec": spec, "queue": queue, "submitted_at": now, "attempt": 0}
         record["name"] = spec.get("name") or spec.get("entry", "")
-        record["tags"] = list(spec.get("tags") or [])
+        record["tags"] = tags = [str(t) for t in spec.get("tags") or []]
         flat = [x for kv in _encode(record | fields).items() for x in kv]
         keys = [self.keys.run(run_id), self.keys.runs(), self.keys.run_counts()]
+        by = [("queue", queue), ("user", fields.get("user")), *(("tag", t) for t in tags)]
+        keys += [self.keys.runs_by(f, str(v)) for f, v in by if v]
         with _errors(self):
             return bool(self._create(keys=keys, args=[now, run_id, *flat]))
 
