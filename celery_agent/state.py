@@ -1,8 +1,9 @@
 """The run store: run records, logs, claims and cancel flags in Redis.
 
-Key names live in :mod:`.keys` (the one place that knows them). A log stream entry carries a chunk
-of lines (field ``l``); a claim is the holder running the run (``worker|host|pid``, see
-:mod:`.attempts`), with a TTL renewed while it runs.
+Key names live in :mod:`.keys` (the one place that knows them), its Lua scripts in
+:mod:`.runscripts`. A log stream entry carries a chunk of lines (field ``l``); a claim is the
+holder running the run (``worker|host|pid``, see :mod:`.attempts`), with a TTL renewed while it
+runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import redis
 
-from . import histograms
+from . import runscripts
 from .errors import StateError, UnknownRunError
 from .keys import Keys
 
@@ -32,91 +33,6 @@ _JSON_FIELDS = (
     "unused_params", "artifacts", "checkpoints", "resumed", "inputs", "tags",
 )  # fmt: skip
 
-# Move a run to a new state unless it already ended; returns the state it had ("" if none).
-# The fields come as one JSON object of strings (ARGV[4]): a run's end writes ~20 fields, and
-# packing each as an argument of its own cost the worker ~0.1 ms of CPU. KEYS[2] is the run counters
-# hash (:meth:`Keys.run_counts`): a run that ends counts once under its end state, an active run
-# sent back to its queue under 'requeued' (the exporter serves them as Prometheus counters).
-# KEYS[3] is the run histograms hash (:meth:`Keys.run_histograms`): a queued run that starts
-# observes its wait (since it was submitted or last requeued), an active run that ends other than
-# lost its duration (since it started), both under the run's queue.
-_TRANSITION = (
-    histograms.lua_observe(histograms.RUN_DURATION, histograms.QUEUE_WAIT)
-    + """
-local ended = {succeeded=true, failed=true, aborted=true, timed_out=true, lost=true}
-local old = redis.call('HGET', KEYS[1], 'state') or ''
-if old == '' and ARGV[2] ~= '1' then return '' end
-if ARGV[3] ~= '1' and ended[old] then return old end
-local flat = {'state', ARGV[1]}
-for name, value in pairs(cjson.decode(ARGV[4])) do
-  flat[#flat + 1] = name
-  flat[#flat + 1] = value
-end
-redis.call('HSET', KEYS[1], unpack(flat))
-if ended[ARGV[1]] and not ended[old] then redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-elseif ARGV[1] == 'queued' and (old == 'preparing' or old == 'running') then
-  redis.call('HINCRBY', KEYS[2], 'requeued', 1) end
-if ARGV[1] == 'preparing' and old == 'queued' then
-  local f = redis.call('HMGET', KEYS[1], 'queue', 'preparing_at', 'submitted_at', 'requeued_at')
-  local since = math.max(tonumber(f[3]) or 0, tonumber(f[4]) or 0)
-  if f[1] and tonumber(f[2]) and since > 0 then
-    observe(KEYS[3], 'wait', f[1], tonumber(f[2]) - since) end
-elseif ended[ARGV[1]] and ARGV[1] ~= 'lost' and (old == 'preparing' or old == 'running') then
-  local f = redis.call('HMGET', KEYS[1], 'queue', ARGV[1] .. '_at', 'preparing_at')
-  if f[1] and tonumber(f[2]) and tonumber(f[3]) then
-    observe(KEYS[3], 'duration', f[1], tonumber(f[2]) - tonumber(f[3])) end
-end
-return old
-"""
-)
-# Renew or release a claim only when it is still ours.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-# Take over a claim whose holder is known dead (compare-and-set on the holder).
-_STEAL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) and 1 end
-return 0
-"""
-# Put an active run whose claim expired back in the queue (or end it lost when its attempts are
-# used up). Atomic with the claim check, so a runner that just claimed the run is never undone.
-# ARGV: max attempts, now, error text. Returns 'claimed', 'ended', 'requeued' or 'lost'. The run
-# counters (KEYS[3]) count the lost attempt, then the requeue or the run ended lost.
-_REQUEUE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'claimed' end
-local st = redis.call('HGET', KEYS[1], 'state') or ''
-if st ~= 'preparing' and st ~= 'running' then return 'ended' end
-local lost = redis.call('HINCRBY', KEYS[1], 'lost_attempts', 1)
-redis.call('HINCRBY', KEYS[3], 'lost_attempts', 1)
-if lost < tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'requeued_at', ARGV[2], 'last_error', ARGV[3])
-  redis.call('HINCRBY', KEYS[3], 'requeued', 1)
-  return 'requeued' end
-redis.call('HSET', KEYS[1], 'state', 'lost', 'lost_at', ARGV[2], 'error', ARGV[3],
-  'error_stage', 'run')
-redis.call('HINCRBY', KEYS[3], 'lost', 1)
-return 'lost'
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-# Record a queued run unless its id is taken: KEYS run record, runs index; ARGV submit time, run id,
-# then field, value, ... One round trip, and no reader ever sees a record without its fields.
-# KEYS[3], the run counters hash, counts it under 'submitted'; KEYS[4...], the runs' indexes by
-# queue, user and tag (:meth:`Keys.runs_by`), get the id too.
-_CREATE = """
-if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'submitted', 1)
-for i = 4, #KEYS do redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2]) end
-return 1
-"""
-
 
 class RunStore:
     """Run records, logs, claims and abort flags in Redis."""
@@ -128,12 +44,12 @@ class RunStore:
         self.prefix = prefix
         self.keys = Keys(prefix)
         self.log_maxlen = log_maxlen
-        self._transition = client.register_script(_TRANSITION)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._steal = client.register_script(_STEAL)
-        self._requeue = client.register_script(_REQUEUE)
-        self._create = client.register_script(_CREATE)
+        self._transition = client.register_script(runscripts.TRANSITION)
+        self._renew = client.register_script(runscripts.RENEW)
+        self._release = client.register_script(runscripts.RELEASE)
+        self._steal = client.register_script(runscripts.STEAL)
+        self._requeue = client.register_script(runscripts.REQUEUE)
+        self._create = client.register_script(runscripts.CREATE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ca", log_maxlen: int = 100_000) -> RunStore:
@@ -171,7 +87,7 @@ class RunStore:
         args = [state, "1", "1" if force else "0", json.dumps(_encode(fields), ensure_ascii=False)]
         keys = [self.keys.run(run_id), self.keys.run_counts(), self.keys.run_histograms()]
         if pipe is not None:  # EVAL, not EVALSHA: a pipeline with a script object first asks
-            pipe.eval(_TRANSITION, len(keys), *keys, *args)  # Redis if it has it
+            pipe.eval(runscripts.TRANSITION, len(keys), *keys, *args)  # Redis if it has it
             return ""
         with _errors(self):
             old = self._transition(keys=keys, args=args)
@@ -324,7 +240,7 @@ class RunStore:
     def release_claim(self, run_id: str, worker: str, *, pipe: Any = None) -> None:
         """Drop our claim (a no-op when it is not ours); queued on ``pipe`` if given."""
         if pipe is not None:
-            pipe.eval(_RELEASE, 1, self.keys.claim(run_id), worker)
+            pipe.eval(runscripts.RELEASE, 1, self.keys.claim(run_id), worker)
             return
         self._release(keys=[self.keys.claim(run_id)], args=[worker])
 

@@ -5,6 +5,7 @@ Integration tests talk to services the fixtures start on loopback; nothing is fa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -100,16 +101,14 @@ def amqp_url() -> Iterator[str]:
 
 
 # -- s3 -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A real S3-compatible HTTP server (moto's standalone server) on a free loopback port."""
+@contextlib.contextmanager
+def _s3_server(home: Path, **env: str) -> Iterator[object]:
     from s3_support import S3Server
 
     from celery_agent.embedded import free_port
 
     server = S3Server(free_port())
-    home = tmp_path_factory.mktemp("s3")
-    proc = _spawn(server.argv(), dict(os.environ), home / "s3.log", home)
+    proc = _spawn(server.argv(), dict(os.environ, **env), home / "s3.log", home)
     try:
         yield server.wait_ready()
     finally:
@@ -119,6 +118,24 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3-compatible HTTP server (moto's standalone server) on a free loopback port."""
+    with _s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture()
+def s3_with_iam(tmp_path: Path) -> Iterator[object]:
+    """An S3 server of its own that checks credentials and IAM policies once the test's first
+    ``S3Server.SETUP_ACTIONS`` requests (which set up its users and buckets) are done."""
+    from s3_support import S3Server
+
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": str(S3Server.SETUP_ACTIONS + 1)}  # (+ wait_ready's)
+    with _s3_server(tmp_path, **env) as server:
+        yield server
 
 
 @pytest.fixture()

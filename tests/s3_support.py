@@ -16,6 +16,8 @@ MOTO = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1"]
 class S3Server:
     """Where the server answers, and the credentials a worker (or a user) gives s3fs."""
 
+    SETUP_ACTIONS = 4  #: requests :meth:`read_only` makes before a server with IAM checks them
+
     def __init__(self, port: int) -> None:
         self.port = port
         self.endpoint = f"http://127.0.0.1:{port}"
@@ -59,6 +61,26 @@ class S3Server:
         """Create bucket ``name``; returns it."""
         self.fs().mkdir(name)
         return name
+
+
+def read_only(server: S3Server, bucket: str) -> dict[str, str]:
+    """On a server that checks IAM (its first SETUP_ACTIONS requests unchecked): make ``bucket``
+    and a user who may read it but not write; returns that user's environment for a worker."""
+    import json
+
+    import boto3
+
+    kw = {"endpoint_url": server.endpoint, "aws_access_key_id": server.key,
+          "aws_secret_access_key": server.secret, "region_name": "us-east-1"}  # fmt: skip
+    iam = boto3.client("iam", **kw)
+    iam.create_user(UserName="reader")
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}  # fmt: skip
+    iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    boto3.client("s3", **kw).create_bucket(Bucket=bucket)
+    return server.env() | {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                           "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}  # fmt: skip
 
 
 def read_tree(fs: Any, root: str) -> dict[str, bytes]:

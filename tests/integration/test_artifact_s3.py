@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_support import read_tree
+from s3_support import read_only, read_tree
 from test_reliability_recovery import wait_for
 
 from celery_agent import get_run, submit_task
@@ -35,6 +35,16 @@ JOB = textwrap.dedent(
     (out / "model.pt").write_bytes(b"weights" * 3000)
     (out / "plots" / "loss.txt").write_text("0.5 0.25\\n")
     print("secret-looking vars the run sees:", sorted(k for k in os.environ if "AWS" in k))
+    """
+)
+
+
+BIG = textwrap.dedent(
+    """\
+    import os, pathlib
+    out = pathlib.Path(os.environ["CELERY_AGENT_OUTPUT_DIR"])
+    for i in range(4):
+        (out / f"shard-{i}.bin").write_bytes(os.urandom(8 * 2**20))
     """
 )
 
@@ -68,11 +78,24 @@ def test_outputs_land_in_the_bucket_and_credentials_stay_out(
 ):
     bucket = s3.bucket(f"b{uuid.uuid4().hex[:10]}")
     root = f"s3://{bucket}/team/artifacts"
-    w = make_worker(f"s3-{uuid.uuid4().hex[:6]}", CELERY_AGENT_ARTIFACT_ROOT=root, **s3.env())
-    r = submit_task.delay(spec(make_repo({"job.py": JOB}), w.queues))
+    w = make_worker(f"s3-{uuid.uuid4().hex[:6]}", CELERY_AGENT_ARTIFACT_ROOT=root,
+                    CELERY_AGENT_ARTIFACT_WAIT="0", **s3.env())  # fmt: skip
+    repo = make_repo({"job.py": JOB, "big.py": BIG})
+    r = submit_task.delay(spec(repo, w.queues))
     out = r.get(timeout=120)
     assert out["status"] == "succeeded", out
-    kept = get_run(r.id).settled(60)["artifacts"]  # (it may have gone on in the background)
+    assert out["artifacts"]["status"] == "uploading", "the result did not wait for the upload"
+    # a user's machine with its own credentials (the test process has none) fetches them,
+    # waiting for the upload that goes on in the background
+    dest = tmp_path / "fetched"
+    got = subprocess.run(
+        [str(Path(sys.executable).with_name("celery-agent")), "artifacts", r.id, "--get", str(dest)],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, **s3.env()),
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert (dest / "model.pt").read_bytes() == b"weights" * 3000
+    assert (dest / "plots" / "loss.txt").read_text() == "0.5 0.25\n"
+    kept = store.get(r.id)["artifacts"]
     assert kept["status"] == "uploaded" and kept["url"] == f"{root}/runs/{r.id}", kept
     objects = read_tree(s3.fs(), f"{bucket}/team/artifacts/runs/{r.id}")
     assert sorted(objects) == ["manifest.json", "model.pt", "plots/loss.txt"]
@@ -84,15 +107,19 @@ def test_outputs_land_in_the_bucket_and_credentials_stay_out(
     }
     lines = store.read_log(r.id)[1]
     assert "secret-looking vars the run sees: []" in lines, "the run gets no credentials"
-    # a user's machine with its own credentials (the test process has none) fetches them
-    dest = tmp_path / "fetched"
-    got = subprocess.run(
-        [str(Path(sys.executable).with_name("celery-agent")), "artifacts", r.id, "--get", str(dest)],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, **s3.env()),
-    )  # fmt: skip
-    assert got.returncode == 0, got.stderr
-    assert (dest / "model.pt").read_bytes() == b"weights" * 3000
-    assert (dest / "plots" / "loss.txt").read_text() == "0.5 0.25\n"
+    assert any(line.startswith("[celery-agent] artifacts: 2 file(s)") for line in lines), lines
+    # a run whose upload still goes on when its worker is told to stop: the worker waits for it
+    big = submit_task.delay(TaskSpec(repo=str(repo), entry="big.py", queue=w.queues,
+                                     executor="local")).get(timeout=120)  # fmt: skip
+    assert big["status"] == "succeeded" and big["artifacts"]["status"] == "uploading", big
+    assert w.proc is not None
+    w.proc.terminate()  # a warm shutdown while the upload goes on
+    w.proc.wait(120)
+    assert store.get(big["run_id"])["artifacts"]["status"] == "uploaded"
+    assert "upload(s) of outputs" in w.output(), "the stopping worker waited for it"
+    assert sorted(
+        Path(p).name for p in s3.fs().find(f"{bucket}/team/artifacts/runs/{big['run_id']}")
+    ) == ["manifest.json", *(f"shard-{i}.bin" for i in range(4))]
     held = everything_in(store.r)
     assert r.id in held and f"celery-task-meta-{r.id}" in set(
         store.r.scan_iter("celery-task-meta-*")
@@ -155,3 +182,20 @@ def _store_check(store: Any, worker: str) -> dict[str, Any] | None:
         if raw:
             return dict(json.loads(raw))
     return None
+
+
+def test_no_permission_to_write_is_reported_naming_the_setting(
+    s3_with_iam, make_worker, make_repo, store
+):
+    bucket = f"ro-{uuid.uuid4().hex[:8]}"
+    env = read_only(s3_with_iam, bucket)  # a user who may read the bucket, not write it
+    w = make_worker(f"s3-{uuid.uuid4().hex[:6]}", CELERY_AGENT_ARTIFACT_ROOT=f"s3://{bucket}/x",
+                    **env)  # fmt: skip
+    out = submit_task.delay(spec(make_repo({"job.py": JOB}), w.queues)).get(timeout=120)
+    assert out["status"] == "succeeded", out
+    kept = get_run(out["run_id"]).settled(60)["artifacts"]
+    assert kept["status"] == "failed" and "no permission to write" in kept["error"], kept
+    assert "artifact_root" in kept["error"] and "write access" in kept["error"]
+    assert Path(store.get(out["run_id"])["output_dir"], "model.pt").is_file()
+    check = wait_for(lambda: _store_check(store, w.name), 60)
+    assert check["ok"] is False and "no permission to write" in check["error"], check

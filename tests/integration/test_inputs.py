@@ -11,10 +11,12 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import test_docker_executor
 from conftest import Worker
+from test_reliability_recovery import wait_for
 
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.cli import main
@@ -54,12 +56,13 @@ def sha(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def setup(redis_url: str, tmp_path_factory: pytest.TempPathFactory):
-    """(worker, repo, the run that wrote model.pt and plots/), shared by the module's tests."""
+def setup(redis_url: str, tmp_path_factory: pytest.TempPathFactory, s3: Any):
+    """(worker, repo, the run that wrote model.pt and plots/), shared by the module's tests; the
+    worker has credentials for the S3 server in its environment."""
     base = tmp_path_factory.mktemp("inputs")
     root = (base / "store").as_uri()
     w = Worker(base / "home", redis_url, f"in-{uuid.uuid4().hex[:6]}", concurrency=2,
-               CELERY_AGENT_ARTIFACT_ROOT=root).start()  # fmt: skip
+               CELERY_AGENT_ARTIFACT_ROOT=root, **s3.env()).start()  # fmt: skip
     repo = base / "repo"
     repo.mkdir()
     init_repo(repo, {"write.py": WRITE, "read.py": READ})
@@ -177,3 +180,51 @@ def test_a_container_run_reads_its_inputs(setup, docker_client):
     assert rec["state"] == "succeeded", list(run.logs())
     assert printed(run.id, "model") == f"{sha(b'm1' * 300_000)} dir=False"
     assert printed(run.id, "plots") == f"{sha(b'0.5 0.25' + bytes([10]))} dir=True"
+
+
+def test_an_input_whose_run_still_uploads_waits_for_the_upload(setup, store):
+    w, repo, first = setup
+    key, kept = store.keys.run(first.id), first.info()["artifacts"]
+    store.r.hset(key, "artifacts", json.dumps({"status": "uploading", "root": kept["root"]}))
+    try:  # (as a worker records outputs it uploads in the background, artifact_wait passed)
+        spec = job(repo, w.queues, "read.py", inputs={"later": f"run://{first.id[:10]}/model.pt"})
+        run = submit(spec)  # accepted: its path is checked once the upload ended
+        assert run.info()["spec"]["inputs"]["later"] == f"run://{first.id}/model.pt"
+        wait_for(lambda: any("finish uploading" in x for x in run.logs()), 60)
+        assert run.state == "preparing"
+    finally:
+        store.r.hset(key, "artifacts", json.dumps(kept))
+    rec = run.wait(90)
+    assert rec["state"] == "succeeded", list(run.logs())
+    assert printed(run.id, "later") == f"{sha(b'm1' * 300_000)} dir=False"
+
+
+def test_an_s3_input_is_fetched_with_the_workers_credentials_and_keyed_by_its_etag(
+    s3, setup, store
+):
+    w, repo, _ = setup
+    bucket = s3.bucket(f"in{uuid.uuid4().hex[:10]}")
+    s3.fs().pipe(f"{bucket}/data/x.bin", b"v1" * 50_000)
+    s3.fs().pipe(f"{bucket}/data/y.bin", b"y")
+    inputs = {"data": f"s3://{bucket}/data/x.bin", "folder": f"s3://{bucket}/data/"}
+    spec = job(repo, w.queues, "read.py", inputs=inputs)
+    first, again = (submit(spec).wait(90) for _ in range(2))
+    assert first["state"] == again["state"] == "succeeded", list(get_run(first["run_id"]).logs())
+    assert printed(first["run_id"], "data") == f"{sha(b'v1' * 50_000)} dir=False"
+    assert printed(first["run_id"], "folder") == f"{sha(b'v1' * 50_000 + b'y')} dir=True"
+    assert [again["inputs"][n]["cached"] for n in ("data", "folder")] == [True, True]
+    s3.fs().pipe(f"{bucket}/data/x.bin", b"v2" * 50_000)  # same size, a new ETag
+    third = submit(spec).wait(90)
+    assert third["state"] == "succeeded", (
+        third.get("error"),
+        list(get_run(third["run_id"]).logs()),
+    )
+    assert [third["inputs"][n]["cached"] for n in ("data", "folder")] == [False, False]
+    assert printed(third["run_id"], "data") == f"{sha(b'v2' * 50_000)} dir=False"
+    missing = submit(job(repo, w.queues, "read.py", inputs={"data": f"s3://{bucket}/nope"}))
+    out = missing.wait(90)
+    assert out["state"] == "failed" and "inputs.data" in out["error"], out
+    assert "does not exist" in out["error"] and out["error_stage"] == "inputs"
+    for run in (first, third, out):
+        text = json.dumps(store.get(run["run_id"])) + "".join(get_run(run["run_id"]).logs())
+        assert s3.secret not in text and s3.key not in text

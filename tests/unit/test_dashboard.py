@@ -98,3 +98,15 @@ def test_panels_have_unique_ids_a_data_source_and_do_not_overlap():
         taken |= cells
         if p["type"] != "row":
             assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
+
+
+def test_the_keda_scaler_queries_metrics_the_collector_serves_with_their_labels():
+    import yaml
+
+    path = DASHBOARD.parent / "k8s" / "keda" / "gpu-worker.yaml"
+    (trigger,) = yaml.safe_load(path.read_text())["spec"]["triggers"]
+    query = trigger["metadata"]["query"]
+    names = set(METRIC.findall(query))
+    assert names and names <= set(served()), names - set(served())
+    for name, labels in re.findall(r"(celery_agent_\w+)\{([^}]*)\}", query):
+        assert [label.split("=")[0] for label in labels.split(",")] == ["queue"], name
