@@ -270,3 +270,13 @@ def test_the_ends_upload_copies_no_checkpoint_the_sync_kept_unless_it_changed(
     store.upload("r1", output, synced=artifacts.synced_files(run_dir))
     assert "a.pt" in [Path(d).name for d in copied], "a copy replaced since is copied again"
     assert kept(tmp_path)["a.pt"] == b"a" * 100
+
+
+def test_a_non_root_container_is_given_the_checkpoint_folder_the_worker_restored_into(tmp_path):
+    from celery_agent.executors.base import RunRequest
+    from celery_agent.executors.docker import _writable
+
+    folder = tmp_path / "output" / "checkpoints"
+    job = RunRequest(env={"CELERY_AGENT_CHECKPOINT_DIR": str(folder)}, cwd=tmp_path,
+                     sink=lambda lines: None, output_dir=tmp_path / "output")  # fmt: skip
+    assert str(folder) in _writable(job)
