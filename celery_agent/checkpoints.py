@@ -151,7 +151,7 @@ class CheckpointSync:
         held = {}
         for rel, (size, mtime) in self.synced.items():
             try:
-                key = self.store.fs.ukey(self.store.path(self.run_id, f"{self.rel}/{rel}"))
+                key = self.store.copy_key(self.store.path(self.run_id, f"{self.rel}/{rel}"))
             except Exception:  # (gone, unreachable: the upload copies it)
                 continue
             held[f"{self.rel}/{rel}"] = [size, mtime, key]
