@@ -247,6 +247,15 @@ class CheckpointSync:
         return copied
 
 
+def describe(kept: dict[str, Any]) -> str | None:
+    """The run's log line for what its sync kept when it stopped (None: it had nothing)."""
+    if kept.get("error"):
+        return f"checkpoints: failed ({kept['error']}); {kept.get('files', 0)} file(s) kept"
+    if kept.get("files"):
+        return f"checkpoints: {kept['files']} file(s), {kept.get('bytes')} bytes at {kept['url']}"
+    return None
+
+
 def restore(store: ArtifactStore, run_id: str, rel: str, folder: Path) -> dict[str, Stamp]:
     """Download the checkpoints ``run_id`` kept (``{store}/runs/{run_id}/{rel}/``) into
     ``folder``, each to a hidden name renamed into place; returns the stamps of the files put
