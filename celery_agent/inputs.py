@@ -279,6 +279,7 @@ def pick(files: list[dict[str, Any]], path: str, folder: bool) -> list[dict[str,
 
 def _from_url(name: str, url: str) -> Source:
     fs, path = _open(name, url)
+    fs.invalidate_cache()  # (a listing an earlier run cached in this process may be stale)
     try:
         info = fs.info(path)
         folder = info.get("type") == "directory"

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import test_docker_executor
@@ -55,12 +56,13 @@ def sha(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def setup(redis_url: str, tmp_path_factory: pytest.TempPathFactory):
-    """(worker, repo, the run that wrote model.pt and plots/), shared by the module's tests."""
+def setup(redis_url: str, tmp_path_factory: pytest.TempPathFactory, s3: Any):
+    """(worker, repo, the run that wrote model.pt and plots/), shared by the module's tests; the
+    worker has credentials for the S3 server in its environment."""
     base = tmp_path_factory.mktemp("inputs")
     root = (base / "store").as_uri()
     w = Worker(base / "home", redis_url, f"in-{uuid.uuid4().hex[:6]}", concurrency=2,
-               CELERY_AGENT_ARTIFACT_ROOT=root).start()  # fmt: skip
+               CELERY_AGENT_ARTIFACT_ROOT=root, **s3.env()).start()  # fmt: skip
     repo = base / "repo"
     repo.mkdir()
     init_repo(repo, {"write.py": WRITE, "read.py": READ})
@@ -195,3 +197,34 @@ def test_an_input_whose_run_still_uploads_waits_for_the_upload(setup, store):
     rec = run.wait(90)
     assert rec["state"] == "succeeded", list(run.logs())
     assert printed(run.id, "later") == f"{sha(b'm1' * 300_000)} dir=False"
+
+
+def test_an_s3_input_is_fetched_with_the_workers_credentials_and_keyed_by_its_etag(
+    s3, setup, store
+):
+    w, repo, _ = setup
+    bucket = s3.bucket(f"in{uuid.uuid4().hex[:10]}")
+    s3.fs().pipe(f"{bucket}/data/x.bin", b"v1" * 50_000)
+    s3.fs().pipe(f"{bucket}/data/y.bin", b"y")
+    inputs = {"data": f"s3://{bucket}/data/x.bin", "folder": f"s3://{bucket}/data/"}
+    spec = job(repo, w.queues, "read.py", inputs=inputs)
+    first, again = (submit(spec).wait(90) for _ in range(2))
+    assert first["state"] == again["state"] == "succeeded", list(get_run(first["run_id"]).logs())
+    assert printed(first["run_id"], "data") == f"{sha(b'v1' * 50_000)} dir=False"
+    assert printed(first["run_id"], "folder") == f"{sha(b'v1' * 50_000 + b'y')} dir=True"
+    assert [again["inputs"][n]["cached"] for n in ("data", "folder")] == [True, True]
+    s3.fs().pipe(f"{bucket}/data/x.bin", b"v2" * 50_000)  # same size, a new ETag
+    third = submit(spec).wait(90)
+    assert third["state"] == "succeeded", (
+        third.get("error"),
+        list(get_run(third["run_id"]).logs()),
+    )
+    assert [third["inputs"][n]["cached"] for n in ("data", "folder")] == [False, False]
+    assert printed(third["run_id"], "data") == f"{sha(b'v2' * 50_000)} dir=False"
+    missing = submit(job(repo, w.queues, "read.py", inputs={"data": f"s3://{bucket}/nope"}))
+    out = missing.wait(90)
+    assert out["state"] == "failed" and "inputs.data" in out["error"], out
+    assert "does not exist" in out["error"] and out["error_stage"] == "inputs"
+    for run in (first, third, out):
+        text = json.dumps(store.get(run["run_id"])) + "".join(get_run(run["run_id"]).logs())
+        assert s3.secret not in text and s3.key not in text
