@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -33,6 +33,10 @@ TRIES = 3  #: attempts per file before the upload is reported failed
 BACKOFF = (0.2, 1.0)  #: seconds between attempts
 MANIFEST = "manifest.json"
 RECORD_FILES = 1000  #: manifest entries kept on the run record (manifest.json has them all)
+#: in a run's folder: the files of its output folder the checkpoint sync already put in the store,
+#: with the size and mtime (ns) they had and the store's key of the copy: the end's upload hashes
+#: them but copies them no more
+SYNCED = "checkpoints.json"
 
 
 def excluded(path: str, patterns: Sequence[str]) -> bool:
@@ -90,17 +94,26 @@ class ArtifactStore:
 
     # -- upload ---------------------------------------------------------------------------------
     def upload(
-        self, run_id: str, folder: Path, exclude: Sequence[str] = (), threads: int = THREADS
+        self,
+        run_id: str,
+        folder: Path,
+        exclude: Sequence[str] = (),
+        threads: int = THREADS,
+        synced: Mapping[str, Sequence[Any]] | None = None,
     ) -> dict[str, Any]:
         """Copy ``folder`` to the run's place in the store; returns what the run record keeps:
         ``status`` (uploaded, failed, empty), ``url``, ``files`` (path, size, sha256), ``bytes``,
-        ``seconds`` and, when it failed, ``error``. Never raises."""
+        ``seconds`` and, when it failed, ``error``. Never raises. A file of ``synced`` (path ->
+        size, mtime in ns, the store's key of its copy) that still matches is not copied again."""
+        synced = synced or {}
         t0 = time.monotonic()
         out: dict[str, Any] = {"root": self.url, "url": self.run_url(run_id), "files": []}
         files: list[str] = []
         try:
             files = output_files(folder, exclude)
-            kept, errors = self._copy_all(run_id, folder, files, threads) if files else ([], [])
+            kept, errors = (
+                self._copy_all(run_id, folder, files, threads, synced) if files else ([], [])
+            )
             if files and not errors:
                 self._write(self._path(run_id, MANIFEST), json.dumps(kept, indent=1).encode())
         except Exception as err:  # an unknown scheme, a missing package, a folder it cannot read
@@ -115,16 +128,25 @@ class ArtifactStore:
         return out
 
     def _copy_all(
-        self, run_id: str, folder: Path, files: list[str], threads: int
+        self,
+        run_id: str,
+        folder: Path,
+        files: list[str],
+        threads: int,
+        synced: Mapping[str, Sequence[Any]],
     ) -> tuple[list[dict[str, Any]], list[str]]:
         fatal: list[str] = []  #: a failure every other file would meet too (no bucket, ...)
+
+        def one(rel: str) -> dict[str, Any] | str:
+            return self._copy_retried(run_id, folder, rel, fatal, synced.get(rel))
+
         with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
-            done = list(pool.map(lambda rel: self._copy_retried(run_id, folder, rel, fatal), files))
+            done = list(pool.map(one, files))
         kept = [entry for entry in done if isinstance(entry, dict)]
         return kept, [entry for entry in done if isinstance(entry, str)]
 
     def _copy_retried(
-        self, run_id: str, folder: Path, rel: str, fatal: list[str]
+        self, run_id: str, folder: Path, rel: str, fatal: list[str], synced: Sequence[Any] | None
     ) -> dict[str, Any] | str:
         """One file's manifest entry, or the reason its last attempt failed. A failure of the
         store itself (see :func:`.artifact_store.kind`) is not retried and stops the other files."""
@@ -133,7 +155,7 @@ class ArtifactStore:
             if fatal:
                 return fatal[0]
             try:
-                return self._copy(folder / rel, self._path(run_id, rel), rel)
+                return self._copy(folder / rel, self._path(run_id, rel), rel, synced)
             except Exception as err:
                 reason = explain(err, self.url)
                 logger.warning("upload of %s (try %d of %d) failed: %s", rel, attempt + 1,
@@ -145,24 +167,40 @@ class ArtifactStore:
                     time.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
         return f"{rel}: {reason}"
 
-    def _copy(self, local: Path, remote: str, rel: str) -> dict[str, Any]:
+    def _copy(
+        self, local: Path, remote: str, rel: str, synced: Sequence[Any] | None = None
+    ) -> dict[str, Any]:
         """Copy one file with the store's own put (a kernel copy on a local folder, multipart on
         an object store) while another thread hashes it: the run has ended, the file is stable,
         and the two overlap (the put leaves the GIL to the kernel or the network, hashlib
-        releases it)."""
-        if makes_folders(self.fs):
-            self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+        releases it). A checkpoint the sync put there as it is now is hashed, not copied again."""
         hashed: list[tuple[str, int] | BaseException] = []
-        hasher = threading.Thread(target=_hash_into, args=(local, hashed), name="ca-hash")
-        hasher.start()
-        try:
-            self.fs.put_file(str(local), remote)
-        finally:
-            hasher.join()
+        if self._holds(local, remote, synced):
+            _hash_into(local, hashed)
+        else:
+            if makes_folders(self.fs):
+                self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+            hasher = threading.Thread(target=_hash_into, args=(local, hashed), name="ca-hash")
+            hasher.start()
+            try:
+                self.fs.put_file(str(local), remote)
+            finally:
+                hasher.join()
         if isinstance(hashed[0], BaseException):
             raise hashed[0]
         digest, size = hashed[0]
         return {"path": rel, "size": size, "sha256": digest}
+
+    def _holds(self, local: Path, remote: str, synced: Sequence[Any] | None) -> bool:
+        """Whether the store's copy at ``remote`` is ``local`` as it is: ``synced`` (size, mtime
+        in ns, the store's key of the copy) still matches both."""
+        if not synced or len(synced) != 3:
+            return False
+        st = local.stat()
+        try:
+            return list(synced) == [st.st_size, st.st_mtime_ns, self.fs.ukey(remote)]
+        except Exception:  # (no such copy, or the store would not say)
+            return False
 
     def _write(self, remote: str, data: bytes) -> None:
         with self.fs.open(remote, "wb") as dst:
@@ -260,7 +298,15 @@ def upload_run(settings: Settings, run_dir: Path, exclude: Sequence[str]) -> dic
         store = ArtifactStore.for_home(settings.artifact_root, settings.home)
     except ConfigError as err:  # (a URL with a password)
         return failed(str(err), store_url=None)
-    return store.upload(run_dir.name, run_dir / "output", exclude)
+    return store.upload(run_dir.name, run_dir / "output", exclude, synced=synced_files(run_dir))
+
+
+def synced_files(run_dir: Path) -> dict[str, list[Any]]:
+    """What the checkpoint sync of the run in ``run_dir`` put in the store (see :data:`SYNCED`)."""
+    try:
+        return dict(json.loads((run_dir / SYNCED).read_text()))
+    except (OSError, ValueError):  # (none, or unreadable: everything is copied)
+        return {}
 
 
 def uploading(settings: Settings, run_id: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ run is told so (``CELERY_AGENT_ATTEMPT``, ``CELERY_AGENT_RESUMED=1``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .artifacts import ArtifactStore, excluded, output_files
+from .artifacts import SYNCED, ArtifactStore, excluded, output_files
 from .errors import AgentError
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class CheckpointSync:
         settle: float = SETTLE,
         report: Callable[[dict[str, Any]], None] = lambda _: None,
         active: Callable[[], bool] = lambda: True,
+        sidecar: Path | None = None,
     ) -> None:
         self.store, self.run_id, self.folder, self.rel = store, run_id, folder, rel
         #: whether this attempt still has the run: one whose claim went to another runner (it
@@ -114,7 +116,8 @@ class CheckpointSync:
         self.interval, self.exclude, self.settle, self.report = interval, exclude, settle, report
         #: the files as the store has them (restored ones included)
         self.synced: dict[str, Stamp] = dict(baseline or {})
-        self._sizes = {rel: stamp[0] for rel, stamp in self.synced.items()}
+        #: where :meth:`stop` says what the store holds (:data:`.artifacts.SYNCED`), if anywhere
+        self.sidecar = sidecar
         url = f"{store.run_url(run_id)}/{rel}"
         self.stats = SyncStats(url=url, dir=rel, interval=interval)
         self._stop = threading.Event()
@@ -137,7 +140,27 @@ class CheckpointSync:
         if self._thread is not None:
             self._thread.join()
         self.sync(final=True)
+        if self.sidecar is not None and self.active():
+            self._tell_upload(self.sidecar)
         return self.stats.record()
+
+    def _tell_upload(self, sidecar: Path) -> None:
+        """Write what the store holds now (path in the output folder -> size, mtime, the store's
+        key of its copy), so the end's upload copies none of it again; a copy another attempt
+        replaced since has another key and is copied."""
+        held = {}
+        for rel, (size, mtime) in self.synced.items():
+            try:
+                key = self.store.fs.ukey(self.store.path(self.run_id, f"{self.rel}/{rel}"))
+            except Exception:  # (gone, unreachable: the upload copies it)
+                continue
+            held[f"{self.rel}/{rel}"] = [size, mtime, key]
+        try:
+            tmp = sidecar.with_name(sidecar.name + ".tmp")
+            tmp.write_text(json.dumps(held))
+            os.replace(tmp, sidecar)
+        except OSError as err:
+            logger.warning("could not write %s: %s", sidecar, err)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -182,7 +205,6 @@ class CheckpointSync:
                 errors.append(f"{rel}: {type(err).__name__}: {err}")
                 continue
             self.synced.pop(rel, None)
-            self._sizes.pop(rel, None)
         return self._tally(copied, bool(gone), errors)
 
     def _put(self, rel: str, stamp: Stamp) -> int:
@@ -208,13 +230,13 @@ class CheckpointSync:
             fs.rm_file(hidden)
             return 0
         fs.mv(hidden, remote)
-        self.synced[rel], self._sizes[rel] = stamp, stamp[0]
+        self.synced[rel] = stamp
         return 1
 
     def _tally(self, copied: int, removed: bool, errors: list[str]) -> int:
         stats = self.stats
         stats.rounds += 1
-        stats.files, stats.bytes = len(self.synced), sum(self._sizes.values())
+        stats.files, stats.bytes = len(self.synced), sum(st[0] for st in self.synced.values())
         stats.uploads += copied
         if copied or removed:
             stats.synced_at = time.time()
@@ -317,5 +339,6 @@ def resume(
         note(f"checkpoints: attempt {attempt} found none kept; it starts from the beginning")
     own = baseline if source == run_id else {}  # (another run's files are copied to this one's)
     sync = CheckpointSync(store, run_id, folder, rel, interval=interval, exclude=exclude,
-                          baseline=own, report=report, active=active)  # fmt: skip
+                          baseline=own, report=report, active=active,
+                          sidecar=output_dir.parent / SYNCED)  # fmt: skip
     return Resumed(sync, env, resumed)

@@ -15,7 +15,8 @@ from tornado import web
 
 from ..app import get_store
 from ..errors import AgentError
-from .chartapi import load, status_of
+from .base import blocking
+from .chartapi import status_of
 from .comparison import MAX_RUNS, MIN_RUNS, compare_data
 from .document import base_of, cell, document, error_page
 
@@ -78,7 +79,7 @@ def render_compare(data: dict[str, Any], base: str) -> str:
         f"{'' if charts else '<p class=muted>None of these runs reported a metric.</p>'}</section>"
     )
     page_data = {"runs": runs, "metrics": data["metrics"]}
-    return document(f"Compare {len(runs)} runs", body, base, page_data, SCRIPT)
+    return document(f"Compare {len(runs)} runs", body, base, page_data, SCRIPT, here="Runs")
 
 
 def _rows(rows: list[dict[str, Any]]) -> str:
@@ -108,7 +109,7 @@ class CompareView(BaseHandler):
             self.write(document("Compare runs", f"<h1>Compare runs</h1><section>{form(base)}</section>", base))  # fmt: skip
             return
         try:
-            data = await load(lambda: compare_data(get_store(), given))
+            data = await blocking(lambda: compare_data(get_store(), given))
         except AgentError as err:
             self.set_status(status_of(err))
             self.write(error_page("Compare runs", str(err), base, form(base, given)))

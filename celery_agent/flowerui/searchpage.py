@@ -15,7 +15,8 @@ from tornado import web
 
 from ..app import get_store
 from ..errors import AgentError
-from .chartapi import load, status_of
+from .base import blocking
+from .chartapi import status_of
 from .document import base_of, cell, document, error_page
 from .searches import search_detail, search_list
 
@@ -58,7 +59,9 @@ def render_list(searches: list[dict[str, Any]], base: str) -> str:
     table = f"<table><tr>{head}</tr>{rows}</table>" if searches else (
         "<p class='muted'>No search is recorded. Start one with <code>celery-agent search</code>.</p>"
     )  # fmt: skip
-    return document("Searches", f"<h1>Searches</h1><section>{table}</section>", base)
+    return document(
+        "Searches", f"<h1>Searches</h1><section>{table}</section>", base, here="Searches"
+    )
 
 
 def render_search(data: dict[str, Any], base: str) -> str:
@@ -81,7 +84,7 @@ def render_search(data: dict[str, Any], base: str) -> str:
         f"<section><h2>Trials</h2>{_trials(data, base)}</section>"
     )
     chart = {k: data[k] for k in ("objective", "direction", "objective_points", "best_so_far")}
-    return document(f"Search {data['id']}", body, base, chart, SCRIPT)
+    return document(f"Search {data['id']}", body, base, chart, SCRIPT, here="Searches")
 
 
 def _trials(data: dict[str, Any], base: str) -> str:
@@ -111,7 +114,7 @@ class SearchesView(BaseHandler):
         base = base_of(self.application.options.url_prefix)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         try:
-            searches = await load(lambda: search_list(get_store()))
+            searches = await blocking(lambda: search_list(get_store()))
         except AgentError as err:
             self.set_status(status_of(err))
             self.write(error_page("Searches", str(err), base))
@@ -128,7 +131,7 @@ class SearchView(BaseHandler):
         base = base_of(self.application.options.url_prefix)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         try:
-            data = await load(lambda: search_detail(get_store(), search_id))
+            data = await blocking(lambda: search_detail(get_store(), search_id))
         except AgentError as err:
             self.set_status(status_of(err))
             self.write(error_page("Search", str(err), base, f"<a href='{base}{PATH}'>All searches</a>"))  # fmt: skip

@@ -129,11 +129,11 @@ def test_a_file_that_fails_twice_is_retried_and_kept(outputs: Path, tmp_path: Pa
     monkeypatch.setattr(artifacts, "BACKOFF", (0.0,))
     real, calls = ArtifactStore._copy, {"n": 0}
 
-    def flaky(self, local, remote, rel):
+    def flaky(self, local, remote, rel, *more):
         if rel == "model.pt" and calls["n"] < artifacts.TRIES - 1:
             calls["n"] += 1
             raise OSError("store away")
-        return real(self, local, remote, rel)
+        return real(self, local, remote, rel, *more)
 
     monkeypatch.setattr(ArtifactStore, "_copy", flaky)
     out = ArtifactStore((tmp_path / "store").as_uri()).upload("r9", outputs)

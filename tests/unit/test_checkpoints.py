@@ -4,6 +4,7 @@ for the attempt that resumes the run."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from celery_agent import artifacts
 from celery_agent.artifacts import ArtifactStore
 from celery_agent.checkpoints import CheckpointSync, partial, restore, resume, scan
 from celery_agent.errors import AgentError
@@ -241,3 +243,40 @@ def test_a_broken_copy_leaves_no_part_in_the_store_and_is_reported(
     out = CheckpointSync(store, "r1", folder, "checkpoints", interval=0).stop()
     assert "w.pt: ConnectionError: store went away" in out["error"] and out["files"] == 0
     assert kept(tmp_path) == {}
+
+
+def test_the_ends_upload_copies_no_checkpoint_the_sync_kept_unless_it_changed(
+    store, folder, tmp_path, monkeypatch
+):
+    output, run_dir = folder.parent, folder.parent.parent
+    (folder / "a.pt").write_bytes(b"a" * 100)
+    (folder / "b.pt").write_bytes(b"b" * 100)
+    (output / "model.pt").write_bytes(b"m")
+    CheckpointSync(store, "r1", folder, "checkpoints", interval=0,
+                   sidecar=run_dir / artifacts.SYNCED).stop()  # fmt: skip
+    (folder / "b.pt").write_bytes(b"B" * 100)  # changed since its sync
+    copied: list[str] = []
+    real_put = store.fs.put_file
+    monkeypatch.setattr(store.fs, "put_file", lambda s, d, **kw: (copied.append(d), real_put(s, d)))
+    out = store.upload("r1", output, synced=artifacts.synced_files(run_dir))
+    assert sorted(Path(d).name for d in copied) == ["b.pt", "model.pt"], copied
+    assert {f["path"]: f["sha256"] for f in out["files"]} == {
+        rel: hashlib.sha256((output / rel).read_bytes()).hexdigest()
+        for rel in ("checkpoints/a.pt", "checkpoints/b.pt", "model.pt")
+    }, "the manifest has every file, hashed"
+    assert kept(tmp_path) == {"a.pt": b"a" * 100, "b.pt": b"B" * 100}
+    copied.clear()
+    (tmp_path / "store" / "runs" / "r1" / "checkpoints" / "a.pt").write_bytes(b"x" * 100)
+    store.upload("r1", output, synced=artifacts.synced_files(run_dir))
+    assert "a.pt" in [Path(d).name for d in copied], "a copy replaced since is copied again"
+    assert kept(tmp_path)["a.pt"] == b"a" * 100
+
+
+def test_a_non_root_container_is_given_the_checkpoint_folder_the_worker_restored_into(tmp_path):
+    from celery_agent.executors.base import RunRequest
+    from celery_agent.executors.docker import _writable
+
+    folder = tmp_path / "output" / "checkpoints"
+    job = RunRequest(env={"CELERY_AGENT_CHECKPOINT_DIR": str(folder)}, cwd=tmp_path,
+                     sink=lambda lines: None, output_dir=tmp_path / "output")  # fmt: skip
+    assert str(folder) in _writable(job)
