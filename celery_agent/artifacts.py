@@ -198,9 +198,19 @@ class ArtifactStore:
             return False
         st = local.stat()
         try:
-            return list(synced) == [st.st_size, st.st_mtime_ns, self.fs.ukey(remote)]
+            return list(synced) == [st.st_size, st.st_mtime_ns, self.copy_key(remote)]
         except Exception:  # (no such copy, or the store would not say)
             return False
+
+    def copy_key(self, path: str) -> str:
+        """What tells one copy of a file in the store from another: its size and its ETag (an
+        object store) or mtime (a folder), read afresh (no listing cached in this process)."""
+        self.fs.invalidate_cache(path)
+        info = self.fs.info(path)
+        for name in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "updated", "created"):
+            if info.get(name) is not None:
+                return f"{info.get('size')}:{info[name]}"
+        return f"{info.get('size')}:{sorted(info.items())}"
 
     def _write(self, remote: str, data: bytes) -> None:
         with self.fs.open(remote, "wb") as dst:

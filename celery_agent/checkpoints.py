@@ -151,7 +151,7 @@ class CheckpointSync:
         held = {}
         for rel, (size, mtime) in self.synced.items():
             try:
-                key = self.store.fs.ukey(self.store.path(self.run_id, f"{self.rel}/{rel}"))
+                key = self.store.copy_key(self.store.path(self.run_id, f"{self.rel}/{rel}"))
             except Exception:  # (gone, unreachable: the upload copies it)
                 continue
             held[f"{self.rel}/{rel}"] = [size, mtime, key]
@@ -245,6 +245,15 @@ class CheckpointSync:
         if copied or removed or errors:
             self.report(stats.record())
         return copied
+
+
+def describe(kept: dict[str, Any]) -> str | None:
+    """The run's log line for what its sync kept when it stopped (None: it had nothing)."""
+    if kept.get("error"):
+        return f"checkpoints: failed ({kept['error']}); {kept.get('files', 0)} file(s) kept"
+    if kept.get("files"):
+        return f"checkpoints: {kept['files']} file(s), {kept.get('bytes')} bytes at {kept['url']}"
+    return None
 
 
 def restore(store: ArtifactStore, run_id: str, rel: str, folder: Path) -> dict[str, Stamp]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,11 +52,13 @@ def flower_command(argv: Sequence[str]) -> bool:
 
 
 def install() -> list[str]:
-    """Add our pages, navigation links and metrics to Flower, once per process; returns the
-    parts added ("pages", "links", "metrics"). Called before Flower builds its application."""
+    """Add our pages, navigation links and metrics to Flower, once per process, and complete the
+    runs table's indexes in the background; returns the parts done ("pages", "links", "metrics",
+    "run indexes"). Called before Flower builds its application."""
     if _installed:
         return []
-    parts = (("pages", install_handlers), ("links", install_links), ("metrics", install_metrics))
+    parts = (("pages", install_handlers), ("links", install_links), ("metrics", install_metrics),
+             ("run indexes", complete_run_indexes))  # fmt: skip
     for name, part in parts:
         try:
             part()
@@ -65,6 +68,28 @@ def install() -> list[str]:
             _installed.append(name)
     logger.debug("celery-agent added to Flower: %s (pid %d)", ", ".join(_installed), os.getpid())
     return list(_installed)
+
+
+def complete_run_indexes() -> threading.Thread:
+    """Add the runs recorded before the per-queue, user and tag indexes existed to them (see
+    :func:`.runindex.complete_indexes`), in a background thread; until then the runs table
+    filters by scanning."""
+    from .app import get_store
+    from .runindex import complete_indexes
+
+    store = get_store()
+
+    def work() -> None:
+        try:
+            added = complete_indexes(store)
+        except Exception as err:  # (Redis away: the table scans, as before)
+            logger.warning("could not complete the runs table's indexes: %s", err)
+        else:
+            logger.info("runs table indexes complete (%d runs added)", added)
+
+    thread = threading.Thread(target=work, name="celery-agent-run-indexes", daemon=True)
+    thread.start()
+    return thread
 
 
 def install_links(settings: dict[str, Any] | None = None) -> bool:

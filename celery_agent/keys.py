@@ -3,6 +3,8 @@
 Runs:
 
 - ``{p}:run:{id}`` hash: the run record; ``{p}:runs`` sorted set of run ids by submit time
+- ``{p}:runs:by:{queue|user|tag}:{value}`` sorted sets: the same, for the runs of one queue, user or
+  tag (written at submit; ``{p}:runs:by:complete`` once the runs recorded before were added too)
 - ``{p}:runs:counts`` hash of counters since the deployment began: ``submitted``, ``requeued``
   and one per end state (``succeeded``, ``failed``, ...), ``lost_attempts`` (a runner found gone
   under a run); never reset
@@ -61,6 +63,14 @@ class Keys:
     def runs(self) -> str:
         """Sorted set of run ids by submit time."""
         return self._join("runs")
+
+    def runs_by(self, field: str, value: str) -> str:
+        """Sorted set of the ids of the runs whose ``field`` (queue, user, tag) is ``value``."""
+        return self._join("runs", "by", field, value)
+
+    def runs_by_complete(self) -> str:
+        """Set once every run recorded is in the :meth:`runs_by` indexes."""
+        return self._join("runs", "by", "complete")
 
     def run_counts(self) -> str:
         """Hash of run counters: submitted, requeued and one per end state."""

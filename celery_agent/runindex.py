@@ -6,6 +6,9 @@ never the whole record (a spec with its diff can be large). A page ends as soon 
 first page of an unfiltered table costs two round trips whatever the number of runs; a filter that
 matches few runs reads at most ``scan`` ids per request and hands back a cursor to go on from.
 
+A filter on a tag, a user or a queue walks that value's own index (``{p}:runs:by:...``, written at
+submit, see :meth:`.keys.Keys.runs_by`) instead of every run, once :func:`complete_indexes` has
+added the runs recorded before those indexes existed (Flower starts it in the background).
 Ordering by submit time (newest or oldest first) pages through every run. Ordering by another
 column (duration, attempt, state, name, queue, worker) sorts the runs that match among the newest
 ``window`` ones: a sort over every run ever recorded would have to read them all.
@@ -32,6 +35,8 @@ FILTERS = ("state", "queue", "worker", "user", "name", "tag")
 SORTS = ("submitted", "duration", "attempt", "state", "name", "queue", "worker")
 BATCH = 200
 MAX_LIMIT = 500
+#: the filters with an index of their own, most selective first
+INDEXED = ("tag", "user", "queue")
 
 
 @dataclass(frozen=True)
@@ -89,10 +94,11 @@ def _by_time(
     next cursor is None once the index is used up."""
     newest = query.sort.startswith("-")
     bound, after = _cursor(query.cursor, newest)
+    index = _index(store, query.filters)
     rows: list[dict[str, Any]] = []
     scanned = 0
     while len(rows) < query.limit and scanned < query.scan:
-        ids = _ids(store, bound, newest, BATCH)
+        ids = _ids(store, index, bound, newest, BATCH)
         fresh = _after(ids, after, bound)
         if not fresh:
             return rows, None, scanned
@@ -110,8 +116,43 @@ def _by_time(
     return rows, f"{bound!r}:{after}", scanned
 
 
-def _ids(store: RunStore, bound: float | None, newest: bool, count: int) -> list[tuple[str, float]]:
-    key = store.keys.runs()
+def _index(store: RunStore, filters: Mapping[str, str]) -> str:
+    """The sorted set to walk: the index of the most selective indexed filter (when the indexes
+    are complete), else every run's."""
+    name = next((f for f in INDEXED if f in filters), None)
+    if name is None or not store.r.exists(store.keys.runs_by_complete()):
+        return str(store.keys.runs())
+    return str(store.keys.runs_by(name, filters[name]))
+
+
+def complete_indexes(store: RunStore, batch: int = 1000) -> int:
+    """Add every recorded run to its queue, user and tag indexes (runs recorded before they
+    existed); then mark them complete. Idempotent; returns the runs looked at (0 when the
+    indexes were complete already)."""
+    if store.r.exists(store.keys.runs_by_complete()):
+        return 0
+    done, key = 0, store.keys.runs()
+    while True:
+        entries = store.r.zrange(key, done, done + batch - 1, withscores=True)
+        pipe = store.r.pipeline(transaction=False)
+        for run_id, _ in entries:
+            pipe.hmget(store.keys.run(run_id), ("queue", "user", "tags"))
+        pipe2 = store.r.pipeline(transaction=False)
+        for (run_id, score), (queue, user, tags) in zip(entries, pipe.execute(), strict=True):
+            pairs = [("queue", queue), ("user", user), *(("tag", t) for t in _json_list(tags))]
+            for name, value in pairs:
+                if value:
+                    pipe2.zadd(store.keys.runs_by(name, str(value)), {run_id: score}, nx=True)
+        pipe2.execute()
+        done += len(entries)
+        if len(entries) < batch:
+            store.r.set(store.keys.runs_by_complete(), "1")
+            return done
+
+
+def _ids(
+    store: RunStore, key: str, bound: float | None, newest: bool, count: int
+) -> list[tuple[str, float]]:
     if newest:
         top = "+inf" if bound is None else repr(bound)
         return list(store.r.zrevrangebyscore(key, top, "-inf", start=0, num=count, withscores=True))
@@ -149,7 +190,8 @@ def _sorted(
     store: RunStore, query: RunQuery, now: float
 ) -> tuple[list[dict[str, Any]], str | None, int]:
     """Sort the matching runs among the newest ``window``; the cursor is an offset."""
-    ids = [i for i, _ in store.r.zrevrange(store.keys.runs(), 0, query.window - 1, withscores=True)]
+    index = _index(store, query.filters)
+    ids = [i for i, _ in store.r.zrevrange(index, 0, query.window - 1, withscores=True)]
     rows = [r for r in _rows(store, ids, now) if r is not None and matches(r, query.filters)]
     column, reverse = query.sort.lstrip("-"), query.sort.startswith("-")
     present = [r for r in rows if r.get(column) is not None]

@@ -81,11 +81,13 @@ return 0
 """
 # Record a queued run unless its id is taken: KEYS run record, runs index; ARGV submit time, run id,
 # then field, value, ... One round trip, and no reader ever sees a record without its fields.
-# KEYS[3], the run counters hash, counts it under 'submitted'.
+# KEYS[3], the run counters hash, counts it under 'submitted'; KEYS[4...], the runs' indexes by
+# queue, user and tag (:meth:`.keys.Keys.runs_by`), get the id too.
 CREATE = """
 if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'submitted', 1)
+for i = 4, #KEYS do redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2]) end
 return 1
 """

@@ -66,9 +66,11 @@ class RunStore:
         now = time.time()
         record = {"state": QUEUED, "spec": spec, "queue": queue, "submitted_at": now, "attempt": 0}
         record["name"] = spec.get("name") or spec.get("entry", "")
-        record["tags"] = list(spec.get("tags") or [])
+        record["tags"] = tags = [str(t) for t in spec.get("tags") or []]
         flat = [x for kv in _encode(record | fields).items() for x in kv]
         keys = [self.keys.run(run_id), self.keys.runs(), self.keys.run_counts()]
+        by = [("queue", queue), ("user", fields.get("user")), *(("tag", t) for t in tags)]
+        keys += [self.keys.runs_by(f, str(v)) for f, v in by if v]
         with _errors(self):
             return bool(self._create(keys=keys, args=[now, run_id, *flat]))
 

@@ -26,11 +26,17 @@ def base_of(url_prefix: str | None) -> str:
 
 
 def document(
-    title: str, body: str, base: str, data: Any = None, script: str = "", here: str = ""
+    title: str,
+    body: str,
+    base: str,
+    data: Any = None,
+    script: str = "",
+    here: str = "",
+    refresh: int = 0,
 ) -> str:
     """A whole page: ``body`` under the navigation bar (``here``: the label marked as current);
     ``data`` (JSON) in a ``<script id="ca-data">`` for ``script`` to read; the chart script loaded
-    when ``script`` is."""
+    when ``script`` is; reloaded every ``refresh`` seconds when given."""
     nav = "".join(
         f"<a{' class=on' if label == here else ''} href='{base}{path}'>{label}</a>"
         for label, path in NAV
@@ -46,7 +52,8 @@ def document(
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{escape(title)} - celery-agent</title>"
+        + (f"<meta http-equiv='refresh' content='{refresh}'>" if refresh else "")
+        + f"<title>{escape(title)} - celery-agent</title>"
         f"<link rel='stylesheet' href='{url(base, 'ui.css')}'><style>{STYLE}</style></head><body>"
         f"<header><strong>celery-agent</strong>{nav}</header><main>{body}</main>"
         f"{embedded}{scripts}</body></html>"

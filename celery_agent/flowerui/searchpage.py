@@ -17,10 +17,14 @@ from ..app import get_store
 from ..errors import AgentError
 from .base import blocking
 from .chartapi import status_of
+from .comparepage import PATH as COMPARE_PATH
+from .comparison import MAX_RUNS
 from .document import base_of, cell, document, error_page
 from .searches import search_detail, search_list
 
 PATH = "/celery-agent/searches"
+#: a running search's page reloads itself this often (seconds)
+REFRESH_S = 5
 
 #: the objective per trial (markers) and the best so far (a step line)
 SCRIPT = """
@@ -78,13 +82,19 @@ def render_search(data: dict[str, Any], base: str) -> str:
         + ", ".join(f"<code>{escape(k)}={escape(v)}</code>" for k, v in data["space"].items())
         + "</p>"
     )
+    ranked = [t["run_id"] for t in data["trials"] if t.get("run_id") and t["value"] is not None]
+    if len(ranked) >= 2:
+        ids = ",".join(ranked[:MAX_RUNS])
+        facts += (f"<p><a href='{base}{COMPARE_PATH}?ids={escape(ids, quote=True)}'>Compare the "
+                  f"{min(len(ranked), MAX_RUNS)} best trials' runs</a></p>")  # fmt: skip
     body = (
         f"<h1>Search {escape(data['id'])}</h1><section>{facts}</section>"
         "<section><div id='objective-chart'></div></section>"
         f"<section><h2>Trials</h2>{_trials(data, base)}</section>"
     )
     chart = {k: data[k] for k in ("objective", "direction", "objective_points", "best_so_far")}
-    return document(f"Search {data['id']}", body, base, chart, SCRIPT, here="Searches")
+    live = REFRESH_S if data["state"] == "running" else 0
+    return document(f"Search {data['id']}", body, base, chart, SCRIPT, "Searches", live)
 
 
 def _trials(data: dict[str, Any], base: str) -> str:

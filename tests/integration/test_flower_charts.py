@@ -102,6 +102,15 @@ def test_compare_highlights_the_differing_param_and_overlays_the_curves(
     assert params["seed"]["differs"] is False  # the same default, recorded as the run used it
     assert data["metrics"]["loss"][b.id] == [[0, 2.5], [1, 2.0], [2, 1.75], [3, 1.5], [4, 1.25]]
 
+    browser.open(f"{flower_url}/celery-agent/compare")  # pick them: tick both, submit
+    for run in (a, b):
+        browser.click(f"input[name=ids][value='{run.id}']")
+    browser.click("button[type=submit]")
+    browser.wait(
+        "document.title.startsWith('Compare 2 runs') && document.readyState === 'complete'"
+    )
+    heads = browser.eval("[...document.querySelectorAll('th[data-run-index] a')].map(x => x.href)")
+    assert sorted(h.rsplit("/", 1)[-1] for h in heads) == sorted([a.id, b.id])
     browser.open(f"{flower_url}/celery-agent/compare?ids={a.id},{b.id}")
     marked = browser.eval("[...document.querySelectorAll('tr.differs')].map(tr =>"
                           " [...tr.cells].map(td => td.textContent.trim()))")  # fmt: skip
@@ -156,6 +165,8 @@ def test_a_search_page_lists_its_trials_and_draws_its_objective(
         cells = rows[str(t.number)]
         assert cells[2:] == [shown[t.params["lr"]], str(t.params["lr"]), "done", t.run_id[:12]]
     assert _drawn(browser, "#objective-chart") == {"trial": 2, "best so far": 2}
+    best_first = ",".join(t.run_id for t in sorted(result.trials, key=lambda t: -(t.value or 0)))
+    assert browser.eval(f"!!document.querySelector('a[href$=\"/compare?ids={best_first}\"]')")
     browser.screenshot(ARTIFACTS / "flower-search.png")
     browser.open(f"{flower_url}/celery-agent/searches")
     assert browser.eval(f"!!document.querySelector('a[href$=\"/searches/{sid}\"]')")

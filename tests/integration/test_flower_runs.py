@@ -128,7 +128,7 @@ def test_an_unknown_run_id_gets_a_404_page_that_says_so(plain_flower, browser):
 
 
 def test_rerun_needs_the_xsrf_token_and_artifacts_download_through_flower(
-    plain_flower, worker, make_repo
+    plain_flower, browser, worker, make_repo
 ):
     script = textwrap.dedent(
         """\
@@ -173,6 +173,14 @@ def test_rerun_needs_the_xsrf_token_and_artifacts_download_through_flower(
     )
     code, answer = _status(api + "/rerun", "POST", headers, b"{not json")
     assert code == 400 and "not JSON" in json.loads(answer)["error"]
+    browser.open(f"{plain_flower}/celery-agent/runs/{first.id}")  # the page's own token
+    browser.wait("document.getElementById('rerun-params').value.includes('0.5')", 15)
+    browser.click("#rerun-open")
+    browser.eval("document.getElementById('rerun-params').value = '{\"lr\": 0.125}'")
+    browser.click("#rerun-go")
+    third = browser.wait("(document.querySelector('#rerun-result a') || {}).textContent", 15)
+    assert RunHandle(third, first.store).wait(90)["state"] == "succeeded"
+    assert "lr is 0.125" in "\n".join(RunHandle(third, first.store).logs())
 
 
 def test_a_200k_line_log_opens_at_its_tail_and_gives_earlier_lines_on_demand(

@@ -85,6 +85,7 @@ def test_a_killed_workers_run_resumes_from_its_checkpoint_on_another_worker(
     assert "attempt 1 resumed None from step 0" in lines
     assert f"attempt 2 resumed 1 from step {result['started_from']}" in lines
     assert any(line.startswith("[celery-agent] checkpoints: restored ") for line in lines)
+    assert any(line.startswith("[celery-agent] checkpoints: 8 file(s), ") for line in lines)
     steps_kept = sorted(synced_step(root, r.id) - n for n in range(8))
     assert sorted(p.name for p in (root / "runs" / r.id / "checkpoints").iterdir()) == sorted(
         f"step-{n}.json" for n in steps_kept

@@ -16,7 +16,7 @@ import pytest
 
 from celery_agent import artifacts
 from celery_agent.artifacts import ArtifactStore
-from celery_agent.checkpoints import CheckpointSync, partial, restore, resume, scan
+from celery_agent.checkpoints import CheckpointSync, describe, partial, restore, resume, scan
 from celery_agent.errors import AgentError
 
 
@@ -58,6 +58,10 @@ def test_a_round_copies_only_what_changed(store, folder, tmp_path):
     assert sync.sync() == 1
     assert kept(tmp_path) == {"a.pt": b"a2-longer", "sub/b.pt": b"b1"}
     assert sync.stats.files == 2 and sync.stats.bytes == 9 + 2 and sync.stats.uploads == 3
+    assert describe(sync.stats.record()) == (
+        f"checkpoints: 2 file(s), 11 bytes at {store.url}/runs/r1/checkpoints"
+    )
+    assert describe(CheckpointSync(store, "r2", folder, "x", interval=0).stats.record()) is None
 
 
 def test_a_file_written_just_now_waits_for_the_next_round_unless_it_is_the_last(
@@ -142,6 +146,7 @@ def test_an_unwritable_store_is_reported_not_raised(folder, tmp_path):
                           interval=0)  # fmt: skip
     out = sync.stop()
     assert out["files"] == 0 and "x.pt" in out["error"], out
+    assert (describe(out) or "").startswith("checkpoints: failed (x.pt: ")
     assert (folder / "x.pt").read_bytes() == b"x", "nothing lost locally"
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from celery_agent.errors import RequestError
 from celery_agent.flowerui.assets import asset
-from celery_agent.flowerui.comparepage import render_compare
+from celery_agent.flowerui.comparepage import form, render_compare
 from celery_agent.flowerui.comparison import parse_refs, rows
 from celery_agent.flowerui.document import document, to_json
 from celery_agent.flowerui.searchpage import render_list, render_search
@@ -152,3 +152,24 @@ def test_each_bucket_keeps_its_lowest_and_highest_value():
         lo = min(bucket, key=values.__getitem__)
         hi = max(bucket, key=values.__getitem__)
         assert lo in kept and hi in kept
+
+
+def test_the_compare_form_offers_the_recent_runs_to_tick():
+    recent = [{"run_id": "abc123456789ffff", "name": "<x>", "state": "failed", "queue": "gpu",
+               "submitted_at": 0.0}]  # fmt: skip
+    html = form("/p", "a1,b2", recent)
+    assert "action='/p/celery-agent/compare'" in html and "value='a1,b2'" in html
+    assert "<input type='checkbox' name='ids' value='abc123456789ffff'>" in html
+    assert "&lt;x&gt;" in html and "s-failed" in html
+    assert "<table" not in form("", "", [])
+
+
+def test_a_search_page_links_its_best_trials_to_compare_and_reloads_while_running():
+    data = _search()
+    data["trials"][1] |= {"state": "done", "value": 0.5, "error": ""}
+    html = render_search(data | {"state": "running"}, "")
+    assert "href='/celery-agent/compare?ids=r1,r0'>Compare the 2 best trials" in html
+    assert "http-equiv='refresh'" in html
+    assert "http-equiv" not in render_search(_search(), "") and "Compare the" not in render_search(
+        _search(), ""
+    )
