@@ -13,6 +13,8 @@ Runs:
 - ``{p}:run:{id}:metrics`` stream of scalars the run reported (name, value, step)
 - ``{p}:run:{id}:log`` stream of line chunks; ``{p}:run:{id}:claim`` who runs it (TTL): ``worker|host|pid``
 - ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
+- ``{p}:run:{id}:upload`` the background upload of an ended run's outputs (TTL, renewed while it
+  goes on): ``host|pid``; ``{p}:uploads`` set of the run ids with one (see :mod:`.uploads`)
 - ``{p}:run:{id}:secrets`` JSON of the values the record shows masked (secret env, repo
   credentials), kept (TTL a week) until the run ends, for a requeue
 - ``{p}:retention:{runs|searches}`` where the retention sweep goes on in its index next time;
@@ -95,6 +97,14 @@ class Keys:
     def claim(self, run_id: str) -> str:
         """The run's claim (the worker running it)."""
         return self._join("run", run_id, "claim")
+
+    def upload(self, run_id: str) -> str:
+        """The background upload of the run's outputs (TTL, renewed while it goes on)."""
+        return self._join("run", run_id, "upload")
+
+    def uploads(self) -> str:
+        """Set of the run ids whose outputs upload in the background."""
+        return self._join("uploads")
 
     def abort(self, run_id: str) -> str:
         """The run's cancel flag."""

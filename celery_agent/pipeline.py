@@ -276,7 +276,8 @@ class Job:
         self._stop_if_superseded()
         going = None  # an upload that takes longer than artifact_wait goes on in the background
         if self.output_dir.is_dir():  # every run that began keeps its outputs, however it ended
-            kept, going = uploads.keep(self.ctx.settings, self.run_id, self.run_dir, self.exclude)
+            s = self.ctx.settings
+            kept, going = uploads.keep(s, self.run_id, self.run_dir, self.exclude, self.store)
             self.summary["artifacts"] = kept
             if line := artifacts.describe(kept):
                 self.note(line)
@@ -294,8 +295,8 @@ class Job:
         fields = {k: v for k, v in self.summary.items() if k not in ("run_id", "status")}
         self._end(status, fields)
         if going is not None:
-            s = self.ctx.settings
-            uploads.settle(self.store, self.run_id, self.log_file, going, s.record_retry)
+            retry = self.ctx.settings.record_retry
+            uploads.settle(self.store, self.run_id, self.log_file, going, retry)
         return self.summary
 
     def requeue(self, why: str) -> dict[str, Any]:

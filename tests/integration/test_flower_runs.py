@@ -208,7 +208,7 @@ def test_a_200k_line_log_opens_at_its_tail_and_gives_earlier_lines_on_demand(
     assert full.count(b"\n") == 200_000 and full.startswith(b"line 0\n")
 
 
-def test_the_runs_endpoint_filters_sorts_and_pages_from_redis(plain_flower, store):
+def test_the_runs_endpoint_filters_sorts_and_pages_from_redis(plain_flower, store, browser):
     tag = uuid.uuid4().hex[:8]
     ids = []
     for i in range(7):
@@ -237,3 +237,19 @@ def test_the_runs_endpoint_filters_sorts_and_pages_from_redis(plain_flower, stor
     assert [r["run_id"] for r in by_name] == [ids[6], ids[5]]
     code, body = _status(f"{api}?sort=colour")
     assert code == 400 and "colour" in json.loads(body)["error"]
+    losses = [3.0, 1.0, 2.0, 0.0, 6.0, 5.0, 4.0]  # the last loss each run reported
+    for run_id, loss in zip(ids, losses, strict=True):
+        for step, value in enumerate((9.0, loss)):
+            store.r.xadd(
+                store.keys.metrics(run_id), {"n": "loss", "v": repr(value), "s": str(step)}
+            )
+    rows = json.loads(get(f"{api}?tag={tag}&metrics=loss,acc"))["runs"]
+    assert [r["metrics"] for r in rows] == [{"loss": x, "acc": None} for x in losses[::-1]]
+    browser.open(f"{plain_flower}/celery-agent/runs?tag={tag}&metrics=loss")
+    browser.wait(f"document.querySelectorAll('tr[data-run^=\"tbl-{tag}\"]').length === 7", 15)
+    browser.click("#runs thead th:last-child")  # the loss column: this page, highest first
+    order = browser.eval(
+        "[...document.querySelectorAll('#runs tbody tr')].map(tr => tr.dataset.run)"
+    )
+    assert order == [ids[i] for i in (4, 5, 6, 0, 2, 1, 3)]
+    browser.screenshot(ARTIFACTS / "flower-runs-metrics.png")
