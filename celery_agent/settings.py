@@ -70,6 +70,10 @@ class Settings:
     artifact_root: str | None = None  # fsspec URL runs' outputs go to (default: {home}/artifacts)
     artifact_wait: float = 2.0  # seconds a run's end waits for its upload; then in the background
     checkpoint_sync: float = 60.0  # seconds between syncs of a run's checkpoints (0: at its end)
+    max_priority: int = 0  # the highest --priority a run may ask for (0: normal; 1: high)
+    user_weights: tuple[str, ...] = ()  # fair-order weights, NAME=WEIGHT (default 1 each)
+    quotas: tuple[str, ...] = ()  # user:NAME[@QUEUE]:runs=N, project:NAME[@QUEUE]:gpus=N
+    fair_patience: float = 30.0  # seconds others wait for a user whose turn came but no run
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
