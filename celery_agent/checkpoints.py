@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .artifact_store import makes_folders
 from .artifacts import SYNCED, ArtifactStore, excluded, output_files
 from .errors import AgentError
 
@@ -214,7 +215,8 @@ class CheckpointSync:
         parent, name = remote.rsplit("/", 1)
         hidden = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.part"
         fs = self.store.fs
-        fs.makedirs(parent, exist_ok=True)
+        if makes_folders(fs):  # (on an object store it would create a missing bucket)
+            fs.makedirs(parent, exist_ok=True)
         try:
             fs.put_file(str(self.folder / rel), hidden)
         except BaseException:

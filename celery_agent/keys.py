@@ -13,6 +13,8 @@ Runs:
 - ``{p}:run:{id}:metrics`` stream of scalars the run reported (name, value, step)
 - ``{p}:run:{id}:log`` stream of line chunks; ``{p}:run:{id}:claim`` who runs it (TTL): ``worker|host|pid``
 - ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
+- ``{p}:run:{id}:upload`` the background upload of an ended run's outputs (TTL, renewed while it
+  goes on): ``host|pid``; ``{p}:uploads`` set of the run ids with one (see :mod:`.uploads`)
 - ``{p}:run:{id}:secrets`` JSON of the values the record shows masked (secret env, repo
   credentials), kept (TTL a week) until the run ends, for a requeue
 - ``{p}:retention:{runs|searches}`` where the retention sweep goes on in its index next time;
@@ -39,6 +41,19 @@ Workers and GPUs:
   ``{kind}|misses``, ``{kind}|failures`` and the build-time histogram (see :mod:`.histograms`)
 - ``{p}:gpu:{host}:{uuid}`` a dynamic GPU lease: value ``{worker}/{run id}``, with a TTL
 - ``{p}:sweep:lock`` short lock so two beats never sweep at once
+
+Fair order and quotas (see :mod:`.fairorder`, :mod:`.quotas`):
+
+- ``{p}:fair:{queue}:users`` set of users with runs waiting on the queue
+- ``{p}:fair:{queue}:wait:{user}`` sorted set of the user's waiting runs (by priority, then age)
+- ``{p}:fair:{queue}:parked:{user}`` sorted set of the user's runs taken off the broker to wait
+- ``{p}:fair:{queue}:pass`` hash user -> how far the user got in the queue's round (weighted
+  starts), and ``*vtime``, the round's place now
+- ``{p}:fair:{queue}:owed`` hash user -> since when other users' runs wait for the user's turn
+- ``{p}:fair:queues`` set of queues with parked runs (woken by run ends and the sweep)
+- ``{p}:quotas`` hash ``user:NAME[@QUEUE]`` or ``project:NAME[@QUEUE]`` -> JSON limits
+- ``{p}:active:{user|project}:{name}`` hash run id -> ``queue gpus`` of its runs that run now
+  (an entry whose claim is gone is dropped as it is read)
 """
 
 from __future__ import annotations
@@ -95,6 +110,14 @@ class Keys:
     def claim(self, run_id: str) -> str:
         """The run's claim (the worker running it)."""
         return self._join("run", run_id, "claim")
+
+    def upload(self, run_id: str) -> str:
+        """The background upload of the run's outputs (TTL, renewed while it goes on)."""
+        return self._join("run", run_id, "upload")
+
+    def uploads(self) -> str:
+        """Set of the run ids whose outputs upload in the background."""
+        return self._join("uploads")
 
     def abort(self, run_id: str) -> str:
         """The run's cancel flag."""
@@ -167,3 +190,35 @@ class Keys:
     def retention_lock(self) -> str:
         """Set (with a TTL) by the sweep that deletes old runs: the next sweeps leave it be."""
         return self._join("retention", "lock")
+
+    def fair_users(self, queue: str) -> str:
+        """Set of the users with runs waiting on ``queue``."""
+        return self._join("fair", queue, "users")
+
+    def fair_wait(self, queue: str, user: str) -> str:
+        """Sorted set of ``user``'s runs waiting on ``queue``."""
+        return self._join("fair", queue, "wait", user)
+
+    def fair_parked(self, queue: str, user: str) -> str:
+        """Sorted set of ``user``'s runs on ``queue`` that wait off the broker (parked)."""
+        return self._join("fair", queue, "parked", user)
+
+    def fair_pass(self, queue: str) -> str:
+        """Hash of each user's place in ``queue``'s round (and the round's, ``*vtime``)."""
+        return self._join("fair", queue, "pass")
+
+    def fair_owed(self, queue: str) -> str:
+        """Hash user -> since when runs of others on ``queue`` wait for the user's turn."""
+        return self._join("fair", queue, "owed")
+
+    def fair_queues(self) -> str:
+        """Set of the queues with parked runs."""
+        return self._join("fair", "queues")
+
+    def quotas(self) -> str:
+        """Hash of quotas set with `celery-agent quota`: scope -> JSON limits."""
+        return self._join("quotas")
+
+    def active(self, kind: str, name: str) -> str:
+        """Hash run id -> 'queue gpus' of the runs of a user or project ('user'/'project')."""
+        return self._join("active", kind, name)

@@ -7,6 +7,11 @@
   lost at once);
 - a dead worker's messages of runs it took but never claimed go back on their queues at once,
   not after the broker's visibility timeout (see :mod:`.reserved`; Redis broker);
+- parked runs that may go now (their user's turn, under quota) and cancelled parked runs are
+  sent again, a batch of :data:`WAKE_BATCH` per queue (see :mod:`.fairorder`);
+- an ended run whose outputs were uploading in the background when the process doing it died
+  (its upload mark expired) gets ``artifacts: failed``, naming where its outputs still are (see
+  :mod:`.uploads`);
 - workers not seen for :data:`RETENTION` seconds are forgotten with their history;
 - runs and searches that ended more than ``run_retention_days`` ago are deleted, a bounded batch
   at most every :data:`RETENTION_EVERY` seconds across the cluster (see :mod:`.retention`): the
@@ -25,7 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import retention, state
+from . import retention, state, uploads
+from .fairorder import FairOrder, send_again
 from .requeue import (
     Finished,
     Resend,
@@ -44,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 RETENTION = 7 * 86400  #: seconds a worker that is gone stays listed
 RETENTION_EVERY = 60.0  #: seconds between two deletions of old runs, whoever sweeps
+WAKE_BATCH = 16  #: parked runs sent again per queue and sweep
 
 
 def sweep(
@@ -57,6 +64,7 @@ def sweep(
     finished: Finished | None = None,
     retention_every: float = RETENTION_EVERY,
     restore: Restore | None = None,
+    fair: FairOrder | None = None,
 ) -> dict[str, Any]:
     """Sweep once; returns what changed (``skipped`` when another sweep holds the lock).
 
@@ -81,6 +89,9 @@ def sweep(
         orphans = [run_id for run_id in seen.runs if run_id not in claimed]
         for run_id, what in _orphan_runs(store, registry, seen, orphans, resend, revoked, finished):
             found[_BUCKET[what]].append(run_id)
+    if fair is not None and resend is not None:
+        found["woken_runs"] = _wake(fair, resend)
+    found["failed_uploads"] = _reap_uploads(store)
     forgotten = registry.trim(time.time() - RETENTION)
     expired = {"expired_runs": 0, "expired_searches": 0}
     if _due(store, token, retention_every):
@@ -89,11 +100,16 @@ def sweep(
 
 
 #: the parts of a sweep's result that say it changed something (logged as a warning)
-CHANGES = ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs", "restored_runs")
+CHANGES = ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs", "restored_runs",
+           "failed_uploads")  # fmt: skip
 
 
 def sweeper(
-    app: Any, settings: Settings, store: RunStore, registry: WorkerRegistry
+    app: Any,
+    settings: Settings,
+    store: RunStore,
+    registry: WorkerRegistry,
+    fair: FairOrder | None = None,
 ) -> Callable[[], dict[str, Any]]:
     """The cluster sweep as both beat's scheduled task and the workers' chore run it: runs sent
     again through ``app``, revoked runs and the outcomes of ended runs read and stored through its
@@ -105,7 +121,7 @@ def sweeper(
     def run() -> dict[str, Any]:
         result = sweep(store, registry, lock_ttl=settings.sweep_interval / 2, resend=resend,
                        revoked=revoked, retention_days=settings.run_retention_days,
-                       finished=finished, restore=restore)  # fmt: skip
+                       finished=finished, restore=restore, fair=fair)  # fmt: skip
         if any(result.get(k) for k in CHANGES):
             logger.warning("sweep: %s", result)
         return result
@@ -113,11 +129,27 @@ def sweeper(
     return run
 
 
+def _wake(fair: FairOrder, resend: Resend) -> list[str]:
+    try:
+        return send_again(fair, resend, fair.wake(WAKE_BATCH))
+    except Exception as err:  # Redis away: the next sweep tries again
+        logger.warning("sweep: could not send parked runs again: %s", err)
+        return []
+
+
 def _hand_back(reservations: Reservations, name: str, restore: Restore) -> list[str]:
     try:
         return reservations.hand_back(name, restore)
     except Exception as err:  # the broker away: the next sweep tries again
         logger.warning("sweep: could not hand back the messages worker %s held: %s", name, err)
+        return []
+
+
+def _reap_uploads(store: RunStore) -> list[str]:
+    try:
+        return uploads.reap(store)
+    except Exception as err:  # Redis away: the next sweep looks again
+        logger.warning("sweep: could not look at background uploads: %s", err)
         return []
 
 

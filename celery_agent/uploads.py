@@ -11,6 +11,7 @@ seconds; one still going then is recorded as failed, naming where the outputs st
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,26 +91,40 @@ class Uploads:
 UPLOADS = Uploads()  #: this process's uploads
 
 
+@dataclass
+class Going:
+    """An upload that goes on after its run's end, and what ends its mark in Redis."""
+
+    future: Future[dict[str, Any]]
+    unmark: Callable[[], None]
+
+
 def keep(
     settings: Settings, run_id: str, run_dir: Path, exclude: list[str],
-    uploads: Uploads = UPLOADS,
-) -> tuple[dict[str, Any], Future[dict[str, Any]] | None]:  # fmt: skip
+    store: RunStore | None = None, uploads: Uploads = UPLOADS,
+) -> tuple[dict[str, Any], Going | None]:  # fmt: skip
     """Upload a run's outputs, waiting ``settings.artifact_wait`` seconds at most: (what the run
-    record keeps now, the upload still going or None). Never raises."""
+    record keeps now, the upload still going or None). One still going is marked in ``store``
+    before the run's end is written, the mark renewed every ``claim_ttl / 4`` seconds: should
+    this process die, it expires and the sweep records the upload failed (:func:`reap`).
+    Never raises."""
     future = uploads.start(lambda: artifacts.upload_run(settings, run_dir, exclude))
     try:
         return future.result(timeout=max(settings.artifact_wait, 0.0)), None
     except TimeoutError:
-        return artifacts.uploading(settings, run_id), future
+        unmark = _mark(store, run_id, settings.claim_ttl) if store is not None else _nothing
+        return artifacts.uploading(settings, run_id), Going(future, unmark)
 
 
 def settle(
-    store: RunStore, run_id: str, log_file: Path, future: Future[dict[str, Any]],
-    retry_for: float, uploads: Uploads = UPLOADS,
+    store: RunStore, run_id: str, log_file: Path, going: Going, retry_for: float,
+    uploads: Uploads = UPLOADS,
 ) -> None:  # fmt: skip
-    """When the background upload ``future`` of an ended run ends, put its outcome on the run
-    record (``artifacts``) and a line in its log; call it after the run's final write."""
+    """When the background upload ``going`` of an ended run ends, put its outcome on the run
+    record (``artifacts``) and a line in its log, and remove its mark; call it after the run's
+    final write."""
     started, once = time.time(), threading.Lock()  # (given up, or ended: whichever comes first)
+    future, unmark = going.future, going.unmark
 
     def record(kept: dict[str, Any]) -> None:
         if not once.acquire(blocking=False):
@@ -122,6 +138,7 @@ def settle(
         except Exception as err:  # the record says it all; the log line is a courtesy
             logger.warning("could not log the upload of %s: %s", run_id, err)
         with_retry(lambda: store.update(run_id, artifacts=kept), run_id, retry_for)
+        unmark()
         logger.info("run %s: %s", run_id, line)
 
     def given_up(reason: str) -> None:
@@ -137,3 +154,57 @@ def settle(
 
     uploads.follow(run_id, future, given_up)
     future.add_done_callback(done)
+
+
+def reap(store: RunStore) -> list[str]:
+    """Runs whose background upload stopped without a word (the process doing it died: its mark
+    expired): their record says ``artifacts: failed``, naming where the outputs still are. For
+    the sweep; returns their run ids."""
+    ids = sorted(store.r.smembers(store.keys.uploads()))
+    pipe = store.r.pipeline(transaction=False)
+    for run_id in ids:
+        pipe.exists(store.keys.upload(run_id))
+    dead = [run_id for run_id, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+    failed = []
+    for run_id in dead:
+        record = store.r.hmget(store.keys.run(run_id), "artifacts", "output_dir", "host")
+        kept = json.loads(record[0]) if record[0] else {}
+        if kept.get("status") == "uploading":
+            why = (f"the upload stopped with the worker process doing it; the outputs are still "
+                   f"in {record[1]} on {record[2]}")  # fmt: skip
+            store.update(run_id, artifacts=artifacts.failed(why, kept.get("root")))
+            failed.append(run_id)
+        store.r.srem(store.keys.uploads(), run_id)
+    return failed
+
+
+def _nothing() -> None:
+    return None
+
+
+def _mark(store: RunStore, run_id: str, ttl: float) -> Callable[[], None]:
+    """Mark the run's upload as going on (a key with a TTL of ``ttl``, renewed by a thread every
+    quarter of it); returns what ends the mark. Redis being away is logged, never raised."""
+    key, done, ms = store.keys.upload(run_id), threading.Event(), max(1, int(ttl * 1000))
+
+    def write(what: Callable[[Any], object], doing: str) -> None:
+        try:
+            pipe = store.r.pipeline(transaction=True)
+            what(pipe)
+            pipe.execute()
+        except Exception as err:
+            logger.warning("could not %s the upload mark of %s: %s", doing, run_id, err)
+
+    def renew() -> None:
+        while not done.wait(ttl / 4):
+            write(lambda pipe: pipe.pexpire(key, ms), "renew")
+
+    holder = f"{socket.gethostname()}|{os.getpid()}"
+    write(lambda pipe: pipe.set(key, holder, px=ms).sadd(store.keys.uploads(), run_id), "set")
+    threading.Thread(target=renew, name="ca-upload-mark", daemon=True).start()
+
+    def unmark() -> None:
+        done.set()
+        write(lambda pipe: pipe.srem(store.keys.uploads(), run_id).delete(key), "remove")
+
+    return unmark

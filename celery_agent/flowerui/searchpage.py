@@ -16,7 +16,7 @@ from tornado import web
 from ..app import get_store
 from ..errors import AgentError
 from .base import blocking
-from .chartapi import status_of
+from .chartapi import guarded, status_of
 from .comparepage import PATH as COMPARE_PATH
 from .comparison import MAX_RUNS
 from .document import base_of, cell, document, error_page
@@ -124,7 +124,7 @@ class SearchesView(BaseHandler):
         base = base_of(self.application.options.url_prefix)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         try:
-            searches = await blocking(lambda: search_list(get_store()))
+            searches = await blocking(guarded(lambda: search_list(get_store())))
         except AgentError as err:
             self.set_status(status_of(err))
             self.write(error_page("Searches", str(err), base))
@@ -141,7 +141,7 @@ class SearchView(BaseHandler):
         base = base_of(self.application.options.url_prefix)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         try:
-            data = await blocking(lambda: search_detail(get_store(), search_id))
+            data = await blocking(guarded(lambda: search_detail(get_store(), search_id)))
         except AgentError as err:
             self.set_status(status_of(err))
             self.write(error_page("Search", str(err), base, f"<a href='{base}{PATH}'>All searches</a>"))  # fmt: skip

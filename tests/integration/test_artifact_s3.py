@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -199,3 +200,33 @@ def test_no_permission_to_write_is_reported_naming_the_setting(
     assert Path(store.get(out["run_id"])["output_dir"], "model.pt").is_file()
     check = wait_for(lambda: _store_check(store, w.name), 60)
     assert check["ok"] is False and "no permission to write" in check["error"], check
+
+
+def test_an_upload_cut_short_by_a_killed_worker_is_recorded_failed_by_the_sweep(
+    s3, make_worker, make_repo, store
+):
+    from celery_agent.sweep import sweep
+    from celery_agent.workers import WorkerRegistry
+
+    bucket = s3.bucket(f"b{uuid.uuid4().hex[:10]}")
+    w = make_worker(f"s3-{uuid.uuid4().hex[:6]}", CELERY_AGENT_ARTIFACT_ROOT=f"s3://{bucket}/a",
+                    CELERY_AGENT_ARTIFACT_WAIT="0", CELERY_AGENT_CLAIM_TTL="2",
+                    **s3.env())  # fmt: skip
+    spec_big = TaskSpec(repo=str(make_repo({"big.py": BIG})), entry="big.py", queue=w.queues,
+                        executor="local")  # fmt: skip
+    out = submit_task.delay(spec_big).get(timeout=120)
+    assert out["status"] == "succeeded" and out["artifacts"]["status"] == "uploading", out
+    assert w.proc is not None
+    os.killpg(w.proc.pid, signal.SIGKILL)  # the worker and its pool die mid-upload
+    w.proc.wait(30)
+    registry = WorkerRegistry(store.r, store.keys)
+
+    def swept() -> dict[str, Any] | None:
+        store.r.delete(store.keys.sweep_lock())
+        sweep(store, registry, lock_ttl=0.001, retention_days=0)
+        kept = store.get(out["run_id"])["artifacts"]
+        return kept if kept["status"] != "uploading" else None
+
+    kept = wait_for(swept, 60, every=0.5)
+    assert kept["status"] == "failed" and "stopped with the worker process" in kept["error"], kept
+    assert store.get(out["run_id"])["output_dir"] in kept["error"], "it says where the files are"

@@ -34,6 +34,8 @@ ROWS = (
     "checkpoints: largest heartbeat gap",
     "inputs: run start",
     "inputs: fetch",
+    "runs page, 1,000 runs: first page",
+    "runs page, 1,000 runs: tag filter",
 )
 
 

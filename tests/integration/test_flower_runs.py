@@ -128,7 +128,7 @@ def test_an_unknown_run_id_gets_a_404_page_that_says_so(plain_flower, browser):
 
 
 def test_rerun_needs_the_xsrf_token_and_artifacts_download_through_flower(
-    plain_flower, worker, make_repo
+    plain_flower, browser, worker, make_repo
 ):
     script = textwrap.dedent(
         """\
@@ -173,6 +173,14 @@ def test_rerun_needs_the_xsrf_token_and_artifacts_download_through_flower(
     )
     code, answer = _status(api + "/rerun", "POST", headers, b"{not json")
     assert code == 400 and "not JSON" in json.loads(answer)["error"]
+    browser.open(f"{plain_flower}/celery-agent/runs/{first.id}")  # the page's own token
+    browser.wait("document.getElementById('rerun-params').value.includes('0.5')", 15)
+    browser.click("#rerun-open")
+    browser.eval("document.getElementById('rerun-params').value = '{\"lr\": 0.125}'")
+    browser.click("#rerun-go")
+    third = browser.wait("(document.querySelector('#rerun-result a') || {}).textContent", 15)
+    assert RunHandle(third, first.store).wait(90)["state"] == "succeeded"
+    assert "lr is 0.125" in "\n".join(RunHandle(third, first.store).logs())
 
 
 def test_a_200k_line_log_opens_at_its_tail_and_gives_earlier_lines_on_demand(
@@ -200,7 +208,7 @@ def test_a_200k_line_log_opens_at_its_tail_and_gives_earlier_lines_on_demand(
     assert full.count(b"\n") == 200_000 and full.startswith(b"line 0\n")
 
 
-def test_the_runs_endpoint_filters_sorts_and_pages_from_redis(plain_flower, store):
+def test_the_runs_endpoint_filters_sorts_and_pages_from_redis(plain_flower, store, browser):
     tag = uuid.uuid4().hex[:8]
     ids = []
     for i in range(7):
@@ -229,3 +237,19 @@ def test_the_runs_endpoint_filters_sorts_and_pages_from_redis(plain_flower, stor
     assert [r["run_id"] for r in by_name] == [ids[6], ids[5]]
     code, body = _status(f"{api}?sort=colour")
     assert code == 400 and "colour" in json.loads(body)["error"]
+    losses = [3.0, 1.0, 2.0, 0.0, 6.0, 5.0, 4.0]  # the last loss each run reported
+    for run_id, loss in zip(ids, losses, strict=True):
+        for step, value in enumerate((9.0, loss)):
+            store.r.xadd(
+                store.keys.metrics(run_id), {"n": "loss", "v": repr(value), "s": str(step)}
+            )
+    rows = json.loads(get(f"{api}?tag={tag}&metrics=loss,acc"))["runs"]
+    assert [r["metrics"] for r in rows] == [{"loss": x, "acc": None} for x in losses[::-1]]
+    browser.open(f"{plain_flower}/celery-agent/runs?tag={tag}&metrics=loss")
+    browser.wait(f"document.querySelectorAll('tr[data-run^=\"tbl-{tag}\"]').length === 7", 15)
+    browser.click("#runs thead th:last-child")  # the loss column: this page, highest first
+    order = browser.eval(
+        "[...document.querySelectorAll('#runs tbody tr')].map(tr => tr.dataset.run)"
+    )
+    assert order == [ids[i] for i in (4, 5, 6, 0, 2, 1, 3)]
+    browser.screenshot(ARTIFACTS / "flower-runs-metrics.png")

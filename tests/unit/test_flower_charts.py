@@ -8,9 +8,12 @@ import random
 from array import array
 
 import pytest
+import redis
 
-from celery_agent.errors import RequestError
+from celery_agent.embedded import free_port
+from celery_agent.errors import RequestError, StateError, UnknownRunError
 from celery_agent.flowerui.assets import asset
+from celery_agent.flowerui.chartapi import guarded, status_of
 from celery_agent.flowerui.comparepage import form, render_compare
 from celery_agent.flowerui.comparison import parse_refs, rows
 from celery_agent.flowerui.document import document, to_json
@@ -173,3 +176,14 @@ def test_a_search_page_links_its_best_trials_to_compare_and_reloads_while_runnin
     assert "http-equiv" not in render_search(_search(), "") and "Compare the" not in render_search(
         _search(), ""
     )
+
+
+def test_redis_that_does_not_answer_is_a_state_error_answered_with_503():
+    client = redis.Redis(port=free_port(), socket_connect_timeout=1)  # nothing listens there
+    with pytest.raises(StateError) as err:
+        guarded(lambda: client.get("x"))()
+    assert (
+        "Redis did not answer" in err.value.message and "CELERY_AGENT_REDIS_URL" in err.value.hint
+    )
+    assert status_of(err.value) == 503
+    assert status_of(UnknownRunError("x")) == 404 and status_of(RequestError("x")) == 400

@@ -37,7 +37,7 @@ def outputs(tmp_path: Path) -> Path:
 
 def test_a_quick_upload_is_waited_for(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, artifact_wait=30.0)
-    kept, going = uploads.keep(settings, "r1", outputs(tmp_path), [], Uploads())
+    kept, going = uploads.keep(settings, "r1", outputs(tmp_path), [], uploads=Uploads())
     assert going is None and kept["status"] == "uploaded" and kept["count"] == 1
 
 
@@ -54,7 +54,7 @@ def test_a_slow_upload_goes_on_and_is_recorded_when_it_ends(tmp_path: Path, monk
         Uploads(),
         outputs(tmp_path),
     )
-    kept, going = uploads.keep(settings, "r1", run_dir, [], pool)
+    kept, going = uploads.keep(settings, "r1", run_dir, [], uploads=pool)
     assert going is not None and kept["status"] == "uploading"
     assert kept["url"].endswith("/runs/r1") and artifacts.describe(kept).startswith(
         "artifacts: uploading"
@@ -80,7 +80,7 @@ def test_an_upload_still_going_when_the_process_stops_is_recorded_failed(
         Uploads(),
         outputs(tmp_path),
     )
-    _, going = uploads.keep(settings, "r1", run_dir, [], pool)
+    _, going = uploads.keep(settings, "r1", run_dir, [], uploads=pool)
     assert going is not None
     records = Records()
     uploads.settle(records, "r1", run_dir / "log.txt", going, 5.0, pool)  # type: ignore[arg-type]

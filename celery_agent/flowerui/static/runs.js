@@ -21,7 +21,11 @@ function header() {
     }
     row.append(th);
   }
-  for (const name of metricNames()) row.append(CA.el("th", {class: "num", text: name}));
+  metricNames().forEach((name, i) => {
+    const th = CA.el("th", {class: "num sort", text: name, title: "sort this page by " + name});
+    th.onclick = () => sortPage(COLUMNS.length + i, th);
+    row.append(th);
+  });
   document.querySelector("#runs thead").replaceChildren(row);
 }
 
@@ -34,6 +38,18 @@ function line(run) {
   cells.forEach((c, i) => row.append(CA.el("td", {class: i === 5 || i === 6 ? "num" : null}, c)));
   for (const name of metricNames()) row.append(CA.el("td", {class: "num", text: CA.number((run.metrics || {})[name])}));
   return row;
+}
+
+// A metric column sorts the page's rows (the server pages by submit time or a record column).
+function sortPage(column, th) {
+  const down = th.dataset.down !== "1";
+  th.dataset.down = down ? "1" : "0";
+  const body = document.querySelector("#runs tbody");
+  const value = (tr) => { const t = tr.children[column] ? tr.children[column].textContent : ""; return t === "" ? null : parseFloat(t); };
+  const rows = [...body.children].filter(tr => tr.dataset.run);
+  rows.sort((a, b) => { const x = value(a), y = value(b); if (x === null) return 1; if (y === null) return -1; return down ? y - x : x - y; });
+  body.replaceChildren(...rows);
+  clearTimeout(timer);  // (a refresh would undo the order)
 }
 
 async function load() {
