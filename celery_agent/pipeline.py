@@ -374,6 +374,7 @@ class Job:
             return
         self._cleaned = True
         self.notes.close()
+        staging.release(self)
         if self.checkout is not None and not self.ctx.settings.keep_source:
             try:
                 self.ctx.sources.remove(self.checkout)

@@ -37,6 +37,7 @@ class Settings:
     max_envs: int = 20
     env_cache_max_gb: float | None = None  # GB the cached environments may take (per executor)
     max_env_gb: float | None = None  # the former name of env_cache_max_gb, still read
+    input_cache_max_gb: float | None = None  # GB runs' inputs may take here (None: no bound)
     env_bytecode: str = (
         "import"  # when packages are compiled: import (by Python), background, build
     )

@@ -35,6 +35,11 @@ CeleryAgentCharts.line('objective-chart', {
   series: [{label: 'trial', points: data.objective_points, markers: true, line: false},
            {label: 'best so far', points: data.best_so_far, step: true}]
 });
+document.querySelectorAll('[data-param]').forEach(function (box) {
+  var p = data.param_points[box.dataset.param];
+  CeleryAgentCharts.line(box, {title: data.objective + ' by ' + p.x, xLabel: p.x,
+    series: [{label: 'trial', points: p.points, markers: true, line: false}]});
+});
 """
 
 
@@ -89,12 +94,21 @@ def render_search(data: dict[str, Any], base: str) -> str:
                   f"{min(len(ranked), MAX_RUNS)} best trials' runs</a></p>")  # fmt: skip
     body = (
         f"<h1>Search {escape(data['id'])}</h1><section>{facts}</section>"
-        "<section><div id='objective-chart'></div></section>"
+        f"<section><div id='objective-chart'></div>{_param_charts(data)}</section>"
         f"<section><h2>Trials</h2>{_trials(data, base)}</section>"
     )
-    chart = {k: data[k] for k in ("objective", "direction", "objective_points", "best_so_far")}
+    keys = ("objective", "direction", "objective_points", "best_so_far", "param_points")
+    chart = {k: data[k] for k in keys}
     live = REFRESH_S if data["state"] == "running" else 0
     return document(f"Search {data['id']}", body, base, chart, SCRIPT, "Searches", live)
+
+
+def _param_charts(data: dict[str, Any]) -> str:
+    """One chart of the objective per numeric parameter (drawn by SCRIPT)."""
+    boxes = "".join(
+        f"<div data-param='{escape(name, quote=True)}'></div>" for name in data["param_points"]
+    )
+    return f"<div class='charts'>{boxes}</div>" if boxes else ""
 
 
 def _trials(data: dict[str, Any], base: str) -> str:

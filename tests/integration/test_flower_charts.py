@@ -165,6 +165,7 @@ def test_a_search_page_lists_its_trials_and_draws_its_objective(
         cells = rows[str(t.number)]
         assert cells[2:] == [shown[t.params["lr"]], str(t.params["lr"]), "done", t.run_id[:12]]
     assert _drawn(browser, "#objective-chart") == {"trial": 2, "best so far": 2}
+    assert _drawn(browser, "[data-param='lr']") == {"trial": 2}  # the objective by lr
     best_first = ",".join(t.run_id for t in sorted(result.trials, key=lambda t: -(t.value or 0)))
     assert browser.eval(f"!!document.querySelector('a[href$=\"/compare?ids={best_first}\"]')")
     browser.screenshot(ARTIFACTS / "flower-search.png")
@@ -230,6 +231,12 @@ def test_a_run_page_charts_its_metrics_and_follows_them_while_it_runs(
     points = browser.eval("document.querySelector('#metrics path[data-label=loss]')"
                           ".getAttribute('d').split(/[ML]/).filter(Boolean).length")  # fmt: skip
     assert points == 5
+    loss = "#metrics [data-metric=loss]"  # its values drawn on a log axis, ticked by the user
+    browser.click(loss + " .ca-log input")
+    ticks = browser.eval(f"[...document.querySelectorAll('{loss} .ca-axes text[text-anchor=end]')]"
+                         ".map(t => t.textContent)")  # fmt: skip
+    assert ticks == ["0.79433", "1", "1.2589", "1.5849", "1.9953"]  # 10^-0.1 ... 10^0.3
+    assert _drawn(browser, loss) == {"loss": 5}
     browser.eval("document.getElementById('metrics').scrollIntoView()")
     browser.screenshot(ARTIFACTS / "flower-run-metrics.png")
 

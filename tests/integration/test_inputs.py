@@ -21,6 +21,7 @@ from test_reliability_recovery import wait_for
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.cli import main
 from celery_agent.errors import SpecError
+from celery_agent.inputcache import InputCache
 from celery_agent.testing import init_repo
 
 pytestmark = pytest.mark.integration
@@ -107,6 +108,8 @@ def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, 
     assert f"run://{first.id}/model.pt (cached)" in capsys.readouterr().out
     assert [p for p in cache.iterdir() if p.name.startswith(".part")] == [], "no parts left"
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
+    removed = InputCache(cache).evict(0)  # every run let go of its inputs as it ended
+    assert path.parent.name in removed and not path.exists()
 
 
 def test_two_runs_wanting_a_new_input_at_once_download_it_once(setup, tmp_path: Path):
@@ -125,7 +128,7 @@ def test_two_runs_wanting_a_new_input_at_once_download_it_once(setup, tmp_path: 
     assert Path(rec["inputs"]["data"]["path"]).read_bytes() == b"changed"
 
 
-def test_bad_inputs_are_refused_at_submit_or_fail_the_run_naming_the_input(setup, tmp_path):
+def test_bad_inputs_are_refused_at_submit_or_fail_the_run_naming_the_input(setup, tmp_path, capsys):
     w, repo, first = setup
     with pytest.raises(SpecError, match=r"inputs\.model.*kept no file 'nope\.pt'") as err:
         submit(job(repo, w.queues, "read.py", inputs={"model": f"run://{first.id}/nope.pt"}))
@@ -134,6 +137,9 @@ def test_bad_inputs_are_refused_at_submit_or_fail_the_run_naming_the_input(setup
         submit(job(repo, w.queues, "read.py", inputs={"model": "run://no-such-run/m.pt"}))
     with pytest.raises(SpecError, match=r"inputs\.data .*unknown URL scheme 'nosuch'"):
         job(repo, w.queues, "read.py", inputs={"data": "nosuch://x/y"})
+    capsys.readouterr()
+    assert main(["rerun", first.id, "--input", f"model=run://{first.id[:9]}/nope.pt"]) == 1
+    assert "inputs.model" in capsys.readouterr().err, "rerun --input is checked as submit is"
     missing = (tmp_path / "missing.parquet").as_uri()
     r = submit_task.delay(job(repo, w.queues, "read.py", inputs={"data": missing}))
     out = r.get(timeout=90)
