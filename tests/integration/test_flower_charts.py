@@ -231,6 +231,12 @@ def test_a_run_page_charts_its_metrics_and_follows_them_while_it_runs(
     points = browser.eval("document.querySelector('#metrics path[data-label=loss]')"
                           ".getAttribute('d').split(/[ML]/).filter(Boolean).length")  # fmt: skip
     assert points == 5
+    loss = "#metrics [data-metric=loss]"  # its values drawn on a log axis, ticked by the user
+    browser.click(loss + " .ca-log input")
+    ticks = browser.eval(f"[...document.querySelectorAll('{loss} .ca-axes text[text-anchor=end]')]"
+                         ".map(t => t.textContent)")  # fmt: skip
+    assert ticks == ["0.79433", "1", "1.2589", "1.5849", "1.9953"]  # 10^-0.1 ... 10^0.3
+    assert _drawn(browser, loss) == {"loss": 5}
     browser.eval("document.getElementById('metrics').scrollIntoView()")
     browser.screenshot(ARTIFACTS / "flower-run-metrics.png")
 
