@@ -2,8 +2,10 @@
 
 Run end: submit -> result of a run that writes 16 files of 64 KiB, its outputs uploaded to the
 agent worker's artifact store (the default, a folder under its home), against the same run with
-``output_exclude=["*"]`` (the same files written, none uploaded); alternating, median of N.
-Upload: ``ArtifactStore.upload`` of 64 files and of one file (full: 256 MiB each way; quick:
+``output_exclude=["*"]`` (the same files written, none uploaded); alternating, median of N. The
+same for a run that writes 4 files of 64 MiB: its end waits for the upload at most
+``artifact_wait`` seconds (2 by default), the rest goes on in the background.
+Upload: ``ArtifactStore.upload`` of 64 files and of one file (full: 1 GiB each way; quick:
 8 MiB) to a local folder store, against a plain ``fsspec`` ``put`` of the same files in the same
 run (no hashing, no manifest: the sha256 of every byte is what the ratio mostly pays for), and
 against that put followed by a sha256 of each file by hand (one thread).
@@ -20,18 +22,22 @@ from pathlib import Path
 import fsspec
 
 from celery_agent.artifacts import ArtifactStore
+from celery_agent.settings import Settings
 
 from .context import AGENT_QUEUE, Context
 from .report import Row, median
 
 FILES, SIZE = "16", str(64 * 2**10)
+BIG_FILES, BIG_SIZE = "4", str(64 * 2**20)
 RUN_TARGET = 0.15  #: seconds a run's end may wait for a small upload
+BIG_SLACK = 0.5  #: seconds over artifact_wait a run's end may wait for a large upload
 COPY_SLACK = 1.10  #: our upload may take this many times a plain fsspec copy
 
 
 def run(ctx: Context) -> list[Row]:
     """The run-end row and the upload rows."""
-    return [_run_end(ctx), *(row for files in (64, 1) for row in _upload(ctx, files))]
+    rows = [_run_end(ctx), _big_run_end(ctx)]
+    return rows + [row for files in (64, 1) for row in _upload(ctx, files)]
 
 
 def _run_end(ctx: Context) -> Row:
@@ -54,8 +60,28 @@ def _run_end(ctx: Context) -> Row:
                measured - baseline <= RUN_TARGET)  # fmt: skip
 
 
+def _big_run_end(ctx: Context) -> Row:
+    wait = Settings().artifact_wait  # (the agent worker runs with the default)
+    kept, skipped, states = [], [], []
+    for _ in range(ctx.n(3, 1)):
+        for exclude, times in (([], kept), (["*"], skipped)):
+            spec = ctx.workload.spec("outputs.py", AGENT_QUEUE, BIG_FILES, BIG_SIZE,
+                                     output_exclude=exclude)  # fmt: skip
+            t0 = time.perf_counter()
+            summary = ctx.submit_and_wait(spec)
+            times.append(time.perf_counter() - t0)
+            if exclude == []:
+                states.append(summary["artifacts"]["status"])
+    measured, baseline = median(kept), median(skipped)
+    name = (f"artifacts: run end, {BIG_FILES} x 64 MiB uploaded vs excluded (ended as "
+            f"{'/'.join(sorted(set(states)))}), median of {len(kept)}")  # fmt: skip
+    target = f"<= +{(wait + BIG_SLACK) * 1000:.0f} ms"
+    return Row(name, measured, baseline, "ms", "diff", target,
+               measured - baseline <= wait + BIG_SLACK)  # fmt: skip
+
+
 def _upload(ctx: Context, files: int) -> list[Row]:
-    total = ctx.n(256, 8) * 2**20
+    total = ctx.n(1024, 8) * 2**20
     folder = ctx.root / f"outputs-{files}"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(files):

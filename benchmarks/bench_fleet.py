@@ -12,7 +12,9 @@ many workers one Redis core carries at 50 % busy.
 Between the two, with every worker's heartbeat and run in flight in place (and the senders idle),
 one Prometheus scrape of the fleet (:class:`celery_agent.exporter.FleetCollector`) is timed as
 Redis CPU per scrape, against the read of ``celery-agent status`` (``WorkerRegistry.overview``) in
-the same run as the baseline.
+the same run as the baseline; and against the same scrape before the run and env cache
+histograms existed (their hashes set aside), once they hold every bucket of ``HIST_QUEUES`` queues
+and three executors.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .fleet import LINE, Fleet, Load
 from .report import Row, median
 
 AT = 1000  #: the fleet size the target is stated for
+HIST_QUEUES = 20  #: queues whose run histograms the scrape reads
 BUSY = 50.0  #: % of one core a Redis should stay under (headroom for bursts and the broker)
 
 
@@ -100,6 +103,14 @@ def _scrape_rows(client: redis.Redis, repeat: int, workers_up: int) -> list[Row]
         nonlocal text
         text = generate_latest(registry)
 
+    hashes = [key for key in (Keys().run_histograms(), Keys().env_cache_stats())
+              if client.exists(key)]  # fmt: skip
+    for key in hashes:  # set aside: the scrape as it was before there were histograms
+        client.rename(key, f"{key}:aside")
+    bare, _ = _redis_cpu(client, scrape, repeat)
+    for key in hashes:
+        client.rename(f"{key}:aside", key)
+    _fill_histograms(client)
     scraped, wall = _redis_cpu(client, scrape, repeat)
     overview, _ = _redis_cpu(client, workers.overview, repeat)
     samples = sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
@@ -112,7 +123,27 @@ def _scrape_rows(client: redis.Redis, repeat: int, workers_up: int) -> list[Row]
             "ms", "ratio", "< 1 s (a core-second)", scraped < 1.0 and online == workers_up),
         Row("  part: exporter scrape wall time, client side included", wall, None, "ms", "none",
             "-", None),
+        Row(f"  part: Redis CPU per scrape with histograms of {HIST_QUEUES} queues (baseline: "
+            "none, as before them)", scraped, bare, "ms", "ratio", "-", None),
     ]  # fmt: skip
+
+
+def _fill_histograms(client: redis.Redis) -> None:
+    """Every bucket of the run histograms of ``HIST_QUEUES`` queues and of the env cache
+    histogram of three executors observed once, as a long-lived fleet's hashes have them."""
+    from celery_agent import envstats, histograms
+    from celery_agent.keys import Keys
+
+    keys, pipe = Keys(), client.pipeline(transaction=False)
+    for i in range(HIST_QUEUES):
+        for h in (histograms.RUN_DURATION, histograms.QUEUE_WAIT):
+            for bound in (*h.upper, h.upper[-1] * 2):
+                histograms.observe(pipe, keys.run_histograms(), h, f"queue{i}", bound)
+    for kind in ("venv", "conda", "docker"):
+        for bound in (*histograms.ENV_BUILD.upper, 1e9):
+            envstats.count(pipe, keys, kind, envstats.BUILT, bound)
+        envstats.count(pipe, keys, kind, envstats.HIT, 0.0)
+    pipe.execute()
 
 
 def _redis_cpu(client: redis.Redis, call: Callable[[], object], repeat: int) -> tuple[float, float]:

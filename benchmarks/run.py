@@ -37,8 +37,10 @@ from . import (
     bench_fleet,
     bench_heartbeat,
     bench_import,
+    bench_inputs,
     bench_lock,
     bench_logs,
+    bench_runs_page,
     bench_throughput,
 )
 from .context import Context
@@ -63,6 +65,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "first_run": bench_first_run.run,
     "artifacts": bench_artifacts.run,
     "checkpoints": bench_checkpoints.run,
+    "inputs": bench_inputs.run,
+    "runs_page": bench_runs_page.run,
 }
 
 

@@ -7,6 +7,9 @@
 Importing the package loads only the spec; everything else, the Celery ``app`` included
 (``celery -A celery_agent`` finds it here), is imported on first use, so a library caller or the
 CLI does not pay for Celery's task machinery or the worker's bootsteps until it needs them.
+
+When the process runs Flower (``celery -A celery_agent flower``), the celery-agent pages are added
+to it here (see :func:`celery_agent.flower.install`).
 """
 
 from __future__ import annotations
@@ -56,3 +59,9 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+if "flower" in sys.argv[1:]:  # `celery -A celery_agent flower`: our pages join Flower's before it
+    from .flower import flower_command, install  # builds its app (a worker never gets here)
+
+    if flower_command(sys.argv):
+        install()

@@ -1,8 +1,7 @@
 """The artifact store: a run's output folder kept under ``{artifact_root}/runs/{run_id}/``.
 
 ``artifact_root`` is any fsspec URL (``file:///mnt/nfs/artifacts``, ``s3://bucket/prefix`` with
-``s3fs``, ...). Credentials come from the environment or the config files of the library behind
-the scheme, never from a spec or a record: a URL written with ``user:password@`` is refused.
+``s3fs``, ...); :mod:`.artifact_store` opens it, keeps credentials out of it and explains its errors.
 Files are copied by the store's own put and hashed, in parallel threads, each retried a few
 times; what was kept is described by a manifest (path, size, sha256) that goes on the run
 record and, as ``manifest.json``, next to the files.
@@ -15,13 +14,14 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
+from .artifact_store import default_url, explain, kind, makes_folders, open_url, refuse_password
 from .errors import ConfigError
 from .settings import Settings
 
@@ -33,14 +33,10 @@ TRIES = 3  #: attempts per file before the upload is reported failed
 BACKOFF = (0.2, 1.0)  #: seconds between attempts
 MANIFEST = "manifest.json"
 RECORD_FILES = 1000  #: manifest entries kept on the run record (manifest.json has them all)
-
-
-def safe_url(url: str) -> str:
-    """``url`` without any ``user:password@`` part (what logs and records may show)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    return parts._replace(netloc=parts.hostname or "").geturl()
+#: in a run's folder: the files of its output folder the checkpoint sync already put in the store,
+#: with the size and mtime (ns) they had and the store's key of the copy: the end's upload hashes
+#: them but copies them no more
+SYNCED = "checkpoints.json"
 
 
 def excluded(path: str, patterns: Sequence[str]) -> bool:
@@ -67,24 +63,20 @@ class ArtifactStore:
     """One artifact root: where runs' outputs are uploaded to and downloaded from."""
 
     def __init__(self, url: str) -> None:
-        if urlsplit(url).password is not None:
-            raise ConfigError(
-                f"artifact_root {safe_url(url)!r} carries a password",
-                "give credentials through the environment or the storage library's config file",
-            )
+        refuse_password(url)
         self.url = url.rstrip("/")
         self._fs: Any = None
 
     @classmethod
     def for_home(cls, artifact_root: str | None, home: Path) -> ArtifactStore:
         """The store named by the ``artifact_root`` setting, else ``{home}/artifacts``."""
-        return cls(artifact_root or (home / "artifacts").resolve().as_uri())
+        return cls(default_url(artifact_root, home))
 
     @property
     def fs(self) -> Any:
         """The fsspec filesystem (opened on first use; an unknown scheme is a ConfigError)."""
         if self._fs is None:
-            self._fs, self._root = _open(self.url)
+            self._fs, self._root = open_url(self.url)
         return self._fs
 
     def run_url(self, run_id: str) -> str:
@@ -102,21 +94,30 @@ class ArtifactStore:
 
     # -- upload ---------------------------------------------------------------------------------
     def upload(
-        self, run_id: str, folder: Path, exclude: Sequence[str] = (), threads: int = THREADS
+        self,
+        run_id: str,
+        folder: Path,
+        exclude: Sequence[str] = (),
+        threads: int = THREADS,
+        synced: Mapping[str, Sequence[Any]] | None = None,
     ) -> dict[str, Any]:
         """Copy ``folder`` to the run's place in the store; returns what the run record keeps:
         ``status`` (uploaded, failed, empty), ``url``, ``files`` (path, size, sha256), ``bytes``,
-        ``seconds`` and, when it failed, ``error``. Never raises."""
+        ``seconds`` and, when it failed, ``error``. Never raises. A file of ``synced`` (path ->
+        size, mtime in ns, the store's key of its copy) that still matches is not copied again."""
+        synced = synced or {}
         t0 = time.monotonic()
         out: dict[str, Any] = {"root": self.url, "url": self.run_url(run_id), "files": []}
         files: list[str] = []
         try:
             files = output_files(folder, exclude)
-            kept, errors = self._copy_all(run_id, folder, files, threads) if files else ([], [])
+            kept, errors = (
+                self._copy_all(run_id, folder, files, threads, synced) if files else ([], [])
+            )
             if files and not errors:
                 self._write(self._path(run_id, MANIFEST), json.dumps(kept, indent=1).encode())
         except Exception as err:  # an unknown scheme, a missing package, a folder it cannot read
-            kept, errors = [], [_reason(err)]
+            kept, errors = [], [explain(err, self.url)]
         out["files"] = kept[:RECORD_FILES]
         out["count"], out["bytes"] = len(kept), sum(f["size"] for f in kept)
         out["status"] = "failed" if errors else "uploaded" if kept else "empty"
@@ -127,47 +128,111 @@ class ArtifactStore:
         return out
 
     def _copy_all(
-        self, run_id: str, folder: Path, files: list[str], threads: int
+        self,
+        run_id: str,
+        folder: Path,
+        files: list[str],
+        threads: int,
+        synced: Mapping[str, Sequence[Any]],
     ) -> tuple[list[dict[str, Any]], list[str]]:
+        fatal: list[str] = []  #: a failure every other file would meet too (no bucket, ...)
+
+        def one(rel: str) -> dict[str, Any] | str:
+            return self._copy_retried(run_id, folder, rel, fatal, synced.get(rel))
+
         with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
-            done = list(pool.map(lambda rel: self._copy_retried(run_id, folder, rel), files))
+            done = list(pool.map(one, files))
         kept = [entry for entry in done if isinstance(entry, dict)]
         return kept, [entry for entry in done if isinstance(entry, str)]
 
-    def _copy_retried(self, run_id: str, folder: Path, rel: str) -> dict[str, Any] | str:
-        """One file's manifest entry, or the reason its last attempt failed."""
+    def _copy_retried(
+        self, run_id: str, folder: Path, rel: str, fatal: list[str], synced: Sequence[Any] | None
+    ) -> dict[str, Any] | str:
+        """One file's manifest entry, or the reason its last attempt failed. A failure of the
+        store itself (see :func:`.artifact_store.kind`) is not retried and stops the other files."""
+        reason = ""
         for attempt in range(TRIES):
+            if fatal:
+                return fatal[0]
             try:
-                return self._copy(folder / rel, self._path(run_id, rel), rel)
+                return self._copy(folder / rel, self._path(run_id, rel), rel, synced)
             except Exception as err:
-                reason = f"{rel}: {_reason(err)}"
+                reason = explain(err, self.url)
                 logger.warning("upload of %s (try %d of %d) failed: %s", rel, attempt + 1,
                                TRIES, reason)  # fmt: skip
+                if kind(err):
+                    fatal.append(reason)
+                    return reason
                 if attempt < TRIES - 1:
                     time.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
-        return reason
+        return f"{rel}: {reason}"
 
-    def _copy(self, local: Path, remote: str, rel: str) -> dict[str, Any]:
+    def _copy(
+        self, local: Path, remote: str, rel: str, synced: Sequence[Any] | None = None
+    ) -> dict[str, Any]:
         """Copy one file with the store's own put (a kernel copy on a local folder, multipart on
-        an object store), then hash it from the page cache: the run has ended, it is stable."""
-        self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.put_file(str(local), remote)
-        digest, size = hashlib.sha256(), 0
-        with local.open("rb") as src:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        return {"path": rel, "size": size, "sha256": digest.hexdigest()}
+        an object store) while another thread hashes it: the run has ended, the file is stable,
+        and the two overlap (the put leaves the GIL to the kernel or the network, hashlib
+        releases it). A checkpoint the sync put there as it is now is hashed, not copied again."""
+        hashed: list[tuple[str, int] | BaseException] = []
+        if self._holds(local, remote, synced):
+            _hash_into(local, hashed)
+        else:
+            if makes_folders(self.fs):
+                self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+            hasher = threading.Thread(target=_hash_into, args=(local, hashed), name="ca-hash")
+            hasher.start()
+            try:
+                self.fs.put_file(str(local), remote)
+            finally:
+                hasher.join()
+        if isinstance(hashed[0], BaseException):
+            raise hashed[0]
+        digest, size = hashed[0]
+        return {"path": rel, "size": size, "sha256": digest}
+
+    def _holds(self, local: Path, remote: str, synced: Sequence[Any] | None) -> bool:
+        """Whether the store's copy at ``remote`` is ``local`` as it is: ``synced`` (size, mtime
+        in ns, the store's key of the copy) still matches both."""
+        if not synced or len(synced) != 3:
+            return False
+        st = local.stat()
+        try:
+            return list(synced) == [st.st_size, st.st_mtime_ns, self.copy_key(remote)]
+        except Exception:  # (no such copy, or the store would not say)
+            return False
+
+    def copy_key(self, path: str) -> str:
+        """What tells one copy of a file in the store from another: its size and its ETag (an
+        object store) or mtime (a folder), read afresh (no listing cached in this process)."""
+        self.fs.invalidate_cache(path)
+        info = self.fs.info(path)
+        for name in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "updated", "created"):
+            if info.get(name) is not None:
+                return f"{info.get('size')}:{info[name]}"
+        return f"{info.get('size')}:{sorted(info.items())}"
 
     def _write(self, remote: str, data: bytes) -> None:
         with self.fs.open(remote, "wb") as dst:
             dst.write(data)
+
+    def remove(self, run_id: str) -> bool:
+        """Delete everything the run kept in the store; False when it kept nothing there."""
+        path = self._path(run_id)
+        if not self.fs.exists(path):
+            return False
+        self.fs.rm(path, recursive=True)
+        return True
 
     # -- download -------------------------------------------------------------------------------
     def manifest(self, run_id: str) -> list[dict[str, Any]]:
         """The run's manifest as the store has it."""
         with self.fs.open(self._path(run_id, MANIFEST), "rb") as src:
             return list(json.loads(src.read()))
+
+    def open_file(self, run_id: str, rel: str) -> Any:
+        """One of the run's files (a path from its manifest), opened for reading in binary."""
+        return self.fs.open(self._path(run_id, rel), "rb")
 
     def download(
         self,
@@ -199,12 +264,31 @@ class ArtifactStore:
         return out
 
 
+def _hash_into(path: Path, out: list[tuple[str, int] | BaseException]) -> None:
+    """Append (sha256 hex digest, size) of ``path`` to ``out``, or what went wrong."""
+    try:
+        digest, size = hashlib.sha256(), 0
+        with path.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        out.append((digest.hexdigest(), size))
+    except BaseException as err:  # (handed to the copying thread, which raises it)
+        out.append(err)
+
+
 def of_run(
     record: dict[str, Any], root: str | None = None
 ) -> tuple[ArtifactStore, list[dict[str, Any]]]:
     """The store and the manifest of the run ``record`` describes (``root``: the artifact root
     as this machine reaches it, default the recorded one); a ConfigError when it kept none."""
     kept = record.get("artifacts") or {}
+    if kept.get("status") == "uploading":
+        raise ConfigError(
+            f"the outputs of run {record.get('run_id')} are still uploading (in the background)",
+            "wait for them: celery-agent artifacts RUN --get DEST --wait SECONDS, or "
+            "RunHandle.pull(dest, wait=...)",
+        )
     if not kept.get("root"):
         raise ConfigError(
             f"run {record.get('run_id')} kept no artifacts (state {record.get('state')})",
@@ -217,38 +301,44 @@ def of_run(
     return store, files
 
 
-def _open(url: str) -> tuple[Any, str]:
-    try:
-        import fsspec
-    except ImportError:  # pragma: no cover - a dependency of the package
-        raise ConfigError("fsspec is not installed", "pip install fsspec") from None
-    try:
-        return fsspec.core.url_to_fs(url)
-    except (ValueError, ImportError) as err:
-        raise ConfigError(
-            f"artifact_root {safe_url(url)!r} cannot be opened: {err}",
-            "use a file:// path or a URL whose fsspec package (s3fs, gcsfs, ...) is installed; "
-            "set CELERY_AGENT_ARTIFACT_ROOT",
-        ) from None
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    return text if isinstance(err, ConfigError) else f"{type(err).__name__}: {text}"
-
-
-def upload_run(
-    settings: Settings, run_dir: Path, exclude: Sequence[str], note: Callable[[str], None]
-) -> dict[str, Any]:
-    """Upload a run's output folder (``run_dir/output``) at its end and say so in its log;
-    never raises: a failure is the result's ``status`` and ``error``."""
+def upload_run(settings: Settings, run_dir: Path, exclude: Sequence[str]) -> dict[str, Any]:
+    """Upload a run's output folder (``run_dir/output``) to the store of ``settings``; never
+    raises: a failure is the result's ``status`` and ``error``."""
     try:
         store = ArtifactStore.for_home(settings.artifact_root, settings.home)
-        result = store.upload(run_dir.name, run_dir / "output", exclude)
     except ConfigError as err:  # (a URL with a password)
-        result = {"status": "failed", "error": str(err), "files": [], "count": 0, "bytes": 0}
-    if result["status"] == "failed":
-        note(f"artifacts: failed ({result['error']})")
-    elif result["status"] == "uploaded":
-        note(f"artifacts: {result['count']} file(s), {result['bytes']} bytes -> {result['url']}")
-    return result
+        return failed(str(err), store_url=None)
+    return store.upload(run_dir.name, run_dir / "output", exclude, synced=synced_files(run_dir))
+
+
+def synced_files(run_dir: Path) -> dict[str, list[Any]]:
+    """What the checkpoint sync of the run in ``run_dir`` put in the store (see :data:`SYNCED`)."""
+    try:
+        return dict(json.loads((run_dir / SYNCED).read_text()))
+    except (OSError, ValueError):  # (none, or unreadable: everything is copied)
+        return {}
+
+
+def uploading(settings: Settings, run_id: str) -> dict[str, Any]:
+    """What the run record keeps while its outputs upload in the background."""
+    store = ArtifactStore.for_home(settings.artifact_root, settings.home)
+    return {"status": "uploading", "root": store.url, "url": store.run_url(run_id),
+            "files": [], "count": 0, "bytes": 0, "since": time.time()}  # fmt: skip
+
+
+def failed(reason: str, store_url: str | None) -> dict[str, Any]:
+    """What the run record keeps when its outputs could not be kept."""
+    kept: dict[str, Any] = {"status": "failed", "error": reason, "files": [], "count": 0}
+    return kept | {"bytes": 0, **({"root": store_url} if store_url else {})}
+
+
+def describe(kept: dict[str, Any]) -> str | None:
+    """The line a run's log gets for its upload (None when there was nothing to keep)."""
+    status = kept.get("status")
+    if status == "failed":
+        return f"artifacts: failed ({kept.get('error')})"
+    if status == "uploading":
+        return f"artifacts: uploading to {kept.get('url')} (in the background)"
+    if status == "uploaded":
+        return f"artifacts: {kept['count']} file(s), {kept['bytes']} bytes -> {kept['url']}"
+    return None

@@ -149,4 +149,4 @@ def count_lost(store: RunStore, run_id: str, record: dict[str, Any]) -> int:
     """Count one more lost attempt of a run found active (its runner died); returns the count."""
     if record.get("state") not in state.ACTIVE:
         return int(record.get("lost_attempts") or 0)
-    return int(store.r.hincrby(store.keys.run(run_id), "lost_attempts", 1))
+    return store.count_lost_attempt(run_id)

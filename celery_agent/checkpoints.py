@@ -24,6 +24,8 @@ run is told so (``CELERY_AGENT_ATTEMPT``, ``CELERY_AGENT_RESUMED=1``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import threading
@@ -34,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .artifacts import ArtifactStore, excluded, output_files
+from .artifact_store import makes_folders
+from .artifacts import SYNCED, ArtifactStore, excluded, output_files
 from .errors import AgentError
 
 logger = logging.getLogger(__name__)
@@ -105,6 +108,7 @@ class CheckpointSync:
         settle: float = SETTLE,
         report: Callable[[dict[str, Any]], None] = lambda _: None,
         active: Callable[[], bool] = lambda: True,
+        sidecar: Path | None = None,
     ) -> None:
         self.store, self.run_id, self.folder, self.rel = store, run_id, folder, rel
         #: whether this attempt still has the run: one whose claim went to another runner (it
@@ -113,7 +117,8 @@ class CheckpointSync:
         self.interval, self.exclude, self.settle, self.report = interval, exclude, settle, report
         #: the files as the store has them (restored ones included)
         self.synced: dict[str, Stamp] = dict(baseline or {})
-        self._sizes = {rel: stamp[0] for rel, stamp in self.synced.items()}
+        #: where :meth:`stop` says what the store holds (:data:`.artifacts.SYNCED`), if anywhere
+        self.sidecar = sidecar
         url = f"{store.run_url(run_id)}/{rel}"
         self.stats = SyncStats(url=url, dir=rel, interval=interval)
         self._stop = threading.Event()
@@ -136,7 +141,27 @@ class CheckpointSync:
         if self._thread is not None:
             self._thread.join()
         self.sync(final=True)
+        if self.sidecar is not None and self.active():
+            self._tell_upload(self.sidecar)
         return self.stats.record()
+
+    def _tell_upload(self, sidecar: Path) -> None:
+        """Write what the store holds now (path in the output folder -> size, mtime, the store's
+        key of its copy), so the end's upload copies none of it again; a copy another attempt
+        replaced since has another key and is copied."""
+        held = {}
+        for rel, (size, mtime) in self.synced.items():
+            try:
+                key = self.store.copy_key(self.store.path(self.run_id, f"{self.rel}/{rel}"))
+            except Exception:  # (gone, unreachable: the upload copies it)
+                continue
+            held[f"{self.rel}/{rel}"] = [size, mtime, key]
+        try:
+            tmp = sidecar.with_name(sidecar.name + ".tmp")
+            tmp.write_text(json.dumps(held))
+            os.replace(tmp, sidecar)
+        except OSError as err:
+            logger.warning("could not write %s: %s", sidecar, err)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -181,7 +206,6 @@ class CheckpointSync:
                 errors.append(f"{rel}: {type(err).__name__}: {err}")
                 continue
             self.synced.pop(rel, None)
-            self._sizes.pop(rel, None)
         return self._tally(copied, bool(gone), errors)
 
     def _put(self, rel: str, stamp: Stamp) -> int:
@@ -191,8 +215,14 @@ class CheckpointSync:
         parent, name = remote.rsplit("/", 1)
         hidden = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.part"
         fs = self.store.fs
-        fs.makedirs(parent, exist_ok=True)
-        fs.put_file(str(self.folder / rel), hidden)
+        if makes_folders(fs):  # (on an object store it would create a missing bucket)
+            fs.makedirs(parent, exist_ok=True)
+        try:
+            fs.put_file(str(self.folder / rel), hidden)
+        except BaseException:
+            with contextlib.suppress(Exception):  # (a part left by a broken copy)
+                fs.rm_file(hidden)
+            raise
         try:
             st = (self.folder / rel).stat()
             now = (st.st_size, st.st_mtime_ns)
@@ -202,13 +232,13 @@ class CheckpointSync:
             fs.rm_file(hidden)
             return 0
         fs.mv(hidden, remote)
-        self.synced[rel], self._sizes[rel] = stamp, stamp[0]
+        self.synced[rel] = stamp
         return 1
 
     def _tally(self, copied: int, removed: bool, errors: list[str]) -> int:
         stats = self.stats
         stats.rounds += 1
-        stats.files, stats.bytes = len(self.synced), sum(self._sizes.values())
+        stats.files, stats.bytes = len(self.synced), sum(st[0] for st in self.synced.values())
         stats.uploads += copied
         if copied or removed:
             stats.synced_at = time.time()
@@ -217,6 +247,15 @@ class CheckpointSync:
         if copied or removed or errors:
             self.report(stats.record())
         return copied
+
+
+def describe(kept: dict[str, Any]) -> str | None:
+    """The run's log line for what its sync kept when it stopped (None: it had nothing)."""
+    if kept.get("error"):
+        return f"checkpoints: failed ({kept['error']}); {kept.get('files', 0)} file(s) kept"
+    if kept.get("files"):
+        return f"checkpoints: {kept['files']} file(s), {kept.get('bytes')} bytes at {kept['url']}"
+    return None
 
 
 def restore(store: ArtifactStore, run_id: str, rel: str, folder: Path) -> dict[str, Stamp]:
@@ -311,5 +350,6 @@ def resume(
         note(f"checkpoints: attempt {attempt} found none kept; it starts from the beginning")
     own = baseline if source == run_id else {}  # (another run's files are copied to this one's)
     sync = CheckpointSync(store, run_id, folder, rel, interval=interval, exclude=exclude,
-                          baseline=own, report=report, active=active)  # fmt: skip
+                          baseline=own, report=report, active=active,
+                          sidecar=output_dir.parent / SYNCED)  # fmt: skip
     return Resumed(sync, env, resumed)

@@ -113,6 +113,7 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 @click.option("--python", default=None, help="interpreter version or path for the env")
 @click.option("--executor", default="venv", show_default=True)
 @click.option("--name", default=None, help="a label for the run")
+@click.option("--tag", "tags", multiple=True, help="a tag to find the run by (repeat)")
 @click.option("--project", default=None, help="the project it counts for (CELERY_AGENT_PROJECT)")
 @click.option("--env", "env", multiple=True, help="an environment variable for the run: NAME=value")
 @click.option(
@@ -151,7 +152,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
            find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
            secret_env: tuple[str, ...], project: str | None, timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
            require_pushed: bool, workdir: str | None, wait: bool, wait_timeout: float | None, require_worker: bool,
-           extra_index_urls: tuple[str, ...] = (), no_index: bool = False, inputs: tuple[str, ...] = ()) -> int:  # fmt: skip
+           extra_index_urls: tuple[str, ...] = (), no_index: bool = False, inputs: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
 
     ENTRY and --workdir are paths from the folder you are in; the run starts in that folder
@@ -172,7 +173,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         fields
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
-        | {"project": project}
+        | {"project": project, "tags": list(tags)}
         | {"secret_env": list(secret_env), "strict_params": strict_params}
         | {"inputs": _env(inputs, "--input")}
         | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
@@ -371,6 +372,7 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, project: str 
 def _register_commands() -> None:
     from .cli_artifacts import artifacts, pull
     from .cli_local import config, up
+    from .cli_retention import delete, keep
     from .cli_runs import list_runs
     from .cli_search import metrics, search
     from .cli_services import exporter, flower, redis, services, workers
@@ -378,7 +380,7 @@ def _register_commands() -> None:
     from .cli_status import health, status
 
     commands = (show, status, health, search, metrics, workers, services, flower, redis, exporter)
-    for command in (*commands, list_runs, artifacts, pull, up, config):
+    for command in (*commands, list_runs, artifacts, pull, keep, delete, up, config):
         cli.add_command(command)
 
 

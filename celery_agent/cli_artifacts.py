@@ -21,18 +21,22 @@ from .pull import Progress
 @click.argument("run")
 @click.option("--get", "dest", type=click.Path(path_type=Path), help="download them into DEST")
 @click.option("--root", help="the artifact root as this machine reaches it (default: recorded)")
-def artifacts(run: str, dest: Path | None, root: str | None) -> int:
+@click.option("--wait", "wait", type=float, default=600.0, show_default=True,
+              help="with --get: seconds to wait for outputs still uploading in the background")  # fmt: skip
+def artifacts(run: str, dest: Path | None, root: str | None, wait: float) -> int:
     """List the files RUN kept in the artifact store (path, size, when), or --get them all
     (the same as `celery-agent pull RUN -o DEST`)."""
     from .artifacts import of_run
-    from .cli import err_console
+    from .cli import console, err_console
     from .handle import get_run
 
     if dest is not None:
-        return _pull(run, (), dest, None, root)
+        return _pull(run, (), dest, None, root, wait)
     record = get_run(run).info()
+    if (record.get("artifacts") or {}).get("status") == "uploading":
+        console.print(f"artifacts: {artifacts_line(record['artifacts'])}", markup=False)
+        return 0
     files = of_run(record, root)[1]
-    from .cli import console
 
     console.print(manifest_table(files, record))
     kept = record["artifacts"]
@@ -53,8 +57,15 @@ def artifacts(run: str, dest: Path | None, root: str | None) -> int:
     help="show a progress bar on stderr (default: when stderr is a terminal)",
 )  # fmt: skip
 @click.option("--root", help="the artifact root as this machine reaches it (default: recorded)")
+@click.option("--wait", "wait", type=float, default=600.0, show_default=True,
+              help="seconds to wait for outputs still uploading in the background")  # fmt: skip
 def pull(
-    run: str, paths: tuple[str, ...], dest: Path, progress: bool | None, root: str | None
+    run: str,
+    paths: tuple[str, ...],
+    dest: Path,
+    progress: bool | None,
+    root: str | None,
+    wait: float,
 ) -> int:
     """Download files RUN kept: the PATHs given (files or folders of its output), else all.
 
@@ -64,17 +75,22 @@ def pull(
     celery-agent pull 3f2a model.pt -o models/
     celery-agent pull train-resnet plots/ --progress
     """
-    return _pull(run, paths, dest, progress, root)
+    return _pull(run, paths, dest, progress, root, wait)
 
 
 def _pull(
-    run: str, paths: tuple[str, ...], dest: Path, progress: bool | None, root: str | None
+    run: str,
+    paths: tuple[str, ...],
+    dest: Path,
+    progress: bool | None,
+    root: str | None,
+    wait: float,
 ) -> int:
     from .cli import console, err_console
     from .handle import get_run
     from .pull import pull as pull_files
 
-    record = get_run(run).info()
+    record = get_run(run).settled(wait)  # (outputs still uploading: wait for them)
     show = err_console.is_terminal if progress is None else progress
     with _bar(show) as (start, advance):
         got = pull_files(record, dest, paths, root, advance, start)
@@ -128,6 +144,8 @@ def artifacts_line(kept: dict[str, Any]) -> str:
     """One line for `show`: 'uploaded: 3 file(s), 1234 bytes at URL' or 'failed (reason)'."""
     if kept.get("status") == "failed":
         return f"failed ({kept.get('error')})"
+    if kept.get("status") == "uploading":
+        return f"uploading to {kept.get('url')} (in the background; pull waits for it)"
     count, size = kept.get("count", 0), kept.get("bytes", 0)
     return f"{kept.get('status')}: {count} file(s), {size} bytes at {kept.get('url')}"
 

@@ -84,16 +84,15 @@ def workers(per_gpu: bool, gpus: str, queues: str, cpu_queues: str, concurrency:
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 def flower(flower_args: tuple[str, ...]) -> int:
-    """Run Flower with the celery-agent hardware page (/celery-agent/hardware).
+    """Run Flower with the celery-agent pages (/celery-agent/runs, /celery-agent/hardware).
 
     Arguments go to Flower (e.g. --port=5555 --basic-auth=user:pass).
     """
     from celery.bin.celery import celery
 
-    from .flower import install_handlers, install_metrics
+    from .flower import install
 
-    install_handlers()
-    install_metrics()
+    install()
     args = ["-A", "celery_agent", "flower", *flower_args]
     result = celery.main(args=args, prog_name="celery", auto_envvar_prefix="CELERY",
                          standalone_mode=False)  # fmt: skip

@@ -13,6 +13,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .status import cluster_status
 from .usage import GROUPS, current
@@ -97,23 +98,31 @@ def _watch(console: Console, snapshot: Callable[[], dict[str, Any]], interval: f
 def status_view(data: dict[str, Any]) -> Group:
     """The workers table and the GPU table."""
     workers = Table("worker", "host", "queues", "state", "GPUs", "current run", "uptime", "cpu %",
-                    "env cache", title="workers", title_justify="left")  # fmt: skip
+                    "env cache", "artifacts", title="workers", title_justify="left")  # fmt: skip
     for w in data["workers"]:
         workers.add_row(escape(w["name"]), escape(w["host"] or ""), escape(",".join(w["queues"])),
                         _state(w["state"]), _gpus(w), escape(", ".join(r[:12] for r in w["runs"]) or "-"),
                         _duration(w["uptime"]), _num(w["cpu_percent"]),
-                        env_cache_text(w.get("env_cache")))  # fmt: skip
+                        env_cache_text(w.get("env_cache")), _store(w.get("artifact_store")))  # fmt: skip
     gpus = Table("host", "gpu", "name", "util", "memory", "temp", "power", "worker / lease",
                  title="GPUs", title_justify="left")  # fmt: skip
     for g in data["gpus"]:
         gpus.add_row(escape(g["host"]), f"{g['index']} {g['uuid'][:12]}", escape(g["name"] or ""),
                      bar(g["util"], 100), _memory(g), _num(g["temperature"], "°C"),
                      _num(g["power_w"], " W"), escape(_owner(g)))  # fmt: skip
-    parts = [workers, gpus] if data["gpus"] else [workers]
+    broken = [Text(f"{w['name']}: artifact store: {w['artifact_store']['error']}", style="red")
+              for w in data["workers"] if (w.get("artifact_store") or {}).get("error")]  # fmt: skip
+    parts: list[Table | Text] = [workers, *broken, *([gpus] if data["gpus"] else [])]
     for by in GROUPS:
         if data.get(by + "s"):
             parts.append(users_table(data[by + "s"], by))
     return Group(*parts)
+
+
+def _store(check: dict[str, Any] | None) -> str:
+    if not check:
+        return "-"
+    return "ok" if check.get("ok") else "[red]cannot write[/]"
 
 
 def users_table(rows: list[dict[str, Any]], by: str = "user") -> Table:

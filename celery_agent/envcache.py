@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 #: a builder: gets the final env path (to create), returns metadata stored as meta.json
 Builder = Callable[[Path], dict[str, Any]]
+#: told each outcome of :meth:`EnvCache.get_or_build` with its seconds: "hit" (a ready entry,
+#: found at once or built meanwhile by another process), "built" (a miss this call built) or
+#: "failed" (a miss whose build raised); not told of a cached failure re-raised (nothing ran)
+Observer = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,11 @@ class EnvCache(EnvEviction):
         failure_ttl: float = 600.0,
         lock_timeout: float = 3600.0,
         stop: Callable[[], bool] | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self.root = Path(root)
         self.stop = stop  #: asked while another build of the same entry is waited for
+        self.observe = observe  #: told every hit, build and failed build (metrics)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.failure_ttl = failure_ttl
@@ -192,6 +198,7 @@ class EnvCache(EnvEviction):
             found = self._hit(key, start) or self._aliased(key, start, hold)
             if found is None:
                 found = self._build(key, build, label, start)
+            self._tell("hit" if found.hit else "built", found.seconds)
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -252,11 +259,13 @@ class EnvCache(EnvEviction):
         return CachedEnv(key, entry / "env", False, seconds, meta)
 
     def _run_builder(self, key: str, build: Builder, entry: Path) -> dict[str, Any]:
+        started = time.perf_counter()
         try:
             meta = build(entry / "env")
         except EnvBuildError as exc:
             remove_tree(entry)
             self._record_failure(key, exc)
+            self._tell("failed", time.perf_counter() - started)
             raise
         except BaseException:
             remove_tree(entry)
@@ -276,6 +285,13 @@ class EnvCache(EnvEviction):
             self.evict(keep={key})
         except OSError as exc:
             logger.warning("env cache eviction failed: %s", exc)
+
+    def _tell(self, outcome: str, seconds: float) -> None:
+        if self.observe is not None:
+            try:
+                self.observe(outcome, seconds)
+            except Exception as exc:  # counting must never fail a run
+                logger.warning("env cache: could not count a %s: %s", outcome, exc)
 
     # -- failures ---------------------------------------------------------------------------------
     def _record_failure(self, key: str, exc: EnvBuildError) -> None:

@@ -3,15 +3,18 @@
 :class:`FleetCollector` is a ``prometheus_client`` collector: every scrape reads what it serves in
 three pipelined round trips, never a scan of all runs or keys:
 
-1. the ``workers`` index (with last-heartbeat scores) and the run counters hash
-   (:meth:`Keys.run_counts`, kept by the run store's scripts);
+1. the ``workers`` index (with last-heartbeat scores), the run counters hash
+   (:meth:`Keys.run_counts`, kept by the run store's scripts), the run histograms hash (run
+   duration and queue wait per queue, :meth:`Keys.run_histograms`) and the env cache outcomes
+   hash (per executor kind, :mod:`.envstats`);
 2. each known worker's heartbeat hash and current-run set;
 3. the state and queue of each run an online worker runs now, and the length of each queue's
    lists on the broker (the Redis transport keeps one list per priority level: ``queue``, then
    ``queue`` + ``"\\x06\\x16"`` + ``3``, ``6``, ``9``; all of them are summed).
 
 Queues reported are those online workers serve plus any named to the collector. On a RabbitMQ
-broker queue depth is not reported (the broker's own exporter has it). When Redis cannot be read
+broker queue depth is each queue's ready messages, read by a passive declare (:mod:`.amqpdepth`),
+with ``celery_agent_broker_up`` saying whether the broker answered. When Redis cannot be read
 the scrape serves ``celery_agent_up 0`` and nothing else, not an error; a malformed heartbeat
 record is skipped (logged) and the rest of the fleet is still served.
 """
@@ -27,6 +30,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import envstats, histograms
+from .amqpdepth import AmqpDepth
 from .keys import Keys
 from .state import ACTIVE
 from .status import gpu_rows
@@ -50,7 +55,8 @@ class FleetCollector(Collector):
     """Fleet metrics for a ``prometheus_client`` registry (see the module's docstring).
 
     ``client`` is the agent's Redis (``decode_responses=True``); ``broker`` the broker's Redis
-    client when the broker is Redis (None: no queue depth); ``queues`` are always reported.
+    client when the broker is Redis, an :class:`.AmqpDepth` on RabbitMQ (None: no queue depth);
+    ``queues`` are always reported.
     """
 
     def __init__(
@@ -90,7 +96,9 @@ class FleetCollector(Collector):
         pipe = self.r.pipeline(transaction=False)
         pipe.zrange(self.keys.workers(), 0, -1, withscores=True)
         pipe.hgetall(self.keys.run_counts())
-        seen, counts = pipe.execute()
+        pipe.hgetall(self.keys.run_histograms())
+        pipe.hgetall(self.keys.env_cache_stats())
+        seen, counts, hists, envs = pipe.execute()
         names = [name for name, _ in seen]
         pipe = self.r.pipeline(transaction=False)
         for name in names:
@@ -106,6 +114,8 @@ class FleetCollector(Collector):
         return [
             *self._queue_metrics(depth),
             *self._run_metrics(active, counts),
+            *histograms.families(hists, [histograms.RUN_DURATION, histograms.QUEUE_WAIT]),
+            *envstats.families(envs),
             *self._worker_metrics(online, len(names), dict(seen)),
             *self._gpu_metrics(online),
         ]
@@ -113,39 +123,56 @@ class FleetCollector(Collector):
     def _runs_and_queues(
         self, runs: list[str], queues: list[str]
     ) -> tuple[Counter[tuple[str, str]], dict[str, int] | None]:
-        """(state, queue) counts of the active runs; each queue's depth (None: broker unknown)."""
+        """(state, queue) counts of the active runs; each queue's depth (None: broker unknown or
+        unreadable)."""
+        amqp = isinstance(self.broker, AmqpDepth)
+        lists_on = None if self.broker is None or amqp else self.broker
         pipe = self.r.pipeline(transaction=False)
         for run in runs:
             pipe.hmget(self.keys.run(run), ["state", "queue"])
-        broker = None if self.broker is None or self.broker is self.r else self.broker.pipeline()
-        lists = broker if broker is not None else pipe
-        if self.broker is not None:
-            for queue in queues:
-                for name in queue_lists(queue):
-                    lists.llen(name)
+        broker = None if lists_on is None or lists_on is self.r else lists_on.pipeline()
+        for queue in queues if lists_on is not None else []:
+            for name in queue_lists(queue):
+                (broker if broker is not None else pipe).llen(name)
         got = pipe.execute()
         lengths = broker.execute() if broker is not None else got[len(runs) :]
         active: Counter[tuple[str, str]] = Counter()
         for state, queue in got[: len(runs)]:
             if state in ACTIVE:
                 active[(state, queue or "")] += 1
-        if self.broker is None:
+        if amqp:
+            return active, self._amqp_depth(queues)
+        if lists_on is None:
             return active, None
         per = len(PRIORITY_STEPS)
         depth = {q: sum(lengths[i * per : (i + 1) * per]) for i, q in enumerate(queues)}
         return active, depth
 
+    def _amqp_depth(self, queues: list[str]) -> dict[str, int] | None:
+        try:
+            return self.broker.depth(queues)
+        except Exception as exc:  # the broker away: its depth is absent, the rest is served
+            logger.warning("cannot read queue depth from the broker: %s", exc)
+            return None
+
     # -- families -------------------------------------------------------------------------------
     def _queue_metrics(self, depth: dict[str, int] | None) -> list[Metric]:
+        up: list[Metric] = []
+        if isinstance(self.broker, AmqpDepth):
+            broker = GaugeMetricFamily(
+                "celery_agent_broker_up", "1 when the exporter could read queue depth from the broker"
+            )  # fmt: skip
+            broker.add_metric([], 0 if depth is None else 1)
+            up.append(broker)
         if depth is None:
-            return []
+            return up
         family = GaugeMetricFamily(
             "celery_agent_queue_depth", "runs waiting in the queue (all priority levels)",
             labels=["queue"],
         )  # fmt: skip
         for queue, n in sorted(depth.items()):
             family.add_metric([queue], n)
-        return [family]
+        return [*up, family]
 
     def _run_metrics(
         self, active: Counter[tuple[str, str]], counts: dict[str, str]
@@ -162,10 +189,14 @@ class FleetCollector(Collector):
             "celery_agent_runs_requeued", "active runs sent back to their queue (worker lost or drained)"
         )  # fmt: skip
         requeued.add_metric([], _int(counts.get("requeued")))
+        lost = CounterMetricFamily(
+            "celery_agent_runs_lost", "attempts whose runner was found gone (re-queued or ended lost)"
+        )  # fmt: skip
+        lost.add_metric([], _int(counts.get("lost_attempts")))
         ended = CounterMetricFamily("celery_agent_runs_ended", "runs that ended", labels=["state"])
         for state in _COUNTERS[2:]:
             ended.add_metric([state], _int(counts.get(state)))
-        return [runs, submitted, requeued, ended]
+        return [runs, submitted, requeued, lost, ended]
 
     def _worker_metrics(
         self, online: list[dict[str, Any]], known: int, seen: dict[str, float]
@@ -259,12 +290,12 @@ def _int(value: Any) -> int:
 def fleet_collector(
     redis_url: str, broker_url: str, prefix: str, queues: Iterable[str] = ()
 ) -> FleetCollector:
-    """A collector on new connections to the agent's Redis and (when it is Redis) the broker."""
+    """A collector on new connections to the agent's Redis and the broker (Redis or AMQP)."""
     from .defaults import is_amqp
     from .redisconn import connect
 
     client = connect(redis_url, decode_responses=True, socket_timeout=10)
-    broker: Any = None
+    broker: Any = AmqpDepth(broker_url)
     if not is_amqp(broker_url):
         same = broker_url == redis_url
         broker = client if same else connect(broker_url, decode_responses=True, socket_timeout=10)

@@ -1,21 +1,26 @@
-"""Flower integration: a hardware page inside Flower's web app.
+"""Flower integration: the celery-agent pages inside Flower's web app.
 
 (The readable names Flower shows for runs are sent with each run: see :mod:`.dispatch`.)
 
-Flower has no plugin API, but its tornado application takes its handler list from
-``flower.urls.handlers``; :func:`install_handlers` inserts ours ahead of the catch-all there, before
-the app is built (``celery-agent flower`` does it, see :mod:`.cli_services`):
+Flower has no plugin API, but its tornado application is built from two module-level values,
+``flower.urls.handlers`` and ``flower.urls.settings``, after the Celery app is loaded.
+:func:`install` changes both before that: our pages and endpoints go ahead of the catch-all in the
+handler list (see :mod:`.flowerui`: runs, run pages, hardware), a template loader adds links to
+them to Flower's navigation bar (:mod:`.flowerui.navbar`), and the fleet's Prometheus metrics
+(see :mod:`.exporter`) join Flower's own ``/metrics``. ``celery-agent flower`` calls it; so does
+the package's import when the process runs ``celery -A celery_agent flower`` (:func:`flower_command`).
+Each part that fails is logged and left out: Flower itself still starts.
 
 - ``/celery-agent/hardware``: workers, GPUs, current runs and history charts (HTML, inline SVG);
 - ``/celery-agent/api/hardware``: the same data as JSON (:func:`hardware_data`).
-
-:func:`install_metrics` adds the fleet's Prometheus metrics (see :mod:`.exporter`) to Flower's own
-``/metrics``, which serves ``prometheus_client``'s default registry.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 from .state import RunStore
@@ -26,6 +31,76 @@ logger = logging.getLogger(__name__)
 
 HARDWARE_PATH = "/celery-agent/hardware"
 HARDWARE_API_PATH = "/celery-agent/api/hardware"
+#: Celery's own options that take a value (``celery -A app flower``: the command comes after them)
+_VALUED = frozenset({"-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config",
+                     "--workdir"})  # fmt: skip
+_installed: list[str] = []
+
+
+def flower_command(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` runs Flower: its first word that is no option (nor an option's value)
+    is ``flower`` (``celery -A celery_agent flower``, ``celery-agent flower``)."""
+    skip = False
+    for word in argv[1:]:
+        if skip:
+            skip = False
+        elif word in _VALUED:
+            skip = True
+        elif not word.startswith("-"):
+            return word == "flower"
+    return False
+
+
+def install() -> list[str]:
+    """Add our pages, navigation links and metrics to Flower, once per process, and complete the
+    runs table's indexes in the background; returns the parts done ("pages", "links", "metrics",
+    "run indexes"). Called before Flower builds its application."""
+    if _installed:
+        return []
+    parts = (("pages", install_handlers), ("links", install_links), ("metrics", install_metrics),
+             ("run indexes", complete_run_indexes))  # fmt: skip
+    for name, part in parts:
+        try:
+            part()
+        except Exception as err:  # a Flower we do not know: leave it as it is
+            logger.warning("celery-agent could not add its %s to Flower: %s", name, err)
+        else:
+            _installed.append(name)
+    logger.debug("celery-agent added to Flower: %s (pid %d)", ", ".join(_installed), os.getpid())
+    return list(_installed)
+
+
+def complete_run_indexes() -> threading.Thread:
+    """Add the runs recorded before the per-queue, user and tag indexes existed to them (see
+    :func:`.runindex.complete_indexes`), in a background thread; until then the runs table
+    filters by scanning."""
+    from .app import get_store
+    from .runindex import complete_indexes
+
+    store = get_store()
+
+    def work() -> None:
+        try:
+            added = complete_indexes(store)
+        except Exception as err:  # (Redis away: the table scans, as before)
+            logger.warning("could not complete the runs table's indexes: %s", err)
+        else:
+            logger.info("runs table indexes complete (%d runs added)", added)
+
+    thread = threading.Thread(target=work, name="celery-agent-run-indexes", daemon=True)
+    thread.start()
+    return thread
+
+
+def install_links(settings: dict[str, Any] | None = None) -> bool:
+    """Put our links in Flower's navigation bar (see :mod:`.flowerui.navbar`)."""
+    from .flowerui.navbar import install as install_navbar
+
+    if settings is None:
+        from flower import urls
+
+        settings = urls.settings
+    return install_navbar(settings)
 
 
 def hardware_data(
@@ -54,7 +129,7 @@ def run_summary(store: RunStore, run_id: str) -> dict[str, Any]:
 
 
 def install_handlers(handlers: list[Any] | None = None) -> bool:
-    """Insert the hardware page and API into Flower's handler list (``flower.urls.handlers`` by
+    """Insert our pages and endpoints into Flower's handler list (``flower.urls.handlers`` by
     default) ahead of its catch-all; False when they are there already."""
     from .flowerui import routes
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -42,11 +43,12 @@ class RunHandle:
         """The run record as it is now."""
         return self.store.get(self.run_id)
 
-    def artifacts(self, root: str | None = None) -> list[dict[str, Any]]:
-        """The files the run kept in the artifact store: its manifest (path, size, sha256)."""
+    def artifacts(self, root: str | None = None, wait: float = 0.0) -> list[dict[str, Any]]:
+        """The files the run kept in the artifact store: its manifest (path, size, sha256);
+        ``wait``: seconds to wait for outputs still uploading in the background."""
         from .artifacts import of_run
 
-        return of_run(self.info(), root)[1]
+        return of_run(self.settled(wait), root)[1]
 
     def pull(
         self,
@@ -55,14 +57,26 @@ class RunHandle:
         *,
         paths: Sequence[str] = (),
         progress: Callable[[str, int], None] | None = None,
+        wait: float = 600.0,
     ) -> list[Path]:
         """Download the files the run kept into ``dest`` (each checked against its sha256, each
         whole or not at all); returns their local paths. ``paths``: files or folders of its
         manifest (default: all); ``root``: the artifact root as this machine reaches it, default
-        the recorded one; ``progress`` is told (path, bytes) as each chunk arrives."""
+        the recorded one; ``progress`` is told (path, bytes) as each chunk arrives; ``wait``:
+        seconds to wait for outputs still uploading in the background."""
         from .pull import pull
 
-        return pull(self.info(), Path(dest), paths, root, progress)
+        return pull(self.settled(wait), Path(dest), paths, root, progress)
+
+    def settled(self, wait: float, poll: float = 0.2) -> dict[str, Any]:
+        """The run record once its outputs no longer upload in the background, or after
+        ``wait`` seconds (whichever comes first)."""
+        deadline = time.monotonic() + wait
+        record = self.info()
+        while _uploading(record) and time.monotonic() < deadline:
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            record = self.info()
+        return record
 
     @property
     def state(self) -> str:
@@ -152,3 +166,7 @@ def get_run(ref: str, store: RunStore | None = None) -> RunHandle:
 
         store = get_store()
     return RunHandle(find_run(store, ref), store)
+
+
+def _uploading(record: dict[str, Any]) -> bool:
+    return (record.get("artifacts") or {}).get("status") == "uploading"

@@ -17,6 +17,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from .transfer import Mismatch, copy_checked
 logger = logging.getLogger(__name__)
 
 POLL = 0.1  #: seconds between tries of a lock another run holds
+THREADS = 8  #: files of a folder input copied at once
 
 #: told how many bytes arrived (for progress), after each chunk
 Progress = Callable[[int], None]
@@ -117,21 +119,32 @@ class InputCache:
         deadline: float | None,
         progress: Progress,
     ) -> int:
-        total = 0
+        """Copy the input's files into ``dest``, several at a time; returns the bytes copied."""
         if source.folder:
             dest.mkdir(parents=True)
-        for entry in source.entries:
-            target = dest / entry.rel if entry.rel else dest
-            if dest not in (target, *target.parents) or ".." in Path(entry.rel).parts:
-                raise SpecError(
-                    f"{field(source.name)}: file {entry.rel!r} would leave its folder",
-                    "check the manifest",
-                    field(source.name),
-                )
+        targets = [_target(source, dest, entry) for entry in source.entries]
+        for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
-            total += copy_file(source, entry, target, lambda: _check(source, stop, deadline),
-                               progress)  # fmt: skip
-        return total
+
+        def one(pair: tuple[Entry, Path]) -> int:
+            check = lambda: _check(source, stop, deadline)  # noqa: E731
+            return copy_file(source, pair[0], pair[1], check, progress)
+
+        pairs = list(zip(source.entries, targets, strict=True))
+        with ThreadPoolExecutor(max(1, min(THREADS, len(pairs)))) as pool:
+            return sum(pool.map(one, pairs))
+
+
+def _target(source: Source, dest: Path, entry: Entry) -> Path:
+    """Where ``entry`` goes under ``dest``; a SpecError for a path that would leave it."""
+    target = dest / entry.rel if entry.rel else dest
+    if ".." in Path(entry.rel).parts or dest not in (target, *target.parents):
+        raise SpecError(
+            f"{field(source.name)}: file {entry.rel!r} would leave its folder",
+            "check the manifest",
+            field(source.name),
+        )
+    return target
 
 
 def copy_file(

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .artifacts import ArtifactStore, of_run, safe_url
+from .artifact_store import safe_url
+from .artifacts import ArtifactStore, of_run
 from .errors import AgentError, ConfigError, SpecError
 
 logger = logging.getLogger(__name__)
@@ -228,7 +229,9 @@ def checked(given: Mapping[str, str], lookup: RecordLookup) -> dict[str, str]:
         if ref is None:
             continue
         try:
-            record = kept_files(name, url, ref, lookup)[0]
+            record = run_record(name, ref, lookup)
+            if not uploading(record):  # (still uploading: its worker waits for it)
+                kept_files(name, url, ref, _given(record))
         except SpecError:
             raise
         except Exception as err:  # a manifest in a store this machine cannot reach
@@ -257,6 +260,16 @@ def run_record(name: str, ref: RunRef, lookup: RecordLookup) -> Mapping[str, Any
     return record
 
 
+def _given(record: Mapping[str, Any]) -> RecordLookup:
+    """A lookup that finds ``record`` whatever it is asked for."""
+    return lambda _ref: record
+
+
+def uploading(record: Mapping[str, Any]) -> bool:
+    """Whether the run's outputs are still being uploaded, in the background of its worker."""
+    return (record.get("artifacts") or {}).get("status") == "uploading"
+
+
 def pick(files: list[dict[str, Any]], path: str, folder: bool) -> list[dict[str, Any]]:
     """The manifest entries ``path`` names: the file itself, or every file under the folder."""
     if not folder:
@@ -266,6 +279,7 @@ def pick(files: list[dict[str, Any]], path: str, folder: bool) -> list[dict[str,
 
 def _from_url(name: str, url: str) -> Source:
     fs, path = _open(name, url)
+    fs.invalidate_cache()  # (a listing an earlier run cached in this process may be stale)
     try:
         info = fs.info(path)
         folder = info.get("type") == "directory"

@@ -47,6 +47,7 @@ class Held:
         self._fields: dict[str, Any] = {}
         self._state: tuple[str, dict[str, Any]] | None = None
         self._lines: list[str] = []
+        self._ops: list[Callable[[Any], object]] = []
         self._since: float | None = None
 
     def defer(self, lines: list[str] | None = None, **fields: Any) -> None:
@@ -54,6 +55,14 @@ class Held:
         with self._lock:
             self._lines.extend(lines or ())
             self._fields.update(fields)
+            if self._since is None:
+                self._since = time.monotonic()
+
+    def defer_write(self, write: Callable[[Any], object]) -> None:
+        """Queue ``write(pipe)`` (commands on the pipeline, e.g. counters); it goes out with the
+        next write, or soon, after the run's own writes."""
+        with self._lock:
+            self._ops.append(write)
             if self._since is None:
                 self._since = time.monotonic()
 
@@ -78,7 +87,9 @@ class Held:
         transition instead of three writes); ``end``'s own values win."""
         with self._lock:
             pipe = self.store.r.pipeline(transaction=False)
-            deferred = self._queue(pipe, end) if self.lost_to is None else 0
+            if self.lost_to is None:
+                self._queue(pipe, end)
+            deferred = len(pipe)
             if build is not None:
                 build(pipe)
             if not len(pipe):
@@ -88,28 +99,26 @@ class Held:
             except (redis.ConnectionError, redis.TimeoutError) as err:
                 raise StateError(f"Redis is unreachable: {err}") from err
             self._fields, self._state, self._lines, self._since = {}, None, [], None
+            self._ops = []
             return results[deferred:]
 
     def due(self, now: float) -> bool:
         """Whether deferred writes have waited long enough."""
         return self._since is not None and now - self._since >= FLUSH_AFTER
 
-    def _queue(self, pipe: Any, end: dict[str, Any] | None) -> int:
-        n = 0
+    def _queue(self, pipe: Any, end: dict[str, Any] | None) -> None:
         if end is not None:
             folded = self._fields | (self._state[1] if self._state is not None else {})
             for key, value in folded.items():
                 end.setdefault(key, value)
         elif self._fields:
             self.store.update(self.run_id, pipe=pipe, **self._fields)
-            n += 1
         if self._state is not None and end is None:
             self.store.transition(self.run_id, self._state[0], pipe=pipe, **self._state[1])
-            n += 1
         if self._lines:
             self.store.append_log(self.run_id, self._lines, pipe=pipe)
-            n += 1
-        return n
+        for write in self._ops:
+            write(pipe)
 
 
 class Keeper:

@@ -3,11 +3,18 @@
 Runs:
 
 - ``{p}:run:{id}`` hash: the run record; ``{p}:runs`` sorted set of run ids by submit time
+- ``{p}:runs:by:{queue|user|tag}:{value}`` sorted sets: the same, for the runs of one queue, user or
+  tag (written at submit; ``{p}:runs:by:complete`` once the runs recorded before were added too)
 - ``{p}:runs:counts`` hash of counters since the deployment began: ``submitted``, ``requeued``
-  and one per end state (``succeeded``, ``failed``, ...); never reset
+  and one per end state (``succeeded``, ``failed``, ...), ``lost_attempts`` (a runner found gone
+  under a run); never reset
+- ``{p}:runs:histograms`` hash of run duration and queue wait buckets per queue (see
+  :mod:`.histograms`); never reset
 - ``{p}:run:{id}:metrics`` stream of scalars the run reported (name, value, step)
 - ``{p}:run:{id}:log`` stream of line chunks; ``{p}:run:{id}:claim`` who runs it (TTL): ``worker|host|pid``
 - ``{p}:run:{id}:abort`` cancel flag; ``{p}:abort`` pub/sub channel that nudges runners
+- ``{p}:run:{id}:upload`` the background upload of an ended run's outputs (TTL, renewed while it
+  goes on): ``host|pid``; ``{p}:uploads`` set of the run ids with one (see :mod:`.uploads`)
 - ``{p}:run:{id}:secrets`` JSON of the values the record shows masked (secret env, repo
   credentials), kept (TTL a week) until the run ends, for a requeue
 - ``{p}:retention:{runs|searches}`` where the retention sweep goes on in its index next time;
@@ -30,6 +37,8 @@ Workers and GPUs:
   (Redis broker; rewritten each heartbeat, handed back by the sweep once the worker is dead)
 - ``{p}:workers`` sorted set: every worker seen, scored by its last heartbeat time
 - ``{p}:workers:gone`` hash: worker name -> JSON {"state": "stopped"|"lost", "at": time}
+- ``{p}:envcache:stats`` hash of env cache outcomes per executor kind: ``{kind}|hits``,
+  ``{kind}|misses``, ``{kind}|failures`` and the build-time histogram (see :mod:`.histograms`)
 - ``{p}:gpu:{host}:{uuid}`` a dynamic GPU lease: value ``{worker}/{run id}``, with a TTL
 - ``{p}:sweep:lock`` short lock so two beats never sweep at once
 """
@@ -57,9 +66,25 @@ class Keys:
         """Sorted set of run ids by submit time."""
         return self._join("runs")
 
+    def runs_by(self, field: str, value: str) -> str:
+        """Sorted set of the ids of the runs whose ``field`` (queue, user, tag) is ``value``."""
+        return self._join("runs", "by", field, value)
+
+    def runs_by_complete(self) -> str:
+        """Set once every run recorded is in the :meth:`runs_by` indexes."""
+        return self._join("runs", "by", "complete")
+
     def run_counts(self) -> str:
         """Hash of run counters: submitted, requeued and one per end state."""
         return self._join("runs", "counts")
+
+    def run_histograms(self) -> str:
+        """Hash of run duration and queue wait histograms, per queue."""
+        return self._join("runs", "histograms")
+
+    def env_cache_stats(self) -> str:
+        """Hash of env cache hits, misses, failures and build times, per executor kind."""
+        return self._join("envcache", "stats")
 
     def log(self, run_id: str) -> str:
         """The run's log stream."""
@@ -72,6 +97,14 @@ class Keys:
     def claim(self, run_id: str) -> str:
         """The run's claim (the worker running it)."""
         return self._join("run", run_id, "claim")
+
+    def upload(self, run_id: str) -> str:
+        """The background upload of the run's outputs (TTL, renewed while it goes on)."""
+        return self._join("run", run_id, "upload")
+
+    def uploads(self) -> str:
+        """Set of the run ids whose outputs upload in the background."""
+        return self._join("uploads")
 
     def abort(self, run_id: str) -> str:
         """The run's cancel flag."""

@@ -100,7 +100,9 @@ def supervise(
         outcome = executor.run(prepared, interp_args, request)
     finally:  # its last round, now that nothing writes: at the end, on cancel, on drain
         if sync is not None:
-            job.summary["checkpoints"] = sync.stop()
+            kept = job.summary["checkpoints"] = sync.stop()
+            if line := checkpoints.describe(kept):
+                job.note(line)
     sink.flush()
     job.timing("run", t0)
     if outcome.first_line_at:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import artifacts, attempts, launch, paramusage, stages, staging, state
+from . import artifacts, attempts, envstats, launch, paramusage, stages, staging, state, uploads
 from .attempts import DuplicateRun
 from .context import ResultWrites, WorkerContext
 from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout, UnknownRunError
@@ -216,7 +216,9 @@ class Job:
     def prepare(self, spec: TaskSpec, co: Checkout) -> PreparedEnv:
         """Reuse or build the run's environment."""
         t0 = time.time()
-        settings = self.ctx.executor_settings.within(self.clock.remaining("env"), self.stops)
+        settings = self.ctx.executor_settings.within(
+            self.clock.remaining("env"), self.stops, self.count_env
+        )
         executor = get_executor(spec.executor, settings)
         try:
             prepared = executor.prepare(spec, co.path, self.note)
@@ -272,9 +274,13 @@ class Job:
     ) -> dict[str, Any]:
         """Keep the run's outputs (:mod:`.artifacts`), write the terminal state, return the summary."""
         self._stop_if_superseded()
+        going = None  # an upload that takes longer than artifact_wait goes on in the background
         if self.output_dir.is_dir():  # every run that began keeps its outputs, however it ended
-            kept = artifacts.upload_run(self.ctx.settings, self.run_dir, self.exclude, self.note)
+            s = self.ctx.settings
+            kept, going = uploads.keep(s, self.run_id, self.run_dir, self.exclude, self.store)
             self.summary["artifacts"] = kept
+            if line := artifacts.describe(kept):
+                self.note(line)
         self.summary["timings"]["total"] = round(time.time() - self.started, 3)
         self.summary |= {
             "status": status,
@@ -288,6 +294,9 @@ class Job:
         self.summary = stages.leading(self.summary)  # (what short previews show first)
         fields = {k: v for k, v in self.summary.items() if k not in ("run_id", "status")}
         self._end(status, fields)
+        if going is not None:
+            retry = self.ctx.settings.record_retry
+            uploads.settle(self.store, self.run_id, self.log_file, going, retry)
         return self.summary
 
     def requeue(self, why: str) -> dict[str, Any]:
@@ -378,6 +387,12 @@ class Job:
         """Record fields that go out with the run's next write (only while the run is held)."""
         assert self.held is not None
         self.held.defer(**fields)
+
+    def count_env(self, kind: str, outcome: str, seconds: float) -> None:
+        """Count an env cache outcome (:mod:`.envstats`) with the run's next write."""
+        if self.held is not None:
+            keys = self.store.keys
+            self.held.defer_write(lambda pipe: envstats.count(pipe, keys, kind, outcome, seconds))
 
     def timing(self, stage: str, t0: float) -> None:
         """Record how long a stage took."""

@@ -9,21 +9,31 @@ remembers where the next one starts (``{p}:retention:runs``, ``{p}:retention:sea
 backlog is worked off over several sweeps and none holds Redis for long; streams go with UNLINK,
 which frees their memory off Redis's main thread.
 
+A run that goes takes its artifacts with it: what it kept in the artifact store
+(``{root}/runs/{id}/``, the root its record names) is deleted first, in parallel threads; a store
+that cannot be reached is logged and the run goes anyway. A run marked ``keep``
+(``celery-agent keep RUN``) is never deleted, nor its artifacts, nor its run folder.
+:func:`delete_run` deletes one run now (``celery-agent delete RUN``).
+
 On disk (:func:`prune_run_dirs`, for each worker): run folders under ``runs_dir`` (log file,
 output) untouched for longer than the retention, unless Redis says their run is still active.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from . import state
+from .artifacts import ArtifactStore
+from .errors import ConfigError, StateError
 from .settings import Settings
 from .state import RunStore
 
@@ -33,6 +43,8 @@ DAY = 86400.0
 BATCH = 500  #: old index entries one sweep looks at (runs, and searches, each)
 KEEP = frozenset({state.QUEUED, *state.ACTIVE})  #: states whose runs are never deleted
 _ENDS = tuple(f"{s}_at" for s in sorted(state.TERMINAL))
+_ROW = ("state", "name", "keep", "artifacts", *_ENDS)  #: what retention reads of a run record
+STORE_THREADS = 8  #: runs whose artifacts are deleted at once
 _TRIAL = re.compile(r"^search-(?P<search>.+)-t\d+$")  #: the name a search gives its trials
 
 
@@ -45,10 +57,12 @@ def expire_runs(store: RunStore, days: float, now: float | None = None,
     offset, ids = _window(store, store.keys.runs(), "runs", cutoff, batch)
     pipe = store.r.pipeline(transaction=False)
     for run_id in ids:
-        pipe.hmget(store.keys.run(run_id), "state", "name", *_ENDS)
-    rows = [dict(zip(("state", "name", *_ENDS), r, strict=True)) for r in pipe.execute()]
+        pipe.hmget(store.keys.run(run_id), *_ROW)
+    rows = [dict(zip(_ROW, r, strict=True)) for r in pipe.execute()]
     running = _running_searches(store, [row["name"] for row in rows])
     gone = [i for i, row in zip(ids, rows, strict=True) if _expired(row, cutoff, running)]
+    by_id = dict(zip(ids, rows, strict=True))
+    remove_artifacts([(run_id, by_id[run_id]["artifacts"]) for run_id in gone])
     _delete_runs(store, gone)
     _advance(store, "runs", offset, len(ids) - len(gone), len(ids) == batch)
     return gone
@@ -80,6 +94,56 @@ def expire_searches(store: RunStore, days: float, now: float | None = None,
     return gone
 
 
+def delete_run(store: RunStore, run_id: str, root: str | None = None) -> bool:
+    """Delete one ended run now: its artifacts (from ``root``, default the recorded root), its
+    record and every key it has; False when it kept no artifacts. A run that is queued or active,
+    or marked ``keep``, is refused with a StateError saying what to do."""
+    row = dict(zip(_ROW, store.r.hmget(store.keys.run(run_id), *_ROW), strict=True))
+    if row["state"] in KEEP:
+        raise StateError(f"run {run_id} is {row['state']}",
+                         f"cancel it first: celery-agent cancel {run_id}")  # fmt: skip
+    if _kept(row):
+        raise StateError(f"run {run_id} is marked keep",
+                         f"celery-agent keep {run_id} --off, then delete it")  # fmt: skip
+    had = _remove_artifacts(run_id, row["artifacts"], root, strict=True)
+    _delete_runs(store, [run_id])
+    return had
+
+
+def set_keep(store: RunStore, run_id: str, keep: bool = True) -> None:
+    """Mark a run ``keep`` (retention never deletes it, nor its artifacts) or unmark it."""
+    if keep:
+        store.update(run_id, keep="1")
+    else:
+        store.r.hdel(store.keys.run(run_id), "keep")
+
+
+def remove_artifacts(runs: Sequence[tuple[str, str | None]]) -> None:
+    """Delete what each ``(run_id, recorded artifacts JSON)`` kept in its artifact store, in
+    parallel; a failure is logged, never raised (the run goes anyway)."""
+    if runs:
+        with ThreadPoolExecutor(min(STORE_THREADS, len(runs))) as pool:
+            list(pool.map(lambda run: _remove_artifacts(*run), runs))
+
+
+def _remove_artifacts(run_id: str, recorded: str | None, root: str | None = None,
+                      strict: bool = False) -> bool:  # fmt: skip
+    kept = _json(recorded)
+    root = root or kept.get("root")
+    if not root:
+        return False
+    try:
+        return ArtifactStore(root).remove(run_id)
+    except Exception as err:
+        if strict:
+            raise ConfigError(
+                f"could not delete the artifacts of run {run_id}: {err}",
+                "pass the artifact root as this machine reaches it (--root)",
+            ) from err
+        logger.warning("could not delete the artifacts of run %s in %s: %s", run_id, root, err)
+        return False
+
+
 def prune_run_dirs(runs_dir: Path, store: RunStore, days: float,
                    now: float | None = None) -> list[str]:  # fmt: skip
     """Remove run folders untouched for ``days`` whose run is not active; the run ids removed.
@@ -92,10 +156,10 @@ def prune_run_dirs(runs_dir: Path, store: RunStore, days: float,
     old = [p for p in runs_dir.iterdir() if p.is_dir() and _last_touched(p) < cutoff]
     pipe = store.r.pipeline(transaction=False)
     for path in old:
-        pipe.hget(store.keys.run(path.name), "state")
+        pipe.hmget(store.keys.run(path.name), "state", "keep")
     removed = []
-    for path, run_state in zip(old, pipe.execute(), strict=True):
-        if run_state not in KEEP:
+    for path, (run_state, keep) in zip(old, pipe.execute(), strict=True):
+        if run_state not in KEEP and not _kept({"keep": keep}):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
     return removed
@@ -132,7 +196,7 @@ def _advance(store: RunStore, name: str, offset: int, kept: int, full: bool) -> 
 def _expired(row: dict[str, Any], cutoff: float, running_searches: set[str]) -> bool:
     if row["state"] is None:  # an index entry whose record is gone: clean up after it
         return True
-    if row["state"] not in state.TERMINAL:
+    if row["state"] not in state.TERMINAL or _kept(row):
         return False
     trial = _TRIAL.match(row["name"] or "")
     if trial and trial["search"] in running_searches:
@@ -179,3 +243,15 @@ def _number(text: str | None, default: float) -> float:
         return float(text) if text else default
     except ValueError:
         return default
+
+
+def _kept(row: dict[str, Any]) -> bool:
+    return str(row.get("keep") or "") in ("1", "true")
+
+
+def _json(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -67,6 +67,7 @@ class Settings:
     gpu_lease_ttl: float = 60.0  # seconds a crashed worker's GPU lease survives
     gpu_sample_interval: float = 2.0  # seconds between samples of a run's GPU memory
     artifact_root: str | None = None  # fsspec URL runs' outputs go to (default: {home}/artifacts)
+    artifact_wait: float = 2.0  # seconds a run's end waits for its upload; then in the background
     checkpoint_sync: float = 60.0  # seconds between syncs of a run's checkpoints (0: at its end)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 

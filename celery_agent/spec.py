@@ -48,6 +48,7 @@ class TaskSpec(_Validated):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = Field(None, description="a label for people; defaults to the entry")
+    tags: list[str] = Field(default_factory=list, description="tags to find the run by")
     repo: str = Field(..., description="git URL or local path of the repository")
     branch: str | None = Field(None, description="branch to check out when no commit is given")
     commit: str | None = Field(None, description="commit (or any git revision) to check out")

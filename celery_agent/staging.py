@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import AgentError, Cancelled
 from .inputcache import InputCache
-from .inputs import MAP_ENV, env_name, resolve
+from .inputs import MAP_ENV, env_name, field, resolve, uploading
 from .lookup import find_run
 from .spec import TaskSpec
+from .stages import stage_timeout
 
 if TYPE_CHECKING:
     from .pipeline import Job
 
 MAP_FILE = "inputs.json"  #: in the run's folder
+UPLOAD_WAIT = 1800.0  #: seconds an input waits for its run's background upload (or the stage's)
+POLL = 0.5  #: seconds between looks at a run whose outputs are still uploading
 
 
 def fetch_inputs(job: Job, spec: TaskSpec) -> dict[str, str]:
@@ -33,7 +36,7 @@ def fetch_inputs(job: Job, spec: TaskSpec) -> dict[str, str]:
     found: dict[str, Any] = {}
     for name, url in spec.inputs.items():
         try:
-            source = resolve(name, url, lambda ref: _record(job, ref))
+            source = resolve(name, url, _lookup(job, name, t0))
             got = cache.fetch(source, job.stops, job.clock.remaining("inputs"))
         except Cancelled:
             job.check_abort()  # (a drain sends the run back to its queue)
@@ -54,5 +57,24 @@ def fetch_inputs(job: Job, spec: TaskSpec) -> dict[str, str]:
     return {env_name(name): path for name, path in paths.items()} | {MAP_ENV: str(map_file)}
 
 
-def _record(job: Job, ref: str) -> Mapping[str, Any]:
-    return job.store.get(find_run(job.store, ref))
+def _lookup(job: Job, name: str, t0: float) -> Callable[[str], Mapping[str, Any]]:
+    return lambda ref: _settled(job, name, ref, t0)
+
+
+def _settled(job: Job, name: str, ref: str, t0: float) -> Mapping[str, Any]:
+    """The record of the run ``ref`` names once its outputs are no longer uploading in the
+    background (a pipeline's next step may start before its last step's upload ended)."""
+    run_id = find_run(job.store, ref)
+    record = job.store.get(run_id)
+    if uploading(record):
+        job.note(f"input {name}: waiting for the outputs of run {run_id} to finish uploading")
+    limit = min(UPLOAD_WAIT, job.clock.remaining("inputs") or UPLOAD_WAIT)
+    while uploading(record):
+        job.check_abort()
+        if time.time() - t0 > limit:
+            raise stage_timeout(
+                f"{field(name)}: the outputs of run {run_id} were still uploading after "
+                f"{limit:.0f}s", "inputs")  # fmt: skip
+        time.sleep(POLL)
+        record = job.store.get(run_id)
+    return record

@@ -1,8 +1,9 @@
 """The run store: run records, logs, claims and cancel flags in Redis.
 
-Key names live in :mod:`.keys` (the one place that knows them). A log stream entry carries a chunk
-of lines (field ``l``); a claim is the holder running the run (``worker|host|pid``, see
-:mod:`.attempts`), with a TTL renewed while it runs.
+Key names live in :mod:`.keys` (the one place that knows them), its Lua scripts in
+:mod:`.runscripts`. A log stream entry carries a chunk of lines (field ``l``); a claim is the
+holder running the run (``worker|host|pid``, see :mod:`.attempts`), with a TTL renewed while it
+runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import redis
 
+from . import runscripts
 from .errors import StateError, UnknownRunError
 from .keys import Keys
 
@@ -28,73 +30,8 @@ ACTIVE = frozenset({PREPARING, RUNNING})
 START_FIELDS = ("state", "attempt", "lost_attempts", "preparing_at")
 _JSON_FIELDS = (
     "spec", "params", "usage", "freeze", "timings", "log_tail", "gpus", "torch_index",
-    "unused_params", "artifacts", "checkpoints", "resumed", "inputs",
+    "unused_params", "artifacts", "checkpoints", "resumed", "inputs", "tags",
 )  # fmt: skip
-
-# Move a run to a new state unless it already ended; returns the state it had ("" if none).
-# The fields come as one JSON object of strings (ARGV[4]): a run's end writes ~20 fields, and
-# packing each as an argument of its own cost the worker ~0.1 ms of CPU. KEYS[2] is the run counters
-# hash (:meth:`Keys.run_counts`): a run that ends counts once under its end state, an active run
-# sent back to its queue under 'requeued' (the exporter serves them as Prometheus counters).
-_TRANSITION = """
-local ended = {succeeded=true, failed=true, aborted=true, timed_out=true, lost=true}
-local old = redis.call('HGET', KEYS[1], 'state') or ''
-if old == '' and ARGV[2] ~= '1' then return '' end
-if ARGV[3] ~= '1' and ended[old] then return old end
-local flat = {'state', ARGV[1]}
-for name, value in pairs(cjson.decode(ARGV[4])) do
-  flat[#flat + 1] = name
-  flat[#flat + 1] = value
-end
-redis.call('HSET', KEYS[1], unpack(flat))
-if ended[ARGV[1]] and not ended[old] then redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-elseif ARGV[1] == 'queued' and (old == 'preparing' or old == 'running') then
-  redis.call('HINCRBY', KEYS[2], 'requeued', 1) end
-return old
-"""
-# Renew or release a claim only when it is still ours.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-# Take over a claim whose holder is known dead (compare-and-set on the holder).
-_STEAL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) and 1 end
-return 0
-"""
-# Put an active run whose claim expired back in the queue (or end it lost when its attempts are
-# used up). Atomic with the claim check, so a runner that just claimed the run is never undone.
-# ARGV: max attempts, now, error text. Returns 'claimed', 'ended', 'requeued' or 'lost'.
-_REQUEUE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'claimed' end
-local st = redis.call('HGET', KEYS[1], 'state') or ''
-if st ~= 'preparing' and st ~= 'running' then return 'ended' end
-local lost = redis.call('HINCRBY', KEYS[1], 'lost_attempts', 1)
-if lost < tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'requeued_at', ARGV[2], 'last_error', ARGV[3])
-  redis.call('HINCRBY', KEYS[3], 'requeued', 1)
-  return 'requeued' end
-redis.call('HSET', KEYS[1], 'state', 'lost', 'lost_at', ARGV[2], 'error', ARGV[3],
-  'error_stage', 'run')
-redis.call('HINCRBY', KEYS[3], 'lost', 1)
-return 'lost'
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-# Record a queued run unless its id is taken: KEYS run record, runs index; ARGV submit time, run id,
-# then field, value, ... One round trip, and no reader ever sees a record without its fields.
-# KEYS[3], the run counters hash, counts it under 'submitted'.
-_CREATE = """
-if redis.call('HSETNX', KEYS[1], 'state', 'queued') == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'submitted', 1)
-return 1
-"""
 
 
 class RunStore:
@@ -107,12 +44,12 @@ class RunStore:
         self.prefix = prefix
         self.keys = Keys(prefix)
         self.log_maxlen = log_maxlen
-        self._transition = client.register_script(_TRANSITION)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._steal = client.register_script(_STEAL)
-        self._requeue = client.register_script(_REQUEUE)
-        self._create = client.register_script(_CREATE)
+        self._transition = client.register_script(runscripts.TRANSITION)
+        self._renew = client.register_script(runscripts.RENEW)
+        self._release = client.register_script(runscripts.RELEASE)
+        self._steal = client.register_script(runscripts.STEAL)
+        self._requeue = client.register_script(runscripts.REQUEUE)
+        self._create = client.register_script(runscripts.CREATE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ca", log_maxlen: int = 100_000) -> RunStore:
@@ -129,8 +66,11 @@ class RunStore:
         now = time.time()
         record = {"state": QUEUED, "spec": spec, "queue": queue, "submitted_at": now, "attempt": 0}
         record["name"] = spec.get("name") or spec.get("entry", "")
+        record["tags"] = tags = [str(t) for t in spec.get("tags") or []]
         flat = [x for kv in _encode(record | fields).items() for x in kv]
         keys = [self.keys.run(run_id), self.keys.runs(), self.keys.run_counts()]
+        by = [("queue", queue), ("user", fields.get("user")), *(("tag", t) for t in tags)]
+        keys += [self.keys.runs_by(f, str(v)) for f, v in by if v]
         with _errors(self):
             return bool(self._create(keys=keys, args=[now, run_id, *flat]))
 
@@ -145,9 +85,9 @@ class RunStore:
         """
         fields = {f"{state}_at": time.time()} | fields
         args = [state, "1", "1" if force else "0", json.dumps(_encode(fields), ensure_ascii=False)]
-        keys = [self.keys.run(run_id), self.keys.run_counts()]
+        keys = [self.keys.run(run_id), self.keys.run_counts(), self.keys.run_histograms()]
         if pipe is not None:  # EVAL, not EVALSHA: a pipeline with a script object first asks
-            pipe.eval(_TRANSITION, 2, *keys, *args)  # Redis if it has it
+            pipe.eval(runscripts.TRANSITION, len(keys), *keys, *args)  # Redis if it has it
             return ""
         with _errors(self):
             old = self._transition(keys=keys, args=args)
@@ -281,6 +221,15 @@ class RunStore:
         args: list[Any] = [holder, worker, int(ttl * 1000)]
         return bool(self._steal(keys=[self.keys.claim(run_id)], args=args))
 
+    def count_lost_attempt(self, run_id: str) -> int:
+        """Count one more lost attempt of the run (its runner died), in its record and in the
+        run counters; returns the record's count."""
+        with _errors(self):
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hincrby(self.keys.run(run_id), "lost_attempts", 1)
+            pipe.hincrby(self.keys.run_counts(), "lost_attempts", 1)
+            return int(pipe.execute()[0])
+
     def requeue_lost(self, run_id: str, max_attempts: int, error: str) -> str:
         """Requeue a run whose runner is gone: 'requeued', 'lost', 'claimed' or 'ended'."""
         keys = [self.keys.run(run_id), self.keys.claim(run_id), self.keys.run_counts()]
@@ -291,7 +240,7 @@ class RunStore:
     def release_claim(self, run_id: str, worker: str, *, pipe: Any = None) -> None:
         """Drop our claim (a no-op when it is not ours); queued on ``pipe`` if given."""
         if pipe is not None:
-            pipe.eval(_RELEASE, 1, self.keys.claim(run_id), worker)
+            pipe.eval(runscripts.RELEASE, 1, self.keys.claim(run_id), worker)
             return
         self._release(keys=[self.keys.claim(run_id)], args=[worker])
 

@@ -33,6 +33,7 @@ def worker_row(record: dict[str, Any], now: float) -> dict[str, Any]:
         "memory_percent": host.get("memory_percent"),
         "pid": record.get("pid"),
         "env_cache": record.get("env_cache"),
+        "artifact_store": record.get("artifact_store"),  #: root, ok, error (see worker.py)
     }
 
 

@@ -7,6 +7,9 @@
   lost at once);
 - a dead worker's messages of runs it took but never claimed go back on their queues at once,
   not after the broker's visibility timeout (see :mod:`.reserved`; Redis broker);
+- an ended run whose outputs were uploading in the background when the process doing it died
+  (its upload mark expired) gets ``artifacts: failed``, naming where its outputs still are (see
+  :mod:`.uploads`);
 - workers not seen for :data:`RETENTION` seconds are forgotten with their history;
 - runs and searches that ended more than ``run_retention_days`` ago are deleted, a bounded batch
   at most every :data:`RETENTION_EVERY` seconds across the cluster (see :mod:`.retention`): the
@@ -25,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import retention, state
+from . import retention, state, uploads
 from .requeue import (
     Finished,
     Resend,
@@ -81,6 +84,7 @@ def sweep(
         orphans = [run_id for run_id in seen.runs if run_id not in claimed]
         for run_id, what in _orphan_runs(store, registry, seen, orphans, resend, revoked, finished):
             found[_BUCKET[what]].append(run_id)
+    found["failed_uploads"] = _reap_uploads(store)
     forgotten = registry.trim(time.time() - RETENTION)
     expired = {"expired_runs": 0, "expired_searches": 0}
     if _due(store, token, retention_every):
@@ -89,7 +93,8 @@ def sweep(
 
 
 #: the parts of a sweep's result that say it changed something (logged as a warning)
-CHANGES = ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs", "restored_runs")
+CHANGES = ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs", "restored_runs",
+           "failed_uploads")  # fmt: skip
 
 
 def sweeper(
@@ -118,6 +123,14 @@ def _hand_back(reservations: Reservations, name: str, restore: Restore) -> list[
         return reservations.hand_back(name, restore)
     except Exception as err:  # the broker away: the next sweep tries again
         logger.warning("sweep: could not hand back the messages worker %s held: %s", name, err)
+        return []
+
+
+def _reap_uploads(store: RunStore) -> list[str]:
+    try:
+        return uploads.reap(store)
+    except Exception as err:  # Redis away: the next sweep looks again
+        logger.warning("sweep: could not look at background uploads: %s", err)
         return []
 
 

@@ -37,6 +37,7 @@ from celery.utils import uuid
 from . import attempts, dispatch, pipeline, runenv, state, users
 from . import sweep as sweep_mod
 from .app import app, get_registry, get_settings, get_store
+from .artifact_store import check_url
 from .defaults import SWEEP_TASK
 from .errors import SpecError, UnknownRunError
 from .requeue import celery_resend, ended_summary
@@ -63,6 +64,8 @@ class SubmitTask(Task):
         if not args:
             raise TypeError("submit_task needs a TaskSpec (or dict) as its first argument")
         spec = users.stamp(TaskSpec.parse(args[0]))  # whose run it is: kept by every re-send
+        if root := get_settings().artifact_root:  # a scheme no worker could open: say so now
+            check_url(root)
         dispatch.first_send(spec, options, bool(self.ignore_result))  # queue, shadow, argsrepr
         task_id = task_id or uuid()
         store = get_store()

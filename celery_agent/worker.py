@@ -22,9 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import task_received, worker_process_init
+from celery.signals import (
+    task_received,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
-from . import attempts, orphan, retention
+from . import attempts, orphan, retention, uploads
+from .artifact_store import default_url, probe, safe_url
 from .drain import Drain
 from .drain import install as install_drain
 from .gpus import WORKER_GPUS_ENV, WorkerGpus
@@ -39,6 +45,7 @@ logger = logging.getLogger(__name__)
 REAP_EVERY = 6  #: heartbeats between looks for processes of dead runs on this machine
 PRUNE_EVERY = 86400.0  #: seconds between looks for run folders past the retention
 ENV_CACHE_EVERY = 6  #: heartbeats between measures of the environment cache's size
+STORE_CHECK_EVERY = 300.0  #: seconds between checks that the artifact store can be written
 
 
 class Heartbeat:
@@ -153,6 +160,8 @@ class AgentStep(bootsteps.StartStopStep):
                      lambda: retention.prune_this_machine(settings, store))  # fmt: skip
         hb.add_chore("measuring the env cache", ENV_CACHE_EVERY * interval,
                      _cache_meter(hb.record, settings))  # fmt: skip
+        hb.add_chore("checking the artifact store", STORE_CHECK_EVERY,
+                     _store_check(hb.record, settings))  # fmt: skip
         # the sweep runs here too, beside beat's scheduled task: it must not wait for a free pool
         # slot, which a fleet busy with long runs or a backlog may not have for hours (the sweep's
         # lock lets one process sweep at a time)
@@ -210,6 +219,16 @@ def _watch_worker(**_: Any) -> None:
     orphan.watch()
 
 
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _finish_uploads(**_: Any) -> None:
+    """As a process that ran runs exits: let their background uploads end (see :mod:`.uploads`)."""
+    if uploads.UPLOADS.pending():
+        from .app import get_settings
+
+        uploads.UPLOADS.wait(get_settings().drain_grace)
+
+
 @dataclass
 class _Chore:
     """Work the heartbeat thread does now and then (see :meth:`Heartbeat.add_chore`)."""
@@ -226,6 +245,35 @@ def _cache_meter(record: dict[str, Any], settings: Any) -> Callable[[], object]:
 
     limits = {"max_entries": settings.max_envs, "max_bytes": settings.env_cache_bytes}
     return lambda: record.update(env_cache=usage_under(settings.env_cache, **limits))
+
+
+def _store_check(record: dict[str, Any], settings: Settings) -> Callable[[], object]:
+    """Check that the artifact store can be written and put the answer in the heartbeat
+    (``celery-agent status`` shows it); a store that cannot is logged loudly, once a change.
+    The check runs on a thread of its own: a store that does not answer must not hold a beat."""
+    url = default_url(settings.artifact_root, settings.home)
+    running = threading.Lock()
+
+    def start() -> None:
+        if running.acquire(blocking=False):
+            threading.Thread(target=check, name="ca-store-check", daemon=True).start()
+
+    def check() -> None:
+        try:
+            _check()
+        finally:
+            running.release()
+
+    def _check() -> None:
+        reason = probe(url)
+        was = record.get("artifact_store", {}).get("error")
+        record["artifact_store"] = {"root": safe_url(url), "ok": reason is None, "error": reason}
+        if reason is not None and reason != was:
+            logger.error("artifact store: runs' outputs cannot be kept: %s", reason)
+        elif reason is None and was is not None:
+            logger.warning("artifact store %s can be written again", safe_url(url))
+
+    return start
 
 
 def _announce(hostname: str, queues: list[str], gpus: WorkerGpus, s: Settings) -> None:

@@ -22,7 +22,7 @@ from .keys import Keys
 logger = logging.getLogger(__name__)
 
 ONLINE, STOPPED, LOST = "online", "stopped", "lost"
-_JSON = ("queues", "gpus", "runs", "snapshot", "leases", "env_cache")
+_JSON = ("queues", "gpus", "runs", "snapshot", "leases", "env_cache", "artifact_store")
 
 
 class Seen(NamedTuple):

@@ -5,6 +5,7 @@ Integration tests talk to services the fixtures start on loopback; nothing is fa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from flower_support import browser, flower_url, make_flower, plain_flower  # noqa: F401 (fixtures)
 
 from celery_agent.guard import guard
 from celery_agent.testing import WorkerProcess, git, init_repo, write_wheel
@@ -96,6 +98,44 @@ def amqp_url() -> Iterator[str]:
         pytest.fail(f"no RabbitMQ for the tests (scripts/rabbitmq start): {done.stderr[-2000:]}")
     yield done.stdout.strip()
     subprocess.run([script, "stop"], env=env, capture_output=True, timeout=120)
+
+
+# -- s3 -----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _s3_server(home: Path, **env: str) -> Iterator[object]:
+    from s3_support import S3Server
+
+    from celery_agent.embedded import free_port
+
+    server = S3Server(free_port())
+    proc = _spawn(server.argv(), dict(os.environ, **env), home / "s3.log", home)
+    try:
+        yield server.wait_ready()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3-compatible HTTP server (moto's standalone server) on a free loopback port."""
+    with _s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture()
+def s3_with_iam(tmp_path: Path) -> Iterator[object]:
+    """An S3 server of its own that checks credentials and IAM policies once the test's first
+    ``S3Server.SETUP_ACTIONS`` requests (which set up its users and buckets) are done."""
+    from s3_support import S3Server
+
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": str(S3Server.SETUP_ACTIONS + 1)}  # (+ wait_ready's)
+    with _s3_server(tmp_path, **env) as server:
+        yield server
 
 
 @pytest.fixture()

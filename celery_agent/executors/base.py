@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -35,13 +36,20 @@ class ExecutorSettings:
 
     #: asked every tenth of a second while a build step runs: True ends the step (a cancel)
     stop: Callable[[], bool] | None = None
+    #: told each env cache outcome: observe(executor name, "hit" | "built" | "failed", seconds)
+    observe: Callable[[str, str, float], None] | None = None
 
     def within(
-        self, seconds: float | None, stop: Callable[[], bool] | None = None
+        self,
+        seconds: float | None,
+        stop: Callable[[], bool] | None = None,
+        observe: Callable[[str, str, float], None] | None = None,
     ) -> ExecutorSettings:
         """These settings with builds limited to ``seconds`` as well (None: no further limit),
-        and ended when ``stop`` says so."""
+        ended when ``stop`` says so, and their cache outcomes told to ``observe``."""
         settings = self if stop is None else dataclasses.replace(self, stop=stop)
+        if observe is not None:
+            settings = dataclasses.replace(settings, observe=observe)
         if seconds is None or (self.build_timeout is not None and self.build_timeout <= seconds):
             return settings
         return dataclasses.replace(settings, build_timeout=seconds)
@@ -152,4 +160,5 @@ class Executor(ABC):
             max_bytes=s.max_env_bytes,
             failure_ttl=s.failure_ttl,
             stop=s.stop,
+            observe=None if s.observe is None else functools.partial(s.observe, self.name),
         )

@@ -261,9 +261,11 @@ def mount_plan(job: RunRequest) -> opt.PathMap:
 
 
 def _writable(job: RunRequest) -> list[str]:
-    """The run's folders its container writes: output, run folder, the params file's folder."""
+    """The run's folders its container writes: output, run folder, the params file's folder, and
+    the checkpoint folder (a resumed run's is made by the worker, restoring into it)."""
     found = [str(job.output_dir)] if job.output_dir is not None else []
-    found += [job.env[n] for n in ("CELERY_AGENT_RUN_DIR",) if job.env.get(n)]
+    names = ("CELERY_AGENT_RUN_DIR", "CELERY_AGENT_CHECKPOINT_DIR")
+    found += [job.env[n] for n in names if job.env.get(n)]
     params_out = job.env.get("CELERY_AGENT_PARAMS_OUT")
     return found + ([str(Path(params_out).parent)] if params_out else [])
 

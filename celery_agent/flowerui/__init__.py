@@ -1,35 +1,51 @@
-"""The hardware page inside Flower: tornado handlers (Flower's auth applies) over :mod:`..flower`.
+"""The celery-agent pages inside Flower: its routes, one module per page.
 
-Imported only by :func:`celery_agent.flower.install_handlers`, so Flower stays an optional extra.
+Imported only when Flower runs (see :func:`celery_agent.flower.install`), so Flower stays an
+optional extra. Every page and endpoint is a tornado handler subclassing Flower's own (see
+:mod:`.base`), added ahead of Flower's catch-all under its url prefix.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from flower.api import BaseApiHandler
-from flower.views import BaseHandler
-from tornado import web
-from tornado.ioloop import IOLoop
+from tornado.web import url
 
-from ..flower import HARDWARE_API_PATH, HARDWARE_PATH, hardware_data
+from ..flower import HARDWARE_API_PATH, HARDWARE_PATH
+from . import actions, downloads, hardware, logstream, run, runs
 from .assets import STATIC_PATH, AssetHandler
 from .chartapi import CompareApi, MetricsApi, SearchApi, SearchesApi
 from .comparepage import CompareView
-from .page import render_page
 from .searchpage import SearchesView, SearchView
 
-#: history points fetched per worker (one per heartbeat: 5 minutes at the default 5 s)
-POINTS = 60
+RUNS_PATH = "/celery-agent/runs"
+RUNS_API_PATH = "/celery-agent/api/runs"
+_ID = r"([0-9A-Za-z_.\-]+)"
 
 
-def routes() -> list[tuple[str, type[BaseHandler]]]:
-    """The (pattern, handler) entries added to Flower's application."""
-    return [(HARDWARE_PATH, HardwareView), (HARDWARE_API_PATH, HardwareApi), *chart_routes()]
+def routes() -> list[Any]:
+    """The handler entries added to Flower's application (named ones can be ``reverse_url``'d)."""
+    return [*run_routes(), *chart_routes()]
 
 
-def chart_routes() -> list[tuple[str, type[BaseHandler]]]:
+def run_routes() -> list[Any]:
+    """The hardware page, the runs table, the run pages and their endpoints."""
+    return [
+        url(HARDWARE_PATH, hardware.HardwareView, name="celery-agent-hardware"),
+        (HARDWARE_API_PATH, hardware.HardwareApi),
+        url(RUNS_PATH, runs.RunsView, name="celery-agent-runs"),
+        (RUNS_API_PATH, runs.RunsApi),
+        url(f"{RUNS_PATH}/{_ID}", run.RunView, name="celery-agent-run"),
+        (f"{RUNS_API_PATH}/{_ID}", run.RunApi),
+        (f"{RUNS_API_PATH}/{_ID}/log", logstream.LogApi),
+        (f"{RUNS_API_PATH}/{_ID}/log/stream", logstream.LogStream),
+        (f"{RUNS_API_PATH}/{_ID}/cancel", actions.CancelApi),
+        (f"{RUNS_API_PATH}/{_ID}/rerun", actions.RerunApi),
+        (f"{RUNS_API_PATH}/{_ID}/artifacts/(.+)", downloads.ArtifactFile),
+    ]
+
+
+def chart_routes() -> list[Any]:
     """The static files, metric series, compare and searches pages and endpoints."""
     return [
         (STATIC_PATH + r"/([\w.-]+)", AssetHandler),
@@ -41,38 +57,3 @@ def chart_routes() -> list[tuple[str, type[BaseHandler]]]:
         (r"/celery-agent/searches", SearchesView),
         (r"/celery-agent/searches/([^/]+)", SearchView),
     ]
-
-
-async def collect(points: int = POINTS) -> dict[str, Any]:
-    """The hardware data, read from Redis on the executor (Redis calls block)."""
-    from ..app import get_registry, get_store
-
-    def read() -> dict[str, Any]:
-        return hardware_data(get_registry(), get_store(), points)
-
-    return await IOLoop.current().run_in_executor(None, read)
-
-
-class HardwareView(BaseHandler):
-    """The page: workers, GPU bars, current runs, history charts; refreshes itself."""
-
-    @web.authenticated
-    async def get(self) -> None:
-        """Render the page."""
-        points = self.get_argument("points", default=POINTS, type=int)
-        data = await collect(points)
-        self.set_header("Content-Type", "text/html; charset=UTF-8")
-        self.write(render_page(data, self.application.options.url_prefix or ""))
-
-
-class HardwareApi(BaseApiHandler):
-    """The same data as JSON; like Flower's own API, it needs authentication or
-    FLOWER_UNAUTHENTICATED_API=true."""
-
-    @web.authenticated
-    async def get(self) -> None:
-        """Write the data."""
-        points = self.get_argument("points", default=POINTS, type=int)
-        data = await collect(points)
-        self.set_header("Content-Type", "application/json")
-        self.write(json.dumps(data, default=str))

@@ -1,7 +1,8 @@
 """The JSON endpoints behind the charts, the comparison and the searches (see docs/web-api.md).
 
-Like Flower's own API they need Flower's authentication, or FLOWER_UNAUTHENTICATED_API=true when
-Flower runs without any. An error is JSON too: ``{"error": what is wrong, "hint": what to do}``
+They read, so they are protected as Flower's pages are (``--basic-auth``, ``--auth``; open where
+the pages are: see :class:`.base.JsonApi`), and the pages that call them work wherever they open.
+An error is JSON too: ``{"error": what is wrong, "hint": what to do}``
 with status 400 (malformed request), 404 (no such run or search) or 503 (Redis unreachable).
 """
 
@@ -10,21 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flower.api import BaseApiHandler
 from tornado import web
-from tornado.ioloop import IOLoop
 
 from ..app import get_store
 from ..errors import AgentError, RequestError, StateError, UnknownRunError
+from .base import JsonApi, blocking
 from .comparison import COMPARE_POINTS, compare_data
 from .document import to_json
 from .searches import LISTED, search_detail, search_list
 from .series import clamp_limit, run_series
-
-
-async def load(read: Callable[[], Any]) -> Any:
-    """``read()`` on the executor: Redis calls block, the page server must not."""
-    return await IOLoop.current().run_in_executor(None, read)
 
 
 def status_of(err: AgentError) -> int:
@@ -36,13 +31,13 @@ def status_of(err: AgentError) -> int:
     return 503 if isinstance(err, StateError) else 500
 
 
-class ChartApi(BaseApiHandler):
+class ChartApi(JsonApi):
     """A JSON endpoint: reads on the executor, answers errors as JSON."""
 
     async def answer(self, read: Callable[[], Any]) -> None:
         """Write ``read()``'s result, or the error it raised, as JSON."""
         try:
-            data = await load(read)
+            data = await blocking(read)
         except AgentError as err:
             self.set_status(status_of(err))
             data = {"error": err.message, "hint": err.hint}

@@ -9,21 +9,14 @@ from typing import Any
 
 from .assets import url
 
+#: what these pages add to the shared ui.css
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1c2127}
-header{background:#1c2127;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
-header a{color:#cfd8e3;text-decoration:none}
-main{padding:16px 20px}
-section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:12px 16px;margin:0 0 16px}
-h1{font-size:1.25em;margin:0 0 12px}h2{font-size:1.1em;margin:0 0 8px}
-table{border-collapse:collapse;width:100%;font-size:.9em}
-th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eef0f2;vertical-align:top}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.differs td{background:#fff6df}tr.differs td:first-child{box-shadow:inset 3px 0 #d9822b}
-.muted{color:#738091}.error{color:#c23030;font-weight:600}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:8px 20px}
-code{font-size:.95em}
 """
+#: the navigation bar: (label, path)
+NAV = (("Workers", "/workers"), ("Tasks", "/tasks"), ("Runs", "/celery-agent/runs"),
+       ("Hardware", "/celery-agent/hardware"), ("Searches", "/celery-agent/searches"))  # fmt: skip
 
 
 def base_of(url_prefix: str | None) -> str:
@@ -32,15 +25,22 @@ def base_of(url_prefix: str | None) -> str:
     return "/" + prefix if prefix else ""
 
 
-def document(title: str, body: str, base: str, data: Any = None, script: str = "") -> str:
-    """A whole page: ``body`` under the navigation bar; ``data`` (JSON) in a
-    ``<script id="ca-data">`` for ``script`` to read; the chart script loaded when ``script`` is."""
+def document(
+    title: str,
+    body: str,
+    base: str,
+    data: Any = None,
+    script: str = "",
+    here: str = "",
+    refresh: int = 0,
+) -> str:
+    """A whole page: ``body`` under the navigation bar (``here``: the label marked as current);
+    ``data`` (JSON) in a ``<script id="ca-data">`` for ``script`` to read; the chart script loaded
+    when ``script`` is; reloaded every ``refresh`` seconds when given."""
     nav = "".join(
-        f"<a href='{base}{path}'>{label}</a>"
-        for label, path in (("Flower", "/workers"), ("Runs", "/celery-agent/runs"),
-                            ("Searches", "/celery-agent/searches"),
-                            ("Hardware", "/celery-agent/hardware"))
-    )  # fmt: skip
+        f"<a{' class=on' if label == here else ''} href='{base}{path}'>{label}</a>"
+        for label, path in NAV
+    )
     embedded = ""
     if data is not None:
         text = to_json(data).replace("<", "\\u003c")
@@ -52,7 +52,9 @@ def document(title: str, body: str, base: str, data: Any = None, script: str = "
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{escape(title)} - celery-agent</title><style>{STYLE}</style></head><body>"
+        + (f"<meta http-equiv='refresh' content='{refresh}'>" if refresh else "")
+        + f"<title>{escape(title)} - celery-agent</title>"
+        f"<link rel='stylesheet' href='{url(base, 'ui.css')}'><style>{STYLE}</style></head><body>"
         f"<header><strong>celery-agent</strong>{nav}</header><main>{body}</main>"
         f"{embedded}{scripts}</body></html>"
     )

@@ -41,7 +41,9 @@ def render_page(data: dict[str, Any], url_prefix: str = "") -> str:
         f"<meta http-equiv='refresh' content='{REFRESH_S}'>"
         f"<title>Hardware - celery-agent</title><style>{STYLE}</style></head><body>"
         f"<header><strong>celery-agent hardware</strong><a href='{base}/workers'>Workers</a>"
-        f"<a href='{base}/tasks'>Tasks</a><a href='{base}/celery-agent/api/hardware'>JSON</a>"
+        f"<a href='{base}/tasks'>Tasks</a><a href='{base}/celery-agent/runs'>Runs</a>"
+        f"<a href='{base}/celery-agent/searches'>Searches</a>"
+        f"<a href='{base}/celery-agent/api/hardware'>JSON</a>"
         f"<span class='muted'>as of {at}</span></header><main>{''.join(body)}</main></body></html>"
     )
 

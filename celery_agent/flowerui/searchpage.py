@@ -15,11 +15,16 @@ from tornado import web
 
 from ..app import get_store
 from ..errors import AgentError
-from .chartapi import load, status_of
+from .base import blocking
+from .chartapi import status_of
+from .comparepage import PATH as COMPARE_PATH
+from .comparison import MAX_RUNS
 from .document import base_of, cell, document, error_page
 from .searches import search_detail, search_list
 
 PATH = "/celery-agent/searches"
+#: a running search's page reloads itself this often (seconds)
+REFRESH_S = 5
 
 #: the objective per trial (markers) and the best so far (a step line)
 SCRIPT = """
@@ -58,7 +63,9 @@ def render_list(searches: list[dict[str, Any]], base: str) -> str:
     table = f"<table><tr>{head}</tr>{rows}</table>" if searches else (
         "<p class='muted'>No search is recorded. Start one with <code>celery-agent search</code>.</p>"
     )  # fmt: skip
-    return document("Searches", f"<h1>Searches</h1><section>{table}</section>", base)
+    return document(
+        "Searches", f"<h1>Searches</h1><section>{table}</section>", base, here="Searches"
+    )
 
 
 def render_search(data: dict[str, Any], base: str) -> str:
@@ -75,13 +82,19 @@ def render_search(data: dict[str, Any], base: str) -> str:
         + ", ".join(f"<code>{escape(k)}={escape(v)}</code>" for k, v in data["space"].items())
         + "</p>"
     )
+    ranked = [t["run_id"] for t in data["trials"] if t.get("run_id") and t["value"] is not None]
+    if len(ranked) >= 2:
+        ids = ",".join(ranked[:MAX_RUNS])
+        facts += (f"<p><a href='{base}{COMPARE_PATH}?ids={escape(ids, quote=True)}'>Compare the "
+                  f"{min(len(ranked), MAX_RUNS)} best trials' runs</a></p>")  # fmt: skip
     body = (
         f"<h1>Search {escape(data['id'])}</h1><section>{facts}</section>"
         "<section><div id='objective-chart'></div></section>"
         f"<section><h2>Trials</h2>{_trials(data, base)}</section>"
     )
     chart = {k: data[k] for k in ("objective", "direction", "objective_points", "best_so_far")}
-    return document(f"Search {data['id']}", body, base, chart, SCRIPT)
+    live = REFRESH_S if data["state"] == "running" else 0
+    return document(f"Search {data['id']}", body, base, chart, SCRIPT, "Searches", live)
 
 
 def _trials(data: dict[str, Any], base: str) -> str:
@@ -111,7 +124,7 @@ class SearchesView(BaseHandler):
         base = base_of(self.application.options.url_prefix)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         try:
-            searches = await load(lambda: search_list(get_store()))
+            searches = await blocking(lambda: search_list(get_store()))
         except AgentError as err:
             self.set_status(status_of(err))
             self.write(error_page("Searches", str(err), base))
@@ -128,7 +141,7 @@ class SearchView(BaseHandler):
         base = base_of(self.application.options.url_prefix)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         try:
-            data = await load(lambda: search_detail(get_store(), search_id))
+            data = await blocking(lambda: search_detail(get_store(), search_id))
         except AgentError as err:
             self.set_status(status_of(err))
             self.write(error_page("Search", str(err), base, f"<a href='{base}{PATH}'>All searches</a>"))  # fmt: skip

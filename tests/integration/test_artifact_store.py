@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import textwrap
 import uuid
 from pathlib import Path
@@ -113,3 +114,25 @@ def test_a_cancelled_runs_outputs_are_kept(make_worker, make_repo, store, tmp_pa
     assert out["status"] == "aborted", out
     assert out["artifacts"]["status"] == "uploaded" and out["artifacts"]["count"] == 2
     assert (root / "runs" / r.id / "plots" / "loss.txt").read_text() == "0.5 0.25\n"
+
+
+@pytest.mark.parametrize(
+    ("root", "says"),
+    [("nosuchscheme://bucket/x", "fsspec knows no nosuchscheme://"), ("gs://bucket/x", "gcsfs")],
+)
+def test_submit_refuses_a_root_no_worker_could_open(make_repo, store, root: str, says: str):
+    from celery_agent.app import use_environment
+    from celery_agent.errors import ConfigError
+
+    repo = make_repo({"job.py": JOB})
+    before = store.r.zcard(store.keys.runs())
+    os.environ["CELERY_AGENT_ARTIFACT_ROOT"] = root
+    try:
+        use_environment()
+        with pytest.raises(ConfigError) as info:
+            submit_task.delay(spec(repo, "nowhere", "x"))
+    finally:
+        del os.environ["CELERY_AGENT_ARTIFACT_ROOT"]
+        use_environment()
+    assert says in str(info.value) and "CELERY_AGENT_ARTIFACT_ROOT" in str(info.value)
+    assert store.r.zcard(store.keys.runs()) == before, "nothing was queued"

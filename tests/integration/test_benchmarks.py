@@ -32,6 +32,10 @@ ROWS = (
     "artifacts: upload",
     "checkpoints: log latency",
     "checkpoints: largest heartbeat gap",
+    "inputs: run start",
+    "inputs: fetch",
+    "runs page, 1,000 runs: first page",
+    "runs page, 1,000 runs: tag filter",
 )
 
 

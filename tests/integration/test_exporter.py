@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from celery_agent import RunHandle, TaskSpec, submit
 from celery_agent.embedded import free_port
 from celery_agent.exporter import FleetCollector, queue_lists
+from celery_agent.testing import write_wheel
 
 pytestmark = pytest.mark.integration
 
@@ -143,6 +144,44 @@ def test_scrape_shows_queue_depth_workers_and_runs_of_a_live_fleet(
     assert _value(_scrape(url), "celery_agent_runs_active", state="running", queue=queue) is None
 
 
+def test_runs_of_a_live_worker_fill_the_duration_wait_and_env_cache_metrics(
+    make_worker, make_repo, store, tmp_path
+):
+    """Two venv runs through a real worker: the first builds its environment (a miss), the
+    second reuses it (a hit); both observe their queue wait and duration in their queue."""
+    queue = f"hist-{uuid.uuid4().hex[:6]}"
+    make_worker(queue, concurrency=1)
+    wheels = tmp_path / "wheels"
+    write_wheel(wheels, "cahist", "1.0", "VERSION = '1.0'\n")
+    repo = make_repo({"job.py": "import cahist\nprint(cahist.VERSION)\n"})
+    spec = TaskSpec.parse({"repo": str(repo), "entry": "job.py", "queue": queue,
+                           "requirements": ["cahist"], "find_links": [str(wheels)],
+                           "no_index": True})  # fmt: skip
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(store.r, store.keys, store.r))
+    before = _parse(generate_latest(registry).decode())
+    records = [submit(spec).wait(timeout=180) for _ in range(2)]
+    assert [r["state"] for r in records] == ["succeeded", "succeeded"], records
+    assert [r["env_hit"] for r in records] == ["0", "1"]
+    got = _parse(generate_latest(registry).decode())
+
+    def grew(name: str, **labels: str) -> float:
+        return (_value(got, name, **labels) or 0) - (_value(before, name, **labels) or 0)
+
+    duration, wait = "celery_agent_run_duration_seconds", "celery_agent_run_queue_wait_seconds"
+    assert _value(got, f"{duration}_count", queue=queue) == 2
+    assert _value(got, f"{duration}_bucket", queue=queue, le="+Inf") == 2
+    ran = sum(r["succeeded_at"] - r["preparing_at"] for r in records)
+    assert _value(got, f"{duration}_sum", queue=queue) == pytest.approx(ran, abs=1e-3)
+    assert _value(got, f"{wait}_count", queue=queue) == 2
+    waited = sum(r["preparing_at"] - r["submitted_at"] for r in records)
+    assert _value(got, f"{wait}_sum", queue=queue) == pytest.approx(waited, abs=1e-3)
+    assert grew("celery_agent_env_cache_misses_total", executor="venv") == 1
+    assert grew("celery_agent_env_cache_hits_total", executor="venv") == 1
+    assert grew("celery_agent_env_build_seconds_count", executor="venv") == 1
+    assert grew("celery_agent_env_build_failures_total", executor="venv") == 0
+
+
 def test_an_exporter_without_redis_serves_up_0_not_an_error(exporter):
     url = exporter(CELERY_AGENT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     got = _scrape(url)
@@ -192,8 +231,10 @@ def test_every_metric_the_grafana_dashboard_queries_is_served(store):
     registry.register(FleetCollector(store.r, store.keys, store.r))
     text = generate_latest(registry).decode()
     served = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
-    served |= set(re.findall(r"^# TYPE (\w+)", text, re.M))  # families with no sample yet
-    served |= {f"{n}_total" for n in served}
+    types = dict(re.findall(r"^# TYPE (\w+) (\w+)", text, re.M))  # families with no sample yet
+    served |= set(types) | {f"{n}_total" for n in types if types[n] == "counter"}
+    served |= {f"{n}_{end}" for n in types if types[n] == "histogram"
+               for end in ("bucket", "sum", "count")}  # fmt: skip
     assert len(queried) >= 10
     assert queried <= served, f"the dashboard queries metrics never served: {queried - served}"
 

@@ -8,18 +8,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from celery_agent import RunHandle, TaskSpec, submit, submit_task
 from celery_agent.dispatch import args_repr, display_name
-from celery_agent.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -29,51 +26,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--hide-scrollbars"]  # fmt: skip
-START_FLOWER = (
-    "import sys; from celery_agent.cli_services import flower; "
-    "sys.exit(flower.main(args=sys.argv[1:], standalone_mode=False))"
-)
 
 
 def _get(url: str, timeout: float = 5) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return bytes(resp.read())
-
-
-@pytest.fixture()
-def flower_url(redis_url: str, tmp_path: Path) -> Iterator[str]:
-    """`celery-agent flower` on a free port, API open (FLOWER_UNAUTHENTICATED_API)."""
-    port = free_port()
-    env = dict(os.environ, CELERY_AGENT_REDIS_URL=redis_url, FLOWER_UNAUTHENTICATED_API="true")
-    log = (tmp_path / "flower.log").open("wb")
-    argv = [sys.executable, "-c", START_FLOWER, f"--port={port}", "--address=127.0.0.1"]
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, tmp_path / "flower.log")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if _get(url + "/healthcheck", 1) == b"OK":
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"flower did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
 
 
 def chromium(tmp_path: Path, *args: str, timeout: float = 60) -> str:

@@ -1,25 +1,28 @@
 """Metric series, compare and searches in a real Flower, from real runs on a real worker, read
-through the JSON API and rendered by headless Chromium."""
+through the JSON API and rendered by a real headless Chromium (the ``browser`` fixture, DevTools).
+Screenshots go to tests/artifacts/."""
 
 from __future__ import annotations
 
+import base64
 import json
-import re
+import subprocess
+import sys
+import textwrap
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
-import test_flower
-from test_flower import ARTIFACTS, CHROMIUM, chromium
+from flower_support import ARTIFACTS
 
 from celery_agent import RunHandle, TaskSpec, submit
+from celery_agent.flowerui.series import SeriesCache, run_series
+from celery_agent.metrics import Metric, append
 from celery_agent.search import run_search
 from celery_agent.testing import init_repo
 
 pytestmark = pytest.mark.integration
-flower_url = test_flower.flower_url  # the fixture: `celery-agent flower` on a free port
 
 TRAIN = """\
 import argparse
@@ -34,20 +37,18 @@ report("acc", 0.5 + a.lr)
 """
 
 
-def _json(url: str) -> tuple[int, dict]:
+def _status(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
-def _status(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+
+
+def _json(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    status, body = _status(url, headers)
+    return status, json.loads(body)
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +68,18 @@ def trained(worker, tmp_path_factory) -> tuple[RunHandle, RunHandle]:
     return runs[0], runs[1]
 
 
-def _shot(tmp_path: Path, page: str, name: str, height: int = 1000) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / name
-    shot.unlink(missing_ok=True)
-    chromium(tmp_path, f"--window-size=1280,{height}", f"--screenshot={shot}", page)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+def _drawn(browser, selector: str) -> dict[str, int]:
+    """The series the charts under ``selector`` drew: label -> points drawn."""
+    return dict(browser.eval(
+        f"[...document.querySelectorAll({json.dumps(selector + ' path.ca-series')})]"
+        ".map(p => [p.dataset.label, +p.dataset.points])"
+    ))  # fmt: skip
 
 
 def test_metrics_endpoint_returns_the_points_the_run_reported(flower_url, trained):
     run = trained[0]
     status, data = _json(f"{flower_url}/celery-agent/api/runs/{run.id}/metrics")
-    assert status == 200 and data["run_id"] == run.id
+    assert status == 200 and data["run_id"] == run.id and data["ended"] is True
     assert data["series"] == {
         "loss": [[0, 2.25], [1, 1.75], [2, 1.5], [3, 1.25], [4, 1.0]],
         "acc": [[0, 0.75]],  # reported without a step: its position
@@ -90,9 +91,8 @@ def test_metrics_endpoint_returns_the_points_the_run_reported(flower_url, traine
     assert status == 404 and "no-such-run" in err["error"] and err["hint"]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_compare_highlights_the_differing_param_and_overlays_the_curves(
-    flower_url, trained, tmp_path
+    flower_url, trained, browser
 ):
     a, b = trained
     status, data = _json(f"{flower_url}/celery-agent/api/compare?ids={a.id},{b.id[:10]}")
@@ -102,14 +102,31 @@ def test_compare_highlights_the_differing_param_and_overlays_the_curves(
     assert params["seed"]["differs"] is False  # the same default, recorded as the run used it
     assert data["metrics"]["loss"][b.id] == [[0, 2.5], [1, 2.0], [2, 1.75], [3, 1.5], [4, 1.25]]
 
-    page = f"{flower_url}/celery-agent/compare?ids={a.id},{b.id}"
-    dom = chromium(tmp_path, "--dump-dom", page)
-    marked = re.findall(r"<tr class=\"differs\" data-differs=\"1\">(.*?)</tr>", dom)
-    assert any(row.startswith("<td>lr ≠</td><td>0.25</td><td>0.5</td>") for row in marked), marked
-    assert not any(row.startswith("<td>seed") for row in marked)
-    drawn = re.findall(r'<path [^>]*data-label="([^"]+)" data-points="(\d+)"', dom)
-    assert (f"{a.id[:8]} train", "5") in drawn and (f"{b.id[:8]} train", "5") in drawn
-    _shot(tmp_path, page, "flower-compare.png", 1100)
+    browser.open(f"{flower_url}/celery-agent/compare")  # pick them: tick both, submit
+    for run in (a, b):
+        browser.click(f"input[name=ids][value='{run.id}']")
+    browser.click("button[type=submit]")
+    browser.wait(
+        "document.title.startsWith('Compare 2 runs') && document.readyState === 'complete'"
+    )
+    heads = browser.eval("[...document.querySelectorAll('th[data-run-index] a')].map(x => x.href)")
+    assert sorted(h.rsplit("/", 1)[-1] for h in heads) == sorted([a.id, b.id])
+    browser.open(f"{flower_url}/celery-agent/compare?ids={a.id},{b.id}")
+    marked = browser.eval("[...document.querySelectorAll('tr.differs')].map(tr =>"
+                          " [...tr.cells].map(td => td.textContent.trim()))")  # fmt: skip
+    assert marked == [["lr ≠", "0.25", "0.5"]]
+    loss = "[data-metric='loss']"
+    assert _drawn(browser, loss) == {f"{a.id[:8]} train": 5, f"{b.id[:8]} train": 5}
+    tip = browser.eval(  # hover over step 2 of the loss chart: each run's value there
+        f"(() => {{ const o = document.querySelector({json.dumps(loss + ' .ca-overlay')});"
+        " const r = o.getBoundingClientRect(); o.dispatchEvent(new MouseEvent('mousemove',"
+        " {clientX: r.left + r.width / 2, clientY: r.top + 5, bubbles: true}));"
+        f" return document.querySelector({json.dumps(loss + ' .ca-tip')}).innerText; }})()"
+    )
+    assert tip.split("\n") == ["step 2", f"{a.id[:8]} train: 1.5", f"{b.id[:8]} train: 1.75"]
+    browser.eval(f"document.querySelector({json.dumps(loss + ' .ca-overlay')})"
+                 ".dispatchEvent(new MouseEvent('mouseleave'))")  # fmt: skip
+    browser.screenshot(ARTIFACTS / "flower-compare.png")
 
 
 def test_compare_refuses_one_run_too_many_runs_and_unknown_ids(flower_url, trained):
@@ -123,9 +140,8 @@ def test_compare_refuses_one_run_too_many_runs_and_unknown_ids(flower_url, train
     assert status == 404 and "&#x27;nosuchrun&#x27;" in page and "name='ids'" in page
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_a_search_page_lists_its_trials_and_draws_its_objective(
-    flower_url, worker, make_repo, tmp_path
+    flower_url, worker, make_repo, tmp_path, browser
 ):
     repo = make_repo({"train.py": TRAIN})
     spec = TaskSpec(repo=str(repo), entry="train.py", executor="local", queue=worker.queues)
@@ -140,15 +156,114 @@ def test_a_search_page_lists_its_trials_and_draws_its_objective(
     assert sorted(map(tuple, detail["objective_points"])) == [(0, 0.75), (1, 1.0)]
     assert detail["best_so_far"][-1] == [1, 1.0]
 
-    page = f"{flower_url}/celery-agent/searches/{sid}"
-    dom = chromium(tmp_path, "--dump-dom", page)
+    browser.open(f"{flower_url}/celery-agent/searches/{sid}")
+    rows = browser.eval("Object.fromEntries([...document.querySelectorAll('tr[data-trial]')]"
+                        ".map(tr => [tr.dataset.trial, [...tr.cells].map(td => td.textContent)]))")  # fmt: skip
     shown = {0.25: "0.75", 0.5: "1"}  # each trial's objective as the page prints it
+    assert len(rows) == 2
     for t in result.trials:
-        row_html = re.search(rf'<tr data-trial="{t.number}">(.*?)</tr>', dom)
-        assert row_html, f"trial {t.number} is not on the page"
-        cells = f'<td class="num">{shown[t.params["lr"]]}</td><td class="num">{t.params["lr"]}</td>'
-        assert cells + "<td>done</td>" in row_html.group(1) and t.run_id[:12] in row_html.group(1)
-    assert 'data-label="trial" data-points="2"' in dom
-    assert sid in chromium(tmp_path, "--dump-dom", f"{flower_url}/celery-agent/searches")
+        cells = rows[str(t.number)]
+        assert cells[2:] == [shown[t.params["lr"]], str(t.params["lr"]), "done", t.run_id[:12]]
+    assert _drawn(browser, "#objective-chart") == {"trial": 2, "best so far": 2}
+    best_first = ",".join(t.run_id for t in sorted(result.trials, key=lambda t: -(t.value or 0)))
+    assert browser.eval(f"!!document.querySelector('a[href$=\"/compare?ids={best_first}\"]')")
+    browser.screenshot(ARTIFACTS / "flower-search.png")
+    browser.open(f"{flower_url}/celery-agent/searches")
+    assert browser.eval(f"!!document.querySelector('a[href$=\"/searches/{sid}\"]')")
     status, missing = _status(f"{flower_url}/celery-agent/searches/nosuch")
     assert status == 404 and "no search &#x27;nosuch&#x27; is recorded" in missing
+
+
+def test_basic_auth_guards_the_charts_pages_and_endpoints_under_the_url_prefix(
+    make_flower, trained
+):
+    url = make_flower("--basic-auth=bob:pa55", "--url_prefix=ui", api=False)
+    creds = {"Authorization": "Basic " + base64.b64encode(b"bob:pa55").decode()}
+    a, b = trained
+    paths = [f"/celery-agent/compare?ids={a.id},{b.id}", f"/celery-agent/api/compare?ids={a.id},{b.id}",
+             "/celery-agent/searches", "/celery-agent/searches/x", "/celery-agent/api/searches",
+             "/celery-agent/api/searches/x", f"/celery-agent/api/runs/{a.id}/metrics",
+             "/celery-agent/static/charts.js"]  # fmt: skip
+    for path in paths:
+        assert _status(url + path)[0] == 401, path
+    code, page = _status(url + paths[0], creds)
+    assert code == 200 and "src='/ui/celery-agent/static/charts.js'" in page
+    assert f"href='/ui/celery-agent/runs/{a.id}'" in page
+    code, data = _json(url + paths[-2], creds)
+    assert code == 200 and data["counts"] == {"loss": 5, "acc": 1}
+    assert _status(url + "/celery-agent/static/charts.js", creds)[0] == 200
+
+
+#: reports three losses, waits for its trigger file, reports two more
+LIVE = textwrap.dedent(
+    """\
+    import os, time
+    from celery_agent.metrics import report
+    for step, loss in enumerate([2.0, 1.5, 1.25]):
+        report("loss", loss, step)
+    while not os.path.exists(os.environ["TRIGGER"]):
+        time.sleep(0.02)
+    report("loss", 1.0, 3)
+    report("loss", 0.75, 4)
+    report("acc", 0.5)
+    """
+)
+
+
+def test_a_run_page_charts_its_metrics_and_follows_them_while_it_runs(
+    flower_url, worker, make_repo, tmp_path, browser
+):
+    trigger = tmp_path / "go"
+    repo = make_repo({"live.py": LIVE})
+    run = submit(TaskSpec(repo=str(repo), entry="live.py", executor="local", queue=worker.queues,
+                          name="live", env={"TRIGGER": str(trigger)}))  # fmt: skip
+    try:
+        browser.open(f"{flower_url}/celery-agent/runs/{run.id}")
+        browser.wait("document.querySelectorAll('#metrics path.ca-series').length === 1", 60)
+        assert _drawn(browser, "#metrics") == {"loss": 3}
+        trigger.touch()
+        browser.wait("document.querySelectorAll('#metrics path.ca-series').length === 2", 30)
+    finally:
+        record = run.wait(60)
+    assert record["state"] == "succeeded", record.get("error")
+    assert _drawn(browser, "#metrics") == {"loss": 5, "acc": 1}
+    points = browser.eval("document.querySelector('#metrics path[data-label=loss]')"
+                          ".getAttribute('d').split(/[ML]/).filter(Boolean).length")  # fmt: skip
+    assert points == 5
+    browser.eval("document.getElementById('metrics').scrollIntoView()")
+    browser.screenshot(ARTIFACTS / "flower-run-metrics.png")
+
+
+def _losses(store, run_id: str, n: int, start: int = 0) -> None:
+    append(store, run_id, [Metric("loss", float(i) / 2, i) for i in range(start, start + n)])
+
+
+def test_the_series_cache_reads_only_entries_added_since_and_drops_the_least_recent_run(store):
+    a, b = (f"cache-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for run_id in (a, b):
+        store.create_run(run_id, {"entry": "x.py"}, "q")
+    _losses(store, a, 30)
+    cache = SeriesCache(max_points=60)
+    assert run_series(store, a, cache=cache)["series"] == {"loss": [[i, i / 2] for i in range(30)]}
+    store.r.xtrim(store.keys.metrics(a), maxlen=0)  # what was read stays read...
+    append(store, a, [Metric("loss", 99.0, 30), Metric("acc", 0.5)])  # ...and only this is new
+    got = run_series(store, a, cache=cache)
+    assert got["series"] == {
+        "loss": [[i, i / 2] for i in range(30)] + [[30, 99.0]],
+        "acc": [[0, 0.5]],
+    }
+    assert got["counts"] == {"loss": 31, "acc": 1} and got["state"] == "queued" and not got["ended"]
+    assert run_series(store, a, cache=SeriesCache())["counts"] == {"loss": 1, "acc": 1}
+
+    _losses(store, b, 40)  # 32 + 40 points > 60: run a, read least recently, is dropped
+    assert run_series(store, b, cache=cache)["counts"] == {"loss": 40}
+    assert run_series(store, a, cache=cache)["counts"] == {"loss": 1, "acc": 1}  # read afresh
+
+
+def test_the_metrics_benchmark_runs_and_prints_its_table():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_metrics_api", "--quick"],
+                          cwd=ARTIFACTS.parents[1], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split("  ")[0] for line in done.stdout.splitlines()[2:]]
+    assert rows == ["metrics api: first read, 5,000 points -> 2000",
+                    "metrics api: refresh, 100 new points", "metrics api: JSON size, 5,000 points"]  # fmt: skip

@@ -11,13 +11,17 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import test_docker_executor
+from conftest import Worker
+from test_reliability_recovery import wait_for
 
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.cli import main
 from celery_agent.errors import SpecError
+from celery_agent.testing import init_repo
 
 pytestmark = pytest.mark.integration
 
@@ -51,15 +55,21 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture()
-def setup(make_worker, make_repo, tmp_path: Path):
-    """(worker, repo, the run that wrote model.pt and plots/)."""
-    root = (tmp_path / "store").as_uri()
-    w = make_worker(f"in-{uuid.uuid4().hex[:6]}", concurrency=2, CELERY_AGENT_ARTIFACT_ROOT=root)
-    repo = make_repo({"write.py": WRITE, "read.py": READ})
+@pytest.fixture(scope="module")
+def setup(redis_url: str, tmp_path_factory: pytest.TempPathFactory, s3: Any):
+    """(worker, repo, the run that wrote model.pt and plots/), shared by the module's tests; the
+    worker has credentials for the S3 server in its environment."""
+    base = tmp_path_factory.mktemp("inputs")
+    root = (base / "store").as_uri()
+    w = Worker(base / "home", redis_url, f"in-{uuid.uuid4().hex[:6]}", concurrency=2,
+               CELERY_AGENT_ARTIFACT_ROOT=root, **s3.env()).start()  # fmt: skip
+    repo = base / "repo"
+    repo.mkdir()
+    init_repo(repo, {"write.py": WRITE, "read.py": READ})
     first = submit(job(repo, w.queues, "write.py", env={"TAG": "m1"}))
     assert first.wait(90)["state"] == "succeeded", list(first.logs())
-    return w, repo, first
+    yield w, repo, first
+    w.stop()
 
 
 def printed(run_id: str, name: str) -> str:
@@ -95,8 +105,8 @@ def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, 
     capsys.readouterr()
     assert main(["show", third.id]) == 0
     assert f"run://{first.id}/model.pt (cached)" in capsys.readouterr().out
-    entries = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
-    assert len(entries) == 2, entries  # model.pt and plots/, once each, no parts left
+    assert [p for p in cache.iterdir() if p.name.startswith(".part")] == [], "no parts left"
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
 
 
 def test_two_runs_wanting_a_new_input_at_once_download_it_once(setup, tmp_path: Path):
@@ -170,3 +180,51 @@ def test_a_container_run_reads_its_inputs(setup, docker_client):
     assert rec["state"] == "succeeded", list(run.logs())
     assert printed(run.id, "model") == f"{sha(b'm1' * 300_000)} dir=False"
     assert printed(run.id, "plots") == f"{sha(b'0.5 0.25' + bytes([10]))} dir=True"
+
+
+def test_an_input_whose_run_still_uploads_waits_for_the_upload(setup, store):
+    w, repo, first = setup
+    key, kept = store.keys.run(first.id), first.info()["artifacts"]
+    store.r.hset(key, "artifacts", json.dumps({"status": "uploading", "root": kept["root"]}))
+    try:  # (as a worker records outputs it uploads in the background, artifact_wait passed)
+        spec = job(repo, w.queues, "read.py", inputs={"later": f"run://{first.id[:10]}/model.pt"})
+        run = submit(spec)  # accepted: its path is checked once the upload ended
+        assert run.info()["spec"]["inputs"]["later"] == f"run://{first.id}/model.pt"
+        wait_for(lambda: any("finish uploading" in x for x in run.logs()), 60)
+        assert run.state == "preparing"
+    finally:
+        store.r.hset(key, "artifacts", json.dumps(kept))
+    rec = run.wait(90)
+    assert rec["state"] == "succeeded", list(run.logs())
+    assert printed(run.id, "later") == f"{sha(b'm1' * 300_000)} dir=False"
+
+
+def test_an_s3_input_is_fetched_with_the_workers_credentials_and_keyed_by_its_etag(
+    s3, setup, store
+):
+    w, repo, _ = setup
+    bucket = s3.bucket(f"in{uuid.uuid4().hex[:10]}")
+    s3.fs().pipe(f"{bucket}/data/x.bin", b"v1" * 50_000)
+    s3.fs().pipe(f"{bucket}/data/y.bin", b"y")
+    inputs = {"data": f"s3://{bucket}/data/x.bin", "folder": f"s3://{bucket}/data/"}
+    spec = job(repo, w.queues, "read.py", inputs=inputs)
+    first, again = (submit(spec).wait(90) for _ in range(2))
+    assert first["state"] == again["state"] == "succeeded", list(get_run(first["run_id"]).logs())
+    assert printed(first["run_id"], "data") == f"{sha(b'v1' * 50_000)} dir=False"
+    assert printed(first["run_id"], "folder") == f"{sha(b'v1' * 50_000 + b'y')} dir=True"
+    assert [again["inputs"][n]["cached"] for n in ("data", "folder")] == [True, True]
+    s3.fs().pipe(f"{bucket}/data/x.bin", b"v2" * 50_000)  # same size, a new ETag
+    third = submit(spec).wait(90)
+    assert third["state"] == "succeeded", (
+        third.get("error"),
+        list(get_run(third["run_id"]).logs()),
+    )
+    assert [third["inputs"][n]["cached"] for n in ("data", "folder")] == [False, False]
+    assert printed(third["run_id"], "data") == f"{sha(b'v2' * 50_000)} dir=False"
+    missing = submit(job(repo, w.queues, "read.py", inputs={"data": f"s3://{bucket}/nope"}))
+    out = missing.wait(90)
+    assert out["state"] == "failed" and "inputs.data" in out["error"], out
+    assert "does not exist" in out["error"] and out["error_stage"] == "inputs"
+    for run in (first, third, out):
+        text = json.dumps(store.get(run["run_id"])) + "".join(get_run(run["run_id"]).logs())
+        assert s3.secret not in text and s3.key not in text

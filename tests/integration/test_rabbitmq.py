@@ -182,3 +182,37 @@ def test_the_quick_soak_on_rabbitmq_leaves_no_run_unfinished_or_started_twice(am
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert numbers["submitted"] == "18" and numbers["started_twice_at_once"] == "0", numbers
     assert numbers["unfinished"] == "0" and int(numbers["kills"]) > 0, numbers
+
+
+def test_the_exporter_reads_queue_depth_from_rabbitmq(broker, redis_url, make_repo, store):
+    """A passive declare per queue: the runs waiting where no worker serves them, 0 for a queue
+    the broker does not have; a broker that cannot be reached is broker_up 0, the rest served."""
+    from kombu import Connection
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from celery_agent.embedded import free_port
+    from celery_agent.exporter import fleet_collector
+
+    def scrape(broker_url: str, *queues: str) -> dict[tuple[str, str], float]:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(fleet_collector(redis_url, broker_url, store.prefix, queues))
+        text = generate_latest(registry).decode()
+        return {(s.name, s.labels.get("queue", "")): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+
+    queue, nowhere = queue_name("depth"), queue_name("none")
+    fields = {"repo": str(make_repo({"job.py": "print(1)\n"})), "entry": "job.py",
+              "queue": queue, "executor": "local"}  # fmt: skip
+    for _ in range(3):
+        submit_task.delay(fields)
+    wait_for(lambda: scrape(broker, queue).get(("celery_agent_queue_depth", queue)) == 3, 30, 0.5)
+    got = scrape(broker, queue, nowhere)
+    assert got[("celery_agent_broker_up", "")] == 1 and got[("celery_agent_up", "")] == 1
+    assert got[("celery_agent_queue_depth", nowhere)] == 0
+    assert got[("celery_agent_queue_depth", queue)] == 3
+    dead = scrape(f"amqp://guest:guest@127.0.0.1:{free_port()}//", queue)
+    assert dead[("celery_agent_up", "")] == 1 and dead[("celery_agent_broker_up", "")] == 0
+    assert ("celery_agent_queue_depth", queue) not in dead
+    with Connection(broker) as conn:  # the runs no worker will take go with their queue
+        conn.default_channel.queue_delete(queue)

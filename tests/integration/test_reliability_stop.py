@@ -51,10 +51,13 @@ def test_a_drained_run_goes_back_to_its_queue_and_finishes_elsewhere(
     r = submit_task.delay(spec(repo, queue, tmp_path, work=5))
     wait_for(lambda: pids(tmp_path), 30)
     assert first.proc is not None
+    counts = store.r.hgetall(store.keys.run_counts())
     first.proc.send_signal(signal.SIGTERM)
     first.proc.wait(15)
     record = store.get(r.id)
     assert record["state"] == "queued" and "drained" in record["last_error"], record
+    after = store.r.hgetall(store.keys.run_counts())  # (the exporter serves these counters)
+    assert int(after["requeued"]) >= int(counts.get("requeued", 0)) + 1
     assert all(gone(p) for pair in pids(tmp_path) for p in pair)
     make_worker(queue, concurrency=1, **FAST)
     out = r.get(timeout=60)

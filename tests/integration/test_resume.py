@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_docker_executor import docker_client, docker_spec  # noqa: F401 (a fixture)
 from test_reliability_recovery import FAST, wait_for
 
 from celery_agent import submit_task
@@ -84,6 +85,7 @@ def test_a_killed_workers_run_resumes_from_its_checkpoint_on_another_worker(
     assert "attempt 1 resumed None from step 0" in lines
     assert f"attempt 2 resumed 1 from step {result['started_from']}" in lines
     assert any(line.startswith("[celery-agent] checkpoints: restored ") for line in lines)
+    assert any(line.startswith("[celery-agent] checkpoints: 8 file(s), ") for line in lines)
     steps_kept = sorted(synced_step(root, r.id) - n for n in range(8))
     assert sorted(p.name for p in (root / "runs" / r.id / "checkpoints").iterdir()) == sorted(
         f"step-{n}.json" for n in steps_kept
@@ -145,3 +147,29 @@ def test_rerun_resume_starts_a_new_run_from_the_checkpoints_of_another(
     fresh = submit_task.delay(spec.with_changes(resume_from=rerun_id + "x"))
     out = fresh.get(timeout=60)
     assert out["status"] == "failed" and f"run {rerun_id}x kept no checkpoints" in out["error"]
+
+
+#: one step per run, from the last checkpoint; says who it ran as
+STEP = """\
+import json, os, pathlib
+ck = pathlib.Path(os.environ["CELERY_AGENT_CHECKPOINT_DIR"])
+ck.mkdir(parents=True, exist_ok=True)
+last = ck / "last.json"
+step = json.loads(last.read_text())["step"] + 1 if last.exists() else 1
+(ck / "last.json.tmp").write_text(json.dumps({"step": step}))
+os.replace(ck / "last.json.tmp", last)
+print("uid", os.getuid(), "resumed", os.environ.get("CELERY_AGENT_RESUMED"), "step", step)
+"""
+
+
+@pytest.mark.usefixtures("docker_client")
+def test_a_non_root_container_resumes_in_the_checkpoint_folder_the_worker_restored(
+    worker, make_repo, store
+):
+    repo = make_repo({"train.py": STEP})
+    first = submit_task.delay(docker_spec(repo, worker, docker={"user": "1000:1000"}))
+    assert first.get(timeout=180)["status"] == "succeeded"
+    again = docker_spec(repo, worker, docker={"user": "1000:1000"}, resume_from=first.id)
+    out = submit_task.delay(again).get(timeout=180)
+    assert out["status"] == "succeeded", out
+    assert "uid 1000 resumed 1 step 2" in store.read_log(out["run_id"])[1]

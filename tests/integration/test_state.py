@@ -232,4 +232,5 @@ def test_run_counters_count_each_submit_end_and_requeue_once(store: RunStore):
         "failed": "1",
         "requeued": "2",
         "lost": "1",
+        "lost_attempts": "2",
     }

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from celery_agent import artifacts
-from celery_agent.artifacts import ArtifactStore, excluded, output_files, safe_url, upload_run
+from celery_agent.artifact_store import safe_url
+from celery_agent.artifacts import ArtifactStore, excluded, output_files, upload_run
 from celery_agent.errors import ConfigError
 from celery_agent.settings import Settings
 
@@ -76,19 +77,18 @@ def test_a_password_in_the_root_is_refused_and_never_shown(outputs: Path, tmp_pa
         ArtifactStore("s3://key:hunter2@bucket/x")
     assert "hunter2" not in str(info.value) and "environment" in str(info.value)
     assert safe_url("s3://key:hunter2@bucket/x") == "s3://bucket/x"
-    lines: list[str] = []
     settings = Settings(home=tmp_path, artifact_root="s3://key:hunter2@bucket/x")
-    out = upload_run(settings, outputs.parent, [], lines.append)
-    assert out["status"] == "failed" and "hunter2" not in json.dumps(out) + "".join(lines)
-    assert lines and lines[0].startswith("artifacts: failed (")
+    out = upload_run(settings, outputs.parent, [])
+    line = artifacts.describe(out) or ""
+    assert out["status"] == "failed" and "hunter2" not in json.dumps(out) + line
+    assert line.startswith("artifacts: failed (")
 
 
 def test_the_default_root_is_under_home(outputs: Path, tmp_path: Path) -> None:
-    lines: list[str] = []
-    out = upload_run(Settings(home=tmp_path / "home"), outputs.parent, [], lines.append)
+    out = upload_run(Settings(home=tmp_path / "home"), outputs.parent, [])
     assert out["status"] == "uploaded"
     assert (tmp_path / "home" / "artifacts" / "runs" / "run-1" / "model.pt").is_file()
-    assert "4 file(s)" in lines[0]
+    assert "4 file(s)" in (artifacts.describe(out) or "")
 
 
 def test_an_empty_output_folder_keeps_nothing(tmp_path: Path) -> None:
@@ -129,11 +129,11 @@ def test_a_file_that_fails_twice_is_retried_and_kept(outputs: Path, tmp_path: Pa
     monkeypatch.setattr(artifacts, "BACKOFF", (0.0,))
     real, calls = ArtifactStore._copy, {"n": 0}
 
-    def flaky(self, local, remote, rel):
+    def flaky(self, local, remote, rel, *more):
         if rel == "model.pt" and calls["n"] < artifacts.TRIES - 1:
             calls["n"] += 1
             raise OSError("store away")
-        return real(self, local, remote, rel)
+        return real(self, local, remote, rel, *more)
 
     monkeypatch.setattr(ArtifactStore, "_copy", flaky)
     out = ArtifactStore((tmp_path / "store").as_uri()).upload("r9", outputs)

@@ -4,6 +4,7 @@ for the attempt that resumes the run."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from celery_agent import artifacts
 from celery_agent.artifacts import ArtifactStore
-from celery_agent.checkpoints import CheckpointSync, partial, restore, resume, scan
+from celery_agent.checkpoints import CheckpointSync, describe, partial, restore, resume, scan
 from celery_agent.errors import AgentError
 
 
@@ -56,13 +58,17 @@ def test_a_round_copies_only_what_changed(store, folder, tmp_path):
     assert sync.sync() == 1
     assert kept(tmp_path) == {"a.pt": b"a2-longer", "sub/b.pt": b"b1"}
     assert sync.stats.files == 2 and sync.stats.bytes == 9 + 2 and sync.stats.uploads == 3
+    assert describe(sync.stats.record()) == (
+        f"checkpoints: 2 file(s), 11 bytes at {store.url}/runs/r1/checkpoints"
+    )
+    assert describe(CheckpointSync(store, "r2", folder, "x", interval=0).stats.record()) is None
 
 
 def test_a_file_written_just_now_waits_for_the_next_round_unless_it_is_the_last(
     store, folder, tmp_path
 ):
     (folder / "fresh.pt").write_bytes(b"being written")
-    sync = CheckpointSync(store, "r1", folder, "checkpoints", interval=0)
+    sync = CheckpointSync(store, "r1", folder, "checkpoints", interval=0, settle=60)
     assert sync.sync() == 0 and kept(tmp_path) == {}
     assert sync.stop()["files"] == 1, "the last round (the process has ended) takes it"
     assert kept(tmp_path) == {"fresh.pt": b"being written"}
@@ -140,6 +146,7 @@ def test_an_unwritable_store_is_reported_not_raised(folder, tmp_path):
                           interval=0)  # fmt: skip
     out = sync.stop()
     assert out["files"] == 0 and "x.pt" in out["error"], out
+    assert (describe(out) or "").startswith("checkpoints: failed (x.pt: ")
     assert (folder / "x.pt").read_bytes() == b"x", "nothing lost locally"
 
 
@@ -225,3 +232,56 @@ def test_a_container_sees_the_checkpoint_folder_where_its_output_is_mounted(tmp_
     assert opt.container_env(env, [], paths)["CELERY_AGENT_CHECKPOINT_DIR"] == (
         f"{opt.OUTPUT}/checkpoints"
     )
+
+
+def test_a_broken_copy_leaves_no_part_in_the_store_and_is_reported(
+    store, folder, tmp_path, monkeypatch
+):
+    (folder / "w.pt").write_bytes(b"w" * 1000)
+    real_put = store.fs.put_file
+
+    def broken(src: str, dst: str, **kw: object) -> None:
+        real_put(src, dst, **kw)  # (the part is written, then the connection drops)
+        raise ConnectionError("store went away")
+
+    monkeypatch.setattr(store.fs, "put_file", broken)
+    out = CheckpointSync(store, "r1", folder, "checkpoints", interval=0).stop()
+    assert "w.pt: ConnectionError: store went away" in out["error"] and out["files"] == 0
+    assert kept(tmp_path) == {}
+
+
+def test_the_ends_upload_copies_no_checkpoint_the_sync_kept_unless_it_changed(
+    store, folder, tmp_path, monkeypatch
+):
+    output, run_dir = folder.parent, folder.parent.parent
+    (folder / "a.pt").write_bytes(b"a" * 100)
+    (folder / "b.pt").write_bytes(b"b" * 100)
+    (output / "model.pt").write_bytes(b"m")
+    CheckpointSync(store, "r1", folder, "checkpoints", interval=0,
+                   sidecar=run_dir / artifacts.SYNCED).stop()  # fmt: skip
+    (folder / "b.pt").write_bytes(b"B" * 100)  # changed since its sync
+    copied: list[str] = []
+    real_put = store.fs.put_file
+    monkeypatch.setattr(store.fs, "put_file", lambda s, d, **kw: (copied.append(d), real_put(s, d)))
+    out = store.upload("r1", output, synced=artifacts.synced_files(run_dir))
+    assert sorted(Path(d).name for d in copied) == ["b.pt", "model.pt"], copied
+    assert {f["path"]: f["sha256"] for f in out["files"]} == {
+        rel: hashlib.sha256((output / rel).read_bytes()).hexdigest()
+        for rel in ("checkpoints/a.pt", "checkpoints/b.pt", "model.pt")
+    }, "the manifest has every file, hashed"
+    assert kept(tmp_path) == {"a.pt": b"a" * 100, "b.pt": b"B" * 100}
+    copied.clear()
+    (tmp_path / "store" / "runs" / "r1" / "checkpoints" / "a.pt").write_bytes(b"x" * 100)
+    store.upload("r1", output, synced=artifacts.synced_files(run_dir))
+    assert "a.pt" in [Path(d).name for d in copied], "a copy replaced since is copied again"
+    assert kept(tmp_path)["a.pt"] == b"a" * 100
+
+
+def test_a_non_root_container_is_given_the_checkpoint_folder_the_worker_restored_into(tmp_path):
+    from celery_agent.executors.base import RunRequest
+    from celery_agent.executors.docker import _writable
+
+    folder = tmp_path / "output" / "checkpoints"
+    job = RunRequest(env={"CELERY_AGENT_CHECKPOINT_DIR": str(folder)}, cwd=tmp_path,
+                     sink=lambda lines: None, output_dir=tmp_path / "output")  # fmt: skip
+    assert str(folder) in _writable(job)

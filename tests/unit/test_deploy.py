@@ -177,3 +177,47 @@ def test_honcho_accepts_the_procfile():
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "redis, workers, services, beat, flower" in done.stderr
+
+
+def test_k8s_workers_are_never_killed_before_their_drained_runs_are_back_on_the_queue():
+    # SIGTERM starts the drain: runs get the drain grace, then are stopped (TERM, the stop grace,
+    # KILL) and requeued; the pod must outlive that, with a margin, or its runs end lost
+    from celery_agent.settings import Settings
+
+    defaults = Settings()
+    workers = 0
+    for name, doc in k8s_docs().items():
+        if doc["kind"] != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        words = fixed(container["command"])
+        if "worker" not in words and "services" not in words:
+            continue
+        workers += 1
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        drain = float(env.get("CELERY_AGENT_DRAIN_GRACE", defaults.drain_grace))
+        needed = drain + defaults.grace + 30
+        assert pod["terminationGracePeriodSeconds"] >= needed, (name, needed)
+    assert workers == 2  # the GPU workers and the services worker
+
+
+def test_the_keda_scaled_object_scales_the_gpu_workers_to_zero_by_runs_queued_and_running():
+    docs = [
+        d
+        for f in sorted((DEPLOY / "k8s" / "keda").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+    ]
+    (scaled,) = [d for d in docs if d["kind"] == "ScaledObject"]
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] in {n.split("/")[1] for n in k8s_docs()}
+    assert spec["scaleTargetRef"]["name"] == "celery-agent-gpu-worker"
+    assert spec["minReplicaCount"] == 0 and spec["maxReplicaCount"] >= 1
+    (trigger,) = spec["triggers"]
+    query = trigger["metadata"]["query"]
+    for metric in ("celery_agent_queue_depth", "celery_agent_runs_active", "celery_agent_up"):
+        assert metric in query
+    worker = k8s_docs()["Deployment/celery-agent-gpu-worker"]["spec"]["template"]["spec"]
+    queues = fixed(worker["containers"][0]["command"])
+    served = queues[queues.index("-Q") + 1].replace(",", "|")
+    assert query.count(f'queue=~"{served}"') == 2  # the queues the worker serves, both terms

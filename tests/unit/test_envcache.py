@@ -278,3 +278,28 @@ def test_a_stop_ends_the_wait_for_another_build_of_the_same_entry(tmp_path: Path
         cache.get_or_build("k", builder)
     assert time.monotonic() - asked < 1.0 and builder.calls == []
     assert cache.get_or_build("k", builder).meta == {"built": 1}, "the lock was let go"
+
+
+# -- outcomes told to an observer (metrics) --------------------------------------------------------
+def test_the_observer_is_told_each_hit_build_and_failed_build_but_no_cached_failure(
+    tmp_path: Path,
+) -> None:
+    told: list[tuple[str, float]] = []
+    cache = EnvCache(tmp_path, observe=lambda outcome, seconds: told.append((outcome, seconds)))
+    cache.get_or_build("k1", Builder())
+    cache.get_or_build("k1", Builder())
+    with pytest.raises(EnvBuildError):
+        cache.get_or_build("k2", Builder(fail=EnvBuildError("bad")))
+    with pytest.raises(EnvBuildError):  # the cached failure: no build ran, nothing told
+        cache.get_or_build("k2", Builder())
+    assert [outcome for outcome, _ in told] == ["built", "hit", "failed"]
+    assert all(seconds >= 0 for _, seconds in told)
+
+
+def test_an_observer_that_raises_never_fails_the_lookup(tmp_path: Path) -> None:
+    def broken(outcome: str, seconds: float) -> None:
+        raise RuntimeError("Redis away")
+
+    cache = EnvCache(tmp_path, observe=broken)
+    assert not cache.get_or_build("k1", Builder()).hit
+    assert cache.get_or_build("k1", Builder()).hit

@@ -5,49 +5,53 @@ from __future__ import annotations
 import json
 import math
 import random
+from array import array
 
 import pytest
 
 from celery_agent.errors import RequestError
 from celery_agent.flowerui.assets import asset
-from celery_agent.flowerui.comparepage import render_compare
+from celery_agent.flowerui.comparepage import form, render_compare
 from celery_agent.flowerui.comparison import parse_refs, rows
 from celery_agent.flowerui.document import document, to_json
 from celery_agent.flowerui.searchpage import render_list, render_search
-from celery_agent.flowerui.series import MAX_POINTS, clamp_limit, downsample, pairs
-from celery_agent.metrics import Point
+from celery_agent.flowerui.series import MAX_POINTS, Series, clamp_limit, picks
 
 
-def test_pairs_give_unstepped_values_their_position_and_non_finite_values_null():
-    points = [
-        Point(None, 1.5, 0),
-        Point(None, math.nan, 0),
-        Point(7, math.inf, 0),
-        Point(9, 2.0, 0),
-    ]
-    assert pairs(points) == [[0, 1.5], [1, None], [7, None], [9, 2.0]]
+def _series(entries):
+    out = Series()
+    for step, value in entries:
+        out.add(step, value)
+    return out
+
+
+def test_unstepped_values_get_their_position_and_non_finite_values_are_null():
+    got = _series([("", "1.5"), ("", "nan"), ("7", "inf"), ("9", "2.0"), ("", "-inf")])
+    assert got.pairs() == [[0, 1.5], [1, None], [7, None], [9, 2.0], [4, None]]
 
 
 def test_a_short_series_is_served_whole():
-    series = [[i, float(i)] for i in range(MAX_POINTS)]
-    assert downsample(series) is series
+    series = _series([(str(i), str(i / 3)) for i in range(MAX_POINTS)])
+    assert series.pairs(MAX_POINTS) == [[i, i / 3] for i in range(MAX_POINTS)]
 
 
 def test_downsampling_keeps_the_ends_and_every_spike_within_the_limit():
     rng = random.Random(4)
-    series = [[i, rng.random()] for i in range(100_000)]
-    series[31_337][1], series[77_001][1] = 50.0, -50.0
-    out = downsample(series, 500)
-    assert len(out) <= 500 and len(out) >= 490
-    assert out[0] == [0, series[0][1]] and out[-1] == [99_999, series[-1][1]]
+    values = [rng.random() for _ in range(100_000)]
+    values[31_337], values[77_001] = 50.0, -50.0
+    out = _series([(str(i), repr(v)) for i, v in enumerate(values)]).pairs(500)
+    assert 490 <= len(out) <= 500
+    assert out[0] == [0, values[0]] and out[-1] == [99_999, values[-1]]
     assert [31_337, 50.0] in out and [77_001, -50.0] in out
     steps = [p[0] for p in out]
     assert steps == sorted(set(steps))  # in order, no point twice
 
 
-def test_downsampling_a_series_of_gaps_keeps_one_point_per_bucket():
-    out = downsample([[i, None] for i in range(5000)], 100)
-    assert out[0] == [0, None] and out[-1] == [4999, None] and len(out) == 51
+def test_downsampling_skips_gaps_and_keeps_one_point_of_a_bucket_of_gaps():
+    values = array("d", [math.nan] * 5000)
+    values[2500] = 3.0
+    kept = picks(values, 100)
+    assert kept[0] == 0 and kept[-1] == 4999 and 2500 in kept and len(kept) == 51
 
 
 def test_limits_are_clamped():
@@ -134,3 +138,38 @@ def test_the_searches_list_links_each_search():
     html = render_list([row], "/p")
     assert "href='/p/celery-agent/searches/s1'" in html and "<td class='num'>3</td>" in html
     assert "No search is recorded" in render_list([], "")
+
+
+def test_each_bucket_keeps_its_lowest_and_highest_value():
+    # picks() takes min/max at C speed when a bucket has no NaN; it must pick what a scan picks
+    rng = random.Random(9)
+    values = array("d", [rng.uniform(-1, 1) for _ in range(30_000)])
+    kept = picks(values, 202)
+    size = (len(values) - 2) / 100
+    for b in range(100):
+        a, z = 1 + round(b * size), 1 + round((b + 1) * size)
+        bucket = range(a, z)
+        lo = min(bucket, key=values.__getitem__)
+        hi = max(bucket, key=values.__getitem__)
+        assert lo in kept and hi in kept
+
+
+def test_the_compare_form_offers_the_recent_runs_to_tick():
+    recent = [{"run_id": "abc123456789ffff", "name": "<x>", "state": "failed", "queue": "gpu",
+               "submitted_at": 0.0}]  # fmt: skip
+    html = form("/p", "a1,b2", recent)
+    assert "action='/p/celery-agent/compare'" in html and "value='a1,b2'" in html
+    assert "<input type='checkbox' name='ids' value='abc123456789ffff'>" in html
+    assert "&lt;x&gt;" in html and "s-failed" in html
+    assert "<table" not in form("", "", [])
+
+
+def test_a_search_page_links_its_best_trials_to_compare_and_reloads_while_running():
+    data = _search()
+    data["trials"][1] |= {"state": "done", "value": 0.5, "error": ""}
+    html = render_search(data | {"state": "running"}, "")
+    assert "href='/celery-agent/compare?ids=r1,r0'>Compare the 2 best trials" in html
+    assert "http-equiv='refresh'" in html
+    assert "http-equiv" not in render_search(_search(), "") and "Compare the" not in render_search(
+        _search(), ""
+    )

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from celery_agent.flower import HARDWARE_API_PATH, HARDWARE_PATH, install_handlers
+from celery_agent.flower import HARDWARE_API_PATH, HARDWARE_PATH, _pattern, install_handlers
 from celery_agent.flowerui import routes
 from celery_agent.flowerui.page import history_chart, render_page
 
@@ -9,7 +9,9 @@ def test_install_handlers_goes_before_the_catch_all_once():
     catch_all = (r".*", object)
     handlers: list = [(r"/", object), catch_all]
     assert install_handlers(handlers) is True
-    assert [h[0] for h in handlers[1:3]] == [HARDWARE_PATH, HARDWARE_API_PATH]
+    added = [_pattern(h) for h in handlers[1:-1]]
+    assert added[:2] == [HARDWARE_PATH, HARDWARE_API_PATH]
+    assert "/celery-agent/runs" in added and "/celery-agent/api/runs" in added
     assert handlers[-1] is catch_all
     assert install_handlers(handlers) is False and len(handlers) == 2 + len(routes())
 

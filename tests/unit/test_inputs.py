@@ -105,6 +105,9 @@ def test_run_inputs_that_cannot_be_found_name_the_input_and_the_fix(kept):
     running = {"run_id": "run-1", "state": "running"}
     with pytest.raises(SpecError, match="kept no outputs yet .state running.*wait run-1"):
         resolve("model", "run://run-1/m.pt", lookup_of(running))
+    busy = {"run_id": "run-1", "state": "succeeded", "artifacts": {"status": "uploading"}}
+    assert checked({"m": "run://run/not-yet.pt"}, lookup_of(busy)) == {
+        "m": "run://run-1/not-yet.pt"}, "checked by the worker, once the upload ended"  # fmt: skip
     assert checked({"model": "run://run/model.pt", "x": "s3://b/k"}, lookup) == {
         "model": "run://run-1/model.pt", "x": "s3://b/k"}  # fmt: skip
 
@@ -122,7 +125,9 @@ def test_a_url_input_is_keyed_by_size_and_mtime_and_a_missing_one_is_named(tmp_p
 
 
 class SlowFS:
-    """A filesystem whose reads are slow, counting the files it opened."""
+    """A remote filesystem whose reads are slow, counting the files it opened."""
+
+    protocol = ("slow",)
 
     def __init__(self, delay: float = 0.05) -> None:
         self.local = fsspec.filesystem("file")
