@@ -4,6 +4,9 @@
 three workers (short heartbeats, claims and sweeps) and a beat, kills a worker (whole process group,
 a dead machine), its main process only, or one pool process now and then, restarts killed workers, and prints how many runs
 were submitted, succeeded, lost, failed and started twice at once, and how long recovery took.
+The runs alternate between two users, the first with a quota of :data:`QUOTA` runs at once (fair
+order and the quota at work through the kills): the soak also prints the most of that user's runs
+seen running at once (from the scripts' own start and end lines).
 ``--broker amqp://...`` sends the messages through RabbitMQ (state stays in Redis).
 """
 
@@ -28,16 +31,19 @@ from .cluster import Cluster, Worker, die_with_parent
 
 logger = logging.getLogger("benchmarks.soak")
 
+USERS = ("soak-a", "soak-b")  #: the runs alternate between them
+QUOTA = 2  #: runs at once of the first user
+
 FAST = {"CELERY_AGENT_HEARTBEAT_INTERVAL": "1", "CELERY_AGENT_CLAIM_TTL": "2",
         "CELERY_AGENT_SWEEP_INTERVAL": "1"}  # fmt: skip
 JOB = """\
 import os, sys, time
 path, rid = os.environ["STARTS"], os.environ["CELERY_AGENT_RUN_ID"]
 with open(path, "a") as fh:
-    fh.write(f"start {rid} {os.getpid()} {time.time()}\\n")
+    fh.write(f"start {rid} {os.getpid()} {time.time()} {os.environ.get('SOAK_USER', '-')}\\n")
 time.sleep(float(os.environ["WORK"]))
 with open(path, "a") as fh:
-    fh.write(f"end {rid} {os.getpid()} {time.time()}\\n")
+    fh.write(f"end {rid} {os.getpid()} {time.time()} {os.environ.get('SOAK_USER', '-')}\\n")
 """
 
 
@@ -132,7 +138,7 @@ def count_starts(path: Path) -> tuple[dict[str, int], int]:
     starts: dict[str, list[tuple[int, float]]] = {}
     ends: dict[int, float] = {}
     for line in path.read_text().splitlines() if path.exists() else []:
-        kind, rid, pid, at = line.split()
+        kind, rid, pid, at = line.split()[:4]
         if kind == "start":
             starts.setdefault(rid, []).append((int(pid), float(at)))
         else:
@@ -142,6 +148,22 @@ def count_starts(path: Path) -> tuple[dict[str, int], int]:
         for (pid, _), (_, t1) in zip(runs, runs[1:], strict=False):
             overlapping += pid in ends and ends[pid] > t1
     return {rid: len(v) for rid, v in starts.items()}, overlapping
+
+
+def most_at_once(path: Path, user: str) -> int:
+    """The most runs of ``user`` seen running at once: starts and ends their scripts wrote (a
+    killed attempt wrote no end and is left out)."""
+    began: dict[str, float] = {}
+    spans = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        kind, _, pid, at, who = line.split()
+        if who != user:
+            continue
+        if kind == "start":
+            began[pid] = float(at)
+        elif pid in began:
+            spans.append((began.pop(pid), float(at)))
+    return max((sum(s <= t < e for s, e in spans) for t, _ in spans), default=0)
 
 
 def soak(
@@ -154,9 +176,11 @@ def soak(
         os.environ["CELERY_BROKER_URL"] = broker
     from celery_agent import submit_task
     from celery_agent.app import get_store, use_environment
+    from celery_agent.quotas import Quotas, scope
 
     use_environment()
     store, starts = get_store(), root / "starts.txt"
+    Quotas(store).set(scope("user", USERS[0]), runs=QUOTA)
     beat = start_beat(cluster)
     try:
         workers = [start_worker(cluster, i) for i in range(3)]
@@ -164,7 +188,10 @@ def soak(
         spec = {"repo": str(repo), "entry": "job.py", "queue": "soak", "executor": "local",
                 "max_attempts": 3, "env": {"STARTS": str(starts), "WORK": str(work)}}  # fmt: skip
         t0 = time.monotonic()
-        ids = [submit_task.apply_async([spec], ignore_result=True).id for _ in range(runs)]
+        ids = [
+            submit_task.apply_async([_as(spec, USERS[i % 2])], ignore_result=True).id
+            for i in range(runs)
+        ]
         chaos = Chaos(cluster, workers, store, every)
         thread = threading.Thread(target=chaos.loop, daemon=True)
         thread.start()
@@ -173,11 +200,18 @@ def soak(
         chaos.finished.set()
         thread.join()
         per_run, overlapping = count_starts(starts)
-        return report(runs, states, per_run, overlapping, chaos, time.monotonic() - t0)
+        result = report(runs, states, per_run, overlapping, chaos, time.monotonic() - t0)
+        return result | {f"most_{USERS[0]}_at_once": most_at_once(starts, USERS[0]),
+                         "quota": QUOTA}  # fmt: skip
     finally:
         beat.terminate()
         beat.wait()
         cluster.close()
+
+
+def _as(spec: dict, user: str) -> dict:
+    """``spec`` as ``user``'s run (the script writes the user beside its start and end)."""
+    return spec | {"user": user, "env": spec["env"] | {"SOAK_USER": user}}
 
 
 STALL = 90.0  #: seconds without any run ending, after the chaos stopped, that end the wait
@@ -240,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         result = soak(runs, work, every, Path(tmp), args.broker)
     for name, value in result.items():
         sys.stdout.write(f"{name:>22}: {value}\n")
-    bad = result["started_twice_at_once"] or result["unfinished"]
+    over = result[f"most_{USERS[0]}_at_once"] > QUOTA  # type: ignore[operator]
+    bad = result["started_twice_at_once"] or result["unfinished"] or over
     return 1 if bad else 0
 
 

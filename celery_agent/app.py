@@ -29,6 +29,7 @@ from kombu.utils.json import register_type
 
 from . import defaults, redisconn
 from .errors import ConfigError
+from .fairorder import FairOrder, fair_order
 from .settings import Settings
 from .spec import TaskSpec
 from .state import RunStore
@@ -147,6 +148,11 @@ def get_store() -> RunStore:
         _stores.clear()
         _stores[pid] = RunStore.from_url(s.redis_url, s.prefix, s.log_maxlen)
     return _stores[pid]
+
+
+def get_fair() -> FairOrder:
+    """Fair order and quotas on this process's store, with the settings' quotas and weights."""
+    return fair_order(get_store(), get_settings())
 
 
 def get_registry() -> WorkerRegistry:

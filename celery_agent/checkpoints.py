@@ -141,8 +141,8 @@ class CheckpointSync:
         if self._thread is not None:
             self._thread.join()
         self.sync(final=True)
-        if self.sidecar is not None and self.active():
-            self._tell_upload(self.sidecar)
+        if self.sidecar is not None and self.active() and (self.synced or self.sidecar.exists()):
+            self._tell_upload(self.sidecar)  # (a run that kept no checkpoint gets no file)
         return self.stats.record()
 
     def _tell_upload(self, sidecar: Path) -> None:

@@ -115,6 +115,8 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 @click.option("--name", default=None, help="a label for the run")
 @click.option("--tag", "tags", multiple=True, help="a tag to find the run by (repeat)")
 @click.option("--project", default=None, help="the project it counts for (CELERY_AGENT_PROJECT)")
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="-1 low, 0 normal, 1 high (up to the max_priority setting)")  # fmt: skip
 @click.option("--env", "env", multiple=True, help="an environment variable for the run: NAME=value")
 @click.option(
     "--secret-env",
@@ -150,7 +152,7 @@ def _with_secrets(env: dict[str, str], names: Sequence[str]) -> dict[str, str]:
 )
 def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...], strict_params: bool, requirements: tuple[str, ...],
            find_links: tuple[str, ...], index_url: str | None, python: str | None, executor: str, name: str | None, env: tuple[str, ...],
-           secret_env: tuple[str, ...], project: str | None, timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
+           secret_env: tuple[str, ...], project: str | None, priority: int, timeout: float | None, repo: str | None, commit: str | None, no_diff: bool, requirements_file: str | None, extras: tuple[str, ...], groups: tuple[str, ...],
            require_pushed: bool, workdir: str | None, wait: bool, wait_timeout: float | None, require_worker: bool,
            extra_index_urls: tuple[str, ...] = (), no_index: bool = False, inputs: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> int:  # fmt: skip
     """Submit ENTRY (a script in this repo, or '-m module'); script arguments go after '--'.
@@ -173,7 +175,7 @@ def submit(entry: str, args: tuple[str, ...], queue: str, params: tuple[str, ...
         fields
         | {"args": list(args), "params": _params(params), "queue": queue, "python": python}
         | {"executor": executor, "name": name, "env": run_env, "timeout": timeout}
-        | {"project": project, "tags": list(tags)}
+        | {"project": project, "priority": priority, "tags": list(tags)}
         | {"secret_env": list(secret_env), "strict_params": strict_params}
         | {"inputs": _env(inputs, "--input")}
         | {"find_links": list(find_links), "index_url": index_url, "no_index": no_index}
@@ -372,6 +374,7 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, project: str 
 def _register_commands() -> None:
     from .cli_artifacts import artifacts, pull
     from .cli_local import config, up
+    from .cli_quota import quota
     from .cli_retention import delete, keep
     from .cli_runs import list_runs
     from .cli_search import metrics, search
@@ -380,7 +383,7 @@ def _register_commands() -> None:
     from .cli_status import health, status
 
     commands = (show, status, health, search, metrics, workers, services, flower, redis, exporter)
-    for command in (*commands, list_runs, artifacts, pull, keep, delete, up, config):
+    for command in (*commands, list_runs, quota, artifacts, pull, keep, delete, up, config):
         cli.add_command(command)
 
 

@@ -15,6 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .cli_quota import quota_table, quotas_in_force
+from .quotas import KINDS
 from .status import cluster_status
 from .usage import GROUPS, current
 
@@ -34,8 +36,8 @@ GIB = 2**30
               help="group the runs waiting and running by user or by project")  # fmt: skip
 def status(watch: bool, interval: float, as_json: bool, worker: str | None, points: int,
            user: str | None, project: str | None, by: str) -> int:  # fmt: skip
-    """Show the workers (queues, state, current run, uptime), their GPUs, and the runs waiting
-    and running per user (or project)."""
+    """Show the workers (queues, state, current run, uptime), their GPUs, the runs waiting
+    and running per user (or project), and each quota against what its user or project holds."""
     from .app import get_registry, get_store
     from .cli import console
 
@@ -46,7 +48,10 @@ def status(watch: bool, interval: float, as_json: bool, worker: str | None, poin
         return 0
 
     def snapshot() -> dict[str, Any]:
-        return cluster_status(registry) | {by + "s": current(get_store(), by, user, project)}
+        quotas = [row | {"kind": kind} for kind in KINDS for row in quotas_in_force().report(kind)]
+        quotas = [q for q in quotas if user is None or q.get("user") == user]
+        live = current(get_store(), by, user, project)
+        return cluster_status(registry) | {by + "s": live, "quotas": quotas}
 
     if as_json:
         console.print_json(json.dumps(snapshot(), default=str))
@@ -116,6 +121,8 @@ def status_view(data: dict[str, Any]) -> Group:
     for by in GROUPS:
         if data.get(by + "s"):
             parts.append(users_table(data[by + "s"], by))
+    if data.get("quotas"):
+        parts.append(quota_table(data["quotas"]))
     return Group(*parts)
 
 

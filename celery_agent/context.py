@@ -12,6 +12,7 @@ from . import leases as leases_mod
 from . import runenv
 from .executors.base import ExecutorSettings
 from .executors.indexes import IndexDefaults
+from .fairorder import FairOrder, fair_order
 from .gpus import DYNAMIC, WorkerGpus
 from .keeper import Keeper, keeper_for
 from .settings import Settings
@@ -39,6 +40,7 @@ class WorkerContext:
     gpus: WorkerGpus  #: published by the worker's main process
     leases: leases_mod.GpuLeases | None  #: dynamic GPU leases (a dynamic worker only)
     executor_settings: ExecutorSettings
+    fair: FairOrder | None = None  #: fair order and quotas (None: every run is admitted)
 
     @classmethod
     def create(
@@ -71,6 +73,7 @@ class WorkerContext:
             gpus=gpus,
             leases=leases,
             executor_settings=executor_settings(settings),
+            fair=fair_order(store, settings),
         )
 
 

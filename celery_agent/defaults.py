@@ -36,6 +36,17 @@ def requeue_priority(broker_url: str) -> int:
     return AMQP_REQUEUE_PRIORITY if is_amqp(broker_url) else REQUEUE_PRIORITY
 
 
+#: a run's ``priority`` (-1 low, 0 normal, 1 high) as a message priority on Redis (lower first;
+#: high shares level 0 with re-queues, the transport's top level) and on RabbitMQ (higher first)
+REDIS_PRIORITIES = {-1: 6, 0: DEFAULT_PRIORITY, 1: REQUEUE_PRIORITY}
+AMQP_PRIORITIES = {-1: 1, 0: AMQP_DEFAULT_PRIORITY, 1: 3}
+
+
+def message_priority(priority: int, broker_url: str) -> int:
+    """The message priority of a new run whose spec asks ``priority`` on ``broker_url``."""
+    return (AMQP_PRIORITIES if is_amqp(broker_url) else REDIS_PRIORITIES)[priority]
+
+
 SWEEP_TASK = "celery_agent.sweep"
 
 

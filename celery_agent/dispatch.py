@@ -5,7 +5,8 @@ Every run is the one Celery task :data:`RUN_TASK`; its id is the run id. The fir
 options here:
 
 - ``queue``: the spec's queue (a re-queue uses the queue the run was recorded on);
-- ``priority``: unset on the first send (``task_default_priority``), the broker's re-queue priority
+- ``priority``: unset on the first send of a normal run (``task_default_priority``), the spec's
+  ``priority`` as the broker orders it for a low or high one, the broker's re-queue priority
   on a re-queue (:func:`.defaults.requeue_priority`: 0 on Redis, the highest on RabbitMQ), so a run
   whose worker died goes ahead of the runs that never started;
 - ``shadow``: the name Flower and events show (:func:`display_name`), since all runs share one
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .defaults import requeue_priority
+from .defaults import message_priority, requeue_priority
 from .gitcmd import redact
 from .spec import TaskSpec
 
@@ -50,10 +51,15 @@ def args_repr(spec: TaskSpec) -> str:
     return text if len(text) <= MAX_REPR else text[: MAX_REPR - 1] + "…"
 
 
-def first_send(spec: TaskSpec, options: dict[str, Any], task_ignores_result: bool) -> None:
+def first_send(
+    spec: TaskSpec, options: dict[str, Any], task_ignores_result: bool, broker_url: str = ""
+) -> None:
     """Fill in the options of a run's first send that its caller left out (in place): queue,
-    shadow, argsrepr, and ``ignore_result`` unset unless the task itself ignores results."""
+    priority (a low or high run's), shadow, argsrepr, and ``ignore_result`` unset unless the task
+    itself ignores results."""
     options.setdefault("queue", spec.queue)
+    if spec.priority:
+        options.setdefault("priority", message_priority(spec.priority, broker_url))
     options.setdefault("shadow", display_name(spec))
     options.setdefault("argsrepr", args_repr(spec))
     if "ignore_result" not in options and not task_ignores_result:

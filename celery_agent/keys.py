@@ -41,6 +41,19 @@ Workers and GPUs:
   ``{kind}|misses``, ``{kind}|failures`` and the build-time histogram (see :mod:`.histograms`)
 - ``{p}:gpu:{host}:{uuid}`` a dynamic GPU lease: value ``{worker}/{run id}``, with a TTL
 - ``{p}:sweep:lock`` short lock so two beats never sweep at once
+
+Fair order and quotas (see :mod:`.fairorder`, :mod:`.quotas`):
+
+- ``{p}:fair:{queue}:users`` set of users with runs waiting on the queue
+- ``{p}:fair:{queue}:wait:{user}`` sorted set of the user's waiting runs (by priority, then age)
+- ``{p}:fair:{queue}:parked:{user}`` sorted set of the user's runs taken off the broker to wait
+- ``{p}:fair:{queue}:pass`` hash user -> how far the user got in the queue's round (weighted
+  starts), and ``*vtime``, the round's place now
+- ``{p}:fair:{queue}:owed`` hash user -> since when other users' runs wait for the user's turn
+- ``{p}:fair:queues`` set of queues with parked runs (woken by run ends and the sweep)
+- ``{p}:quotas`` hash ``user:NAME[@QUEUE]`` or ``project:NAME[@QUEUE]`` -> JSON limits
+- ``{p}:active:{user|project}:{name}`` hash run id -> ``queue gpus`` of its runs that run now
+  (an entry whose claim is gone is dropped as it is read)
 """
 
 from __future__ import annotations
@@ -177,3 +190,35 @@ class Keys:
     def retention_lock(self) -> str:
         """Set (with a TTL) by the sweep that deletes old runs: the next sweeps leave it be."""
         return self._join("retention", "lock")
+
+    def fair_users(self, queue: str) -> str:
+        """Set of the users with runs waiting on ``queue``."""
+        return self._join("fair", queue, "users")
+
+    def fair_wait(self, queue: str, user: str) -> str:
+        """Sorted set of ``user``'s runs waiting on ``queue``."""
+        return self._join("fair", queue, "wait", user)
+
+    def fair_parked(self, queue: str, user: str) -> str:
+        """Sorted set of ``user``'s runs on ``queue`` that wait off the broker (parked)."""
+        return self._join("fair", queue, "parked", user)
+
+    def fair_pass(self, queue: str) -> str:
+        """Hash of each user's place in ``queue``'s round (and the round's, ``*vtime``)."""
+        return self._join("fair", queue, "pass")
+
+    def fair_owed(self, queue: str) -> str:
+        """Hash user -> since when runs of others on ``queue`` wait for the user's turn."""
+        return self._join("fair", queue, "owed")
+
+    def fair_queues(self) -> str:
+        """Set of the queues with parked runs."""
+        return self._join("fair", "queues")
+
+    def quotas(self) -> str:
+        """Hash of quotas set with `celery-agent quota`: scope -> JSON limits."""
+        return self._join("quotas")
+
+    def active(self, kind: str, name: str) -> str:
+        """Hash run id -> 'queue gpus' of the runs of a user or project ('user'/'project')."""
+        return self._join("active", kind, name)

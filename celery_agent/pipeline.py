@@ -17,12 +17,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import artifacts, attempts, envstats, launch, paramusage, stages, staging, state, uploads
+from . import (
+    artifacts,
+    attempts,
+    envstats,
+    fairgate,
+    launch,
+    paramusage,
+    stages,
+    staging,
+    state,
+    uploads,
+)
 from .attempts import DuplicateRun
 from .context import ResultWrites, WorkerContext
 from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout, UnknownRunError
 from .executors import get_executor
 from .executors.base import PreparedEnv
+from .fairgate import Parked
 from .keeper import Held
 from .monitoring.gpu import GpuDevice
 from .notes import RunNotes
@@ -35,7 +47,7 @@ from .stopwatch import StopWatch
 logger = logging.getLogger(__name__)
 TAG = "[celery-agent]"
 
-__all__ = ["DuplicateRun", "Job", "Requeued", "WorkerContext", "entry_head", "execute"]
+__all__ = ["DuplicateRun", "Job", "Parked", "Requeued", "WorkerContext", "entry_head", "execute"]
 
 
 class Requeued(Exception):
@@ -100,6 +112,7 @@ class Job:
         )
         if not admission.claimed:
             return self.finish(state.ABORTED, error=Cancelled("cancelled before it started"))
+        fairgate.admit(self, spec, admission.record)  # or Parked: it waits off the broker
         held = self.held = self.ctx.keeper.hold(self.run_id, self.token, s.claim_ttl)
         watch = StopWatch(held, self.ctx.worker, s.abort_poll)
         self.stops, self.stop_reason = watch, lambda: watch.reason
@@ -338,6 +351,7 @@ class Job:
             lambda: held.write(write, end=fields), self.run_id, self.ctx.settings.record_retry
         )
         self.held = None  # released: nothing more to let go of
+        fairgate.wake(self.ctx)  # a slot is free: a parked run whose turn it is goes now
 
     def _let_go(self) -> None:
         """Release the claim of a delivery that ends without a final state (a duplicate, a bug)."""
@@ -360,6 +374,7 @@ class Job:
             return
         self._cleaned = True
         self.notes.close()
+        staging.release(self)
         if self.checkout is not None and not self.ctx.settings.keep_source:
             try:
                 self.ctx.sources.remove(self.checkout)

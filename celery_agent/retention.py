@@ -97,7 +97,8 @@ def expire_searches(store: RunStore, days: float, now: float | None = None,
 def delete_run(store: RunStore, run_id: str, root: str | None = None) -> bool:
     """Delete one ended run now: its artifacts (from ``root``, default the recorded root), its
     record and every key it has; False when it kept no artifacts. A run that is queued or active,
-    or marked ``keep``, is refused with a StateError saying what to do."""
+    marked ``keep``, or whose outputs still upload, is refused with a StateError saying what to
+    do."""
     row = dict(zip(_ROW, store.r.hmget(store.keys.run(run_id), *_ROW), strict=True))
     if row["state"] in KEEP:
         raise StateError(f"run {run_id} is {row['state']}",
@@ -105,6 +106,9 @@ def delete_run(store: RunStore, run_id: str, root: str | None = None) -> bool:
     if _kept(row):
         raise StateError(f"run {run_id} is marked keep",
                          f"celery-agent keep {run_id} --off, then delete it")  # fmt: skip
+    if _json(row["artifacts"]).get("status") == "uploading":
+        raise StateError(f"the outputs of run {run_id} are still uploading",
+                         "delete it once the upload has ended (celery-agent show says)")  # fmt: skip
     had = _remove_artifacts(run_id, row["artifacts"], root, strict=True)
     _delete_runs(store, [run_id])
     return had

@@ -37,6 +37,7 @@ class Settings:
     max_envs: int = 20
     env_cache_max_gb: float | None = None  # GB the cached environments may take (per executor)
     max_env_gb: float | None = None  # the former name of env_cache_max_gb, still read
+    input_cache_max_gb: float | None = None  # GB runs' inputs may take here (None: no bound)
     env_bytecode: str = (
         "import"  # when packages are compiled: import (by Python), background, build
     )
@@ -69,6 +70,10 @@ class Settings:
     artifact_root: str | None = None  # fsspec URL runs' outputs go to (default: {home}/artifacts)
     artifact_wait: float = 2.0  # seconds a run's end waits for its upload; then in the background
     checkpoint_sync: float = 60.0  # seconds between syncs of a run's checkpoints (0: at its end)
+    max_priority: int = 0  # the highest --priority a run may ask for (0: normal; 1: high)
+    user_weights: tuple[str, ...] = ()  # fair-order weights, NAME=WEIGHT (default 1 each)
+    quotas: tuple[str, ...] = ()  # user:NAME[@QUEUE]:runs=N, project:NAME[@QUEUE]:gpus=N
+    fair_patience: float = 30.0  # seconds others wait for a user whose turn came but no run
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property

@@ -83,6 +83,9 @@ class TaskSpec(_Validated):
         description="who the run belongs to; set at submit (CELERY_AGENT_USER, else the account)",
     )
     project: str | None = Field(None, description="the project the run counts for (optional)")
+    priority: int = Field(
+        0, ge=-1, le=1, description="-1 low, 0 normal, 1 high (up to the max_priority setting)"
+    )
     gpus: int | str | None = Field(None, description="GPUs wanted: a count, or ids like '0,1'")
     timeout: float | None = Field(None, description="seconds the whole run may take")
     grace: float | None = Field(None, description="seconds between TERM and KILL on cancel")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import AgentError, Cancelled
-from .inputcache import InputCache
+from .inputcache import Fetched, InputCache
 from .inputs import MAP_ENV, env_name, field, resolve, uploading
 from .lookup import find_run
 from .spec import TaskSpec
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 MAP_FILE = "inputs.json"  #: in the run's folder
 UPLOAD_WAIT = 1800.0  #: seconds an input waits for its run's background upload (or the stage's)
 POLL = 0.5  #: seconds between looks at a run whose outputs are still uploading
+#: the inputs each run of this process holds (shared locks), by run id, until it ends
+_held: dict[str, list[Fetched]] = {}
 
 
 def fetch_inputs(job: Job, spec: TaskSpec) -> dict[str, str]:
@@ -44,10 +46,12 @@ def fetch_inputs(job: Job, spec: TaskSpec) -> dict[str, str]:
         except AgentError as err:
             err.stage = "inputs"  # (a SpecError would say "submit")
             raise
+        _held.setdefault(job.run_id, []).append(got)  # (not evicted before the run ends)
         how = "cached" if got.hit else f"downloaded {got.bytes} bytes in {got.seconds:.1f}s"
         job.note(f"input {name}: {source.url} -> {got.path} ({how})")
         found[name] = {"url": source.url, "path": str(got.path), "cached": got.hit,
                        "bytes": source.size}  # fmt: skip
+    _bound(job, cache, found)
     paths = {name: entry["path"] for name, entry in found.items()}
     map_file = job.run_dir / MAP_FILE
     map_file.write_text(json.dumps(paths, indent=1))
@@ -55,6 +59,22 @@ def fetch_inputs(job: Job, spec: TaskSpec) -> dict[str, str]:
     job.summary["inputs"] = found
     job.check_abort()
     return {env_name(name): path for name, path in paths.items()} | {MAP_ENV: str(map_file)}
+
+
+def release(job: Job) -> None:
+    """Let go of the run's inputs (at its end): the cache may evict them once no run holds them."""
+    for got in _held.pop(job.run_id, []):
+        got.release()
+
+
+def _bound(job: Job, cache: InputCache, found: dict[str, Any]) -> None:
+    """Keep the input cache within ``input_cache_max_gb`` after a download."""
+    bound = job.ctx.settings.input_cache_max_gb
+    if bound is None or all(entry["cached"] for entry in found.values()):
+        return
+    removed = cache.evict(int(bound * 2**30))
+    if removed:
+        job.note(f"input cache: {len(removed)} least recently used input(s) evicted")
 
 
 def _lookup(job: Job, name: str, t0: float) -> Callable[[str], Mapping[str, Any]]:

@@ -27,7 +27,7 @@ SUCCEEDED, FAILED, ABORTED, TIMED_OUT, LOST = "succeeded", "failed", "aborted", 
 TERMINAL = frozenset({SUCCEEDED, FAILED, ABORTED, TIMED_OUT, LOST})
 ACTIVE = frozenset({PREPARING, RUNNING})
 #: the record fields a delivery reads as it claims a run (the spec and the rest are not needed)
-START_FIELDS = ("state", "attempt", "lost_attempts", "preparing_at")
+START_FIELDS = ("state", "attempt", "lost_attempts", "preparing_at", "queue")
 _JSON_FIELDS = (
     "spec", "params", "usage", "freeze", "timings", "log_tail", "gpus", "torch_index",
     "unused_params", "artifacts", "checkpoints", "resumed", "inputs", "tags",

@@ -7,6 +7,8 @@
   lost at once);
 - a dead worker's messages of runs it took but never claimed go back on their queues at once,
   not after the broker's visibility timeout (see :mod:`.reserved`; Redis broker);
+- parked runs that may go now (their user's turn, under quota) and cancelled parked runs are
+  sent again, a batch of :data:`WAKE_BATCH` per queue (see :mod:`.fairorder`);
 - an ended run whose outputs were uploading in the background when the process doing it died
   (its upload mark expired) gets ``artifacts: failed``, naming where its outputs still are (see
   :mod:`.uploads`);
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import retention, state, uploads
+from .fairorder import FairOrder, send_again
 from .requeue import (
     Finished,
     Resend,
@@ -47,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 RETENTION = 7 * 86400  #: seconds a worker that is gone stays listed
 RETENTION_EVERY = 60.0  #: seconds between two deletions of old runs, whoever sweeps
+WAKE_BATCH = 16  #: parked runs sent again per queue and sweep
 
 
 def sweep(
@@ -60,6 +64,7 @@ def sweep(
     finished: Finished | None = None,
     retention_every: float = RETENTION_EVERY,
     restore: Restore | None = None,
+    fair: FairOrder | None = None,
 ) -> dict[str, Any]:
     """Sweep once; returns what changed (``skipped`` when another sweep holds the lock).
 
@@ -84,6 +89,8 @@ def sweep(
         orphans = [run_id for run_id in seen.runs if run_id not in claimed]
         for run_id, what in _orphan_runs(store, registry, seen, orphans, resend, revoked, finished):
             found[_BUCKET[what]].append(run_id)
+    if fair is not None and resend is not None:
+        found["woken_runs"] = _wake(fair, resend)
     found["failed_uploads"] = _reap_uploads(store)
     forgotten = registry.trim(time.time() - RETENTION)
     expired = {"expired_runs": 0, "expired_searches": 0}
@@ -98,7 +105,11 @@ CHANGES = ("lost_workers", "lost_runs", "requeued_runs", "aborted_runs", "restor
 
 
 def sweeper(
-    app: Any, settings: Settings, store: RunStore, registry: WorkerRegistry
+    app: Any,
+    settings: Settings,
+    store: RunStore,
+    registry: WorkerRegistry,
+    fair: FairOrder | None = None,
 ) -> Callable[[], dict[str, Any]]:
     """The cluster sweep as both beat's scheduled task and the workers' chore run it: runs sent
     again through ``app``, revoked runs and the outcomes of ended runs read and stored through its
@@ -110,12 +121,20 @@ def sweeper(
     def run() -> dict[str, Any]:
         result = sweep(store, registry, lock_ttl=settings.sweep_interval / 2, resend=resend,
                        revoked=revoked, retention_days=settings.run_retention_days,
-                       finished=finished, restore=restore)  # fmt: skip
+                       finished=finished, restore=restore, fair=fair)  # fmt: skip
         if any(result.get(k) for k in CHANGES):
             logger.warning("sweep: %s", result)
         return result
 
     return run
+
+
+def _wake(fair: FairOrder, resend: Resend) -> list[str]:
+    try:
+        return send_again(fair, resend, fair.wake(WAKE_BATCH))
+    except Exception as err:  # Redis away: the next sweep tries again
+        logger.warning("sweep: could not send parked runs again: %s", err)
+        return []
 
 
 def _hand_back(reservations: Reservations, name: str, restore: Restore) -> list[str]:

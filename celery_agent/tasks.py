@@ -36,9 +36,9 @@ from celery.utils import uuid
 
 from . import attempts, dispatch, pipeline, runenv, state, users
 from . import sweep as sweep_mod
-from .app import app, get_registry, get_settings, get_store
+from .app import app, get_fair, get_registry, get_settings, get_store
 from .artifact_store import check_url
-from .defaults import SWEEP_TASK
+from .defaults import SWEEP_TASK, requeue_priority
 from .errors import SpecError, UnknownRunError
 from .requeue import celery_resend, ended_summary
 from .spec import TaskSpec
@@ -64,14 +64,19 @@ class SubmitTask(Task):
         if not args:
             raise TypeError("submit_task needs a TaskSpec (or dict) as its first argument")
         spec = users.stamp(TaskSpec.parse(args[0]))  # whose run it is: kept by every re-send
+        users.check_priority(spec.priority, get_settings().max_priority)
         if root := get_settings().artifact_root:  # a scheme no worker could open: say so now
             check_url(root)
-        dispatch.first_send(spec, options, bool(self.ignore_result))  # queue, shadow, argsrepr
+        broker = str(self.app.conf.broker_url or "")
+        dispatch.first_send(spec, options, bool(self.ignore_result), broker)  # queue, shadow...
         task_id = task_id or uuid()
         store = get_store()
         owner = {"user": spec.user, "project": spec.project or ""}
         store.create_run(task_id, spec.to_json(), options["queue"], **owner)  # masked: no secrets
         runenv.stash(store, task_id, spec)  # for a requeue, which sends the masked record
+        ahead = get_fair().enqueue(task_id, options["queue"], str(spec.user), spec.priority)
+        if ahead and spec.priority >= 0:  # its user's turn comes before others' waiting runs:
+            options.setdefault("priority", requeue_priority(broker))  # not behind all of them
         return super().apply_async([spec, *args[1:]], kwargs, task_id=task_id, **options)
 
 
@@ -113,7 +118,9 @@ def _run(
     except pipeline.Requeued as requeued:
         logger.warning("%s", requeued)
         raise Ignore() from None
-
+    except pipeline.Parked as parked:
+        logger.info("%s", parked)
+        raise Ignore() from None
     if isinstance(spec, TaskSpec) and runenv.hides_values(spec):
         runenv.forget(ctx.store, run_id)
     return summary
@@ -125,7 +132,7 @@ submit_task = run_task
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> dict[str, Any]:
     """Mark lost workers and the runs they held; forget long-gone workers (scheduled by beat)."""
-    return sweep_mod.sweeper(app, get_settings(), get_store(), get_registry())()
+    return sweep_mod.sweeper(app, get_settings(), get_store(), get_registry(), get_fair())()
 
 
 def _unmask(store: Any, run_id: str, raw: Any) -> Any:

@@ -77,6 +77,18 @@ def stamp(spec: TaskSpec, environ: Mapping[str, str] | None = None) -> TaskSpec:
     return spec.model_copy(update=changes) if changes else spec
 
 
+def check_priority(priority: int, max_priority: int) -> None:
+    """Raise SpecError when a run asks a higher ``priority`` than the setting allows."""
+    if priority > max_priority:
+        raise SpecError(
+            f"priority {priority} is above the highest a run may ask for here "
+            f"(max_priority = {max_priority})",
+            "submit at --priority 0, or have the operator raise the max_priority setting "
+            "(CELERY_AGENT_MAX_PRIORITY) on the submitting machines and the workers",
+            field="priority",
+        )
+
+
 def _plain(account: str) -> str:
     """An account name made fit for :data:`NAME` (spaces and other characters become '_')."""
     text = re.sub(r"[^A-Za-z0-9_.@\-]", "_", account)[:64]

@@ -33,6 +33,7 @@ from . import attempts, orphan, retention, uploads
 from .artifact_store import default_url, probe, safe_url
 from .drain import Drain
 from .drain import install as install_drain
+from .fairorder import fair_order
 from .gpus import WORKER_GPUS_ENV, WorkerGpus
 from .monitoring import Monitor
 from .reserved import RUN_TASK, Reservations, held_runs, kombu_restore
@@ -166,7 +167,8 @@ class AgentStep(bootsteps.StartStopStep):
         # slot, which a fleet busy with long runs or a backlog may not have for hours (the sweep's
         # lock lets one process sweep at a time)
         hb.add_chore("cluster sweep", settings.sweep_interval,
-                     sweeper(parent.app, settings, store, registry))  # fmt: skip
+                     sweeper(parent.app, settings, store, registry,
+                             fair_order(store, settings)))  # fmt: skip
         if kombu_restore(parent.app) is not None:  # (RabbitMQ gives a dead worker's messages back)
             self._note_reserved(parent.hostname, Reservations(store.r, store.keys))
         self.drain = Drain(store, parent.hostname, settings.drain_grace)

@@ -9,8 +9,9 @@ with status 400 (malformed request), 404 (no such run or search) or 503 (Redis u
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+from redis.exceptions import RedisError
 from tornado import web
 
 from ..app import get_store
@@ -20,6 +21,23 @@ from .comparison import COMPARE_POINTS, compare_data
 from .document import to_json
 from .searches import LISTED, search_detail, search_list
 from .series import clamp_limit, run_series
+
+T = TypeVar("T")
+
+
+def guarded(read: Callable[[], T]) -> Callable[[], T]:
+    """``read`` with a Redis failure turned into a StateError that says so (answered with 503)."""
+
+    def run() -> T:
+        try:
+            return read()
+        except RedisError as err:
+            raise StateError(
+                f"Redis did not answer: {err}",
+                "check that Redis runs and that CELERY_AGENT_REDIS_URL points at it",
+            ) from err
+
+    return run
 
 
 def status_of(err: AgentError) -> int:
@@ -37,7 +55,7 @@ class ChartApi(JsonApi):
     async def answer(self, read: Callable[[], Any]) -> None:
         """Write ``read()``'s result, or the error it raised, as JSON."""
         try:
-            data = await blocking(read)
+            data = await blocking(guarded(read))
         except AgentError as err:
             self.set_status(status_of(err))
             data = {"error": err.message, "hint": err.hint}

@@ -19,7 +19,7 @@ from ..app import get_store
 from ..errors import AgentError
 from ..runindex import RunQuery, page
 from .base import blocking
-from .chartapi import status_of
+from .chartapi import guarded, status_of
 from .comparison import MAX_RUNS, MIN_RUNS, compare_data
 from .document import base_of, cell, document, error_page
 
@@ -136,11 +136,11 @@ class CompareView(BaseHandler):
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         try:
             if not refs:
-                recent = await blocking(lambda: recent_runs(get_store()))
+                recent = await blocking(guarded(lambda: recent_runs(get_store())))
                 body = f"<h1>Compare runs</h1><section>{form(base, '', recent)}</section>"
                 self.write(document("Compare runs", body, base, here="Runs"))
                 return
-            data = await blocking(lambda: compare_data(get_store(), given))
+            data = await blocking(guarded(lambda: compare_data(get_store(), given)))
         except AgentError as err:
             self.set_status(status_of(err))
             self.write(
@@ -152,6 +152,6 @@ class CompareView(BaseHandler):
     async def _recent(self) -> list[dict[str, Any]]:
         """The runs to pick from; none when they cannot be read (the error says why)."""
         try:
-            return await blocking(lambda: recent_runs(get_store()))
+            return await blocking(guarded(lambda: recent_runs(get_store())))
         except AgentError:
             return []

@@ -16,7 +16,7 @@ from tornado import web
 from ..app import get_store
 from ..errors import AgentError
 from .base import blocking
-from .chartapi import status_of
+from .chartapi import guarded, status_of
 from .comparepage import PATH as COMPARE_PATH
 from .comparison import MAX_RUNS
 from .document import base_of, cell, document, error_page
@@ -34,6 +34,11 @@ CeleryAgentCharts.line('objective-chart', {
   empty: 'No trial has reported ' + data.objective + ' yet.',
   series: [{label: 'trial', points: data.objective_points, markers: true, line: false},
            {label: 'best so far', points: data.best_so_far, step: true}]
+});
+document.querySelectorAll('[data-param]').forEach(function (box) {
+  var p = data.param_points[box.dataset.param];
+  CeleryAgentCharts.line(box, {title: data.objective + ' by ' + p.x, xLabel: p.x,
+    series: [{label: 'trial', points: p.points, markers: true, line: false}]});
 });
 """
 
@@ -89,12 +94,21 @@ def render_search(data: dict[str, Any], base: str) -> str:
                   f"{min(len(ranked), MAX_RUNS)} best trials' runs</a></p>")  # fmt: skip
     body = (
         f"<h1>Search {escape(data['id'])}</h1><section>{facts}</section>"
-        "<section><div id='objective-chart'></div></section>"
+        f"<section><div id='objective-chart'></div>{_param_charts(data)}</section>"
         f"<section><h2>Trials</h2>{_trials(data, base)}</section>"
     )
-    chart = {k: data[k] for k in ("objective", "direction", "objective_points", "best_so_far")}
+    keys = ("objective", "direction", "objective_points", "best_so_far", "param_points")
+    chart = {k: data[k] for k in keys}
     live = REFRESH_S if data["state"] == "running" else 0
     return document(f"Search {data['id']}", body, base, chart, SCRIPT, "Searches", live)
+
+
+def _param_charts(data: dict[str, Any]) -> str:
+    """One chart of the objective per numeric parameter (drawn by SCRIPT)."""
+    boxes = "".join(
+        f"<div data-param='{escape(name, quote=True)}'></div>" for name in data["param_points"]
+    )
+    return f"<div class='charts'>{boxes}</div>" if boxes else ""
 
 
 def _trials(data: dict[str, Any], base: str) -> str:
@@ -124,7 +138,7 @@ class SearchesView(BaseHandler):
         base = base_of(self.application.options.url_prefix)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         try:
-            searches = await blocking(lambda: search_list(get_store()))
+            searches = await blocking(guarded(lambda: search_list(get_store())))
         except AgentError as err:
             self.set_status(status_of(err))
             self.write(error_page("Searches", str(err), base))
@@ -141,7 +155,7 @@ class SearchView(BaseHandler):
         base = base_of(self.application.options.url_prefix)
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         try:
-            data = await blocking(lambda: search_detail(get_store(), search_id))
+            data = await blocking(guarded(lambda: search_detail(get_store(), search_id)))
         except AgentError as err:
             self.set_status(status_of(err))
             self.write(error_page("Search", str(err), base, f"<a href='{base}{PATH}'>All searches</a>"))  # fmt: skip

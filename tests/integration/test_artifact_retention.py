@@ -71,6 +71,10 @@ def test_delete_takes_the_artifacts_and_refuses_kept_or_active_runs(own, tmp_pat
     running = add_run(own, state.RUNNING, 1)
     with pytest.raises(StateError, match="cancel it first"):
         retention.delete_run(own, running)
+    uploading = add_run(own, state.SUCCEEDED, 1)
+    own.update(uploading, artifacts={"status": "uploading", "root": root.as_uri()})
+    with pytest.raises(StateError, match="still uploading"):
+        retention.delete_run(own, uploading)
     assert (root / "runs" / run_id / "model.pt").is_file() and own.get(running)["state"]
     retention.set_keep(own, run_id, False)
     assert retention.delete_run(own, run_id) is True

@@ -165,6 +165,7 @@ def test_a_search_page_lists_its_trials_and_draws_its_objective(
         cells = rows[str(t.number)]
         assert cells[2:] == [shown[t.params["lr"]], str(t.params["lr"]), "done", t.run_id[:12]]
     assert _drawn(browser, "#objective-chart") == {"trial": 2, "best so far": 2}
+    assert _drawn(browser, "[data-param='lr']") == {"trial": 2}  # the objective by lr
     best_first = ",".join(t.run_id for t in sorted(result.trials, key=lambda t: -(t.value or 0)))
     assert browser.eval(f"!!document.querySelector('a[href$=\"/compare?ids={best_first}\"]')")
     browser.screenshot(ARTIFACTS / "flower-search.png")

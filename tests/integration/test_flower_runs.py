@@ -252,3 +252,4 @@ def test_the_runs_endpoint_filters_sorts_and_pages_from_redis(plain_flower, stor
         "[...document.querySelectorAll('#runs tbody tr')].map(tr => tr.dataset.run)"
     )
     assert order == [ids[i] for i in (4, 5, 6, 0, 2, 1, 3)]
+    browser.screenshot(ARTIFACTS / "flower-runs-metrics.png")

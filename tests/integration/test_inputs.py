@@ -21,6 +21,7 @@ from test_reliability_recovery import wait_for
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.cli import main
 from celery_agent.errors import SpecError
+from celery_agent.inputcache import InputCache
 from celery_agent.testing import init_repo
 
 pytestmark = pytest.mark.integration
@@ -107,6 +108,8 @@ def test_a_run_reads_an_earlier_runs_output_and_the_next_finds_it_cached(setup, 
     assert f"run://{first.id}/model.pt (cached)" in capsys.readouterr().out
     assert [p for p in cache.iterdir() if p.name.startswith(".part")] == [], "no parts left"
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
+    removed = InputCache(cache).evict(0)  # every run let go of its inputs as it ended
+    assert path.parent.name in removed and not path.exists()
 
 
 def test_two_runs_wanting_a_new_input_at_once_download_it_once(setup, tmp_path: Path):

@@ -171,8 +171,9 @@ def test_celery_agent_up_takes_rabbitmq_as_its_broker(broker, make_repo, tmp_pat
 
 def test_the_quick_soak_on_rabbitmq_leaves_no_run_unfinished_or_started_twice(amqp_url):
     """``python -m benchmarks.soak --quick --broker amqp://...``: 18 runs through three workers
-    that are killed every 2 s, the messages through RabbitMQ; its exit status is 1 when a run
-    never ended or two attempts of one ran at once."""
+    that are killed every 2 s, the messages through RabbitMQ, two users, one with a quota; its
+    exit status is 1 when a run never ended, two attempts of one ran at once or the quota was
+    passed."""
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.soak", "--quick", "--broker", amqp_url],
@@ -182,6 +183,7 @@ def test_the_quick_soak_on_rabbitmq_leaves_no_run_unfinished_or_started_twice(am
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert numbers["submitted"] == "18" and numbers["started_twice_at_once"] == "0", numbers
     assert numbers["unfinished"] == "0" and int(numbers["kills"]) > 0, numbers
+    assert int(numbers["most_soak-a_at_once"]) <= int(numbers["quota"]), numbers
 
 
 def test_the_exporter_reads_queue_depth_from_rabbitmq(broker, redis_url, make_repo, store):

@@ -8,12 +8,16 @@ import random
 from array import array
 
 import pytest
+import redis
 
-from celery_agent.errors import RequestError
+from celery_agent.embedded import free_port
+from celery_agent.errors import RequestError, StateError, UnknownRunError
 from celery_agent.flowerui.assets import asset
+from celery_agent.flowerui.chartapi import guarded, status_of
 from celery_agent.flowerui.comparepage import form, render_compare
 from celery_agent.flowerui.comparison import parse_refs, rows
 from celery_agent.flowerui.document import document, to_json
+from celery_agent.flowerui.searches import param_points
 from celery_agent.flowerui.searchpage import render_list, render_search
 from celery_agent.flowerui.series import MAX_POINTS, Series, clamp_limit, picks
 
@@ -122,7 +126,7 @@ def _search():
             "space": {"lr": "choice:0.1,0.5"}, "trials": trials, "state": "finished",
             "out_dir": "", "best": trials[0], "started_at": 0.0, "finished_at": 1.0,
             "counts": {"done": 1, "failed": 1}, "objective_points": [[1, 0.9]],
-            "best_so_far": [[1, 0.9]]}  # fmt: skip
+            "best_so_far": [[1, 0.9]], "param_points": {"lr": {"x": "lr", "points": [[0.5, 0.9]]}}}  # fmt: skip
 
 
 def test_the_search_page_lists_every_trial_with_params_objective_and_state():
@@ -130,6 +134,7 @@ def test_the_search_page_lists_every_trial_with_params_objective_and_state():
     assert "data-trial='1'" in html and "data-trial='0'" in html
     assert "<td class='num'>0.9</td><td class='num'>0.5</td><td>done</td>" in html
     assert "failed: run failed" in html and "id='objective-chart'" in html
+    assert "<div data-param='lr'></div>" in html
 
 
 def test_the_searches_list_links_each_search():
@@ -173,3 +178,26 @@ def test_a_search_page_links_its_best_trials_to_compare_and_reloads_while_runnin
     assert "http-equiv" not in render_search(_search(), "") and "Compare the" not in render_search(
         _search(), ""
     )
+
+
+def test_redis_that_does_not_answer_is_a_state_error_answered_with_503():
+    client = redis.Redis(port=free_port(), socket_connect_timeout=1)  # nothing listens there
+    with pytest.raises(StateError) as err:
+        guarded(lambda: client.get("x"))()
+    assert (
+        "Redis did not answer" in err.value.message and "CELERY_AGENT_REDIS_URL" in err.value.hint
+    )
+    assert status_of(err.value) == 503
+    assert status_of(UnknownRunError("x")) == 404 and status_of(RequestError("x")) == 400
+
+
+def test_param_charts_cover_numeric_params_with_loguniform_ones_on_a_log_axis():
+    space = {"lr": "loguniform:1e-4:1", "depth": "int:1:9", "opt": "choice:sgd,adam",
+             "flag": "choice:true,false"}  # fmt: skip
+    params = [{"lr": 0.01, "depth": 3, "opt": "sgd", "flag": True},
+              {"lr": 0.1, "depth": 5, "opt": "adam", "flag": False}]  # fmt: skip
+    got = param_points(space, params, [0.5, 0.75])
+    assert got == {
+        "lr": {"x": "log10(lr)", "points": [[-2.0, 0.5], [-1.0, 0.75]]},
+        "depth": {"x": "depth", "points": [[3.0, 0.5], [5.0, 0.75]]},
+    }

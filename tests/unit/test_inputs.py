@@ -4,6 +4,7 @@ one download per key under concurrency, cancel and deadline, and what pull selec
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -179,6 +180,10 @@ def test_concurrent_fetches_of_one_input_download_it_once_and_never_show_a_part(
     assert {r.path for r in results} == {cache.path(source)}
     assert cache.path(source).read_bytes() == b"weights" * 1000
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".part")] == []
+    assert cache.evict(0) == [], "every run still holds it"
+    for r in results:
+        r.release()
+    assert cache.evict(0) == [source.key]
 
 
 def test_a_cancel_or_the_deadline_ends_a_fetch_and_leaves_nothing_that_looks_complete(
@@ -238,3 +243,22 @@ def test_a_container_run_mounts_its_inputs_read_only_at_their_own_paths(tmp_path
     assert mounted[str(cache / "k2")] == (str(cache / "k2"), True)
     assert paths.translate(env["CELERY_AGENT_INPUT_MODEL"]) == env["CELERY_AGENT_INPUT_MODEL"]
     assert paths.translate(env["CELERY_AGENT_INPUTS"]) == "/celery-agent/run/inputs.json"
+
+
+def test_eviction_removes_the_least_recently_used_inputs_no_run_holds(kept, tmp_path: Path):
+    lookup = lookup_of(kept)
+    cache = InputCache(tmp_path / "cache")
+    model = cache.fetch(resolve("model", "run://run-1/model.pt", lookup))  # 7000 bytes
+    plots = cache.fetch(resolve("plots", "run://run-1/plots/", lookup))  # 3 bytes
+    old = time.time() - 3600
+    os.utime(model.path.parent, (old, old))  # the model: the least recently used
+    assert cache.evict(0) == []
+    assert model.path.exists() and plots.path.exists(), "both held by a run: none evicted"
+    plots.release()
+    assert cache.evict(7003) == [], "within the bound (7000 + 3 bytes): nothing to do"
+    assert cache.evict(100) == [plots.path.parent.name]  # the model is held still
+    model.release()
+    assert cache.evict(0) == [model.path.parent.name] and not model.path.exists()
+    again = cache.fetch(resolve("model", "run://run-1/model.pt", lookup))
+    assert not again.hit and again.path.read_bytes() == b"weights" * 1000
+    again.release()

@@ -1,0 +1,361 @@
+"""Fair order and quotas on shared queues: which user's run a worker starts next.
+
+A queue stays one broker queue (Flower, events and recovery see runs as before); the order among
+users is decided in Redis, when a delivery is admitted on a worker, by one Lua script (:data:`_GATE`)
+that also holds the quotas (:mod:`.quotas`):
+
+- At submit a run joins its user's waiting set of the queue (:meth:`FairOrder.enqueue`); a user
+  who had nothing waiting joins the round where it is now (no credit saved up while away).
+- A delivery that got the run's claim asks the gate. A run whose user (or project) is at a quota
+  does not start: it is *parked* (the claim released, the message acknowledged, the run kept in a
+  Redis sorted set with the reason on its record: ``user alice at quota (2/2 runs)``). Else, a run
+  that never started goes only when no other user with a run waiting at the same or a better
+  priority is behind it in the round (stride scheduling: each start moves its user on by
+  ``1/weight``); otherwise it is parked too, and the user whose turn it is has a parked run sent
+  back to the front of the queue in its place. Re-queued runs (their worker died) are not held
+  back for fairness, only for quotas.
+- Parked runs go back to the queue (front, the re-queue priority) when their user is the next in
+  the round and under quota: one as each run starts or ends (:meth:`FairOrder.wake`), a batch at
+  every sweep. A run leaves its parked set only after its message was sent again, so a crash in
+  between sends it twice at most, and its claim lets one delivery run it.
+- A user whose turn it is but whose runs do not arrive (revoked, still on their way) holds the
+  others back at most ``fair_patience`` seconds.
+
+Claims stay the one source of truth: the gate runs after the claim and a parked run's claim is
+released in the same script; a cancelled parked run is sent again so that its delivery ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UnknownRunError
+from .quotas import parse_settings, parse_weights
+from .settings import Settings
+from .state import RunStore
+
+logger = logging.getLogger(__name__)
+
+#: waiting sets are ordered by priority first: score = (RANK_BASE - priority) * RANK_SPAN + time
+RANK_BASE, RANK_SPAN = 10, 1e11
+
+# Shared Lua: key templates, limits, usage and the pick of whose turn it is.
+_LIB = """
+local T = cjson.decode(ARGV[1])
+local limits = cjson.decode(ARGV[2])
+local now, patience = tonumber(ARGV[3]), tonumber(ARGV[4])
+local function key(t, q, u)
+  local k = string.gsub(t, '{q}', q or '')
+  k = string.gsub(k, '{u}', u or '')
+  return k
+end
+local function limit_of(scope)
+  local v = redis.call('HGET', T.quotas, scope)
+  if v then return cjson.decode(v) end
+  return limits[scope]
+end
+-- runs and GPUs that run now (overall and on queue q) of a user or project; stale entries go
+local function usage(kind, name, q, skip)
+  local runs, gpus, qruns, qgpus = 0, 0, 0, 0
+  local hkey = key(T.active, kind, name)
+  local all = redis.call('HGETALL', hkey)
+  for i = 1, #all, 2 do
+    local id, v = all[i], all[i + 1]
+    if id ~= skip then
+      if redis.call('EXISTS', key(T.claim, id)) == 1 then
+        local rq, g = string.match(v, '^(.*) (%d+)$')
+        g = tonumber(g) or 0
+        runs, gpus = runs + 1, gpus + g
+        if rq == q then qruns, qgpus = qruns + 1, qgpus + g end
+      else
+        redis.call('HDEL', hkey, id)
+      end
+    end
+  end
+  return runs, gpus, qruns, qgpus
+end
+-- why a run of kind/name wanting g GPUs on q may not start now (nil: it may)
+local function over(kind, name, q, g, skip)
+  if not name or name == '' then return nil end
+  local runs, gpus, qruns, qgpus
+  for _, scope in ipairs({kind .. ':' .. name, kind .. ':' .. name .. '@' .. q}) do
+    local lim = limit_of(scope)
+    if lim then
+      if runs == nil then runs, gpus, qruns, qgpus = usage(kind, name, q, skip) end
+      local r, gg, where = runs, gpus, ''
+      if string.find(scope, '@', 1, true) then r, gg, where = qruns, qgpus, ' on ' .. q end
+      if lim.runs and r + 1 > lim.runs then
+        return string.format('%s %s at quota (%d/%d runs%s)', kind, name, r, lim.runs, where)
+      end
+      if lim.gpus and g > 0 and gg + g > lim.gpus then
+        return string.format('%s %s at quota (%d/%d GPUs%s)', kind, name, gg, lim.gpus, where)
+      end
+    end
+  end
+  return nil
+end
+-- the first still-queued run waiting for user u on q (stale entries go), and its score
+local function head(q, u)
+  local wkey = key(T.wait, q, u)
+  for _ = 1, 50 do
+    local h = redis.call('ZRANGE', wkey, 0, 0, 'WITHSCORES')
+    if #h == 0 then return nil end
+    if redis.call('HGET', key(T.run, h[1]), 'state') == 'queued' then return h[1], tonumber(h[2]) end
+    redis.call('ZREM', wkey, h[1])  -- (a parked one stays parked: the wake sends it to its end)
+  end
+  return nil
+end
+-- whether user u, with run id waiting, may start a run now (quotas of the user and project)
+local function free(q, u, id)
+  if over('user', u, q, 0, '') then return false end
+  return over('project', redis.call('HGET', key(T.run, id), 'project'), q, 0, '') == nil
+end
+-- user u's waiting runs that are not parked leave the waiting set (they are not there to go)
+local function forget(q, u)
+  local wkey, pkey = key(T.wait, q, u), key(T.parked, q, u)
+  for _, id in ipairs(redis.call('ZRANGE', wkey, 0, -1)) do
+    if not redis.call('ZSCORE', pkey, id) then redis.call('ZREM', wkey, id) end
+  end
+  redis.call('HDEL', key(T.owed, q), u)
+end
+-- the user whose turn it is on q among those with a run waiting at rank <= rank (or any rank
+-- when rank is nil), other than but (nil: none); returns user, pass
+local function turn(q, rank, but)
+  local users = key(T.users, q)
+  local passes = key(T.pass, q)
+  local owed = key(T.owed, q)
+  local best, best_pass = nil, nil
+  for _, u in ipairs(redis.call('SMEMBERS', users)) do
+    if u ~= but then
+      local id, score = head(q, u)
+      if id == nil then
+        if redis.call('ZCARD', key(T.parked, q, u)) == 0 then redis.call('SREM', users, u) end
+        redis.call('HDEL', owed, u)
+      elseif (rank == nil or math.floor(score / 1e11) <= rank) and free(q, u, id) then
+        local since = tonumber(redis.call('HGET', owed, u) or now)
+        if now - since > patience then  -- its turn came and its runs did not: stop waiting for
+          forget(q, u)                   -- those still on their way; its parked ones stay
+          id = head(q, u)
+        end
+        local p = tonumber(redis.call('HGET', passes, u) or '0')
+        if id ~= nil and (best == nil or p < best_pass) then best, best_pass = u, p end
+      end
+    end
+  end
+  return best, best_pass
+end
+"""
+
+# A run joins its user's waiting set. KEYS: users set, wait zset, pass hash. ARGV: run id, score,
+# user, weights (JSON), wait zset template. Returns 1 when the run's turn in the round comes
+# before the last waiting run of another user (it should not queue behind all of theirs), else 0.
+_ENQUEUE = """
+local passes, user = KEYS[3], ARGV[3]
+local weights = cjson.decode(ARGV[4])
+local function pass_of(u) return tonumber(redis.call('HGET', passes, u) or '0') end
+local waiting = redis.call('ZCARD', KEYS[2])
+if waiting == 0 then
+  local vt = tonumber(redis.call('HGET', passes, '*vtime') or '0')
+  if pass_of(user) < vt then redis.call('HSET', passes, user, vt) end
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[1], user)
+local turn = pass_of(user) + waiting / (weights[user] or 1)
+for _, u in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if u ~= user then
+    local n = redis.call('ZCARD', (string.gsub(ARGV[5], '{u}', u)))
+    if n > 0 and pass_of(u) + (n - 1) / (weights[u] or 1) > turn then return 1 end
+  end
+end
+return 0
+"""
+
+# The gate. ARGV 1-4: the library's; 5 run id, 6 user, 7 project, 8 queue, 9 rank, 10 weight,
+# 11 GPUs, 12 claim token. Returns {verdict, reason or '', user, run to send again} (both '' when
+# none): verdict 'admit', 'quota' (parked at a quota) or 'fair' (parked for another's turn).
+_GATE = (
+    _LIB
+    + """
+local id, user, project, q = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local rank, weight, g, token = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
+local rec = key(T.run, id)
+local st = redis.call('HGET', rec, 'state')
+local function park(reason)
+  local score = redis.call('ZSCORE', key(T.wait, q, user), id) or (now + (10 - rank) * 1e11)
+  redis.call('ZADD', key(T.parked, q, user), score, id)
+  redis.call('ZADD', key(T.wait, q, user), score, id)
+  redis.call('SADD', key(T.users, q), user)
+  redis.call('SADD', T.queues, q)
+  redis.call('HSET', rec, 'waiting', reason)
+  if redis.call('GET', key(T.claim, id)) == token then redis.call('DEL', key(T.claim, id)) end
+end
+local function admit()
+  redis.call('ZREM', key(T.wait, q, user), id)
+  redis.call('ZREM', key(T.parked, q, user), id)
+  redis.call('HDEL', rec, 'waiting')
+  local v = q .. ' ' .. g
+  redis.call('HSET', key(T.active, 'user', user), id, v)
+  if project ~= '' then redis.call('HSET', key(T.active, 'project', project), id, v) end
+end
+if st ~= 'queued' then admit() return {'admit', '', '', ''} end
+local reason = over('user', user, q, g, id) or over('project', project, q, g, id)
+if reason then park(reason) return {'quota', reason, '', ''} end
+if tonumber(redis.call('HGET', rec, 'attempt') or '0') == 0 then
+  local passes = key(T.pass, q)
+  local mine = tonumber(redis.call('HGET', passes, user) or '0')
+  local other, other_pass = turn(q, rank, user)
+  if other ~= nil and other_pass < mine then
+    if not redis.call('HGET', key(T.owed, q), other) then
+      redis.call('HSET', key(T.owed, q), other, now) end
+    park('fair order: user ' .. other .. ' goes first')
+    local swap = redis.call('ZRANGE', key(T.parked, q, other), 0, 0)
+    return {'fair', 'user ' .. other .. ' goes first', other, swap[1] or ''}
+  end
+  redis.call('HSET', passes, user, mine + 1 / weight)
+  if mine > tonumber(redis.call('HGET', passes, '*vtime') or '0') then
+    redis.call('HSET', passes, '*vtime', mine) end
+  redis.call('HDEL', key(T.owed, q), user)
+end
+admit()
+local next_user = turn(q, nil, nil)
+local refill = ''
+if next_user ~= nil then
+  refill = redis.call('ZRANGE', key(T.parked, q, next_user), 0, 0)[1] or ''
+end
+return {'admit', '', next_user or '', refill}
+"""
+)
+
+# Parked runs to send again: on each queue with parked runs, those no longer queued (a cancelled
+# one ends at its delivery) and up to ARGV[5] of the user whose turn it is. Returns a flat list
+# queue, user, run id, ...
+_WAKE = (
+    _LIB
+    + """
+local batch = tonumber(ARGV[5])
+local out = {}
+for _, q in ipairs(redis.call('SMEMBERS', T.queues)) do
+  local left = 0
+  for _, u in ipairs(redis.call('SMEMBERS', key(T.users, q))) do
+    local pkey = key(T.parked, q, u)
+    for _, id in ipairs(redis.call('ZRANGE', pkey, 0, -1)) do
+      if redis.call('HGET', key(T.run, id), 'state') ~= 'queued' then
+        table.insert(out, q) table.insert(out, u) table.insert(out, id)
+      end
+    end
+    left = left + redis.call('ZCARD', pkey)
+  end
+  local u = turn(q, nil, nil)
+  if u ~= nil then
+    for _, id in ipairs(redis.call('ZRANGE', key(T.parked, q, u), 0, batch - 1)) do
+      table.insert(out, q) table.insert(out, u) table.insert(out, id)
+    end
+  end
+  if left == 0 then redis.call('SREM', T.queues, q) end
+end
+return out
+"""
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate said of one delivery."""
+
+    admitted: bool
+    reason: str = ""  #: why a parked run waits ('user alice at quota (2/2 runs)')
+    quota: bool = False  #: parked at a quota (else for another user's turn)
+    resend: tuple[str, str] | None = None  #: (user, run id) of a parked run to send again now
+
+
+class FairOrder:
+    """The gate, the waiting sets and the parked runs of a store's queues."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        limits: dict[str, dict[str, int]] | None = None,
+        weights: dict[str, float] | None = None,
+        patience: float = 30.0,
+    ) -> None:
+        self.store, self.keys, self.r = store, store.keys, store.r
+        self.limits = limits or {}  #: quotas from the settings (Redis ones win)
+        self.weights = weights or {}
+        self.patience = patience
+        self._enqueue = self.r.register_script(_ENQUEUE)
+        self._gate = self.r.register_script(_GATE)
+        self._wake = self.r.register_script(_WAKE)
+        k = self.keys
+        self._templates = json.dumps({
+            "users": k.fair_users("{q}"), "wait": k.fair_wait("{q}", "{u}"),
+            "parked": k.fair_parked("{q}", "{u}"), "pass": k.fair_pass("{q}"),
+            "owed": k.fair_owed("{q}"), "queues": k.fair_queues(), "quotas": k.quotas(),
+            "active": k.active("{q}", "{u}"), "run": k.run("{q}"), "claim": k.claim("{q}"),
+        })  # fmt: skip
+
+    def _lib(self) -> list[Any]:
+        return [self._templates, json.dumps(self.limits), time.time(), self.patience]
+
+    def enqueue(self, run_id: str, queue: str, user: str, priority: int = 0) -> bool:
+        """Put a run (just recorded as queued) in its user's waiting set of ``queue``; True when
+        its turn comes before runs of other users already waiting (send it to the front)."""
+        score = (RANK_BASE - priority) * RANK_SPAN + time.time()
+        keys = [self.keys.fair_users(queue), self.keys.fair_wait(queue, user),
+                self.keys.fair_pass(queue)]  # fmt: skip
+        template = self.keys.fair_wait(queue, "{u}")
+        args = [run_id, score, user, json.dumps(self.weights), template]
+        return bool(self._enqueue(keys=keys, args=args))
+
+    def gate(self, run_id: str, queue: str, user: str, project: str, priority: int, gpus: int,
+             token: str) -> Verdict:  # fmt: skip
+        """Admit a delivery that holds the run's claim (``token``), or park the run (its claim
+        released) and say why."""
+        weight = self.weights.get(user, 1.0)
+        args = [*self._lib(), run_id, user, project, queue, RANK_BASE - priority, weight, gpus,
+                token]  # fmt: skip
+        verdict, reason, other, run = self._gate(keys=[], args=args)
+        resend = (str(other), str(run)) if run else None
+        if verdict == "admit":
+            return Verdict(True, resend=resend)
+        return Verdict(False, str(reason), verdict == "quota", resend)
+
+    def wake(self, batch: int = 1) -> list[tuple[str, str, str]]:
+        """Parked runs to send again now: (queue, user, run id) of those no longer queued and of
+        up to ``batch`` per queue of the user whose turn it is."""
+        flat = self._wake(keys=[], args=[*self._lib(), batch])
+        found = [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+        return list(dict.fromkeys(found))  # (a cancelled run of the next user comes up twice)
+
+    def unpark(self, queue: str, user: str, run_id: str) -> None:
+        """Take a run that was sent again off its parked set."""
+        self.r.zrem(self.keys.fair_parked(queue, user), run_id)
+
+    def parked(self, queue: str, user: str) -> list[str]:
+        """The runs of ``user`` parked on ``queue``, first to go first."""
+        return list(self.r.zrange(self.keys.fair_parked(queue, user), 0, -1))
+
+
+def fair_order(store: RunStore, settings: Settings) -> FairOrder:
+    """The gate on ``store`` with the quotas, weights and patience of ``settings``."""
+    limits = parse_settings(settings.quotas)
+    return FairOrder(store, limits, parse_weights(settings.user_weights), settings.fair_patience)
+
+
+def send_again(fair: FairOrder, resend: Any, items: list[tuple[str, str, str]]) -> list[str]:
+    """Send parked runs (queue, user, run id) to their queue again through ``resend``
+    (``resend(run_id, spec_json, queue)``), each taken off its parked set once sent."""
+    sent = []
+    for queue, user, run_id in items:
+        try:
+            record = fair.store.get(run_id)
+        except UnknownRunError:  # deleted meanwhile: nothing to send
+            fair.unpark(queue, user, run_id)
+            continue
+        resend(run_id, record.get("spec") or {}, str(record.get("queue") or queue))
+        fair.unpark(queue, user, run_id)
+        sent.append(run_id)
+    return sent

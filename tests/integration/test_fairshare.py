@@ -1,0 +1,115 @@
+"""Fair order and quotas with a real worker (concurrency 4): a second user's runs go before the
+first user's backlog is through; a user at quota never holds more than the quota, and the slots
+the quota leaves free serve the others; a parked run is listed as waiting and can be cancelled."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from celery_agent import submit_task
+from celery_agent.cli import main
+
+pytestmark = pytest.mark.integration
+
+JOB = "import time, sys\ntime.sleep(float(sys.argv[1]))\n"
+
+
+def _spec(repo, queue: str, user: str, work: float) -> dict:
+    return {"repo": str(repo), "entry": "job.py", "executor": "local", "queue": queue,
+            "user": user, "args": [str(work)]}  # fmt: skip
+
+
+def _send(spec: dict, n: int) -> list[str]:
+    return [submit_task.apply_async([spec], ignore_result=True).id for _ in range(n)]
+
+
+def _ended(store, ids: list[str], timeout: float) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        records = {i: store.get(i) for i in ids}
+        if all(r.get("state") in ("succeeded", "failed", "aborted") for r in records.values()):
+            return records
+        assert time.monotonic() < deadline, [r.get("state") for r in records.values()]
+        time.sleep(0.2)
+
+
+def test_a_second_user_goes_before_the_first_users_backlog_is_through(
+    make_worker, make_repo, store
+):
+    queue = f"fair-{uuid.uuid4().hex[:6]}"
+    make_worker(queue, concurrency=4)
+    repo = make_repo({"job.py": JOB})
+    a_ids = _send(_spec(repo, queue, "alice", 0.2), 100)
+    b_ids = _send(_spec(repo, queue, "bob", 0.2), 5)
+    records = _ended(store, a_ids + b_ids, timeout=240)
+    assert all(r["state"] == "succeeded" for r in records.values())
+    a_starts = sorted(records[i]["preparing_at"] for i in a_ids)
+    b_last = max(records[i]["preparing_at"] for i in b_ids)
+    behind = sum(t > b_last for t in a_starts)
+    assert behind >= 50, f"only {behind} of alice's 100 runs started after bob's last one"
+    assert all(records[i]["attempt"] == 1 for i in a_ids + b_ids), "each run started once"
+
+
+def test_a_quota_of_two_runs_holds_on_four_slots_and_the_free_slots_serve_others(
+    make_worker, make_repo, store, capsys
+):
+    queue = f"quota-{uuid.uuid4().hex[:6]}"
+    make_worker(queue, concurrency=4)
+    repo = make_repo({"job.py": JOB})
+    assert main(["quota", "set", "carol", "--runs", "2"]) == 0
+    try:
+        c_ids = _send(_spec(repo, queue, "carol", 0.6), 8)
+        deadline = time.monotonic() + 60  # a parked run says why it waits
+        reasons: set[str] = set()
+        while not any("at quota (2/2 runs)" in r for r in reasons):
+            reasons = {str(store.get(i).get("waiting") or "") for i in c_ids}
+            assert time.monotonic() < deadline, reasons
+            time.sleep(0.05)
+        parked = next(i for i in c_ids if "at quota" in str(store.get(i).get("waiting") or ""))
+        capsys.readouterr()
+        assert main(["show", parked]) == 0
+        shown = capsys.readouterr().out
+        assert "user carol at quota (2/2 runs)" in shown or store.get(parked)["state"] != "queued"
+        assert main(["status", "--json", "--user", "carol"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)["quotas"]
+        assert row["user"] == "carol" and row["limits"] == {"runs": 2} and row["runs"] <= 2
+        d_ids = _send(_spec(repo, queue, "dave", 0.6), 4)
+        records = _ended(store, c_ids + d_ids, timeout=180)
+    finally:
+        main(["quota", "rm", "carol"])
+    assert all(r["state"] == "succeeded" for r in records.values())
+    spans = [(records[i]["preparing_at"], records[i]["succeeded_at"]) for i in c_ids]
+    most = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert most <= 2, f"{most} of carol's runs ran at once on a quota of 2"
+    d_first = min(records[i]["preparing_at"] for i in d_ids)
+    assert d_first < max(s for s, _ in spans), "dave's runs took the slots carol's quota left"
+
+
+def test_a_parked_run_can_be_cancelled(make_worker, make_repo, store):
+    from celery_agent import get_run
+
+    queue = f"park-{uuid.uuid4().hex[:6]}"
+    make_worker(queue, concurrency=2)
+    repo = make_repo({"job.py": JOB})
+    assert main(["quota", "set", "erin", "--runs", "1", "--queue", queue]) == 0
+    try:
+        both = _send(_spec(repo, queue, "erin", 5), 2)
+        deadline = time.monotonic() + 60
+        waiting = [i for i in both if "at quota" in str(store.get(i).get("waiting") or "")]
+        while not waiting:  # (either may be the one the worker took first)
+            assert time.monotonic() < deadline, [store.get(i) for i in both]
+            time.sleep(0.05)
+            waiting = [i for i in both if "at quota" in str(store.get(i).get("waiting") or "")]
+        (parked,) = waiting
+        (first,) = set(both) - {parked}
+        assert "(1/1 runs on " + queue + ")" in store.get(parked)["waiting"]
+        assert get_run(parked).cancel() == "queued"
+        assert get_run(parked).wait(timeout=30)["state"] == "aborted"
+        store.request_abort(first)
+        assert get_run(first).wait(timeout=30)["state"] == "aborted"
+    finally:
+        main(["quota", "rm", "erin", "--queue", queue])
