@@ -197,14 +197,17 @@ def _send(spec: TaskSpec, require_worker: bool) -> Any:
     import warnings
 
     from .handle import submit as submit_spec
-    from .serving import NoWorkerWarning
+    from .serving import ArtifactStoreWarning, NoWorkerWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoWorkerWarning)  # (said below, in the CLI's words)
+        warnings.simplefilter("ignore", ArtifactStoreWarning)
         run = submit_spec(spec, require_worker=require_worker)
     if run.cover is not None and not run.cover.covered:
         err_console.print(f"warning: {run.cover.problem()}", markup=False)
         err_console.print(f"  the run waits until one does: {run.cover.hint()}", markup=False)
+    if run.cover is not None and run.cover.broken:
+        err_console.print(f"warning: {run.cover.store_problem()}", markup=False)
     return run
 
 
