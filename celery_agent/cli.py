@@ -197,14 +197,17 @@ def _send(spec: TaskSpec, require_worker: bool) -> Any:
     import warnings
 
     from .handle import submit as submit_spec
-    from .serving import NoWorkerWarning
+    from .serving import ArtifactStoreWarning, NoWorkerWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoWorkerWarning)  # (said below, in the CLI's words)
+        warnings.simplefilter("ignore", ArtifactStoreWarning)
         run = submit_spec(spec, require_worker=require_worker)
     if run.cover is not None and not run.cover.covered:
         err_console.print(f"warning: {run.cover.problem()}", markup=False)
         err_console.print(f"  the run waits until one does: {run.cover.hint()}", markup=False)
+    if run.cover is not None and run.cover.broken:
+        err_console.print(f"warning: {run.cover.store_problem()}", markup=False)
     return run
 
 
@@ -343,12 +346,13 @@ def cancel(run_id: str) -> int:
     "--no-pin", is_flag=True, help="resolve requirements again instead of the recorded versions"
 )
 @click.option("--resume", is_flag=True, help="start from RUN's checkpoints (restored first)")
+@click.option("--input", "inputs", multiple=True, help="set or replace an input: NAME=URL")
 @click.option("--wait", is_flag=True, help="follow the log and exit with the run's exit code")
 @click.option("--wait-timeout", type=float, default=None, help="with --wait: give up after N s")
 @click.option("--require-worker", is_flag=True, help="fail when no worker serves the queue")
 def rerun(run_id: str, params: tuple[str, ...], queue: str | None, project: str | None,
           env: tuple[str, ...], no_pin: bool, resume: bool, wait: bool, wait_timeout: float | None,
-          require_worker: bool) -> int:  # fmt: skip
+          require_worker: bool, inputs: tuple[str, ...] = ()) -> int:  # fmt: skip
     """Run a past run again (RUN: its id, an id prefix or its name): same commit, diff and
     package versions, with edits.
 
@@ -362,7 +366,7 @@ def rerun(run_id: str, params: tuple[str, ...], queue: str | None, project: str 
 
     record = get_run(run_id).info()
     spec = respec(record, _params(params), queue=queue, project=project, pin=not no_pin,
-                  env=_env(env), resume=resume)  # fmt: skip
+                  env=_env(env), resume=resume, inputs=_env(inputs, "--input"))  # fmt: skip
     run = _send(spec, require_worker)
     get_store().update(run.id, rerun_of=record["run_id"])
     how = "resuming" if resume else "rerun of"

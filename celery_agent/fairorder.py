@@ -230,21 +230,23 @@ return {'admit', '', next_user or '', refill}
 """
 )
 
-# Parked runs to send again: on each queue with parked runs, those no longer queued (a cancelled
-# one ends at its delivery) and up to ARGV[5] of the user whose turn it is. Returns a flat list
-# queue, user, run id, ...
+# Parked runs to send again: on each queue with parked runs, up to ARGV[5] of the user whose turn
+# it is and, when ARGV[6] is '1' (the sweep: it reads every parked run), those no longer queued (a
+# cancelled one ends at its delivery). Returns a flat list queue, user, run id, ...
 _WAKE = (
     _LIB
     + """
-local batch = tonumber(ARGV[5])
+local batch, scan = tonumber(ARGV[5]), ARGV[6] == '1'
 local out = {}
 for _, q in ipairs(redis.call('SMEMBERS', T.queues)) do
   local left = 0
   for _, u in ipairs(redis.call('SMEMBERS', key(T.users, q))) do
     local pkey = key(T.parked, q, u)
-    for _, id in ipairs(redis.call('ZRANGE', pkey, 0, -1)) do
-      if redis.call('HGET', key(T.run, id), 'state') ~= 'queued' then
-        table.insert(out, q) table.insert(out, u) table.insert(out, id)
+    if scan then
+      for _, id in ipairs(redis.call('ZRANGE', pkey, 0, -1)) do
+        if redis.call('HGET', key(T.run, id), 'state') ~= 'queued' then
+          table.insert(out, q) table.insert(out, u) table.insert(out, id)
+        end
       end
     end
     left = left + redis.call('ZCARD', pkey)
@@ -323,10 +325,10 @@ class FairOrder:
             return Verdict(True, resend=resend)
         return Verdict(False, str(reason), verdict == "quota", resend)
 
-    def wake(self, batch: int = 1) -> list[tuple[str, str, str]]:
-        """Parked runs to send again now: (queue, user, run id) of those no longer queued and of
-        up to ``batch`` per queue of the user whose turn it is."""
-        flat = self._wake(keys=[], args=[*self._lib(), batch])
+    def wake(self, batch: int = 1, scan: bool = False) -> list[tuple[str, str, str]]:
+        """Parked runs to send again now: (queue, user, run id) of up to ``batch`` per queue of
+        the user whose turn it is, and with ``scan`` of every parked run no longer queued."""
+        flat = self._wake(keys=[], args=[*self._lib(), batch, "1" if scan else "0"])
         found = [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
         return list(dict.fromkeys(found))  # (a cancelled run of the next user comes up twice)
 

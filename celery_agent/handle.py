@@ -13,7 +13,7 @@ import redis
 from celery.result import AsyncResult
 
 from . import follow as follow_mod
-from .serving import NoWorkerWarning, QueueCover, queue_cover
+from .serving import ArtifactStoreWarning, NoWorkerWarning, QueueCover, queue_cover
 from .spec import TaskSpec
 from .state import RunStore
 from .workers import WorkerRegistry
@@ -143,6 +143,8 @@ def submit(
         if require_worker:
             raise cover.error()
         warnings.warn(f"{cover.problem()} ({cover.hint()})", NoWorkerWarning, stacklevel=2)
+    if cover.broken:  # (its outputs would stay on the worker's disk)
+        warnings.warn(cover.store_problem(), ArtifactStoreWarning, stacklevel=2)
     result = submit_task.apply_async(args=[spec], **options)
     handle = RunHandle(result.id, store, result)
     handle.cover = cover

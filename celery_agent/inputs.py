@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from .artifact_store import safe_url
 from .artifacts import ArtifactStore, of_run
-from .errors import AgentError, ConfigError, SpecError
+from .errors import AgentError, ConfigError, SpecError, StateError
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def run_record(name: str, ref: RunRef, lookup: RecordLookup) -> Mapping[str, Any
     or it has not ended yet (its outputs are uploaded when it ends)."""
     try:
         record = lookup(ref.run)
-    except AgentError as err:
+    except StateError as err:  # (an unknown run; a cancel or the stage's limit goes through)
         raise SpecError(
             f"{field(name)}: run {ref.run!r}: {err.message}", err.hint or "", field(name)
         ) from None

@@ -33,6 +33,7 @@ def respec(
     env: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
     resume: bool = False,
+    inputs: Mapping[str, str] | None = None,
 ) -> TaskSpec:
     """A new spec from a run record.
 
@@ -41,13 +42,15 @@ def respec(
     sets variables; a masked secret value not given there is read from ``environ`` (the process
     environment at call time by default), and one found in neither raises :class:`SpecError`.
     With ``resume`` the new run starts from the run's checkpoints (``resume_from``); a run that
-    kept none raises :class:`SpecError`.
+    kept none raises :class:`SpecError`. ``inputs`` set or replace inputs by name.
     """
     spec = record.get("spec")
     if not isinstance(spec, dict):
         raise SpecError(f"run {record.get('run_id')} has no readable spec to rerun")
     changes: dict[str, Any] = {"params": {**spec.get("params", {}), **(params or {})}}
     changes["user"] = None  # whoever reruns it (see the module's docstring)
+    if inputs:  # (set or replace some: the others are the run's own)
+        changes["inputs"] = {**spec.get("inputs", {}), **inputs}
     if project:
         changes["project"] = project
     environ = os.environ if environ is None else environ

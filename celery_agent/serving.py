@@ -14,6 +14,11 @@ class NoWorkerWarning(UserWarning):
     """A run was sent to a queue that no online worker serves (it waits until one does)."""
 
 
+class ArtifactStoreWarning(UserWarning):
+    """The online workers of a run's queue say they cannot write to their artifact store: its
+    outputs would stay on the worker's disk (``celery-agent status`` says why)."""
+
+
 class NoWorkerError(AgentError):
     """No online worker serves the queue, and the submitter asked for one (``require_worker``)."""
 
@@ -28,6 +33,8 @@ class QueueCover:
     workers: list[str] = field(default_factory=list)
     #: queue -> its online workers, for every queue served now
     served: dict[str, list[str]] = field(default_factory=dict)
+    #: worker of the queue -> why it cannot write to its artifact store (its last check)
+    broken: dict[str, str] = field(default_factory=dict)
 
     @property
     def covered(self) -> bool:
@@ -48,6 +55,11 @@ class QueueCover:
             "or submit to a served queue with --queue"
         )
 
+    def store_problem(self) -> str:
+        """'worker W (queue Q) cannot keep outputs: reason', one per worker whose check failed."""
+        return "; ".join(f"worker {name} (queue {self.queue!r}) cannot keep outputs: {why}"
+                         for name, why in sorted(self.broken.items()))  # fmt: skip
+
     def error(self) -> NoWorkerError:
         """The error ``require_worker`` raises."""
         return NoWorkerError(self.problem(), self.hint())
@@ -59,9 +71,13 @@ def queue_cover(registry: WorkerRegistry, queue: str) -> QueueCover:
     names = registry.names()
     pipe = registry.r.pipeline(transaction=False)
     for name in names:
-        pipe.hget(registry.keys.worker(name), "queues")
+        pipe.hmget(registry.keys.worker(name), "queues", "artifact_store")
     served: dict[str, list[str]] = {}
-    for name, raw in zip(names, pipe.execute() if names else [], strict=True):
+    broken: dict[str, str] = {}
+    for name, (raw, check) in zip(names, pipe.execute() if names else [], strict=True):
         for served_queue in (json.loads(raw) if raw else None) or []:
             served.setdefault(str(served_queue), []).append(str(name))
-    return QueueCover(queue, served.get(queue, []), served)
+        why = (json.loads(check) or {}).get("error") if check else None
+        if why and str(name) in served.get(queue, []):
+            broken[str(name)] = str(why)
+    return QueueCover(queue, served.get(queue, []), served, broken)

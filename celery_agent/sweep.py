@@ -131,7 +131,7 @@ def sweeper(
 
 def _wake(fair: FairOrder, resend: Resend) -> list[str]:
     try:
-        return send_again(fair, resend, fair.wake(WAKE_BATCH))
+        return send_again(fair, resend, fair.wake(WAKE_BATCH, scan=True))
     except Exception as err:  # Redis away: the next sweep tries again
         logger.warning("sweep: could not send parked runs again: %s", err)
         return []

@@ -21,9 +21,10 @@ import pytest
 from s3_support import read_only, read_tree
 from test_reliability_recovery import wait_for
 
-from celery_agent import get_run, submit_task
+from celery_agent import get_run, submit, submit_task
 from celery_agent.cli import main
 from celery_agent.embedded import free_port
+from celery_agent.serving import ArtifactStoreWarning
 from celery_agent.spec import TaskSpec
 
 pytestmark = pytest.mark.integration
@@ -158,8 +159,11 @@ def test_a_missing_bucket_is_reported_on_the_run_in_status_and_nothing_is_lost(
         row["name"].split("@")[0]: row for row in json.loads(capsys.readouterr().out)["workers"]
     }
     assert rows[w.name]["artifact_store"]["error"] == heartbeat["error"]
-    second = submit_task.delay(spec(repo, w.queues)).get(timeout=120)
-    assert second["status"] == "succeeded"
+    with pytest.warns(
+        ArtifactStoreWarning, match=f"worker {w.name}@.* cannot keep outputs: bucket"
+    ):
+        second = submit(spec(repo, w.queues)).wait(timeout=120)  # submit says so at once
+    assert second["state"] == "succeeded"
     assert get_run(second["run_id"]).settled(60)["artifacts"]["status"] == "failed"
 
 

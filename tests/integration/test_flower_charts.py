@@ -12,6 +12,7 @@ import textwrap
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from flower_support import ARTIFACTS
@@ -66,6 +67,16 @@ def trained(worker, tmp_path_factory) -> tuple[RunHandle, RunHandle]:
         record = run.wait(90)
         assert record["state"] == "succeeded", record.get("error")
     return runs[0], runs[1]
+
+
+def _whole_page(browser, path: Path) -> None:
+    """A screenshot of the whole page, not only the window."""
+    height = browser.eval("document.documentElement.scrollHeight")
+    shot = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                        clip={"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1})  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(shot["data"]))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _drawn(browser, selector: str) -> dict[str, int]:
@@ -124,9 +135,7 @@ def test_compare_highlights_the_differing_param_and_overlays_the_curves(
         f" return document.querySelector({json.dumps(loss + ' .ca-tip')}).innerText; }})()"
     )
     assert tip.split("\n") == ["step 2", f"{a.id[:8]} train: 1.5", f"{b.id[:8]} train: 1.75"]
-    browser.eval(f"document.querySelector({json.dumps(loss + ' .ca-overlay')})"
-                 ".dispatchEvent(new MouseEvent('mouseleave'))")  # fmt: skip
-    browser.screenshot(ARTIFACTS / "flower-compare.png")
+    _whole_page(browser, ARTIFACTS / "flower-compare.png")  # (the tooltip still showing)
 
 
 def test_compare_refuses_one_run_too_many_runs_and_unknown_ids(flower_url, trained):
@@ -231,6 +240,12 @@ def test_a_run_page_charts_its_metrics_and_follows_them_while_it_runs(
     points = browser.eval("document.querySelector('#metrics path[data-label=loss]')"
                           ".getAttribute('d').split(/[ML]/).filter(Boolean).length")  # fmt: skip
     assert points == 5
+    loss = "#metrics [data-metric=loss]"  # its values drawn on a log axis, ticked by the user
+    browser.click(loss + " .ca-log input")
+    ticks = browser.eval(f"[...document.querySelectorAll('{loss} .ca-axes text[text-anchor=end]')]"
+                         ".map(t => t.textContent)")  # fmt: skip
+    assert ticks == ["0.79433", "1", "1.2589", "1.5849", "1.9953"]  # 10^-0.1 ... 10^0.3
+    assert _drawn(browser, loss) == {"loss": 5}
     browser.eval("document.getElementById('metrics').scrollIntoView()")
     browser.screenshot(ARTIFACTS / "flower-run-metrics.png")
 

@@ -128,7 +128,7 @@ def test_two_runs_wanting_a_new_input_at_once_download_it_once(setup, tmp_path: 
     assert Path(rec["inputs"]["data"]["path"]).read_bytes() == b"changed"
 
 
-def test_bad_inputs_are_refused_at_submit_or_fail_the_run_naming_the_input(setup, tmp_path):
+def test_bad_inputs_are_refused_at_submit_or_fail_the_run_naming_the_input(setup, tmp_path, capsys):
     w, repo, first = setup
     with pytest.raises(SpecError, match=r"inputs\.model.*kept no file 'nope\.pt'") as err:
         submit(job(repo, w.queues, "read.py", inputs={"model": f"run://{first.id}/nope.pt"}))
@@ -137,6 +137,9 @@ def test_bad_inputs_are_refused_at_submit_or_fail_the_run_naming_the_input(setup
         submit(job(repo, w.queues, "read.py", inputs={"model": "run://no-such-run/m.pt"}))
     with pytest.raises(SpecError, match=r"inputs\.data .*unknown URL scheme 'nosuch'"):
         job(repo, w.queues, "read.py", inputs={"data": "nosuch://x/y"})
+    capsys.readouterr()
+    assert main(["rerun", first.id, "--input", f"model=run://{first.id[:9]}/nope.pt"]) == 1
+    assert "inputs.model" in capsys.readouterr().err, "rerun --input is checked as submit is"
     missing = (tmp_path / "missing.parquet").as_uri()
     r = submit_task.delay(job(repo, w.queues, "read.py", inputs={"data": missing}))
     out = r.get(timeout=90)
@@ -193,8 +196,13 @@ def test_an_input_whose_run_still_uploads_waits_for_the_upload(setup, store):
         spec = job(repo, w.queues, "read.py", inputs={"later": f"run://{first.id[:10]}/model.pt"})
         run = submit(spec)  # accepted: its path is checked once the upload ended
         assert run.info()["spec"]["inputs"]["later"] == f"run://{first.id}/model.pt"
-        wait_for(lambda: any("finish uploading" in x for x in run.logs()), 60)
-        assert run.state == "preparing"
+        cancelled = submit(spec)
+        for r in (run, cancelled):
+            wait_for(lambda r=r: any("finish uploading" in x for x in r.logs()), 60)
+        assert run.state == cancelled.state == "preparing"
+        cancelled.cancel()  # while its inputs stage waits
+        ended = cancelled.wait(30)
+        assert ended["state"] == "aborted" and "cancelled" in ended["error"], ended
     finally:
         store.r.hset(key, "artifacts", json.dumps(kept))
     rec = run.wait(90)

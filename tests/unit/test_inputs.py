@@ -262,3 +262,13 @@ def test_eviction_removes_the_least_recently_used_inputs_no_run_holds(kept, tmp_
     again = cache.fetch(resolve("model", "run://run-1/model.pt", lookup))
     assert not again.hit and again.path.read_bytes() == b"weights" * 1000
     again.release()
+
+
+def test_a_rerun_sets_or_replaces_inputs_by_name():
+    from celery_agent.rerun import respec
+
+    spec = {"repo": "/r", "entry": "t.py", "inputs": {"model": "run://a/m.pt", "d": "s3://b/k"}}
+    record = {"run_id": "r1", "spec": spec}
+    again = respec(record, inputs={"model": "run://b/m.pt"}, pin=False, environ={})
+    assert again.inputs == {"model": "run://b/m.pt", "d": "s3://b/k"}
+    assert respec(record, pin=False, environ={}).inputs == spec["inputs"]

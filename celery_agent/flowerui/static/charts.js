@@ -10,7 +10,8 @@
  *   });
  *
  * It draws axes with ticks, a grid, one line per series (markers when asked), a legend, and on
- * hover a guide with each series' value at the nearest step. Each series' path carries
+ * hover a guide with each series' value at the nearest step; when every value is positive, a
+ * "log" box in the title draws them on a log10 axis. Each series' path carries
  * data-label and data-points (how many points it drew) for tests and other scripts.
  */
 (function () {
@@ -28,7 +29,10 @@
     "vertical-align:middle}",
     ".ca-chart .ca-tip{position:absolute;pointer-events:none;background:rgba(28,33,39,.92);",
     "color:#fff;padding:5px 8px;border-radius:4px;white-space:nowrap;display:none;z-index:5}",
-    ".ca-chart .ca-empty{color:#738091;padding:8px 0}"
+    ".ca-chart .ca-empty{color:#738091;padding:8px 0}",
+    ".ca-chart .ca-log{font-weight:normal;color:#5c7080;margin-left:10px;font-size:11px}",
+    ".ca-chart .ca-log input{vertical-align:middle;margin:0 3px 0 0}",
+    ".ca-chart .ca-legend i.dot{width:8px;height:8px;border-radius:50%;margin-bottom:1px}"
   ].join("");
 
   function el(tag, attrs, parent) {
@@ -118,13 +122,13 @@
     return Math.abs(points[lo][0] - x) <= Math.abs(points[hi][0] - x) ? points[lo] : points[hi];
   }
 
-  function drawAxes(svg, xs, ys, sx, sy, box) {
+  function drawAxes(svg, xs, ys, sx, sy, box, yText) {
     var g = el("g", {"class": "ca-axes", "font-size": "11", fill: "#5c7080"}, svg);
     ys.ticks.forEach(function (v) {
       var y = sy(v).toFixed(1);
       el("line", {x1: box.x0, x2: box.x1, y1: y, y2: y, stroke: "#e6e9ed"}, g);
       el("text", {x: box.x0 - 6, y: y, "text-anchor": "end", "dominant-baseline": "middle"}, g)
-        .textContent = format(v);
+        .textContent = yText(v);
     });
     xs.ticks.forEach(function (v) {
       var x = sx(v).toFixed(1);
@@ -161,6 +165,7 @@
       var item = document.createElement("span");
       var swatch = document.createElement("i");
       swatch.style.background = s.color;
+      if (!s.line) swatch.className = "dot";
       item.appendChild(swatch);
       item.appendChild(document.createTextNode(s.label));
       div.appendChild(item);
@@ -199,7 +204,7 @@
         if (!shown) return;
         dots[i].setAttribute("cx", sx(p[0]));
         dots[i].setAttribute("cy", sy(p[1]));
-        lines.push(series[i].label + ": " + format(p[1]));
+        lines.push(series[i].label + ": " + format(p.length > 2 ? p[2] : p[1]));
       });
       guide.setAttribute("x1", sx(at)); guide.setAttribute("x2", sx(at));
       guide.setAttribute("visibility", "visible");
@@ -224,17 +229,48 @@
     });
   }
 
+  /* A "log" box in the title when every value is positive; ticked (the choice is kept on the
+   * element, so a redraw keeps it), the values are drawn on a log10 axis: each point becomes
+   * [x, log10(y), y] (the tooltip shows y). Returns whether the axis is logarithmic. */
+  function logToggle(box, title, series, spec) {
+    var positive = series.every(function (s) {
+      return s.points.every(function (p) { return p[1] === null || !isFinite(p[1]) || p[1] > 0; });
+    });
+    var any = series.some(function (s) { return s.points.length > 0; });
+    if (!positive || !any || spec.log === false) return false;
+    var on = box.dataset.logy === "1";
+    var label = document.createElement("label");
+    label.className = "ca-log";
+    var tick = document.createElement("input");
+    tick.type = "checkbox";
+    tick.checked = on;
+    tick.onchange = function () {
+      box.dataset.logy = tick.checked ? "1" : "0";
+      line(box, spec);
+    };
+    label.appendChild(tick);
+    label.appendChild(document.createTextNode("log"));
+    title.appendChild(label);
+    if (on) {
+      series.forEach(function (s) {
+        s.points = s.points.map(function (p) {
+          return p[1] === null || !isFinite(p[1]) ? p : [p[0], Math.log(p[1]) / Math.LN10, p[1]];
+        });
+      });
+    }
+    return on;
+  }
+
   function line(target, spec) {
     addStyle();
     var box = typeof target === "string" ? document.getElementById(target) : target;
     box.textContent = "";
     box.classList.add("ca-chart");
-    if (spec.title) {
-      var h = document.createElement("h3");
-      h.textContent = spec.title;
-      box.appendChild(h);
-    }
+    var h = document.createElement("h3");
+    h.textContent = spec.title || "";
+    box.appendChild(h);
     var series = clean(spec);
+    var logY = logToggle(box, h, series, spec);
     var xr = extent(series, 0), yr = extent(series, 1);
     if (!xr || !yr) {
       var empty = document.createElement("div");
@@ -257,7 +293,7 @@
     var svg = el("svg", {width: width, height: height, viewBox: "0 0 " + width + " " + height,
                          role: "img", "aria-label": spec.title || "chart"});
     box.appendChild(svg);
-    drawAxes(svg, xs, ys, sx, sy, area);
+    drawAxes(svg, xs, ys, sx, sy, area, logY ? function (v) { return format(Math.pow(10, v)); } : format);
     if (spec.xLabel) {
       el("text", {x: (area.x0 + area.x1) / 2, y: height - 6, "text-anchor": "middle",
                   "font-size": "11", fill: "#5c7080"}, svg).textContent = spec.xLabel;

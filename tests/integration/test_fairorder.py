@@ -1,0 +1,124 @@
+"""The fair-order gate against a real Redis, delivery by delivery: turns across users (weighted),
+quotas per user and queue, a swap of parked runs, patience with a user whose runs never come, and
+cancelled parked runs sent to their end."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from celery_agent.fairorder import FairOrder
+from celery_agent.quotas import Quotas, scope
+from celery_agent.state import RunStore
+
+pytestmark = pytest.mark.integration
+
+
+class Queue:
+    """Runs submitted to one queue and delivered by hand, as a worker's gate sees them."""
+
+    def __init__(self, store: RunStore, fair: FairOrder) -> None:
+        self.store, self.fair, self.name = store, fair, f"q-{uuid.uuid4().hex[:6]}"
+
+    def submit(self, user: str, n: int = 1) -> list[str]:
+        ids = []
+        for _ in range(n):
+            run_id = uuid.uuid4().hex
+            self.store.create_run(run_id, {"repo": "/r", "entry": "t.py"}, self.name, user=user)
+            self.fair.enqueue(run_id, self.name, user)
+            ids.append(run_id)
+        return ids
+
+    def deliver(self, run_id: str, user: str):
+        token = f"tok-{run_id}"
+        assert self.store.claim(run_id, token, 30) is None
+        verdict = self.fair.gate(run_id, self.name, user, "", 0, 1, token)
+        if verdict.admitted:
+            self.store.transition(run_id, "preparing")
+        else:
+            assert self.store.r.get(self.store.keys.claim(run_id)) is None, "parked: claim freed"
+        return verdict
+
+    def woken(self, scan: bool = False) -> list[tuple[str, str, str]]:
+        """What a wake would send again of this queue's parked runs."""
+        return [item for item in self.fair.wake(scan=scan) if item[0] == self.name]
+
+    def end(self, run_id: str) -> None:
+        self.store.transition(run_id, "succeeded")
+        self.store.release_claim(run_id, f"tok-{run_id}")
+
+
+@pytest.fixture()
+def users(store):
+    def make(**kw) -> Queue:
+        return Queue(store, FairOrder(store, **kw))
+
+    return make
+
+
+def test_users_take_turns_and_a_weight_gives_more_turns(users):
+    q = users(weights={"w": 2.0})
+    a, b, w = q.submit("a", 4), q.submit("b", 4), q.submit("w", 4)
+    started = []
+    pending = {rid: u for u, ids in (("a", a), ("b", b), ("w", w)) for rid in ids}
+    for _ in range(40):  # the broker's order: everything as submitted, parked ones sent again
+        for rid, user in list(pending.items()):
+            verdict = q.deliver(rid, user)
+            if verdict.admitted:
+                started.append(user)
+                del pending[rid]
+                q.end(rid)
+        if not pending:
+            break
+    assert sorted(started) == sorted(["a"] * 4 + ["b"] * 4 + ["w"] * 4)
+    first6 = started[:6]
+    assert first6.count("w") >= 2 and first6.count("a") >= 1 and first6.count("b") >= 1
+
+
+def test_a_parked_run_is_swapped_in_and_the_round_goes_on(users):
+    q = users()
+    a = q.submit("a", 3)
+    assert q.deliver(a[0], "a").admitted
+    (b,) = q.submit("b", 1)
+    parked = q.deliver(a[1], "a")
+    assert not parked.admitted and parked.reason == "user b goes first" and not parked.quota
+    assert q.store.get(a[1])["waiting"] == "fair order: user b goes first"
+    admitted = q.deliver(b, "b")
+    assert admitted.admitted and admitted.resend == ("a", a[1]), "a's parked run goes next"
+    assert "waiting" not in q.store.get(b)
+
+
+def test_quotas_per_user_and_per_queue_park_with_the_count(users, store):
+    q = users(limits={"user:c": {"runs": 2}})
+    c = q.submit("c", 3)
+    assert q.deliver(c[0], "c").admitted and q.deliver(c[1], "c").admitted
+    over = q.deliver(c[2], "c")
+    assert not over.admitted and over.quota and over.reason == "user c at quota (2/2 runs)"
+    q.end(c[0])  # its claim goes: the slot is free again
+    assert q.woken() == [(q.name, "c", c[2])]
+    q.fair.unpark(q.name, "c", c[2])
+    assert q.deliver(c[2], "c").admitted
+    Quotas(store).set(scope("user", "d", q.name), gpus=1)
+    d = q.submit("d", 2)
+    assert q.deliver(d[0], "d").admitted
+    assert q.deliver(d[1], "d").reason == f"user d at quota (1/1 GPUs on {q.name})"
+    Quotas(store).remove(scope("user", "d", q.name))
+
+
+def test_a_user_whose_runs_never_come_holds_others_back_only_for_a_while(users):
+    q = users(patience=0.0)
+    a = q.submit("a", 3)
+    assert q.deliver(a[0], "a").admitted
+    q.submit("ghost", 2)  # (revoked: never delivered)
+    assert not q.deliver(a[1], "a").admitted  # the ghost's turn: a waits, the clock starts
+    assert q.deliver(a[2], "a").admitted, "past fair_patience the ghost holds nobody back"
+
+
+def test_a_cancelled_parked_run_is_sent_to_its_end_by_the_sweeps_wake(users, store):
+    q = users(limits={"user:e": {"runs": 1}})
+    first, parked = q.submit("e", 2)
+    assert q.deliver(first, "e").admitted and not q.deliver(parked, "e").admitted
+    assert store.request_abort(parked) == "queued"
+    assert q.woken() == [], "not its turn: at quota still"
+    assert q.woken(scan=True) == [(q.name, "e", parked)]
