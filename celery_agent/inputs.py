@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from .artifact_store import safe_url
 from .artifacts import ArtifactStore, of_run
-from .errors import AgentError, ConfigError, SpecError
+from .errors import AgentError, ConfigError, SpecError, StateError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ RUN_SCHEME = "run"
 ENV_PREFIX = "CELERY_AGENT_INPUT_"  #: + the input's name in capitals: its local path
 MAP_ENV = "CELERY_AGENT_INPUTS"  #: the path of a JSON file mapping each name to its local path
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: the states of a run that ended (state.TERMINAL, which this layer does not import)
+_ENDED = frozenset({"succeeded", "failed", "aborted", "timed_out", "lost"})
 #: info() fields that change with a file's content, the first one present wins
 _CONTENT_FIELDS = ("sha256", "checksum", "ETag", "etag", "md5Hash", "md5", "crc32c", "version_id")
 #: info() fields that change when a file is written again
@@ -246,10 +248,17 @@ def run_record(name: str, ref: RunRef, lookup: RecordLookup) -> Mapping[str, Any
     or it has not ended yet (its outputs are uploaded when it ends)."""
     try:
         record = lookup(ref.run)
-    except AgentError as err:
+    except StateError as err:  # (an unknown run; a cancel or the stage's limit goes through)
         raise SpecError(
             f"{field(name)}: run {ref.run!r}: {err.message}", err.hint or "", field(name)
         ) from None
+    if not record.get("artifacts") and record.get("state") in _ENDED:
+        raise SpecError(
+            f"{field(name)}: run {record.get('run_id')} kept no outputs: it ended "
+            f"{record.get('state')} before it began",
+            f"name a run that kept files (celery-agent artifacts RUN), or rerun {record.get('run_id')}",
+            field(name),
+        )
     if not record.get("artifacts"):
         raise SpecError(
             f"{field(name)}: run {record.get('run_id')} has kept no outputs yet "

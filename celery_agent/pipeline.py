@@ -306,10 +306,12 @@ class Job:
             self.note(f"{status}: {error}")
         self.summary = stages.leading(self.summary)  # (what short previews show first)
         fields = {k: v for k, v in self.summary.items() if k not in ("run_id", "status")}
-        self._end(status, fields)
-        if going is not None:
-            retry = self.ctx.settings.record_retry
-            uploads.settle(self.store, self.run_id, self.log_file, going, retry)
+        try:
+            self._end(status, fields)
+        finally:  # (the upload's outcome is recorded when it ends, whatever this write met)
+            if going is not None:
+                retry = self.ctx.settings.record_retry
+                uploads.settle(self.store, self.run_id, self.log_file, going, retry)
         return self.summary
 
     def requeue(self, why: str) -> dict[str, Any]:

@@ -196,8 +196,13 @@ def test_an_input_whose_run_still_uploads_waits_for_the_upload(setup, store):
         spec = job(repo, w.queues, "read.py", inputs={"later": f"run://{first.id[:10]}/model.pt"})
         run = submit(spec)  # accepted: its path is checked once the upload ended
         assert run.info()["spec"]["inputs"]["later"] == f"run://{first.id}/model.pt"
-        wait_for(lambda: any("finish uploading" in x for x in run.logs()), 60)
-        assert run.state == "preparing"
+        cancelled = submit(spec)
+        for r in (run, cancelled):
+            wait_for(lambda r=r: any("finish uploading" in x for x in r.logs()), 60)
+        assert run.state == cancelled.state == "preparing"
+        cancelled.cancel()  # while its inputs stage waits
+        ended = cancelled.wait(30)
+        assert ended["state"] == "aborted" and "cancelled" in ended["error"], ended
     finally:
         store.r.hset(key, "artifacts", json.dumps(kept))
     rec = run.wait(90)
