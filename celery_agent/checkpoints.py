@@ -258,10 +258,17 @@ def describe(kept: dict[str, Any]) -> str | None:
     return None
 
 
-def restore(store: ArtifactStore, run_id: str, rel: str, folder: Path) -> dict[str, Stamp]:
+def restore(
+    store: ArtifactStore,
+    run_id: str,
+    rel: str,
+    folder: Path,
+    stopped: Callable[[], bool] = lambda: False,
+) -> dict[str, Stamp]:
     """Download the checkpoints ``run_id`` kept (``{store}/runs/{run_id}/{rel}/``) into
     ``folder``, each to a hidden name renamed into place; returns the stamps of the files put
-    there (empty when it kept none). Raises what the store raises."""
+    there (empty when it kept none). It stops between two files once ``stopped()`` (a cancel, a
+    drain: the run stops before it starts). Raises what the store raises."""
     fs = store.fs
     remote = store.path(run_id, rel)
     if not fs.exists(remote):
@@ -271,6 +278,8 @@ def restore(store: ArtifactStore, run_id: str, rel: str, folder: Path) -> dict[s
         sub = str(path)[len(remote) :].lstrip("/")
         if not sub or partial(sub):
             continue
+        if stopped():
+            break
         target = (folder / sub).resolve()
         if folder.resolve() not in target.parents:
             raise AgentError(f"checkpoint {sub!r} of run {run_id} leaves {folder}")
@@ -306,6 +315,7 @@ def resume(
     note: Callable[[str], None] = lambda _: None,
     report: Callable[[dict[str, Any]], None] = lambda _: None,
     active: Callable[[], bool] = lambda: True,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> Resumed:
     """Restore the checkpoints a run starts from, if any, and make its sync (not started).
 
@@ -320,7 +330,7 @@ def resume(
     source = None
     for source in sources:
         try:
-            baseline = restore(store, source, rel, folder)
+            baseline = restore(store, source, rel, folder, stopped)
         except Exception as err:
             if source == resume_from and attempt == 1:
                 raise AgentError(

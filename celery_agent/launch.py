@@ -53,6 +53,7 @@ def supervise(
     interp_args = [*entry_head(spec, co), *args]
     argv = executor.command(prepared, interp_args)
     resumed = resume(job, spec)  # the checkpoints it starts from, before anything runs
+    job.check_abort()  # (a restore a cancel or a drain cut short: the entry never starts)
     env = runenv.build(
         base=job.ctx.base_env,
         spec_env=spec.env,
@@ -128,6 +129,7 @@ def resume(job: Job, spec: TaskSpec) -> checkpoints.Resumed:
         exclude=spec.output_exclude, note=job.note,
         report=lambda fields: held.defer(checkpoints=fields),
         active=lambda: held.lost_to is None,  # (a stalled attempt whose run went elsewhere)
+        stopped=job.stops,  # (a cancel or a drain ends a long restore between two files)
     )  # fmt: skip
     if out.resumed is not None:
         job.timing("restore", t0)

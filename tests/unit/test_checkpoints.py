@@ -285,3 +285,12 @@ def test_a_non_root_container_is_given_the_checkpoint_folder_the_worker_restored
     job = RunRequest(env={"CELERY_AGENT_CHECKPOINT_DIR": str(folder)}, cwd=tmp_path,
                      sink=lambda lines: None, output_dir=tmp_path / "output")  # fmt: skip
     assert str(folder) in _writable(job)
+
+
+def test_a_cancel_ends_a_restore_between_two_files(store, folder, tmp_path):
+    for n in range(3):
+        (folder / f"s{n}.pt").write_bytes(b"x")
+    CheckpointSync(store, "r1", folder, "checkpoints", interval=0).stop()
+    asked = iter([False, True, True])
+    got = restore(store, "r1", "checkpoints", tmp_path / "again", stopped=lambda: next(asked))
+    assert list(got) == ["s0.pt"] and [p.name for p in (tmp_path / "again").iterdir()] == ["s0.pt"]

@@ -221,3 +221,21 @@ def test_the_keda_scaled_object_scales_the_gpu_workers_to_zero_by_runs_queued_an
     queues = fixed(worker["containers"][0]["command"])
     served = queues[queues.index("-Q") + 1].replace(",", "|")
     assert query.count(f'queue=~"{served}"') == 2  # the queues the worker serves, both terms
+
+
+def test_compose_workers_are_never_killed_before_their_drained_runs_are_back_on_the_queue():
+    # as in k8s: docker stops a container SIGTERM, stop_grace_period, SIGKILL; the drain (its
+    # grace, then the runs' stop grace) and the requeue must fit, with a margin
+    from celery_agent.settings import Settings
+
+    defaults = Settings()
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    workers = [
+        n for n, s in compose.items() if "worker" in fixed(s.get("command", "")) or n == "services"
+    ]
+    assert sorted(workers) == ["cpu", "gpu0", "gpu1", "services"]
+    for name in workers:
+        env = compose[name]["environment"]
+        drain = float(env.get("CELERY_AGENT_DRAIN_GRACE", defaults.drain_grace))
+        stop = compose[name].get("stop_grace_period", "10s")
+        assert stop.endswith("s") and float(stop[:-1]) >= drain + defaults.grace + 30, name
