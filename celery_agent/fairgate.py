@@ -1,13 +1,14 @@
 """A delivery at the fair-order gate (:mod:`.fairorder`): admitted, or parked off the broker.
 
-Called by :class:`.pipeline.Job` once the delivery holds the run's claim, and after each run's end
-write (a slot is free: the parked run whose turn it is goes). The gate failing (Redis away) never
-holds a run back: it is admitted, as it was before fair order existed.
+Called by :class:`.pipeline.Job` once the delivery holds the run's claim, and with each run's
+end write (a slot is free: the parked run whose turn it is goes, :class:`EndWake`). The gate
+failing (Redis away) never holds a run back: it is admitted, as it was before fair order existed.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import GpuUnavailable
@@ -54,15 +55,33 @@ def admit(job: Job, spec: TaskSpec, record: dict[str, Any]) -> GpuUnavailable | 
     return None
 
 
-def wake(ctx: WorkerContext, batch: int = 1) -> list[str]:
-    """Send again the parked runs that may go now (up to ``batch`` per queue); their ids."""
-    if ctx.fair is None or ctx.resend is None:
-        return []
-    try:
-        return _send(ctx, ctx.fair.wake(batch))
-    except Exception as err:  # the sweep wakes them too
-        logger.warning("could not wake parked runs: %s", err)
-        return []
+class EndWake:
+    """The wake that rides on a run's end write (a slot is free: the parked run whose turn it
+    is goes now), so a run's end costs no round trip more."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.queued = False
+
+    def build(self, inner: Callable[[Any], None]) -> Callable[[Any], None]:
+        """``inner`` (what the end write queues), then the wake, last."""
+
+        def build(pipe: Any) -> None:
+            inner(pipe)
+            self.queued = self.ctx.fair is not None and self.ctx.resend is not None
+            if self.ctx.fair is not None and self.queued:
+                self.ctx.fair.wake_on(pipe)
+
+        return build
+
+    def sent(self, results: list[Any]) -> None:
+        """Send again what the wake found (in ``results``, the end write's); never raises."""
+        if not (self.queued and results and self.ctx.fair is not None):
+            return
+        try:
+            _send(self.ctx, self.ctx.fair.woken(results[-1]))
+        except Exception as err:  # the sweep wakes them too
+            logger.warning("could not wake parked runs: %s", err)
 
 
 def _send(ctx: WorkerContext, items: list[tuple[str, str, str]]) -> list[str]:

@@ -235,7 +235,8 @@ if tonumber(redis.call('HGET', rec, 'attempt') or '0') == 0 then
   redis.call('HDEL', key(T.owed, q), user)
 end
 admit()
-local next_user = turn(q, nil, nil)
+if redis.call('SISMEMBER', T.queues, q) == 0 then return {'admit', '', '', ''} end
+local next_user = turn(q, nil, nil)  -- (only a queue with parked runs has one to send again)
 local refill = ''
 if next_user ~= nil then
   refill = redis.call('ZRANGE', key(T.parked, q, next_user), 0, 0)[1] or ''
@@ -350,8 +351,18 @@ class FairOrder:
         """Parked runs to send again now: (queue, user, run id) of up to ``batch`` per queue of
         the user whose turn it is, and with ``scan`` of every parked run no longer queued."""
         flat = self._wake(keys=[], args=[*self._lib(), batch, "1" if scan else "0"])
+        return self.woken(flat)  # (a cancelled run of the next user comes up once)
+
+    def wake_on(self, pipe: Any, batch: int = 1) -> None:
+        """Queue :meth:`wake` on ``pipe`` (a run's end write: no round trip of its own); its
+        result goes to :meth:`woken`."""
+        pipe.eval(_WAKE, 0, *self._lib(), batch, "0")  # (EVAL: a pipeline cannot EVALSHA safely)
+
+    @staticmethod
+    def woken(flat: list[str]) -> list[tuple[str, str, str]]:
+        """The parked runs a wake queued with :meth:`wake_on` found: (queue, user, run id)."""
         found = [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
-        return list(dict.fromkeys(found))  # (a cancelled run of the next user comes up twice)
+        return list(dict.fromkeys(found))
 
     def unpark(self, queue: str, user: str, run_id: str) -> None:
         """Take a run that was sent again off its parked set."""

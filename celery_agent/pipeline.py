@@ -351,11 +351,12 @@ class Job:
             if results is not None:
                 results.ended(pipe, self.summary)
 
+        wake = fairgate.EndWake(self.ctx)  # (a slot is free: the parked run whose turn it is)
         with_retry(
-            lambda: held.write(write, end=fields), self.run_id, self.ctx.settings.record_retry
-        )
+            lambda: wake.sent(held.write(wake.build(write), end=fields)),
+            self.run_id, self.ctx.settings.record_retry,
+        )  # fmt: skip
         self.held = None  # released: nothing more to let go of
-        fairgate.wake(self.ctx)  # a slot is free: a parked run whose turn it is goes now
 
     def _let_go(self) -> None:
         """Release the claim of a delivery that ends without a final state (a duplicate, a bug)."""

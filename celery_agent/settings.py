@@ -73,6 +73,7 @@ class Settings:
     max_priority: int = 0  # the highest --priority a run may ask for (0: normal; 1: high)
     user_weights: tuple[str, ...] = ()  # fair-order weights, NAME=WEIGHT (default 1 each)
     quotas: tuple[str, ...] = ()  # user:NAME[@QUEUE]:runs=N, project:NAME[@QUEUE]:gpus=N
+    fair_share: bool = True  # fair order and quotas at admission (false: FIFO, no quotas)
     fair_patience: float = 30.0  # seconds others wait for a user whose turn came but no run
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -74,7 +74,9 @@ class SubmitTask(Task):
         owner = {"user": spec.user, "project": spec.project or ""}
         store.create_run(task_id, spec.to_json(), options["queue"], **owner)  # masked: no secrets
         runenv.stash(store, task_id, spec)  # for a requeue, which sends the masked record
-        ahead = get_fair().enqueue(task_id, options["queue"], str(spec.user), spec.priority)
+        ahead = get_settings().fair_share and get_fair().enqueue(
+            task_id, options["queue"], str(spec.user), spec.priority
+        )
         if ahead and spec.priority >= 0:  # its user's turn comes before others' waiting runs:
             options.setdefault("priority", requeue_priority(broker))  # not behind all of them
         return super().apply_async([spec, *args[1:]], kwargs, task_id=task_id, **options)
@@ -132,7 +134,8 @@ submit_task = run_task
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> dict[str, Any]:
     """Mark lost workers and the runs they held; forget long-gone workers (scheduled by beat)."""
-    return sweep_mod.sweeper(app, get_settings(), get_store(), get_registry(), get_fair())()
+    fair = get_fair() if get_settings().fair_share else None
+    return sweep_mod.sweeper(app, get_settings(), get_store(), get_registry(), fair)()
 
 
 def _unmask(store: Any, run_id: str, raw: Any) -> Any:

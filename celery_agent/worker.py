@@ -168,7 +168,7 @@ class AgentStep(bootsteps.StartStopStep):
         # lock lets one process sweep at a time)
         hb.add_chore("cluster sweep", settings.sweep_interval,
                      sweeper(parent.app, settings, store, registry,
-                             fair_order(store, settings)))  # fmt: skip
+                             fair_order(store, settings) if settings.fair_share else None))  # fmt: skip
         if kombu_restore(parent.app) is not None:  # (RabbitMQ gives a dead worker's messages back)
             self._note_reserved(parent.hostname, Reservations(store.r, store.keys))
         self.drain = Drain(store, parent.hostname, settings.drain_grace)

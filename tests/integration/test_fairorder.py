@@ -97,6 +97,9 @@ def test_quotas_per_user_and_per_queue_park_with_the_count(users, store):
     assert not over.admitted and over.quota and over.reason == "user c at quota (2/2 runs)"
     q.end(c[0])  # its claim goes: the slot is free again
     assert q.woken() == [(q.name, "c", c[2])]
+    pipe = store.r.pipeline(transaction=False)  # the same wake, riding on a run's end write
+    q.fair.wake_on(pipe)
+    assert (q.name, "c", c[2]) in FairOrder.woken(pipe.execute()[-1])
     q.fair.unpark(q.name, "c", c[2])
     assert q.deliver(c[2], "c").admitted
     Quotas(store).set(scope("user", "d", q.name), gpus=1)

@@ -25,7 +25,8 @@ def test_quota_items_read_as_scopes_with_their_limits():
 def test_quotas_and_weights_come_from_the_settings_file_and_environment(tmp_path):
     conf = tmp_path / "c.toml"
     conf.write_text('quotas = ["user:alice:runs=2"]\nuser_weights = ["alice=2", "bob=0.5"]\n')
-    s = Settings.load({"CELERY_AGENT_MAX_PRIORITY": "1"}, conf)
+    s = Settings.load({"CELERY_AGENT_MAX_PRIORITY": "1", "CELERY_AGENT_FAIR_SHARE": "0"}, conf)
+    assert s.fair_share is False and Settings().fair_share is True
     assert parse_settings(s.quotas) == {"user:alice": {"runs": 2}}
     assert parse_weights(s.user_weights) == {"alice": 2.0, "bob": 0.5} and s.max_priority == 1
     with pytest.raises(ConfigError, match="NAME=WEIGHT"):
