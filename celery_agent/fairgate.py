@@ -30,24 +30,28 @@ class Parked(Exception):
     without a result; the run is sent again when it may start."""
 
 
-def admit(job: Job, spec: TaskSpec, record: dict[str, Any]) -> None:
+def admit(job: Job, spec: TaskSpec, record: dict[str, Any]) -> GpuUnavailable | None:
     """Let the delivery of ``job`` (holding the claim) go on, or raise :class:`Parked` with the
-    reason, recorded on the run as ``waiting``."""
+    reason, recorded on the run as ``waiting``; returns the error of a run that wants more GPUs
+    than a quota ever allows (it must fail)."""
     ctx = job.ctx
     if ctx.fair is None:
-        return
+        return None
     queue = str(record.get("queue") or spec.queue)
     priority = min(spec.priority, ctx.settings.max_priority)  # (a bump past the limit: none)
     try:
         verdict = ctx.fair.gate(job.run_id, queue, spec.user or NOBODY, spec.project or "",
                                 priority, gpu_count(ctx.gpus, spec.gpus), job.token)  # fmt: skip
+    except GpuUnavailable as never:
+        return never
     except Exception as err:  # never hold a run back because the gate failed
         logger.warning("run %s: fair-order gate failed (%s); admitting it", job.run_id, err)
-        return
+        return None
     if verdict.resend is not None:
         _send(ctx, [(queue, *verdict.resend)])
     if not verdict.admitted:
         raise Parked(f"run {job.run_id} waits: {verdict.reason}")
+    return None
 
 
 def wake(ctx: WorkerContext, batch: int = 1) -> list[str]:

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UnknownRunError
+from .errors import GpuUnavailable, UnknownRunError
 from .quotas import parse_settings, parse_weights
 from .settings import Settings
 from .state import RunStore
@@ -95,6 +95,15 @@ local function over(kind, name, q, g, skip)
         return string.format('%s %s at quota (%d/%d GPUs%s)', kind, name, gg, lim.gpus, where)
       end
     end
+  end
+  return nil
+end
+-- the scope of kind/name whose GPU quota is below g: a run wanting g GPUs can never start
+local function beyond(kind, name, q, g)
+  if not name or name == '' or g == 0 then return nil end
+  for _, scope in ipairs({kind .. ':' .. name, kind .. ':' .. name .. '@' .. q}) do
+    local lim = limit_of(scope)
+    if lim and lim.gpus and g > lim.gpus then return scope, lim.gpus end
   end
   return nil
 end
@@ -176,7 +185,8 @@ return 0
 
 # The gate. ARGV 1-4: the library's; 5 run id, 6 user, 7 project, 8 queue, 9 rank, 10 weight,
 # 11 GPUs, 12 claim token. Returns {verdict, reason or '', user, run to send again} (both '' when
-# none): verdict 'admit', 'quota' (parked at a quota) or 'fair' (parked for another's turn).
+# none): verdict 'admit', 'quota' (parked at a quota) or 'fair' (parked for another's turn); or
+# {'never', scope, its GPU limit, ''} for a run wanting more GPUs than a quota ever allows.
 _GATE = (
     _LIB
     + """
@@ -202,6 +212,10 @@ local function admit()
   if project ~= '' then redis.call('HSET', key(T.active, 'project', project), id, v) end
 end
 if st ~= 'queued' then admit() return {'admit', '', '', ''} end
+for _, kind in ipairs({'user', 'project'}) do
+  local scope, most = beyond(kind, kind == 'user' and user or project, q, g)
+  if scope then return {'never', scope, tostring(most), ''} end
+end
 local reason = over('user', user, q, g, id) or over('project', project, q, g, id)
 if reason then park(reason) return {'quota', reason, '', ''} end
 if tonumber(redis.call('HGET', rec, 'attempt') or '0') == 0 then
@@ -315,11 +329,18 @@ class FairOrder:
     def gate(self, run_id: str, queue: str, user: str, project: str, priority: int, gpus: int,
              token: str) -> Verdict:  # fmt: skip
         """Admit a delivery that holds the run's claim (``token``), or park the run (its claim
-        released) and say why."""
+        released) and say why; GpuUnavailable for a run no quota would ever let start."""
         weight = self.weights.get(user, 1.0)
         args = [*self._lib(), run_id, user, project, queue, RANK_BASE - priority, weight, gpus,
                 token]  # fmt: skip
         verdict, reason, other, run = self._gate(keys=[], args=args)
+        if verdict == "never":
+            name = str(reason).split(":", 1)[1].split("@")[0]
+            flag = " --project" if str(reason).startswith("project:") else ""
+            raise GpuUnavailable(
+                f"the run holds {gpus} GPUs, more than quota {reason} allows at once ({other})",
+                f"ask for fewer GPUs, or raise it: celery-agent quota set {name}{flag} --gpus {gpus}",
+            )
         resend = (str(other), str(run)) if run else None
         if verdict == "admit":
             return Verdict(True, resend=resend)

@@ -31,6 +31,8 @@ RUN_SCHEME = "run"
 ENV_PREFIX = "CELERY_AGENT_INPUT_"  #: + the input's name in capitals: its local path
 MAP_ENV = "CELERY_AGENT_INPUTS"  #: the path of a JSON file mapping each name to its local path
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: the states of a run that ended (state.TERMINAL, which this layer does not import)
+_ENDED = frozenset({"succeeded", "failed", "aborted", "timed_out", "lost"})
 #: info() fields that change with a file's content, the first one present wins
 _CONTENT_FIELDS = ("sha256", "checksum", "ETag", "etag", "md5Hash", "md5", "crc32c", "version_id")
 #: info() fields that change when a file is written again
@@ -250,6 +252,13 @@ def run_record(name: str, ref: RunRef, lookup: RecordLookup) -> Mapping[str, Any
         raise SpecError(
             f"{field(name)}: run {ref.run!r}: {err.message}", err.hint or "", field(name)
         ) from None
+    if not record.get("artifacts") and record.get("state") in _ENDED:
+        raise SpecError(
+            f"{field(name)}: run {record.get('run_id')} kept no outputs: it ended "
+            f"{record.get('state')} before it began",
+            f"name a run that kept files (celery-agent artifacts RUN), or rerun {record.get('run_id')}",
+            field(name),
+        )
     if not record.get("artifacts"):
         raise SpecError(
             f"{field(name)}: run {record.get('run_id')} has kept no outputs yet "

@@ -112,7 +112,9 @@ class Job:
         )
         if not admission.claimed:
             return self.finish(state.ABORTED, error=Cancelled("cancelled before it started"))
-        fairgate.admit(self, spec, admission.record)  # or Parked: it waits off the broker
+        refused = fairgate.admit(self, spec, admission.record)  # or Parked: it waits
+        if refused is not None:  # more GPUs than a quota ever allows
+            return self.finish(state.FAILED, error=refused)
         held = self.held = self.ctx.keeper.hold(self.run_id, self.token, s.claim_ttl)
         watch = StopWatch(held, self.ctx.worker, s.abort_poll)
         self.stops, self.stop_reason = watch, lambda: watch.reason

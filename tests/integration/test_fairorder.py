@@ -122,3 +122,15 @@ def test_a_cancelled_parked_run_is_sent_to_its_end_by_the_sweeps_wake(users, sto
     assert store.request_abort(parked) == "queued"
     assert q.woken() == [], "not its turn: at quota still"
     assert q.woken(scan=True) == [(q.name, "e", parked)]
+
+
+def test_a_run_wanting_more_gpus_than_its_quota_ever_allows_is_refused(users, store):
+    from celery_agent.errors import GpuUnavailable
+
+    q = users(limits={"project:cv": {"gpus": 2}})
+    (run_id,) = q.submit("f")
+    store.claim(run_id, "tok", 30)
+    with pytest.raises(GpuUnavailable) as err:
+        q.fair.gate(run_id, q.name, "f", "cv", 0, 4, "tok")
+    assert "more than quota project:cv allows at once (2)" in str(err.value)
+    assert "celery-agent quota set cv --project --gpus 4" in str(err.value.hint)

@@ -103,6 +103,9 @@ def test_run_inputs_that_cannot_be_found_name_the_input_and_the_fix(kept):
     assert err.value.field == "inputs.model" and "celery-agent artifacts run-1" in str(err.value)
     with pytest.raises(SpecError, match=r"inputs.model: run 'zzz': no run has"):
         resolve("model", "run://zzz/m.pt", lookup)
+    early = {"run_id": "run-1", "state": "failed"}  # (its source stage failed)
+    with pytest.raises(SpecError, match="kept no outputs: it ended failed before it began"):
+        resolve("model", "run://run-1/m.pt", lookup_of(early))
     running = {"run_id": "run-1", "state": "running"}
     with pytest.raises(SpecError, match="kept no outputs yet .state running.*wait run-1"):
         resolve("model", "run://run-1/m.pt", lookup_of(running))
@@ -272,3 +275,10 @@ def test_a_rerun_sets_or_replaces_inputs_by_name():
     again = respec(record, inputs={"model": "run://b/m.pt"}, pin=False, environ={})
     assert again.inputs == {"model": "run://b/m.pt", "d": "s3://b/k"}
     assert respec(record, pin=False, environ={}).inputs == spec["inputs"]
+
+
+def test_the_ended_states_inputs_know_are_the_run_stores():
+    from celery_agent.inputs import _ENDED
+    from celery_agent.state import TERMINAL
+
+    assert _ENDED == TERMINAL
