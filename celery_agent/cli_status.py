@@ -62,12 +62,25 @@ def status(watch: bool, interval: float, as_json: bool, worker: str | None, poin
     return _watch(console, snapshot, interval)
 
 
+#: exit codes of `celery-agent health`
+HEALTH_ALIVE, HEALTH_STALE, HEALTH_NO_REDIS = 0, 1, 2
+
+
 @click.command()
-@click.option("--worker", "-w", "name", required=True,
-              help="the worker's full name, e.g. gpu0@%h (%h: this machine's hostname)")  # fmt: skip
-def health(name: str) -> int:
-    """Exit 0 when the worker's heartbeat is current in Redis, 1 when it is not (a liveness probe:
-    the heartbeat lives three intervals) or Redis cannot be read."""
+@click.option(
+    "--worker",
+    "-w",
+    "name",
+    required=True,
+    help="the worker's full name, e.g. gpu0@%h (%h: this machine's hostname)",
+)
+@click.option("--redis-down-ok", is_flag=True,
+              help="exit 0 when Redis cannot be read (a liveness probe: a Redis outage is no "
+                   "reason to restart a worker and lose its run)")  # fmt: skip
+def health(name: str, redis_down_ok: bool) -> int:
+    """Exit 0 when the worker's heartbeat is current in Redis, 1 when it is not (stopped, lost or
+    never started; the heartbeat lives three intervals), 2 when Redis cannot be read (0 with
+    --redis-down-ok). Usable as a Kubernetes or Docker probe."""
     import socket
 
     from .app import get_registry
@@ -76,18 +89,18 @@ def health(name: str) -> int:
     name = name.replace("%h", socket.gethostname())
     try:
         alive = get_registry().is_alive(name)
-    except Exception as exc:  # Redis down: the probe fails with the reason
+    except Exception as exc:  # Redis down: said, and the probe decides what it means
         err_console.print(f"cannot read worker {name} from Redis: {exc}", markup=False)
-        return 1
+        return HEALTH_ALIVE if redis_down_ok else HEALTH_NO_REDIS
     if not alive:
         err_console.print(
             f"worker {name} has no current heartbeat (stopped, lost or never started; "
             "`celery-agent status` lists the workers)",
             markup=False,
         )
-        return 1
+        return HEALTH_STALE
     click.echo(f"worker {name} is alive")
-    return 0
+    return HEALTH_ALIVE
 
 
 def _watch(console: Console, snapshot: Callable[[], dict[str, Any]], interval: float) -> int:

@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -132,6 +133,31 @@ class Stack:
     def down(self) -> None:
         """Stop and remove the containers, networks and volumes (the workers drain first)."""
         self.compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=300)
+
+
+def reap_stale(prefix: str, older_than: float = 3600) -> list[str]:
+    """Remove what compose projects named ``prefix...`` left behind when their test was killed
+    before its teardown (containers, then networks and volumes), once their newest container is
+    ``older_than`` seconds old; their names."""
+    rows = _docker("ps", "-a", "--filter", f"label={PROJECT_LABEL}", "--format",
+                   f'{{{{.Label "{PROJECT_LABEL}"}}}}\t{{{{.ID}}}}').split("\n")  # fmt: skip
+    projects: dict[str, list[str]] = {}
+    for name, _, cid in (row.partition("\t") for row in rows if row.startswith(prefix)):
+        projects.setdefault(name, []).append(cid)
+    reaped = []
+    for name, ids in projects.items():
+        created = [str(c["Created"]) for c in json.loads(_docker("inspect", *ids))]
+        newest = max(datetime.fromisoformat(c[:19]).replace(tzinfo=UTC) for c in created)
+        if (datetime.now(UTC) - newest).total_seconds() < older_than:
+            continue  # another test of the same kind, running now
+        label = f"label={PROJECT_LABEL}={name}"
+        _docker("rm", "-f", "-v", *ids)
+        for kind in ("network", "volume"):
+            found = _docker(kind, "ls", "-q", "--filter", label).split()
+            if found:
+                _docker(kind, "rm", *found)
+        reaped.append(name)
+    return reaped
 
 
 def clean_env(**extra: str) -> dict[str, str]:

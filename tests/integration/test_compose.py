@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from compose_support import ROOT, Stack, clean_env, compose_cli, free_port, http_get, wait_for
+from compose_support import (
+    ROOT,
+    Stack,
+    clean_env,
+    compose_cli,
+    free_port,
+    http_get,
+    reap_stale,
+    wait_for,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_agent.testing import init_repo
@@ -30,6 +39,7 @@ from celery_agent.testing import init_repo
 pytestmark = [pytest.mark.integration, pytest.mark.compose, pytest.mark.timeout(1800)]
 
 IMAGE = "celery-agent:compose-test"
+PROJECT = "catest"  #: the compose projects of this test are named catestXXXXXXXX
 CLI = str(Path(sys.executable).parent / "celery-agent")
 TRAIN = """\
 import argparse, socket
@@ -78,6 +88,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     cli = compose_cli()
     if cli is None:
         pytest.fail("no compose command: apt-get install docker-compose (or the compose plugin)")
+    reap_stale(PROJECT)  # a run of this test killed before its teardown
     home = tmp_path_factory.mktemp("compose")
     repo = home / "repo"
     repo.mkdir()
@@ -87,7 +98,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     override.write_text(OVERRIDE.format(redis_port=redis_port, repo=repo))
     env = clean_env(CELERY_AGENT_IMAGE=image(), EXPORTER_PORT=str(exporter_port),
                     FLOWER_PORT=str(flower_port))  # fmt: skip
-    stack = Stack(cli, f"catest{uuid.uuid4().hex[:8]}", override, env)
+    stack = Stack(cli, f"{PROJECT}{uuid.uuid4().hex[:8]}", override, env)
     try:
         stack.up(workers=2)
         yield Deployed(stack, repo, home, f"redis://127.0.0.1:{redis_port}/0",

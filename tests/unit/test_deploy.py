@@ -239,3 +239,19 @@ def test_compose_workers_are_never_killed_before_their_drained_runs_are_back_on_
         drain = float(env.get("CELERY_AGENT_DRAIN_GRACE", defaults.drain_grace))
         stop = compose[name].get("stop_grace_period", "10s")
         assert stop.endswith("s") and float(stop[:-1]) >= drain + defaults.grace + 30, name
+
+
+def test_k8s_workers_liveness_probe_is_their_health_check_and_survives_a_redis_outage():
+    for path in ("gpu-worker.yaml", "services-worker.yaml"):
+        (deployment,) = yaml.safe_load_all((DEPLOY / "k8s" / path).read_text())
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        words = container["command"]
+        name = words[words.index("-n") + 1] if "-n" in words else "services@%h"
+        probe = container["livenessProbe"]
+        assert probe["exec"]["command"] == [
+            "celery-agent", "health", "--worker", name, "--redis-down-ok"
+        ], path  # fmt: skip
+        # the CLI needs seconds to start on a busy node: Kubernetes' default of 1 s would fail it
+        assert probe["timeoutSeconds"] >= 10, path
+        # a worker is only declared dead after its heartbeat has been gone a while
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= 60, path
