@@ -4,6 +4,7 @@ filtered and grouped by `ls` and `status`, shown by `show`; a rerun is the rerun
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -46,15 +47,16 @@ def test_runs_record_their_user_and_project_and_the_cli_filters_by_them(
     shown = capsys.readouterr().out
     assert "alice" in shown and "vision" in shown
 
-    monkeypatch.setenv("CELERY_AGENT_USER", "carol")
+    carol = f"carol-{uuid.uuid4().hex[:6]}"  # the session's Redis has other tests' carols
+    monkeypatch.setenv("CELERY_AGENT_USER", carol)
     assert main(["rerun", a.id, "--no-pin", "--wait"]) == 0
-    again = store.list_runs(1, user="carol")[0]
+    again = store.list_runs(1, user=carol)[0]
     assert again["rerun_of"] == a.id and again["project"] == "vision"
 
     with pytest.warns(NoWorkerWarning):
         blocker = submit(TaskSpec.parse(spec | {"queue": "nobody-serves-this"}))
     capsys.readouterr()
-    assert main(["status", "--json", "--user", "carol"]) == 0
+    assert main(["status", "--json", "--user", carol]) == 0
     users = json.loads(capsys.readouterr().out)["users"]
-    assert [row["user"] for row in users] == ["carol"] and users[0]["queued"] == 1
+    assert [row["user"] for row in users] == [carol] and users[0]["queued"] == 1
     blocker.cancel()
