@@ -29,6 +29,10 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--hide-scrollbars", "--mute-audio", "--disable-dev-shm-usage"]  # fmt: skip
 
 
+#: what DevTools says when an expression meets a page being replaced (a navigation under way)
+NAVIGATING = ("navigated or closed", "Cannot find context", "context was destroyed")
+
+
 class BrowserError(RuntimeError):
     """The browser did not start, answered with an error, or a page condition never held."""
 
@@ -154,7 +158,12 @@ class Browser:
         """Evaluate ``expression`` until it is truthy; its value. BrowserError at the deadline."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.eval(expression)
+            try:
+                value = self.eval(expression)
+            except BrowserError as err:  # a click's navigation under way: ask the next page
+                if not any(what in str(err) for what in NAVIGATING) or time.monotonic() > deadline:
+                    raise
+                value = None
             if value:
                 return value
             if time.monotonic() > deadline:
