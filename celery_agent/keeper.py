@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,10 @@ class Held:
         self._lines: list[str] = []
         self._ops: list[Callable[[Any], object]] = []
         self._since: float | None = None
+        #: names this attempt's lines in the log's sent counts (:meth:`RunStore.append_log`): a
+        #: write sent again after a lost reply does not append its lines twice
+        self._writer = uuid.uuid4().hex
+        self._sent = {"notes": 0, "out": 0}
 
     def defer(self, lines: list[str] | None = None, **fields: Any) -> None:
         """Queue log lines and record fields; they go out with the next write, or soon."""
@@ -98,9 +103,21 @@ class Held:
                 results: list[Any] = pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError) as err:
                 raise StateError(f"Redis is unreachable: {err}") from err
+            self._sent["notes"] += len(self._lines) if self.lost_to is None else 0
             self._fields, self._state, self._lines, self._since = {}, None, [], None
             self._ops = []
             return results[deferred:]
+
+    def send(self, lines: list[str]) -> None:
+        """Send the run's own output lines now, after the deferred writes, each line once though
+        a batch is sent again (the log pump keeps a batch whose write raised and retries it)."""
+        first = self._sent["out"]
+        self.write(lambda pipe: self._append(pipe, "out", lines, first))
+        self._sent["out"] = first + len(lines)
+
+    def _append(self, pipe: Any, stream: str, lines: list[str], first: int) -> None:
+        writer = f"{self._writer}.{stream}"
+        self.store.append_log(self.run_id, lines, pipe=pipe, writer=writer, first=first)
 
     def due(self, now: float) -> bool:
         """Whether deferred writes have waited long enough."""
@@ -116,7 +133,7 @@ class Held:
         if self._state is not None and end is None:
             self.store.transition(self.run_id, self._state[0], pipe=pipe, **self._state[1])
         if self._lines:
-            self.store.append_log(self.run_id, self._lines, pipe=pipe)
+            self._append(pipe, "notes", self._lines, self._sent["notes"])
         for write in self._ops:
             write(pipe)
 

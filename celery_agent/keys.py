@@ -103,6 +103,11 @@ class Keys:
         """The run's log stream."""
         return self._join("run", run_id, "log")
 
+    def log_sent(self, run_id: str) -> str:
+        """Hash of how many lines each writer of the run's log has appended (writer -> count):
+        a batch sent again after its reply was lost appends only the lines not in the log yet."""
+        return self._join("run", run_id, "logsent")
+
     def metrics(self, run_id: str) -> str:
         """The run's metrics stream: scalars the script reports (name, value, step)."""
         return self._join("run", run_id, "metrics")

@@ -69,13 +69,10 @@ def supervise(
     held = job.held
     assert held is not None
 
-    def send(lines: list[str]) -> None:
-        held.write(lambda pipe: job.store.append_log(job.run_id, lines, pipe=pipe))
-
     # the first batch carries the agent's deferred lines and the running state, the lines
     # still waiting at the end go with the end record; metric lines also go to the run's
     # metrics stream
-    sink = metrics.tap(send, job.store, job.run_id)
+    sink = metrics.tap(held.send, job.store, job.run_id)
     job.note(f"$ {shlex.join(argv)}")
     held.defer_state(state.RUNNING)  # sent with the run's first output (or within 50 ms)
     request = RunRequest(

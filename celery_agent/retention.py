@@ -226,7 +226,7 @@ def _delete_runs(store: RunStore, run_ids: Sequence[str]) -> None:
     pipe = store.r.pipeline(transaction=False)
     for run_id in run_ids:  # secrets: runenv keeps a run's secret values there until it ends
         pipe.unlink(k.run(run_id), k.log(run_id), k.metrics(run_id), k.claim(run_id),
-                    k.abort(run_id), k.secrets(run_id))  # fmt: skip
+                    k.abort(run_id), k.secrets(run_id), k.log_sent(run_id))  # fmt: skip
     pipe.zrem(k.runs(), *run_ids)
     pipe.execute()
 

@@ -91,3 +91,21 @@ redis.call('HINCRBY', KEYS[3], 'submitted', 1)
 for i = 4, #KEYS do redis.call('ZADD', KEYS[i], ARGV[1], ARGV[2]) end
 return 1
 """
+
+# Append a batch of log lines once: ARGV[1] names the writer (one attempt's output, or its agent
+# notes), ARGV[2] the number of its lines before this batch, ARGV[3] the stream's MAXLEN, ARGV[4]
+# the lines joined by newlines, ARGV[5] how many. KEYS[2] (:meth:`Keys.log_sent`) counts each
+# writer's lines in the log: a batch sent again because its reply was lost (Redis went away after
+# applying it) appends only the lines not in the log yet. Returns how many lines it appended.
+APPEND_LOG = """
+local first, count = tonumber(ARGV[2]), tonumber(ARGV[5])
+local done = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local skip = done - first
+if skip >= count then return 0 end
+local text, at = ARGV[4], 1
+for _ = 1, skip do at = string.find(text, '\\n', at, true) + 1 end
+if at > 1 then text = string.sub(text, at) end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'l', text)
+redis.call('HSET', KEYS[2], ARGV[1], first + count)
+return count - math.max(skip, 0)
+"""

@@ -164,16 +164,34 @@ class RunStore:
         return rows[:limit]
 
     # -- logs -----------------------------------------------------------------------------------
-    def append_log(self, run_id: str, lines: list[str], *, pipe: Any = None) -> None:
+    def append_log(
+        self,
+        run_id: str,
+        lines: list[str],
+        *,
+        pipe: Any = None,
+        writer: str | None = None,
+        first: int = 0,
+    ) -> None:
         """Append a chunk of lines as one stream entry (one round trip per chunk, not per line;
-        none of its own with ``pipe``)."""
-        if lines:
-            (self.r if pipe is None else pipe).xadd(
-                self.keys.log(run_id),
-                {"l": "\n".join(lines)},
-                maxlen=self.log_maxlen,
-                approximate=True,
+        none of its own with ``pipe``).
+
+        A ``writer`` (unique to one attempt's stream of lines) that sends a chunk again after an
+        error gives each chunk's ``first`` line number (how many lines it sent before): lines
+        already in the log are not appended twice, though the reply of the first try was lost."""
+        if not lines:
+            return
+        target, text = (self.r if pipe is None else pipe), "\n".join(lines)
+        if writer is None:
+            target.xadd(
+                self.keys.log(run_id), {"l": text}, maxlen=self.log_maxlen, approximate=True
             )
+            return
+        keys = [self.keys.log(run_id), self.keys.log_sent(run_id)]
+        # EVAL, not EVALSHA: a pipeline with a script object first asks Redis if it has it
+        target.eval(
+            runscripts.APPEND_LOG, 2, *keys, writer, first, self.log_maxlen, text, len(lines)
+        )
 
     def read_log(
         self, run_id: str, after: str = "0-0", block: float | None = None

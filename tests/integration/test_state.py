@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from celery_agent.errors import StateError, UnknownRunError
-from celery_agent.keeper import Keeper
+from celery_agent.keeper import Held, Keeper
 from celery_agent.state import START_FIELDS, RunStore
 
 pytestmark = pytest.mark.integration
@@ -176,7 +176,7 @@ def test_the_last_write_folds_the_deferred_fields_and_state_into_the_end(store: 
         store.transition(rid, "succeeded", force=True, pipe=pipe, **end)
 
     held.write(write, end=end)
-    assert commands == ["XADD"], "fields and state went into the end, not writes of their own"
+    assert commands == ["EVAL"], "fields and state went into the end, not writes of their own"
     record = store.get(rid)
     assert (
         record["state"] == "succeeded" and record["commit"] == "abc" and str(record["pid"]) == "7"
@@ -185,6 +185,52 @@ def test_the_last_write_folds_the_deferred_fields_and_state_into_the_end(store: 
     assert record["running_at"] <= record["succeeded_at"]
     assert store.read_log(rid)[1] == ["[agent] note", "user line"]
     keeper.drop(held)
+
+
+class _ReplyLost:
+    """A pipeline whose first ``execute`` is applied by Redis, then fails as if Redis went away
+    before its reply came back."""
+
+    def __init__(self, pipe, lost: list[bool]) -> None:
+        self._pipe, self._lost = pipe, lost
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __len__(self) -> int:
+        return len(self._pipe)
+
+    def execute(self):
+        results = self._pipe.execute()
+        if not self._lost[0]:
+            self._lost[0] = True
+            raise redis.ConnectionError("Connection closed by server.")
+        return results
+
+
+def test_a_batch_sent_again_after_its_reply_was_lost_is_in_the_log_once(store, monkeypatch):
+    rid = new_id()  # (no keeper thread: it would send the deferred note itself)
+    store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
+    held = Held(store, rid, "w1", ttl=5)
+    real, lost = store.r.pipeline, [False]
+    monkeypatch.setattr(store.r, "pipeline", lambda **kw: _ReplyLost(real(**kw), lost))
+    with pytest.raises(StateError):
+        held.send(["line 0", "line 1"])
+    assert store.read_log(rid)[1] == ["line 0", "line 1"], "Redis applied the lost write"
+    held.send(["line 0", "line 1", "line 2"])  # the pump sends the kept lines and the next
+    held.send(["line 3"])
+    lost[0] = False
+    held.defer(["[agent] note"])
+    with pytest.raises(StateError):
+        held.write()
+    held.write()  # the deferred note, kept, goes again
+    held.send(["line 4"])
+    assert store.read_log(rid)[1] == [
+        "line 0", "line 1", "line 2", "line 3", "[agent] note", "line 4"
+    ]  # fmt: skip
+    again = Held(store, rid, "w1", ttl=5)  # a later attempt in the same process counts anew
+    again.send(["line 0"])
+    assert store.read_log(rid)[1][-1] == "line 0"
 
 
 def test_find_accepts_a_unique_prefix(store: RunStore):
