@@ -35,6 +35,7 @@ from typing import Any
 
 from . import fairscripts
 from .errors import GpuUnavailable, UnknownRunError
+from .gpus import DYNAMIC, STATIC, WorkerGpus
 from .quotas import parse_settings, parse_weights
 from .settings import Settings
 from .state import RunStore
@@ -64,6 +65,7 @@ class FairOrder:
         limits: dict[str, dict[str, int]] | None = None,
         weights: dict[str, float] | None = None,
         patience: float = 30.0,
+        gpus: WorkerGpus | None = None,
     ) -> None:
         self.store, self.keys, self.r = store, store.keys, store.r
         self.limits = limits or {}  #: quotas from the settings (Redis ones win)
@@ -79,7 +81,7 @@ class FairOrder:
             "owed": k.fair_owed("{q}"), "queues": k.fair_queues(), "quotas": k.quotas(),
             "active": k.active("{q}", "{u}"), "run": k.run("{q}"), "claim": k.claim("{q}"),
             "abort": k.abort("{q}"),
-        })  # fmt: skip
+        } | ({"gpus": _devices(gpus)} if gpus is not None else {}))  # fmt: skip
 
     def _lib(self) -> list[Any]:
         return [self._templates, json.dumps(self.limits), time.time(), self.patience]
@@ -205,10 +207,19 @@ class Asking:
         return self.fair.verdict(answer, self.gpus)
 
 
-def fair_order(store: RunStore, settings: Settings) -> FairOrder:
-    """The gate on ``store`` with the quotas, weights and patience of ``settings``."""
+def fair_order(store: RunStore, settings: Settings, gpus: WorkerGpus | None = None) -> FairOrder:
+    """The gate on ``store`` with the quotas, weights and patience of ``settings``, deciding on
+    a worker with ``gpus`` (None: not on a worker, as the sweep)."""
     limits = parse_settings(settings.quotas)
-    return FairOrder(store, limits, parse_weights(settings.user_weights), settings.fair_patience)
+    weights = parse_weights(settings.user_weights)
+    return FairOrder(store, limits, weights, settings.fair_patience, gpus)
+
+
+def _devices(gpus: WorkerGpus) -> dict[str, Any]:
+    """What the gate knows of a worker's GPUs to tell what another user's run would hold on it
+    (see ``holds`` in :data:`.fairscripts.LIB`): how many it owns and whether a run gets all."""
+    bound = gpus.mode in (STATIC, DYNAMIC)
+    return {"n": len(gpus.devices) if bound else 0, "static": gpus.mode == STATIC}
 
 
 def send_again(fair: FairOrder, resend: Any, items: list[tuple[str, str, str]]) -> list[str]:

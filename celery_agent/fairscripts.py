@@ -80,10 +80,24 @@ local function head(q, u)
   end
   return nil
 end
--- whether user u, with run id waiting, may start a run now (quotas of the user and project)
+-- the GPUs a run whose record asks w (its gpus_wanted: '' not said, 'all', 'K' a count, '=K' K
+-- named) holds on the worker deciding (T.gpus: its device count n and whether it is static;
+-- none, as in the sweep: only what the run names or counts)
+local function holds(w)
+  local dev = T.gpus
+  if dev and dev.n == 0 then return 0 end  -- (a worker bound to no GPU gives none)
+  if not w or w == '' then return (dev and dev.static) and dev.n or 0 end
+  if w == 'all' then return dev and dev.n or 0 end
+  if string.sub(w, 1, 1) == '=' then return tonumber(string.sub(w, 2)) or 0 end
+  if dev and dev.static then return dev.n end
+  return tonumber(w) or 0
+end
+-- whether user u, with run id waiting, may start it now (run and GPU quotas of user and project)
 local function free(q, u, id)
-  if over('user', u, q, 0, '') then return false end
-  return over('project', redis.call('HGET', key(T.run, id), 'project'), q, 0, '') == nil
+  local f = redis.call('HMGET', key(T.run, id), 'project', 'gpus_wanted')
+  local g = holds(f[2])
+  if over('user', u, q, g, '') then return false end
+  return over('project', f[1], q, g, '') == nil
 end
 -- user u's waiting runs that are not parked leave the waiting set (they are not there to go)
 local function forget(q, u)

@@ -40,6 +40,7 @@ from .app import app, get_fair, get_registry, get_settings, get_store
 from .artifact_store import check_url
 from .defaults import SWEEP_TASK, requeue_priority
 from .errors import SpecError, UnknownRunError
+from .gpus import asked
 from .requeue import celery_resend, ended_summary
 from .spec import TaskSpec
 
@@ -71,7 +72,7 @@ class SubmitTask(Task):
         dispatch.first_send(spec, options, bool(self.ignore_result), broker)  # queue, shadow...
         task_id = task_id or uuid()
         store, queue = get_store(), options["queue"]
-        owner = {"user": spec.user, "project": spec.project or ""}
+        owner = {"user": spec.user, "project": spec.project or "", "gpus_wanted": asked(spec.gpus)}
         joining = (  # (its user's waiting set: in the same round trip as the record)
             get_fair().joining(task_id, queue, str(spec.user), spec.priority)
             if get_settings().fair_share
