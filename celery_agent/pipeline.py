@@ -20,6 +20,7 @@ from typing import Any
 from . import (
     artifacts,
     attempts,
+    digests,
     envstats,
     fairgate,
     launch,
@@ -314,6 +315,8 @@ class Job:
             if going is not None:
                 retry = self.ctx.settings.record_retry
                 uploads.settle(self.store, self.run_id, self.log_file, going, retry)
+        done = self.summary.get("artifacts")  # (hashed once the end is written; not waited for)
+        digests.DIGESTS.start(self.store, self.run_id, self.output_dir, done)
         return self.summary
 
     def requeue(self, why: str) -> dict[str, Any]:
