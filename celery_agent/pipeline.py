@@ -252,12 +252,6 @@ class Job:
         """Take the run's GPUs (leased on a dynamic worker), then run it on them (:mod:`.launch`)."""
         return launch.run_on_gpus(self, spec, co, prepared)
 
-    def supervise(
-        self, spec: TaskSpec, co: Checkout, prepared: PreparedEnv, gpus: list[GpuDevice]
-    ) -> ProcessOutcome:
-        """Run the entry under supervision on ``gpus``, its log streaming into Redis (:mod:`.launch`)."""
-        return launch.supervise(self, spec, co, prepared, gpus)
-
     def collect(self, outcome: ProcessOutcome, spec: TaskSpec) -> dict[str, Any]:
         """Record the outcome: status, exit code, resolved and unused params, usage, log tail."""
         strict = paramusage.record(spec, self.run_dir / "params.json", self.summary, self.note)
