@@ -20,6 +20,7 @@ from typing import Any
 from . import (
     artifacts,
     attempts,
+    digests,
     envstats,
     fairgate,
     launch,
@@ -252,12 +253,6 @@ class Job:
         """Take the run's GPUs (leased on a dynamic worker), then run it on them (:mod:`.launch`)."""
         return launch.run_on_gpus(self, spec, co, prepared)
 
-    def supervise(
-        self, spec: TaskSpec, co: Checkout, prepared: PreparedEnv, gpus: list[GpuDevice]
-    ) -> ProcessOutcome:
-        """Run the entry under supervision on ``gpus``, its log streaming into Redis (:mod:`.launch`)."""
-        return launch.supervise(self, spec, co, prepared, gpus)
-
     def collect(self, outcome: ProcessOutcome, spec: TaskSpec) -> dict[str, Any]:
         """Record the outcome: status, exit code, resolved and unused params, usage, log tail."""
         strict = paramusage.record(spec, self.run_dir / "params.json", self.summary, self.note)
@@ -315,6 +310,8 @@ class Job:
             if going is not None:
                 retry = self.ctx.settings.record_retry
                 uploads.settle(self.store, self.run_id, self.log_file, going, retry)
+        done = self.summary.get("artifacts")  # (hashed once the end is written; not waited for)
+        digests.DIGESTS.start(self.store, self.run_id, self.output_dir, done)
         return self.summary
 
     def requeue(self, why: str) -> dict[str, Any]:
