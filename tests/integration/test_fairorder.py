@@ -191,3 +191,15 @@ def test_the_turn_passes_over_a_user_whose_next_run_is_over_a_gpu_quota(users, s
     q.end(k[0])  # (k holds none now: its next run, 2 GPUs on this worker, can start)
     (later,) = q.submit("m")
     assert q.deliver(later, "m").reason == "user k goes first"
+
+
+def test_setting_one_limit_of_a_quota_keeps_the_other(store, capsys):
+    from celery_agent.cli import main
+
+    who = f"lena-{uuid.uuid4().hex[:6]}"
+    assert main(["quota", "set", who, "--runs", "2", "--gpus", "4"]) == 0
+    assert main(["quota", "set", who, "--gpus", "8"]) == 0
+    assert f"quota user:{who}: 2 runs, 8 gpus" in capsys.readouterr().out
+    assert Quotas(store).table()[f"user:{who}"] == ({"runs": 2, "gpus": 8}, "redis")
+    assert main(["quota", "rm", who]) == 0
+    assert f"user:{who}" not in Quotas(store).table()
