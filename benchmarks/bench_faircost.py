@@ -26,12 +26,14 @@ import psutil
 from celery.result import AsyncResult
 
 from celery_agent import submit
+from celery_agent.app import use_environment
 
 from . import faircalls
 from .bench_throughput import _elapsed
 from .context import AGENT_QUEUE, Context
 from .report import Row
 
+FAIR_ENV = "CELERY_AGENT_FAIR_SHARE"
 OFF_QUEUE = "bench-nofair"  #: the queue of the worker with the gate off
 TARGET = 0.95  #: runs per second with the gate on, as a fraction of those with it off
 
@@ -45,9 +47,7 @@ def _throughput(ctx: Context) -> list[Row]:
     """Runs per second with fair order on and off."""
     n = ctx.n(400, 16)
     on_worker = ctx.agent()
-    (off_worker,) = ctx.cluster.workers_together(
-        [("celery_agent", OFF_QUEUE, {"CELERY_AGENT_FAIR_SHARE": "0"})]
-    )
+    (off_worker,) = ctx.cluster.workers_together([("celery_agent", OFF_QUEUE, {FAIR_ENV: "0"})])
     on_spec = ctx.workload.spec("trivial.py", AGENT_QUEUE)
     off_spec = ctx.workload.spec("trivial.py", OFF_QUEUE)
 
@@ -62,6 +62,7 @@ def _throughput(ctx: Context) -> list[Row]:
     runs = {on: 0, off: 0}
     shared = [os.getpid(), _pid(ctx.cluster.redis)]
     pids = {on: [*shared, _pid(on_worker)], off: [*shared, _pid(off_worker)]}
+    saved = os.environ.get(FAIR_ENV)
     try:
         for send in (on, off):  # warm both workers' pool children (the off worker's env too)
             _client(sides[send])
@@ -70,12 +71,15 @@ def _throughput(ctx: Context) -> list[Row]:
         for i, send in enumerate(order):
             size = max(1, n // len(order) + (i < n % len(order)))
             _client(sides[send])
-            before = _cpu(pids[send])
+            cpu0 = _cpu(pids[send])
             took[send] += _elapsed(send, size)
-            cpu[send] += _cpu(pids[send]) - before
+            cpu[send] += _cpu(pids[send]) - cpu0
             runs[send] += size
-    finally:
-        _client(True)
+    finally:  # (the client's settings as they were)
+        os.environ.pop(FAIR_ENV, None)
+        if saved is not None:
+            os.environ[FAIR_ENV] = saved
+        use_environment()
     rate_on, rate_off = runs[on] / took[on], runs[off] / took[off]
     cpu_on, cpu_off = cpu[on] / runs[on], cpu[off] / runs[off]
     name = f"fair order: {runs[on] + runs[off]} trivial runs, c=2, gate on (vs off)"
@@ -108,7 +112,5 @@ def _cpu(pids: list[int]) -> float:
 
 def _client(fair: bool) -> None:
     """Point this process's submitting side at fair order on or off."""
-    from celery_agent.app import use_environment
-
-    os.environ["CELERY_AGENT_FAIR_SHARE"] = "1" if fair else "0"
+    os.environ[FAIR_ENV] = "1" if fair else "0"
     use_environment()
