@@ -1,6 +1,7 @@
 """What fair order costs: trivial runs through an agent worker with the gate on (``fair_share``,
 the default), against the same runs through an agent worker with it off (``fair_share = false``:
-first in, first out, no quotas), same concurrency (2), same settings otherwise.
+first in, first out, no quotas), same concurrency (2), same settings otherwise; in two phases
+that swap which of two workers started together has the gate on.
 
 The submitting side follows: with the gate on a run joins its user's waiting set as it is
 recorded, with it off it does not (the client's settings are switched between blocks). The blocks
@@ -30,11 +31,10 @@ from celery_agent.app import use_environment
 
 from . import faircalls
 from .bench_throughput import _elapsed
-from .context import AGENT_QUEUE, Context
+from .context import Context
 from .report import Row
 
 FAIR_ENV = "CELERY_AGENT_FAIR_SHARE"
-OFF_QUEUE = "bench-nofair"  #: the queue of the worker with the gate off
 TARGET = 0.95  #: runs per second with the gate on, as a fraction of those with it off
 
 
@@ -44,49 +44,61 @@ def run(ctx: Context) -> list[Row]:
 
 
 def _throughput(ctx: Context) -> list[Row]:
-    """Runs per second with fair order on and off."""
-    n = ctx.n(400, 16)
-    on_worker = ctx.agent()
-    (off_worker,) = ctx.cluster.workers_together([("celery_agent", OFF_QUEUE, {FAIR_ENV: "0"})])
-    on_spec = ctx.workload.spec("trivial.py", AGENT_QUEUE)
-    off_spec = ctx.workload.spec("trivial.py", OFF_QUEUE)
-
-    def on() -> AsyncResult:
-        return submit(on_spec).result
-
-    def off() -> AsyncResult:
-        return submit(off_spec).result
-
-    sides: dict[Callable[[], AsyncResult], bool] = {on: True, off: False}
-    took, cpu = {on: 0.0, off: 0.0}, {on: 0.0, off: 0.0}
-    runs = {on: 0, off: 0}
-    shared = [os.getpid(), _pid(ctx.cluster.redis)]
-    pids = {on: [*shared, _pid(on_worker)], off: [*shared, _pid(off_worker)]}
+    """Runs per second with fair order on and off: two phases, each with two fresh workers
+    started together, the first with the gate on in one phase and off in the other (an A/A run
+    of this benchmark - both on - measured 0.86x: a worker's own speed differs by more than the
+    gate costs, and the swap cancels it)."""
+    took, cpu, runs = {True: 0.0, False: 0.0}, {True: 0.0, False: 0.0}, {True: 0, False: 0}
     saved = os.environ.get(FAIR_ENV)
     try:
-        for send in (on, off):  # warm both workers' pool children (the off worker's env too)
-            _client(sides[send])
-            _elapsed(send, 4, per_run=30.0)
-        order = (on, off, off, on) * 2
-        for i, send in enumerate(order):
-            size = max(1, n // len(order) + (i < n % len(order)))
-            _client(sides[send])
-            cpu0 = _cpu(pids[send])
-            took[send] += _elapsed(send, size)
-            cpu[send] += _cpu(pids[send]) - cpu0
-            runs[send] += size
+        for phase, first_on in enumerate((True, False)):
+            _phase(ctx, phase, first_on, ctx.n(200, 8), took, cpu, runs)
     finally:  # (the client's settings as they were)
         os.environ.pop(FAIR_ENV, None)
         if saved is not None:
             os.environ[FAIR_ENV] = saved
         use_environment()
-    rate_on, rate_off = runs[on] / took[on], runs[off] / took[off]
-    cpu_on, cpu_off = cpu[on] / runs[on], cpu[off] / runs[off]
-    name = f"fair order: {runs[on] + runs[off]} trivial runs, c=2, gate on (vs off)"
+    rate_on, rate_off = runs[True] / took[True], runs[False] / took[False]
+    cpu_on, cpu_off = cpu[True] / runs[True], cpu[False] / runs[False]
+    name = f"fair order: {runs[True] + runs[False]} trivial runs, c=2, gate on (vs off)"
     return [Row(name, rate_on, rate_off, "/s", "ratio", f">= {TARGET}x",
                 rate_on >= TARGET * rate_off),
             Row("  CPU per run, every process (client, Redis, worker, runs)", cpu_on, cpu_off,
                 "ms", "ratio", "-", None)]  # fmt: skip
+
+
+def _phase(ctx: Context, phase: int, first_on: bool, n: int, took: dict[bool, float],
+           cpu: dict[bool, float], runs: dict[bool, int]) -> None:  # fmt: skip
+    """``n`` runs over two fresh workers, the first started with the gate ``first_on``."""
+    fair = (first_on, not first_on)
+    queues = [f"bench-fair{phase}-{i}" for i in range(2)]
+    workers = ctx.cluster.workers_together(
+        [
+            ("celery_agent", q, {FAIR_ENV: "1" if on else "0"})
+            for q, on in zip(queues, fair, strict=True)
+        ]
+    )
+    specs = {on: ctx.workload.spec("trivial.py", q) for q, on in zip(queues, fair, strict=True)}
+    shared = [os.getpid(), _pid(ctx.cluster.redis)]
+    pids = {on: [*shared, _pid(w)] for w, on in zip(workers, fair, strict=True)}
+    sends: dict[bool, Callable[[], AsyncResult]] = {
+        on: (lambda spec=spec: submit(spec).result) for on, spec in specs.items()
+    }
+    try:
+        for on in (True, False):  # warm both workers' pool children and envs
+            _client(on)
+            _elapsed(sends[on], 4, per_run=30.0)
+        order = (True, False, False, True) * 2
+        for i, on in enumerate(order):
+            size = max(1, n // len(order) + (i < n % len(order)))
+            _client(on)
+            cpu0 = _cpu(pids[on])
+            took[on] += _elapsed(sends[on], size)
+            cpu[on] += _cpu(pids[on]) - cpu0
+            runs[on] += size
+    finally:
+        for worker in workers:
+            worker.stop()
 
 
 def _pid(process: object) -> int:
