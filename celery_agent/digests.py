@@ -29,7 +29,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +71,7 @@ def mark(store: RunStore | None, run_id: str, kept: Mapping[str, Any] | None, tt
     if store is None or kept is None or not pending(kept):
         return
     holder = f"{socket.gethostname()}|{os.getpid()}"
-    _write(store, run_id, "set", lambda r: r.set(store.keys.digest(run_id), holder, px=_ms(ttl)))
+    _write(store, run_id, "set", lambda r, key: r.set(key, holder, px=_ms(ttl)))
 
 
 def file_digest(path: Path, size: int, mtime: float) -> str | None:
@@ -155,9 +155,10 @@ def _ms(ttl: float) -> int:
     return max(1, int(ttl * 1000))
 
 
-def _write(store: RunStore, run_id: str, doing: str, what: Any) -> None:
+def _write(store: RunStore, run_id: str, doing: str, what: Callable[[Any, str], object]) -> None:
+    """``what(redis, key of the run's mark)``, a failure logged."""
     try:
-        what(store.r)
+        what(store.r, store.keys.digest(run_id))
     except Exception as err:  # (a mark that is not there: consumers stop waiting sooner)
         logger.warning("could not %s the digest mark of %s: %s", doing, run_id, err)
 
@@ -232,14 +233,14 @@ class Digests:
             with self._lock:
                 marks = dict(self._marks)
             for run_id, (store, ttl) in marks.items():
-                key = store.keys.digest(run_id)
-                _write(store, run_id, "renew", lambda r, k=key, t=ttl: r.pexpire(k, _ms(t)))
+                ms = _ms(ttl)
+                _write(store, run_id, "renew", lambda r, key: r.pexpire(key, ms))  # noqa: B023
             time.sleep(min([ttl / 4 for _, ttl in marks.values()], default=1.0))
 
     @staticmethod
     def _unmark(store: RunStore | None, run_id: str) -> None:
         if store is not None:
-            _write(store, run_id, "remove", lambda r: r.delete(store.keys.digest(run_id)))
+            _write(store, run_id, "remove", lambda r, key: r.delete(key))
 
 
 DIGESTS = Digests()  #: this process's hashing
