@@ -108,12 +108,13 @@ class Job:
         except SpecError as err:
             return self.finish(state.FAILED, error=err)
         s = self.ctx.settings
+        asking = fairgate.asking(self, spec)  # (the gate rides on the claim's round trip)
         admission = attempts.admit(
-            self.store, self.run_id, self.token, s.claim_ttl, self.ctx.worker
+            self.store, self.run_id, self.token, s.claim_ttl, self.ctx.worker, asking
         )
         if not admission.claimed:
             return self.finish(state.ABORTED, error=Cancelled("cancelled before it started"))
-        refused = fairgate.admit(self, spec, admission.record)  # or Parked: it waits
+        refused = fairgate.admit(self, spec, admission.record, asking)  # or Parked: it waits
         if refused is not None:  # more GPUs than a quota ever allows
             return self.finish(state.FAILED, error=refused)
         held = self.held = self.ctx.keeper.hold(self.run_id, self.token, s.claim_ttl)
