@@ -18,6 +18,9 @@ import time
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 #: author and committer of the commits these helpers make
 GIT_ENV = {
@@ -67,6 +70,37 @@ def write_wheel(folder: Path, name: str, version: str, code: str) -> Path:
         record.append(f"{dist}/RECORD,,")
         zf.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
     return path
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], T],
+    timeout: float,
+    every: float = 0.05,
+    retry_on: tuple[type[Exception], ...] = (),
+    detail: Callable[[], object] | None = None,
+) -> T:
+    """Call ``probe`` every ``every`` seconds until it returns something truthy; return that.
+
+    An exception of a type in ``retry_on`` counts as "not yet" (a service still starting); any
+    other propagates (a probe that asserts checks something at every look). At the deadline it
+    raises AssertionError naming ``what`` was waited for, the probe's last answer or error, and
+    what ``detail()`` says then (a log's tail).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+        except retry_on as exc:
+            last: object = exc
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() >= deadline:
+            told = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"waited {timeout:g} s for {what}; last answer: {last!r}{told}")
+        time.sleep(every)
 
 
 class WorkerProcess:

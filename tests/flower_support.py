@@ -17,6 +17,7 @@ import pytest
 from browser_support import CHROMIUM, Browser
 
 from celery_agent.embedded import free_port
+from celery_agent.testing import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 #: where the browser tests save their screenshots
@@ -104,16 +105,19 @@ def plain_flower(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if get(url + "/healthcheck", 1) == b"OK":
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
+    def healthy() -> bool:  # (alive at every look)
+        if proc.poll() is not None:
             raise RuntimeError(f"flower did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
+        return get(url + "/healthcheck", 1) == b"OK"
+
+    wait_for(
+        "Flower to answer its health check",
+        healthy,
+        30,
+        every=0.2,
+        retry_on=(OSError,),
+        detail=lambda: log.read_text()[-3000:],
+    )
 
 
 @pytest.fixture()
