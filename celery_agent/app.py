@@ -150,9 +150,16 @@ def get_store() -> RunStore:
     return _stores[pid]
 
 
+_fairs: list[FairOrder] = []
+
+
 def get_fair() -> FairOrder:
-    """Fair order and quotas on this process's store, with the settings' quotas and weights."""
-    return fair_order(get_store(), get_settings())
+    """Fair order and quotas on this process's store, with the settings' quotas and weights
+    (made once per store: its scripts are hashed when it is made)."""
+    store = get_store()
+    if not _fairs or _fairs[0].store is not store:
+        _fairs[:] = [fair_order(store, get_settings())]
+    return _fairs[0]
 
 
 def get_registry() -> WorkerRegistry:

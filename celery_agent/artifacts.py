@@ -2,20 +2,20 @@
 
 ``artifact_root`` is any fsspec URL (``file:///mnt/nfs/artifacts``, ``s3://bucket/prefix`` with
 ``s3fs``, ...); :mod:`.artifact_store` opens it, keeps credentials out of it and explains its errors.
-Files are copied by the store's own put and hashed, in parallel threads, each retried a few
-times; what was kept is described by a manifest (path, size, sha256) that goes on the run
-record and, as ``manifest.json``, next to the files.
+Files are copied by the store's own put, in parallel threads, each retried a few times; what was
+kept is described by a manifest (path, size, mtime) that goes on the run record and, as
+``manifest.json``, next to the files. Each file's sha256 is added to both after the run's end,
+from the files still on the worker (:mod:`.digests`): the run's end does not wait for it.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import os
-import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -34,9 +34,12 @@ BACKOFF = (0.2, 1.0)  #: seconds between attempts
 MANIFEST = "manifest.json"
 RECORD_FILES = 1000  #: manifest entries kept on the run record (manifest.json has them all)
 #: in a run's folder: the files of its output folder the checkpoint sync already put in the store,
-#: with the size and mtime (ns) they had and the store's key of the copy: the end's upload hashes
-#: them but copies them no more
+#: with the size and mtime (ns) they had and the store's key of the copy: the end's upload lists
+#: them in the manifest but copies them no more
 SYNCED = "checkpoints.json"
+PENDING = "pending"  #: the ``hashes`` of an upload whose sha256 are still to come (:mod:`.digests`)
+HASH_RATE = 50 * 2**20  #: bytes a second a busy worker is assumed to hash at (for ``hashed_by``)
+HASH_SLACK = 60.0  #: seconds added to ``hashed_by`` (its thread may be hashing another run's)
 
 
 def excluded(path: str, patterns: Sequence[str]) -> bool:
@@ -102,9 +105,10 @@ class ArtifactStore:
         synced: Mapping[str, Sequence[Any]] | None = None,
     ) -> dict[str, Any]:
         """Copy ``folder`` to the run's place in the store; returns what the run record keeps:
-        ``status`` (uploaded, failed, empty), ``url``, ``files`` (path, size, sha256), ``bytes``,
-        ``seconds`` and, when it failed, ``error``. Never raises. A file of ``synced`` (path ->
-        size, mtime in ns, the store's key of its copy) that still matches is not copied again."""
+        ``status`` (uploaded, failed, empty), ``url``, ``files`` (path, size, mtime), ``bytes``,
+        ``seconds``, ``hashes`` (pending: see :mod:`.digests`) with ``hashed_by`` and, when it
+        failed, ``error``. Never raises. A file of ``synced`` (path -> size, mtime in ns, the
+        store's key of its copy) that still matches is not copied again."""
         synced = synced or {}
         t0 = time.monotonic()
         out: dict[str, Any] = {"root": self.url, "url": self.run_url(run_id), "files": []}
@@ -115,12 +119,15 @@ class ArtifactStore:
                 self._copy_all(run_id, folder, files, threads, synced) if files else ([], [])
             )
             if files and not errors:
-                self._write(self._path(run_id, MANIFEST), json.dumps(kept, indent=1).encode())
+                body = {"hashes": PENDING, "files": kept}
+                self.write(run_id, MANIFEST, json.dumps(body, indent=1).encode())
         except Exception as err:  # an unknown scheme, a missing package, a folder it cannot read
             kept, errors = [], [explain(err, self.url)]
         out["files"] = kept[:RECORD_FILES]
         out["count"], out["bytes"] = len(kept), sum(f["size"] for f in kept)
         out["status"] = "failed" if errors else "uploaded" if kept else "empty"
+        if out["status"] == "uploaded":
+            out |= {"hashes": PENDING, "hashed_by": hashed_by(out["bytes"])}
         if errors:
             missed = len(files) - len(kept)
             out["error"] = errors[0] + (f" ({missed} file(s) not kept)" if missed else "")
@@ -171,25 +178,15 @@ class ArtifactStore:
         self, local: Path, remote: str, rel: str, synced: Sequence[Any] | None = None
     ) -> dict[str, Any]:
         """Copy one file with the store's own put (a kernel copy on a local folder, multipart on
-        an object store) while another thread hashes it: the run has ended, the file is stable,
-        and the two overlap (the put leaves the GIL to the kernel or the network, hashlib
-        releases it). A checkpoint the sync put there as it is now is hashed, not copied again."""
-        hashed: list[tuple[str, int] | BaseException] = []
-        if self._holds(local, remote, synced):
-            _hash_into(local, hashed)
-        else:
+        an object store); its entry has the size and mtime it had when the copy began (what its
+        sha256, computed later, is checked against). A checkpoint the sync put there as it is
+        now is not copied again."""
+        st = local.stat()
+        if not self._holds(local, remote, synced):
             if makes_folders(self.fs):
                 self.fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
-            hasher = threading.Thread(target=_hash_into, args=(local, hashed), name="ca-hash")
-            hasher.start()
-            try:
-                self.fs.put_file(str(local), remote)
-            finally:
-                hasher.join()
-        if isinstance(hashed[0], BaseException):
-            raise hashed[0]
-        digest, size = hashed[0]
-        return {"path": rel, "size": size, "sha256": digest}
+            self.fs.put_file(str(local), remote)
+        return {"path": rel, "size": st.st_size, "mtime": st.st_mtime_ns / 1e9}
 
     def _holds(self, local: Path, remote: str, synced: Sequence[Any] | None) -> bool:
         """Whether the store's copy at ``remote`` is ``local`` as it is: ``synced`` (size, mtime
@@ -212,9 +209,19 @@ class ArtifactStore:
                 return f"{info.get('size')}:{info[name]}"
         return f"{info.get('size')}:{sorted(info.items())}"
 
-    def _write(self, remote: str, data: bytes) -> None:
-        with self.fs.open(remote, "wb") as dst:
+    def write(self, run_id: str, rel: str, data: bytes) -> None:
+        """Write ``data`` as the run's file ``rel``, whole or not at all: on a folder, to a
+        hidden part renamed over it (an object store's put is whole already)."""
+        remote = self._path(run_id, rel)
+        if not makes_folders(self.fs):
+            with self.fs.open(remote, "wb") as dst:
+                dst.write(data)
+            return
+        folder, name = remote.rsplit("/", 1)
+        part = f"{folder}/.{name}.part-{uuid.uuid4().hex[:8]}"
+        with self.fs.open(part, "wb") as dst:
             dst.write(data)
+        self.fs.mv(part, remote)
 
     def remove(self, run_id: str) -> bool:
         """Delete everything the run kept in the store; False when it kept nothing there."""
@@ -226,26 +233,15 @@ class ArtifactStore:
 
     # -- reading --------------------------------------------------------------------------------
     def manifest(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's manifest as the store has it."""
+        """The run's manifest as the store has it (its files: a file's ``sha256`` is there once
+        it was hashed)."""
         with self.fs.open(self._path(run_id, MANIFEST), "rb") as src:
-            return list(json.loads(src.read()))
+            body = json.loads(src.read())
+        return list(body["files"] if isinstance(body, dict) else body)  # (a list: older ones)
 
     def open_file(self, run_id: str, rel: str) -> Any:
         """One of the run's files (a path from its manifest), opened for reading in binary."""
         return self.fs.open(self._path(run_id, rel), "rb")
-
-
-def _hash_into(path: Path, out: list[tuple[str, int] | BaseException]) -> None:
-    """Append (sha256 hex digest, size) of ``path`` to ``out``, or what went wrong."""
-    try:
-        digest, size = hashlib.sha256(), 0
-        with path.open("rb") as src:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        out.append((digest.hexdigest(), size))
-    except BaseException as err:  # (handed to the copying thread, which raises it)
-        out.append(err)
 
 
 def of_run(
@@ -270,6 +266,12 @@ def of_run(
     if len(files) < int(kept.get("count") or 0):  # the record holds the first entries only
         files = store.manifest(str(record["run_id"]))
     return store, files
+
+
+def hashed_by(total_bytes: int, now: float | None = None) -> float:
+    """When the sha256 of ``total_bytes`` just uploaded should be on the record (epoch seconds):
+    who waits for them waits no longer (the worker hashing them may have died)."""
+    return round((time.time() if now is None else now) + HASH_SLACK + total_bytes / HASH_RATE, 3)
 
 
 def upload_run(settings: Settings, run_dir: Path, exclude: Sequence[str]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 from . import state
-from .state import RunStore
+from .state import Rider, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,13 @@ class Admission:
     claimed: bool = True  #: False for a run cancelled before it started: it ends, unclaimed
 
 
-def admit(store: RunStore, run_id: str, token: str, ttl: float, worker: str) -> Admission:
-    """Claim the run for ``token`` (one round trip), or raise :class:`DuplicateRun`. A run
-    cancelled before it ever started is not claimed: the delivery only ends it aborted."""
-    got, holder, cancelled, draining, record = store.claim_view(run_id, token, ttl, worker)
+def admit(
+    store: RunStore, run_id: str, token: str, ttl: float, worker: str, ride: Rider | None = None
+) -> Admission:
+    """Claim the run for ``token`` (one round trip, which ``ride`` shares), or raise
+    :class:`DuplicateRun`. A run cancelled before it ever started is not claimed: the delivery
+    only ends it aborted."""
+    got, holder, cancelled, draining, record = store.claim_view(run_id, token, ttl, worker, ride)
     if cancelled and "preparing_at" not in record:
         if got:
             store.release_claim(run_id, token)

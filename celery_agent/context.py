@@ -73,7 +73,7 @@ class WorkerContext:
             gpus=gpus,
             leases=leases,
             executor_settings=executor_settings(settings),
-            fair=fair_order(store, settings) if settings.fair_share else None,
+            fair=fair_order(store, settings, gpus) if settings.fair_share else None,
         )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import GpuUnavailable
-from .fairorder import send_again
+from .fairorder import Asking, send_again
 from .gpus import WorkerGpus
 from .spec import TaskSpec
 
@@ -31,18 +31,30 @@ class Parked(Exception):
     without a result; the run is sent again when it may start."""
 
 
-def admit(job: Job, spec: TaskSpec, record: dict[str, Any]) -> GpuUnavailable | None:
+def asking(job: Job, spec: TaskSpec) -> Asking | None:
+    """The question ``job``'s delivery asks the gate, to ride on its claim's round trip (None
+    when fair order is off)."""
+    fair = job.ctx.fair
+    if fair is None:
+        return None
+    return fair.asking(job.run_id, spec.queue, *_who(job, spec), job.token)
+
+
+def admit(
+    job: Job, spec: TaskSpec, record: dict[str, Any], asked: Asking | None = None
+) -> GpuUnavailable | None:
     """Let the delivery of ``job`` (holding the claim) go on, or raise :class:`Parked` with the
     reason, recorded on the run as ``waiting``; returns the error of a run that wants more GPUs
-    than a quota ever allows (it must fail)."""
+    than a quota ever allows (it must fail). The gate's answer comes from ``asked`` when it
+    answered on the claim's round trip, else from a round trip of its own."""
     ctx = job.ctx
     if ctx.fair is None:
         return None
     queue = str(record.get("queue") or spec.queue)
-    priority = min(spec.priority, ctx.settings.max_priority)  # (a bump past the limit: none)
     try:
-        verdict = ctx.fair.gate(job.run_id, queue, spec.user or NOBODY, spec.project or "",
-                                priority, gpu_count(ctx.gpus, spec.gpus), job.token)  # fmt: skip
+        verdict = asked.verdict() if asked is not None else None
+        if verdict is None:
+            verdict = ctx.fair.gate(job.run_id, queue, *_who(job, spec), job.token)
     except GpuUnavailable as never:
         return never
     except Exception as err:  # never hold a run back because the gate failed
@@ -53,6 +65,13 @@ def admit(job: Job, spec: TaskSpec, record: dict[str, Any]) -> GpuUnavailable | 
     if not verdict.admitted:
         raise Parked(f"run {job.run_id} waits: {verdict.reason}")
     return None
+
+
+def _who(job: Job, spec: TaskSpec) -> tuple[str, str, int, int]:
+    """The gate's view of the run: user, project, priority (a bump past the limit: none) and
+    the GPUs it holds on this worker."""
+    priority = min(spec.priority, job.ctx.settings.max_priority)
+    return spec.user or NOBODY, spec.project or "", priority, gpu_count(job.ctx.gpus, spec.gpus)
 
 
 class EndWake:

@@ -1,8 +1,8 @@
 """Fair order and quotas on shared queues: which user's run a worker starts next.
 
 A queue stays one broker queue (Flower, events and recovery see runs as before); the order among
-users is decided in Redis, when a delivery is admitted on a worker, by one Lua script (:data:`_GATE`)
-that also holds the quotas (:mod:`.quotas`):
+users is decided in Redis, when a delivery is admitted on a worker, by one Lua script
+(:data:`.fairscripts.GATE`) that also holds the quotas (:mod:`.quotas`):
 
 - At submit a run joins its user's waiting set of the queue (:meth:`FairOrder.enqueue`); a user
   who had nothing waiting joins the round where it is now (no credit saved up while away).
@@ -33,7 +33,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import fairscripts
 from .errors import GpuUnavailable, UnknownRunError
+from .gpus import DYNAMIC, STATIC, WorkerGpus
 from .quotas import parse_settings, parse_weights
 from .settings import Settings
 from .state import RunStore
@@ -42,241 +44,6 @@ logger = logging.getLogger(__name__)
 
 #: waiting sets are ordered by priority first: score = (RANK_BASE - priority) * RANK_SPAN + time
 RANK_BASE, RANK_SPAN = 10, 1e11
-
-# Shared Lua: key templates, limits, usage and the pick of whose turn it is.
-_LIB = """
-local T = cjson.decode(ARGV[1])
-local limits = cjson.decode(ARGV[2])
-local now, patience = tonumber(ARGV[3]), tonumber(ARGV[4])
-local function key(t, q, u)
-  local k = string.gsub(t, '{q}', q or '')
-  k = string.gsub(k, '{u}', u or '')
-  return k
-end
-local function limit_of(scope)
-  local v = redis.call('HGET', T.quotas, scope)
-  if v then return cjson.decode(v) end
-  return limits[scope]
-end
--- runs and GPUs that run now (overall and on queue q) of a user or project; stale entries go
-local function usage(kind, name, q, skip)
-  local runs, gpus, qruns, qgpus = 0, 0, 0, 0
-  local hkey = key(T.active, kind, name)
-  local all = redis.call('HGETALL', hkey)
-  for i = 1, #all, 2 do
-    local id, v = all[i], all[i + 1]
-    if id ~= skip then
-      if redis.call('EXISTS', key(T.claim, id)) == 1 then
-        local rq, g = string.match(v, '^(.*) (%d+)$')
-        g = tonumber(g) or 0
-        runs, gpus = runs + 1, gpus + g
-        if rq == q then qruns, qgpus = qruns + 1, qgpus + g end
-      else
-        redis.call('HDEL', hkey, id)
-      end
-    end
-  end
-  return runs, gpus, qruns, qgpus
-end
--- why a run of kind/name wanting g GPUs on q may not start now (nil: it may)
-local function over(kind, name, q, g, skip)
-  if not name or name == '' then return nil end
-  local runs, gpus, qruns, qgpus
-  for _, scope in ipairs({kind .. ':' .. name, kind .. ':' .. name .. '@' .. q}) do
-    local lim = limit_of(scope)
-    if lim then
-      if runs == nil then runs, gpus, qruns, qgpus = usage(kind, name, q, skip) end
-      local r, gg, where = runs, gpus, ''
-      if string.find(scope, '@', 1, true) then r, gg, where = qruns, qgpus, ' on ' .. q end
-      if lim.runs and r + 1 > lim.runs then
-        return string.format('%s %s at quota (%d/%d runs%s)', kind, name, r, lim.runs, where)
-      end
-      if lim.gpus and g > 0 and gg + g > lim.gpus then
-        return string.format('%s %s at quota (%d/%d GPUs%s)', kind, name, gg, lim.gpus, where)
-      end
-    end
-  end
-  return nil
-end
--- the scope of kind/name whose GPU quota is below g: a run wanting g GPUs can never start
-local function beyond(kind, name, q, g)
-  if not name or name == '' or g == 0 then return nil end
-  for _, scope in ipairs({kind .. ':' .. name, kind .. ':' .. name .. '@' .. q}) do
-    local lim = limit_of(scope)
-    if lim and lim.gpus and g > lim.gpus then return scope, lim.gpus end
-  end
-  return nil
-end
--- the first still-queued run waiting for user u on q (stale entries go), and its score
-local function head(q, u)
-  local wkey = key(T.wait, q, u)
-  for _ = 1, 50 do
-    local h = redis.call('ZRANGE', wkey, 0, 0, 'WITHSCORES')
-    if #h == 0 then return nil end
-    if redis.call('HGET', key(T.run, h[1]), 'state') == 'queued' then return h[1], tonumber(h[2]) end
-    redis.call('ZREM', wkey, h[1])  -- (a parked one stays parked: the wake sends it to its end)
-  end
-  return nil
-end
--- whether user u, with run id waiting, may start a run now (quotas of the user and project)
-local function free(q, u, id)
-  if over('user', u, q, 0, '') then return false end
-  return over('project', redis.call('HGET', key(T.run, id), 'project'), q, 0, '') == nil
-end
--- user u's waiting runs that are not parked leave the waiting set (they are not there to go)
-local function forget(q, u)
-  local wkey, pkey = key(T.wait, q, u), key(T.parked, q, u)
-  for _, id in ipairs(redis.call('ZRANGE', wkey, 0, -1)) do
-    if not redis.call('ZSCORE', pkey, id) then redis.call('ZREM', wkey, id) end
-  end
-  redis.call('HDEL', key(T.owed, q), u)
-end
--- the user whose turn it is on q among those with a run waiting at rank <= rank (or any rank
--- when rank is nil), other than but (nil: none); returns user, pass
-local function turn(q, rank, but)
-  local users = key(T.users, q)
-  local passes = key(T.pass, q)
-  local owed = key(T.owed, q)
-  local best, best_pass = nil, nil
-  for _, u in ipairs(redis.call('SMEMBERS', users)) do
-    if u ~= but then
-      local id, score = head(q, u)
-      if id == nil then
-        if redis.call('ZCARD', key(T.parked, q, u)) == 0 then redis.call('SREM', users, u) end
-        redis.call('HDEL', owed, u)
-      elseif (rank == nil or math.floor(score / 1e11) <= rank) and free(q, u, id) then
-        local since = tonumber(redis.call('HGET', owed, u) or now)
-        if now - since > patience then  -- its turn came and its runs did not: stop waiting for
-          forget(q, u)                   -- those still on their way; its parked ones stay
-          id = head(q, u)
-        end
-        local p = tonumber(redis.call('HGET', passes, u) or '0')
-        if id ~= nil and (best == nil or p < best_pass) then best, best_pass = u, p end
-      end
-    end
-  end
-  return best, best_pass
-end
-"""
-
-# A run joins its user's waiting set. KEYS: users set, wait zset, pass hash. ARGV: run id, score,
-# user, weights (JSON), wait zset template. Returns 1 when the run's turn in the round comes
-# before the last waiting run of another user (it should not queue behind all of theirs), else 0.
-_ENQUEUE = """
-local passes, user = KEYS[3], ARGV[3]
-local weights = cjson.decode(ARGV[4])
-local function pass_of(u) return tonumber(redis.call('HGET', passes, u) or '0') end
-local waiting = redis.call('ZCARD', KEYS[2])
-if waiting == 0 then
-  local vt = tonumber(redis.call('HGET', passes, '*vtime') or '0')
-  if pass_of(user) < vt then redis.call('HSET', passes, user, vt) end
-end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[1], user)
-local turn = pass_of(user) + waiting / (weights[user] or 1)
-for _, u in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if u ~= user then
-    local n = redis.call('ZCARD', (string.gsub(ARGV[5], '{u}', u)))
-    if n > 0 and pass_of(u) + (n - 1) / (weights[u] or 1) > turn then return 1 end
-  end
-end
-return 0
-"""
-
-# The gate. ARGV 1-4: the library's; 5 run id, 6 user, 7 project, 8 queue, 9 rank, 10 weight,
-# 11 GPUs, 12 claim token. Returns {verdict, reason or '', user, run to send again} (both '' when
-# none): verdict 'admit', 'quota' (parked at a quota) or 'fair' (parked for another's turn); or
-# {'never', scope, its GPU limit, ''} for a run wanting more GPUs than a quota ever allows.
-_GATE = (
-    _LIB
-    + """
-local id, user, project, q = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local rank, weight, g, token = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
-local rec = key(T.run, id)
-local st = redis.call('HGET', rec, 'state')
-local function park(reason)
-  local score = redis.call('ZSCORE', key(T.wait, q, user), id) or (now + (10 - rank) * 1e11)
-  redis.call('ZADD', key(T.parked, q, user), score, id)
-  redis.call('ZADD', key(T.wait, q, user), score, id)
-  redis.call('SADD', key(T.users, q), user)
-  redis.call('SADD', T.queues, q)
-  redis.call('HSET', rec, 'waiting', reason)
-  if redis.call('GET', key(T.claim, id)) == token then redis.call('DEL', key(T.claim, id)) end
-end
-local function admit()
-  redis.call('ZREM', key(T.wait, q, user), id)
-  redis.call('ZREM', key(T.parked, q, user), id)
-  redis.call('HDEL', rec, 'waiting')
-  local v = q .. ' ' .. g
-  redis.call('HSET', key(T.active, 'user', user), id, v)
-  if project ~= '' then redis.call('HSET', key(T.active, 'project', project), id, v) end
-end
-if st ~= 'queued' then admit() return {'admit', '', '', ''} end
-for _, kind in ipairs({'user', 'project'}) do
-  local scope, most = beyond(kind, kind == 'user' and user or project, q, g)
-  if scope then return {'never', scope, tostring(most), ''} end
-end
-local reason = over('user', user, q, g, id) or over('project', project, q, g, id)
-if reason then park(reason) return {'quota', reason, '', ''} end
-if tonumber(redis.call('HGET', rec, 'attempt') or '0') == 0 then
-  local passes = key(T.pass, q)
-  local mine = tonumber(redis.call('HGET', passes, user) or '0')
-  local other, other_pass = turn(q, rank, user)
-  if other ~= nil and other_pass < mine then
-    if not redis.call('HGET', key(T.owed, q), other) then
-      redis.call('HSET', key(T.owed, q), other, now) end
-    park('fair order: user ' .. other .. ' goes first')
-    local swap = redis.call('ZRANGE', key(T.parked, q, other), 0, 0)
-    return {'fair', 'user ' .. other .. ' goes first', other, swap[1] or ''}
-  end
-  redis.call('HSET', passes, user, mine + 1 / weight)
-  if mine > tonumber(redis.call('HGET', passes, '*vtime') or '0') then
-    redis.call('HSET', passes, '*vtime', mine) end
-  redis.call('HDEL', key(T.owed, q), user)
-end
-admit()
-if redis.call('SISMEMBER', T.queues, q) == 0 then return {'admit', '', '', ''} end
-local next_user = turn(q, nil, nil)  -- (only a queue with parked runs has one to send again)
-local refill = ''
-if next_user ~= nil then
-  refill = redis.call('ZRANGE', key(T.parked, q, next_user), 0, 0)[1] or ''
-end
-return {'admit', '', next_user or '', refill}
-"""
-)
-
-# Parked runs to send again: on each queue with parked runs, up to ARGV[5] of the user whose turn
-# it is and, when ARGV[6] is '1' (the sweep: it reads every parked run), those no longer queued (a
-# cancelled one ends at its delivery). Returns a flat list queue, user, run id, ...
-_WAKE = (
-    _LIB
-    + """
-local batch, scan = tonumber(ARGV[5]), ARGV[6] == '1'
-local out = {}
-for _, q in ipairs(redis.call('SMEMBERS', T.queues)) do
-  local left = 0
-  for _, u in ipairs(redis.call('SMEMBERS', key(T.users, q))) do
-    local pkey = key(T.parked, q, u)
-    if scan then
-      for _, id in ipairs(redis.call('ZRANGE', pkey, 0, -1)) do
-        if redis.call('HGET', key(T.run, id), 'state') ~= 'queued' then
-          table.insert(out, q) table.insert(out, u) table.insert(out, id)
-        end
-      end
-    end
-    left = left + redis.call('ZCARD', pkey)
-  end
-  local u = turn(q, nil, nil)
-  if u ~= nil then
-    for _, id in ipairs(redis.call('ZRANGE', key(T.parked, q, u), 0, batch - 1)) do
-      table.insert(out, q) table.insert(out, u) table.insert(out, id)
-    end
-  end
-  if left == 0 then redis.call('SREM', T.queues, q) end
-end
-return out
-"""
-)
 
 
 @dataclass(frozen=True)
@@ -298,21 +65,23 @@ class FairOrder:
         limits: dict[str, dict[str, int]] | None = None,
         weights: dict[str, float] | None = None,
         patience: float = 30.0,
+        gpus: WorkerGpus | None = None,
     ) -> None:
         self.store, self.keys, self.r = store, store.keys, store.r
         self.limits = limits or {}  #: quotas from the settings (Redis ones win)
         self.weights = weights or {}
         self.patience = patience
-        self._enqueue = self.r.register_script(_ENQUEUE)
-        self._gate = self.r.register_script(_GATE)
-        self._wake = self.r.register_script(_WAKE)
+        self._enqueue = self.r.register_script(fairscripts.ENQUEUE)
+        self._gate = self.r.register_script(fairscripts.GATE)
+        self._wake = self.r.register_script(fairscripts.WAKE)
         k = self.keys
         self._templates = json.dumps({
             "users": k.fair_users("{q}"), "wait": k.fair_wait("{q}", "{u}"),
             "parked": k.fair_parked("{q}", "{u}"), "pass": k.fair_pass("{q}"),
             "owed": k.fair_owed("{q}"), "queues": k.fair_queues(), "quotas": k.quotas(),
             "active": k.active("{q}", "{u}"), "run": k.run("{q}"), "claim": k.claim("{q}"),
-        })  # fmt: skip
+            "abort": k.abort("{q}"),
+        } | ({"gpus": _devices(gpus)} if gpus is not None else {}))  # fmt: skip
 
     def _lib(self) -> list[Any]:
         return [self._templates, json.dumps(self.limits), time.time(), self.patience]
@@ -320,21 +89,41 @@ class FairOrder:
     def enqueue(self, run_id: str, queue: str, user: str, priority: int = 0) -> bool:
         """Put a run (just recorded as queued) in its user's waiting set of ``queue``; True when
         its turn comes before runs of other users already waiting (send it to the front)."""
+        joining = self.joining(run_id, queue, user, priority)
+        return bool(self._enqueue(keys=joining.keys, args=joining.args))
+
+    def joining(self, run_id: str, queue: str, user: str, priority: int = 0) -> Joining:
+        """:meth:`enqueue` as a rider of the run's create write (no round trip of its own)."""
         score = (RANK_BASE - priority) * RANK_SPAN + time.time()
         keys = [self.keys.fair_users(queue), self.keys.fair_wait(queue, user),
                 self.keys.fair_pass(queue)]  # fmt: skip
         template = self.keys.fair_wait(queue, "{u}")
-        args = [run_id, score, user, json.dumps(self.weights), template]
-        return bool(self._enqueue(keys=keys, args=args))
+        return Joining(keys, [run_id, score, user, json.dumps(self.weights), template])
 
     def gate(self, run_id: str, queue: str, user: str, project: str, priority: int, gpus: int,
              token: str) -> Verdict:  # fmt: skip
         """Admit a delivery that holds the run's claim (``token``), or park the run (its claim
         released) and say why; GpuUnavailable for a run no quota would ever let start."""
+        args = self._gate_args(run_id, queue, user, project, priority, gpus, token, ridden=False)
+        return self.verdict(self._gate(keys=[], args=args), gpus)
+
+    def asking(self, run_id: str, queue: str, user: str, project: str, priority: int, gpus: int,
+               token: str) -> Asking:  # fmt: skip
+        """:meth:`gate` as a rider of the claim's round trip (:meth:`.state.RunStore.claim_view`):
+        it answers when the claim was got for a live run; else the delivery asks :meth:`gate`."""
+        args = self._gate_args(run_id, queue, user, project, priority, gpus, token, ridden=True)
+        return Asking(self, args, gpus)
+
+    def _gate_args(self, run_id: str, queue: str, user: str, project: str, priority: int,
+                   gpus: int, token: str, ridden: bool) -> list[Any]:  # fmt: skip
         weight = self.weights.get(user, 1.0)
-        args = [*self._lib(), run_id, user, project, queue, RANK_BASE - priority, weight, gpus,
-                token]  # fmt: skip
-        verdict, reason, other, run = self._gate(keys=[], args=args)
+        return [*self._lib(), run_id, user, project, queue, RANK_BASE - priority, weight, gpus,
+                token, "1" if ridden else "0"]  # fmt: skip
+
+    def verdict(self, answer: list[Any], gpus: int) -> Verdict:
+        """The gate's ``answer`` for a run holding ``gpus`` as a :class:`Verdict` (raises
+        GpuUnavailable for a run no quota would ever let start)."""
+        verdict, reason, other, run = answer
         if verdict == "never":
             name = str(reason).split(":", 1)[1].split("@")[0]
             flag = " --project" if str(reason).startswith("project:") else ""
@@ -356,7 +145,7 @@ class FairOrder:
     def wake_on(self, pipe: Any, batch: int = 1) -> None:
         """Queue :meth:`wake` on ``pipe`` (a run's end write: no round trip of its own); its
         result goes to :meth:`woken`."""
-        pipe.eval(_WAKE, 0, *self._lib(), batch, "0")  # (EVAL: a pipeline cannot EVALSHA safely)
+        pipe.eval(fairscripts.WAKE, 0, *self._lib(), batch, "0")  # (EVAL: never NOSCRIPT)
 
     @staticmethod
     def woken(flat: list[str]) -> list[tuple[str, str, str]]:
@@ -373,10 +162,64 @@ class FairOrder:
         return list(self.r.zrange(self.keys.fair_parked(queue, user), 0, -1))
 
 
-def fair_order(store: RunStore, settings: Settings) -> FairOrder:
-    """The gate on ``store`` with the quotas, weights and patience of ``settings``."""
+class Joining:
+    """A run joining its user's waiting set (:meth:`FairOrder.joining`), riding on the write that
+    records it (:meth:`.state.RunStore.create_run`)."""
+
+    def __init__(self, keys: list[str], args: list[Any]) -> None:
+        self.keys, self.args = keys, args
+        self.ahead = False  #: its turn comes before others' waiting runs (send it to the front)
+
+    def queue(self, pipe: Any) -> None:
+        """Add the script to the write's pipeline (EVAL: never NOSCRIPT)."""
+        pipe.eval(fairscripts.ENQUEUE, len(self.keys), *self.keys, *self.args)
+
+    def reply(self, result: Any) -> None:
+        """Take the script's reply (raises what it failed with, as :meth:`FairOrder.enqueue`)."""
+        if isinstance(result, Exception):
+            raise result
+        self.ahead = bool(result)
+
+
+class Asking:
+    """A delivery's question to the gate (:meth:`FairOrder.asking`), riding on the claim's round
+    trip; :meth:`verdict` is None when the gate did not answer there."""
+
+    def __init__(self, fair: FairOrder, args: list[Any], gpus: int) -> None:
+        self.fair, self.args, self.gpus = fair, args, gpus
+        self.answer: Any = None
+
+    def queue(self, pipe: Any) -> None:
+        """Add the gate to the claim's pipeline (EVALSHA: a NOSCRIPT reply is asked again alone,
+        which loads the script)."""
+        pipe.evalsha(self.fair._gate.sha, 0, *self.args)
+
+    def reply(self, result: Any) -> None:
+        """Keep the gate's reply (an exception object when it failed)."""
+        self.answer = result
+
+    def verdict(self) -> Verdict | None:
+        """The gate's verdict, or None: ask :meth:`FairOrder.gate` alone (the script was not
+        loaded yet, it failed, or the delivery is not one it decides on the claim's trip)."""
+        answer = self.answer
+        if answer is None or isinstance(answer, Exception) or answer[0] == "skip":
+            return None
+        return self.fair.verdict(answer, self.gpus)
+
+
+def fair_order(store: RunStore, settings: Settings, gpus: WorkerGpus | None = None) -> FairOrder:
+    """The gate on ``store`` with the quotas, weights and patience of ``settings``, deciding on
+    a worker with ``gpus`` (None: not on a worker, as the sweep)."""
     limits = parse_settings(settings.quotas)
-    return FairOrder(store, limits, parse_weights(settings.user_weights), settings.fair_patience)
+    weights = parse_weights(settings.user_weights)
+    return FairOrder(store, limits, weights, settings.fair_patience, gpus)
+
+
+def _devices(gpus: WorkerGpus) -> dict[str, Any]:
+    """What the gate knows of a worker's GPUs to tell what another user's run would hold on it
+    (see ``holds`` in :data:`.fairscripts.LIB`): how many it owns and whether a run gets all."""
+    bound = gpus.mode in (STATIC, DYNAMIC)
+    return {"n": len(gpus.devices) if bound else 0, "static": gpus.mode == STATIC}
 
 
 def send_again(fair: FairOrder, resend: Any, items: list[tuple[str, str, str]]) -> list[str]:

@@ -173,6 +173,22 @@ class WorkerGpus:
             ) from None
 
 
+def asked(wanted: int | str | None) -> str:
+    """A run's ``gpus`` as the fair-order gate reads it from the run's record, knowing no device:
+    '' (not said), 'all', 'K' (a count) or '=K' (K GPUs named)."""
+    if wanted is None:
+        return ""
+    if isinstance(wanted, int) or wanted.strip().isdigit():
+        return str(int(wanted))
+    if wanted.strip().lower() == "all":
+        return "all"
+    try:
+        named = {key for item in wanted.split(",") if item.strip() for key in _expand(item.strip())}
+    except ConfigError:
+        return ""  # (its worker says what is wrong with it)
+    return f"={len(named)}"
+
+
 def gpu_ids(gpus: Sequence[GpuDevice]) -> list[str]:
     """The ids that name ``gpus`` to CUDA and Docker: UUIDs where known, indices otherwise."""
     return [d.uuid or str(d.index) for d in gpus]

@@ -13,6 +13,7 @@ import redis
 from celery.result import AsyncResult
 
 from . import follow as follow_mod
+from .digests import wait_left
 from .serving import ArtifactStoreWarning, NoWorkerWarning, QueueCover, queue_cover
 from .spec import TaskSpec
 from .state import RunStore
@@ -69,11 +70,12 @@ class RunHandle:
         return pull(self.settled(wait), Path(dest), paths, root, progress)
 
     def settled(self, wait: float, poll: float = 0.2) -> dict[str, Any]:
-        """The run record once its outputs no longer upload in the background, or after
-        ``wait`` seconds (whichever comes first)."""
+        """The run record once its outputs no longer upload in the background and their sha256
+        are there (or will not come: :func:`.digests.wait_left`), or after ``wait`` seconds
+        (whichever comes first)."""
         deadline = time.monotonic() + wait
         record = self.info()
-        while _uploading(record) and time.monotonic() < deadline:
+        while (_uploading(record) or wait_left(record)) and time.monotonic() < deadline:
             time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
             record = self.info()
         return record

@@ -6,7 +6,8 @@ manifest), RUN being an id, a unique id prefix or a unique name. Any other URL (
 ``s3://bucket/key`` with s3fs, ``https://...``) is read with fsspec. Each input resolves to a
 :class:`Source`: where its files are read from, and a key that changes whenever their content
 does (the manifest's sha256 for ``run://``; the store's etag, checksum, or size and mtime
-otherwise), so a machine downloads the same content once (:mod:`.inputcache`).
+otherwise, and for a kept file whose sha256 is not computed yet: :mod:`.digests`), so a machine
+downloads the same content once (:mod:`.inputcache`).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class RunRef:
 @dataclass(frozen=True)
 class Entry:
     """One file of an input: its full path in the filesystem, its path in the input's local
-    folder ("" for a single-file input), its size and (``run://``) its sha256."""
+    folder ("" for a single-file input), its size and (``run://``, once computed) its sha256."""
 
     remote: str
     rel: str
@@ -189,12 +190,33 @@ def _from_run(name: str, url: str, ref: RunRef, lookup: RecordLookup, root: str 
     prefix = f"{ref.path}/" if ref.folder and ref.path else ""
     entries = tuple(
         Entry(f"{base}/{f['path']}", str(f["path"])[len(prefix) :] if ref.folder else "",
-              int(f["size"]), str(f["sha256"]))
+              int(f["size"]), f.get("sha256") or None)
         for f in chosen
     )  # fmt: skip
     local = ref.path.rsplit("/", 1)[-1] or str(record["run_id"])
-    ident = [[e.rel, e.sha256] for e in entries]
+    ident = [[e.rel, e.sha256 or _stored(name, url, fs, e.remote)] for e in entries]
     return Source(name, url, fs, entries, ref.folder, local, _key(ident, local, ref.folder))
+
+
+def _stored(name: str, url: str, fs: Any, remote: str) -> list[Any]:
+    """What identifies a kept file whose sha256 is not (yet) known: where it is, and what the
+    store says of its content (:func:`_stamp`: an ETag, else size and mtime)."""
+    try:
+        fs.invalidate_cache(remote)
+        return [remote, _stamp(fs.info(remote))]
+    except FileNotFoundError:
+        raise SpecError(
+            f"{field(name)} {url!r}: {remote} is no longer in the artifact store",
+            "it was deleted (retention?): rerun the run that made it",
+            field(name),
+        ) from None
+    except Exception as err:
+        raise SpecError(
+            f"{field(name)} {url!r}: the store does not answer for {remote}: "
+            f"{type(err).__name__}: {err}",
+            "check the worker's access to the artifact store (credentials, network, mounts)",
+            field(name),
+        ) from None
 
 
 def kept_files(

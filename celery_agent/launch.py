@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 
 
 def run_on_gpus(job: Job, spec: TaskSpec, co: Checkout, prepared: PreparedEnv) -> ProcessOutcome:
-    """Take the run's GPUs (leased on a dynamic worker), then run it on them."""
+    """Restore the checkpoints the run starts from, then take its GPUs (leased on a dynamic
+    worker: a long restore holds none idle) and run it on them."""
+    resumed = resume(job, spec)  # the checkpoints it starts from, before anything runs
+    job.check_abort()  # (a restore a cancel or a drain cut short: the entry never starts)
     s = job.ctx.settings
     wait = min(s.gpu_wait, job.clock.remaining("gpu") or s.gpu_wait)
     with leases_mod.held(job.ctx.leases, job.ctx.gpus.devices, job.want, job.run_id,
@@ -39,21 +42,25 @@ def run_on_gpus(job: Job, spec: TaskSpec, co: Checkout, prepared: PreparedEnv) -
             job._defer(gpus=gpu_ids(gpus))
             job.note(f"GPUs ({job.ctx.gpus.mode}): {', '.join(gpu_ids(gpus)) or 'none'}")
         with RunGpuSampler(s.gpu_sample_interval) as sampler:
-            outcome = job.supervise(spec, co, prepared, gpus)
+            outcome = supervise(job, spec, co, prepared, gpus, resumed)
         job.gpu_usage = sampler.summary()
         return outcome
 
 
 def supervise(
-    job: Job, spec: TaskSpec, co: Checkout, prepared: PreparedEnv, gpus: list[GpuDevice]
+    job: Job,
+    spec: TaskSpec,
+    co: Checkout,
+    prepared: PreparedEnv,
+    gpus: list[GpuDevice],
+    resumed: checkpoints.Resumed,
 ) -> ProcessOutcome:
-    """Run the entry under supervision on ``gpus``, its log streaming into Redis."""
+    """Run the entry under supervision on ``gpus``, from the checkpoints ``resumed`` restored,
+    its log streaming into Redis."""
     args, hook = params_mod.for_spec(spec, job.run_dir / "params.json")
     executor = get_executor(spec.executor, job.ctx.executor_settings)
     interp_args = [*entry_head(spec, co), *args]
     argv = executor.command(prepared, interp_args)
-    resumed = resume(job, spec)  # the checkpoints it starts from, before anything runs
-    job.check_abort()  # (a restore a cancel or a drain cut short: the entry never starts)
     env = runenv.build(
         base=job.ctx.base_env,
         spec_env=spec.env,

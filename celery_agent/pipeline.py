@@ -19,6 +19,7 @@ from typing import Any
 from . import (
     artifacts,
     attempts,
+    digests,
     fairgate,
     launch,
     paramusage,
@@ -34,7 +35,6 @@ from .executors import get_executor
 from .executors.base import PreparedEnv
 from .fairgate import Parked
 from .jobstate import Drained, JobState
-from .monitoring.gpu import GpuDevice
 from .runner import ProcessOutcome
 from .source import Checkout
 from .spec import TaskSpec
@@ -68,12 +68,13 @@ class Job(JobState):
         except SpecError as err:
             return self.finish(state.FAILED, error=err)
         s = self.ctx.settings
+        asking = fairgate.asking(self, spec)  # (the gate rides on the claim's round trip)
         admission = attempts.admit(
-            self.store, self.run_id, self.token, s.claim_ttl, self.ctx.worker
+            self.store, self.run_id, self.token, s.claim_ttl, self.ctx.worker, asking
         )
         if not admission.claimed:
             return self.finish(state.ABORTED, error=Cancelled("cancelled before it started"))
-        refused = fairgate.admit(self, spec, admission.record)  # or Parked: it waits
+        refused = fairgate.admit(self, spec, admission.record, asking)  # or Parked: it waits
         if refused is not None:  # more GPUs than a quota ever allows
             return self.finish(state.FAILED, error=refused)
         held = self.held = self.ctx.keeper.hold(self.run_id, self.token, s.claim_ttl)
@@ -212,12 +213,6 @@ class Job(JobState):
         """Take the run's GPUs (leased on a dynamic worker), then run it on them (:mod:`.launch`)."""
         return launch.run_on_gpus(self, spec, co, prepared)
 
-    def supervise(
-        self, spec: TaskSpec, co: Checkout, prepared: PreparedEnv, gpus: list[GpuDevice]
-    ) -> ProcessOutcome:
-        """Run the entry under supervision on ``gpus``, its log streaming into Redis (:mod:`.launch`)."""
-        return launch.supervise(self, spec, co, prepared, gpus)
-
     def collect(self, outcome: ProcessOutcome, spec: TaskSpec) -> dict[str, Any]:
         """Record the outcome: status, exit code, resolved and unused params, usage, log tail."""
         strict = paramusage.record(spec, self.run_dir / "params.json", self.summary, self.note)
@@ -275,6 +270,8 @@ class Job(JobState):
             if going is not None:
                 retry = self.ctx.settings.record_retry
                 uploads.settle(self.store, self.run_id, self.log_file, going, retry)
+        done = self.summary.get("artifacts")  # (hashed once the end is written; not waited for)
+        digests.DIGESTS.start(self.store, self.run_id, self.output_dir, done)
         return self.summary
 
     def requeue(self, why: str) -> dict[str, Any]:

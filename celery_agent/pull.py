@@ -1,8 +1,9 @@
 """Pulling a run's kept files from the artifact store into a local folder.
 
 A file keeps its path from the run's output folder under the destination (``plots/loss.txt`` ->
-``DEST/plots/loss.txt``); each is checked against its manifest's sha256 and appears whole or not
-at all (:mod:`.transfer`). What to pull is named by paths of the manifest: a file, or a folder
+``DEST/plots/loss.txt``); each is checked against its manifest's sha256 (against its size when
+the manifest has none: the worker that uploaded it died before it hashed it, see :mod:`.digests`)
+and appears whole or not at all (:mod:`.transfer`). What to pull is named by paths of the manifest: a file, or a folder
 (every file under it); none names them all.
 """
 

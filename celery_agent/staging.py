@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .digests import wait_left
 from .errors import AgentError, Cancelled
 from .inputcache import Fetched, InputCache
 from .inputs import MAP_ENV, env_name, field, resolve, uploading
@@ -83,15 +84,21 @@ def _lookup(job: Job, name: str, t0: float) -> Callable[[str], Mapping[str, Any]
 
 def _settled(job: Job, name: str, ref: str, t0: float) -> Mapping[str, Any]:
     """The record of the run ``ref`` names once its outputs are no longer uploading in the
-    background (a pipeline's next step may start before its last step's upload ended)."""
+    background (a pipeline's next step may start before its last step's upload ended) and
+    their sha256 are there, or will not come (:func:`.digests.wait_left`: the input is then
+    keyed and checked by what the store says of each file)."""
     run_id = find_run(job.store, ref)
     record = job.store.get(run_id)
     if uploading(record):
         job.note(f"input {name}: waiting for the outputs of run {run_id} to finish uploading")
+    elif wait_left(record):
+        job.note(f"input {name}: waiting for the sha256 of the outputs of run {run_id}")
     limit = min(UPLOAD_WAIT, job.clock.remaining("inputs") or UPLOAD_WAIT)
-    while uploading(record):
+    while uploading(record) or wait_left(record):
         job.check_abort()
         if time.time() - t0 > limit:
+            if not uploading(record):  # (the hashes: go on without them)
+                break
             raise stage_timeout(
                 f"{field(name)}: the outputs of run {run_id} were still uploading after "
                 f"{limit:.0f}s", "inputs")  # fmt: skip

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -32,6 +32,18 @@ _JSON_FIELDS = (
     "spec", "params", "usage", "freeze", "timings", "log_tail", "gpus", "torch_index",
     "unused_params", "artifacts", "checkpoints", "resumed", "inputs", "tags",
 )  # fmt: skip
+
+
+class Rider(Protocol):
+    """Commands that ride on one of the store's round trips (a run's create write, its claim):
+    :meth:`queue` adds them to its pipeline, :meth:`reply` gets the reply of the last one (an
+    exception object when that command failed)."""
+
+    def queue(self, pipe: Any) -> None:
+        """Add the commands to ``pipe``."""
+
+    def reply(self, result: Any) -> None:
+        """Take the reply of the last command queued."""
 
 
 class RunStore:
@@ -61,8 +73,12 @@ class RunStore:
 
     # -- keys -----------------------------------------------------------------------------------
     # -- records --------------------------------------------------------------------------------
-    def create_run(self, run_id: str, spec: Mapping[str, Any], queue: str, **fields: Any) -> bool:
-        """Record a queued run; False (and nothing changed) when the id is already recorded."""
+    def create_run(
+        self, run_id: str, spec: Mapping[str, Any], queue: str, ride: Rider | None = None,
+        **fields: Any,
+    ) -> bool:  # fmt: skip
+        """Record a queued run; False (and nothing changed) when the id is already recorded.
+        ``ride`` goes in the same round trip, after the record (whether or not it was new)."""
         now = time.time()
         record = {"state": QUEUED, "spec": spec, "queue": queue, "submitted_at": now, "attempt": 0}
         record["name"] = spec.get("name") or spec.get("entry", "")
@@ -71,8 +87,17 @@ class RunStore:
         keys = [self.keys.run(run_id), self.keys.runs(), self.keys.run_counts()]
         by = [("queue", queue), ("user", fields.get("user")), *(("tag", t) for t in tags)]
         keys += [self.keys.runs_by(f, str(v)) for f, v in by if v]
-        with _errors(self):
-            return bool(self._create(keys=keys, args=[now, run_id, *flat]))
+        if ride is None:
+            with _errors(self):
+                return bool(self._create(keys=keys, args=[now, run_id, *flat]))
+        with _errors(self):  # (EVAL, not EVALSHA: never NOSCRIPT between the two)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.eval(runscripts.CREATE, len(keys), *keys, now, run_id, *flat)
+            ride.queue(pipe)
+            replies = pipe.execute(raise_on_error=False)
+        created = _raised(replies[0])
+        ride.reply(replies[-1])
+        return bool(created)
 
     def transition(
         self, run_id: str, state: str, *, force: bool = False, pipe: Any = None, **fields: Any
@@ -102,11 +127,11 @@ class RunStore:
             self.r.hset(self.keys.run(run_id), mapping=_encode(fields))
 
     def claim_view(
-        self, run_id: str, token: str, ttl: float, worker: str
+        self, run_id: str, token: str, ttl: float, worker: str, ride: Rider | None = None
     ) -> tuple[bool, str, bool, bool, dict[str, Any]]:
         """Try to claim the run and read what a delivery must know to start, in one round trip:
         (claimed, holder, cancelled, ``worker`` drains, the record's :data:`START_FIELDS` that are
-        set - empty when the run is unknown)."""
+        set - empty when the run is unknown). ``ride`` goes in the same round trip, last."""
         with _errors(self):  # (a pipeline, not a script: its keys may live on different shards)
             pipe = self.r.pipeline(transaction=False)
             pipe.set(self.keys.claim(run_id), token, nx=True, px=int(ttl * 1000))
@@ -114,7 +139,12 @@ class RunStore:
             pipe.exists(self.keys.abort(run_id))
             pipe.exists(self.keys.worker_drain(worker))
             pipe.hmget(self.keys.run(run_id), START_FIELDS)
-            got, holder, aborted, draining, values = pipe.execute()
+            if ride is not None:
+                ride.queue(pipe)
+            replies = pipe.execute(raise_on_error=ride is None)
+        if ride is not None:
+            ride.reply(replies[-1])
+        got, holder, aborted, draining, values = (_raised(r) for r in replies[:5])
         raw = {k: v for k, v in zip(START_FIELDS, values, strict=True) if v is not None}
         record = _decode(run_id, raw) if raw.get("state") else {}
         return bool(got), str(holder or ""), bool(aborted), bool(draining), record
@@ -307,6 +337,13 @@ class _errors:
                 f"Redis is unreachable at {where}: {exc}",
                 "start redis-server (or `celery-agent up`), or set CELERY_AGENT_REDIS_URL",
             ) from None
+
+
+def _raised(reply: Any) -> Any:
+    """``reply`` of a pipeline run with ``raise_on_error=False``; raises it when it is an error."""
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 def _describe(client: redis.Redis) -> str:

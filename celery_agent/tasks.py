@@ -40,6 +40,7 @@ from .app import app, get_fair, get_registry, get_settings, get_store
 from .artifact_store import check_url
 from .defaults import SWEEP_TASK, requeue_priority
 from .errors import SpecError, UnknownRunError
+from .gpus import asked
 from .requeue import celery_resend, ended_summary
 from .spec import TaskSpec
 
@@ -70,15 +71,17 @@ class SubmitTask(Task):
         broker = str(self.app.conf.broker_url or "")
         dispatch.first_send(spec, options, bool(self.ignore_result), broker)  # queue, shadow...
         task_id = task_id or uuid()
-        store = get_store()
-        owner = {"user": spec.user, "project": spec.project or ""}
-        store.create_run(task_id, spec.to_json(), options["queue"], **owner)  # masked: no secrets
-        runenv.stash(store, task_id, spec)  # for a requeue, which sends the masked record
-        ahead = get_settings().fair_share and get_fair().enqueue(
-            task_id, options["queue"], str(spec.user), spec.priority
+        store, queue = get_store(), options["queue"]
+        owner = {"user": spec.user, "project": spec.project or "", "gpus_wanted": asked(spec.gpus)}
+        joining = (  # (its user's waiting set: in the same round trip as the record)
+            get_fair().joining(task_id, queue, str(spec.user), spec.priority)
+            if get_settings().fair_share
+            else None
         )
-        if ahead and spec.priority >= 0:  # its user's turn comes before others' waiting runs:
-            options.setdefault("priority", requeue_priority(broker))  # not behind all of them
+        store.create_run(task_id, spec.to_json(), queue, joining, **owner)  # masked: no secrets
+        runenv.stash(store, task_id, spec)  # for a requeue, which sends the masked record
+        if joining is not None and joining.ahead and spec.priority >= 0:  # its user's turn comes
+            options.setdefault("priority", requeue_priority(broker))  # before others' waiting runs
         return super().apply_async([spec, *args[1:]], kwargs, task_id=task_id, **options)
 
 

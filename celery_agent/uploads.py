@@ -4,7 +4,8 @@ A run's end starts its upload (:func:`.artifacts.upload_run`) on a thread of thi
 for it at most ``artifact_wait`` seconds. An upload done by then goes on the run's final write and
 its Celery result as before. One that is not ends the run with ``artifacts.status = "uploading"``
 and goes on in the background; when it ends, its outcome (uploaded, or failed with the reason)
-replaces that on the run record and the run's log says so (:func:`settle`). A pool process that
+replaces that on the run record and the run's log says so (:func:`settle`); the sha256 of its
+files follow (:mod:`.digests`). A pool process that
 exits (the worker stops or drains) waits for its uploads first, for at most ``drain_grace``
 seconds; one still going then is recorded as failed, naming where the outputs still are.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
+from . import artifacts, digests
 from .notes import open_log
 from .settings import Settings
 from .stages import with_retry
@@ -139,6 +140,7 @@ def settle(
             logger.warning("could not log the upload of %s: %s", run_id, err)
         with_retry(lambda: store.update(run_id, artifacts=kept), run_id, retry_for)
         unmark()
+        digests.DIGESTS.start(store, run_id, log_file.parent / "output", kept)
         logger.info("run %s: %s", run_id, line)
 
     def given_up(reason: str) -> None:

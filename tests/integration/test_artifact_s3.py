@@ -102,8 +102,11 @@ def test_outputs_land_in_the_bucket_and_credentials_stay_out(
     objects = read_tree(s3.fs(), f"{bucket}/team/artifacts/runs/{r.id}")
     assert sorted(objects) == ["manifest.json", "model.pt", "plots/loss.txt"]
     assert objects["model.pt"] == b"weights" * 3000
-    manifest = json.loads(objects["manifest.json"])
-    assert manifest == kept["files"] and {f["path"]: f["sha256"] for f in manifest} == {
+    manifest = json.loads(objects["manifest.json"])  # (the pull waited for the sha256 as well)
+    assert manifest["hashes"] == kept["hashes"] == "complete", kept
+    assert manifest["files"] == kept["files"] and {
+        f["path"]: f["sha256"] for f in manifest["files"]
+    } == {
         "model.pt": hashlib.sha256(b"weights" * 3000).hexdigest(),
         "plots/loss.txt": hashlib.sha256(b"0.5 0.25\n").hexdigest(),
     }

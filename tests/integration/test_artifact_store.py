@@ -45,6 +45,11 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def hashed(kept: dict) -> dict | None:
+    """``kept`` once its sha256 are all there, else None."""
+    return kept if kept.get("hashes") == "complete" else None
+
+
 def test_outputs_of_succeeded_and_failed_runs_reach_the_store(
     make_worker, make_repo, store, tmp_path: Path, capsys
 ):
@@ -58,8 +63,11 @@ def test_outputs_of_succeeded_and_failed_runs_reach_the_store(
     assert out["status"] == "failed" and out["exit_code"] == 3, out
     assert out["artifacts"]["status"] == "uploaded", "a failed run's outputs are kept too"
     for run, tag in ((ok.id, b"ok"), (bad.id, b"bad")):
-        kept = store.get(run)["artifacts"]
+        # the sha256 follow the run's end, computed by its worker from the files it still has
+        kept = wait_for(lambda run=run: hashed(store.get(run)["artifacts"]), 30)
         assert kept["status"] == "uploaded" and kept["url"] == f"{root.as_uri()}/runs/{run}"
+        manifest = json.loads((root / "runs" / run / "manifest.json").read_text())
+        assert manifest == {"hashes": "complete", "files": kept["files"]}
         model = b"weights-" + tag * 5000
         assert {f["path"]: (f["size"], f["sha256"]) for f in kept["files"]} == {
             "model.pt": (len(model), sha(model)),

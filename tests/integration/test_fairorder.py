@@ -137,3 +137,42 @@ def test_a_run_wanting_more_gpus_than_its_quota_ever_allows_is_refused(users, st
         q.fair.gate(run_id, q.name, "f", "cv", 0, 4, "tok")
     assert "more than quota project:cv allows at once (2)" in str(err.value)
     assert "celery-agent quota set cv --project --gpus 4" in str(err.value.hint)
+
+
+def test_the_gate_riding_on_the_claim_decides_as_it_does_alone(users, store):
+    q = users(limits={"user:g": {"runs": 1}})
+    a, _ = q.submit("a", 2)
+    joining = q.fair.joining(b := uuid.uuid4().hex, q.name, "g")
+    assert store.create_run(b, {"repo": "/r", "entry": "t.py"}, q.name, joining, user="g")
+    assert joining.ahead, "g's turn comes before a's second run: the same answer as enqueue"
+    (c,) = q.submit("g")
+    for run_id, user, admitted in ((a, "a", True), (b, "g", True), (c, "g", False)):
+        asking = q.fair.asking(run_id, "elsewhere", user, "", 0, 0, f"tok-{run_id}")
+        assert store.claim_view(run_id, f"tok-{run_id}", 30, "w", asking)[0]
+        verdict = asking.verdict()
+        assert verdict is not None and verdict.admitted is admitted, (user, verdict)
+        if admitted:
+            store.transition(run_id, "preparing")
+    assert verdict.reason == "user g at quota (1/1 runs)" and verdict.quota
+    assert store.r.get(store.keys.claim(c)) is None, "parked on the ride: its claim freed"
+    assert c in q.fair.parked(q.name, "g"), "parked on the queue its record names"
+
+
+def test_the_riding_gate_leaves_what_it_does_not_decide_to_the_gate_alone(users, store):
+    q = users()
+    held, cancelled, unknown = q.submit("h", 2) + [uuid.uuid4().hex]
+    assert store.claim(held, "other-holder", 30) is None
+    store.request_abort(cancelled)
+    for run_id in (held, cancelled, unknown):
+        asking = q.fair.asking(run_id, q.name, "h", "", 0, 0, f"tok-{run_id}")
+        store.claim_view(run_id, f"tok-{run_id}", 30, "w", asking)
+        assert asking.verdict() is None, run_id
+        assert store.r.hget(store.keys.active("user", "h"), run_id) is None, "nothing written"
+    store.r.script_flush()  # (Redis restarted: the script is not loaded; the gate alone loads it)
+    (fresh,) = q.submit("h")
+    asking = q.fair.asking(fresh, q.name, "h", "", 0, 0, f"tok-{fresh}")
+    assert store.claim_view(fresh, f"tok-{fresh}", 30, "w", asking)[0]
+    assert (
+        asking.verdict() is None
+        and q.fair.gate(fresh, q.name, "h", "", 0, 0, f"tok-{fresh}").admitted
+    )

@@ -136,3 +136,33 @@ def test_a_parked_run_can_be_cancelled(shared, make_repo, store):
         assert get_run(first).wait(timeout=30)["state"] == "aborted"
     finally:
         main(["quota", "rm", "erin", "--queue", queue])
+
+
+def test_a_user_at_gpu_quota_does_not_hold_the_turn_of_a_user_who_can_start(
+    make_worker, make_repo, store
+):
+    """gina (1 GPU at once) runs one, her next two wait at quota; hank starts more than she did, so
+    the round says gina goes first, but she cannot start: hank's runs take the free slots."""
+    queue = f"gpu-turn-{uuid.uuid4().hex[:6]}"
+    make_worker(queue, concurrency=3, args=("--gpus", "0-3", "--dynamic"),
+                CELERY_AGENT_FAKE_GPUS="4")  # fmt: skip
+    repo = make_repo({"job.py": JOB})
+    assert main(["quota", "set", "gina", "--gpus", "1", "--queue", queue]) == 0
+    try:
+        g_ids = _send(_spec(repo, queue, "gina", 8) | {"gpus": 1}, 3)
+        wait_for(
+            "two of gina's runs parked at her GPU quota",
+            lambda: len(_parked(store, g_ids, "at quota (1/1 GPUs")) >= 2,
+            60,
+            detail=lambda: [store.get(i) for i in g_ids],
+        )
+        (first,) = [i for i in g_ids if store.get(i).get("preparing_at")]
+        h_ids = _send(_spec(repo, queue, "hank", 0.2) | {"gpus": 1}, 4)
+        h = _ended(store, h_ids, timeout=30)
+        g = store.get(first)
+        assert g["state"] == "running", "hank's runs all ended while gina's first still ran"
+        assert all(r["state"] == "succeeded" for r in h.values())
+    finally:
+        main(["quota", "rm", "gina", "--queue", queue])
+        for run_id in g_ids:
+            store.request_abort(run_id)

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,24 @@ def test_an_input_whose_run_still_uploads_waits_for_the_upload(setup, store):
     rec = run.wait(90)
     assert rec["state"] == "succeeded", list(run.logs())
     assert printed(run.id, "later") == f"{sha(b'm1' * 300_000)} dir=False"
+
+
+def test_an_input_of_a_run_whose_hashes_never_came_is_read_once_they_are_overdue(setup, store):
+    w, repo, first = setup
+    key = store.keys.run(first.id)
+    kept = wait_for(lambda: (a := first.info()["artifacts"]).get("hashes") == "complete" and a, 30)
+    unhashed = kept | {"hashes": "pending", "hashed_by": time.time() + 3,
+                       "files": [{k: v for k, v in f.items() if k != "sha256"}
+                                 for f in kept["files"]]}  # fmt: skip
+    store.r.hset(key, "artifacts", json.dumps(unhashed))  # (its worker died before it hashed)
+    try:
+        run = submit(job(repo, w.queues, "read.py", inputs={"m": f"run://{first.id}/model.pt"}))
+        rec = run.wait(90)
+    finally:
+        store.r.hset(key, "artifacts", json.dumps(kept))
+    assert rec["state"] == "succeeded", list(run.logs())
+    assert printed(run.id, "m") == f"{sha(b'm1' * 300_000)} dir=False"
+    assert rec["inputs"]["m"]["cached"] is False, "keyed by the store's copy, not its sha256"
 
 
 def test_an_s3_input_is_fetched_with_the_workers_credentials_and_keyed_by_its_etag(

@@ -174,3 +174,43 @@ def test_a_non_root_container_resumes_in_the_checkpoint_folder_the_worker_restor
     out = submit_task.delay(again).get(timeout=180)
     assert out["status"] == "succeeded", out
     assert "uid 1000 resumed 1 step 2" in store.read_log(out["run_id"])[1]
+
+
+#: holds its GPU until the file FLAG appears (60 s at most)
+HOLD = """\
+import os, pathlib, time
+flag, deadline = pathlib.Path(os.environ["FLAG"]), time.monotonic() + 60
+while not flag.exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("let go", flag.exists(), flush=True)
+"""
+
+
+def test_a_dynamic_worker_restores_the_checkpoints_before_it_leases_the_gpu(
+    make_worker, make_repo, store, tmp_path: Path
+):
+    root = tmp_path / "store"
+    w = make_worker(f"rgpu-{uuid.uuid4().hex[:8]}", concurrency=2, args=("--gpus", "0", "--dynamic"),
+                    CELERY_AGENT_FAKE_GPUS="1", CELERY_AGENT_GPU_WAIT="60",
+                    CELERY_AGENT_ARTIFACT_ROOT=root.as_uri())  # fmt: skip
+    repo = make_repo({"step.py": STEP, "hold.py": HOLD})
+    spec = TaskSpec(repo=str(repo), entry="step.py", queue=w.queues, executor="local")
+    first = submit_task.delay(spec)
+    assert first.get(timeout=60)["status"] == "succeeded"
+    flag = tmp_path / "flag"
+    holder = submit_task.delay(spec.with_changes(entry="hold.py", gpus=1, env={"FLAG": str(flag)}))
+    wait_for(lambda: store.get(holder.id)["state"] == "running", 60)  # (it holds the one GPU)
+    resumed = submit_task.delay(spec.with_changes(gpus=1, resume_from=first.id))
+    restored = w.home / "runs" / resumed.id / "output" / "checkpoints" / "last.json"
+    try:
+        wait_for(restored.exists, 60)  # restored while it waits for the GPU, not after
+        assert store.get(holder.id)["state"] == "running", "the GPU was still taken meanwhile"
+    finally:
+        flag.touch()
+    assert holder.get(timeout=60)["status"] == "succeeded"
+    out = resumed.get(timeout=60)
+    assert out["status"] == "succeeded", out
+    lines = store.read_log(resumed.id)[1]
+    order = [i for key in ("checkpoints: restored", "GPUs (dynamic)", "step 2")
+             for i, line in enumerate(lines) if key in line]  # fmt: skip
+    assert len(order) == 3 and order == sorted(order), lines

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from celery_agent import artifacts
+from celery_agent import artifacts, digests
 from celery_agent.artifact_store import safe_url
 from celery_agent.artifacts import ArtifactStore, excluded, output_files, upload_run
 from celery_agent.errors import ConfigError
@@ -37,17 +38,30 @@ def test_exclude_matches_a_file_or_a_folder_above_it() -> None:
     assert not excluded("mycache/y", ["cache"])
 
 
-def test_upload_copies_every_file_with_its_manifest(outputs: Path, tmp_path: Path) -> None:
+def test_upload_copies_every_file_with_its_manifest_and_hashes_after(
+    outputs: Path, tmp_path: Path
+) -> None:
     store = ArtifactStore((tmp_path / "store").as_uri())
     out = store.upload("r1", outputs)
     assert out["status"] == "uploaded" and out["count"] == 4, out
+    assert out["hashes"] == "pending" and out["hashed_by"] > time.time(), out
     kept = tmp_path / "store" / "runs" / "r1"
     for entry in out["files"]:
         data = (kept / entry["path"]).read_bytes()
         assert entry["size"] == len(data) == (outputs / entry["path"]).stat().st_size
-        assert entry["sha256"] == hashlib.sha256((outputs / entry["path"]).read_bytes()).hexdigest()
-    assert json.loads((kept / "manifest.json").read_text()) == out["files"]
+        assert entry["mtime"] == (outputs / entry["path"]).stat().st_mtime_ns / 1e9
+        assert "sha256" not in entry, "the upload does not wait for the hashes"
+    body = json.loads((kept / "manifest.json").read_text())
+    assert body == {"hashes": "pending", "files": out["files"]}
     assert out["bytes"] == 7000 + 4 + 10 + 3
+    assert digests.finish(None, "r1", outputs, out) == "complete"
+    body = json.loads((kept / "manifest.json").read_text())
+    assert body["hashes"] == "complete" and [f["path"] for f in body["files"]] == [
+        f["path"] for f in out["files"]
+    ]
+    for entry in body["files"]:
+        assert entry["sha256"] == hashlib.sha256((outputs / entry["path"]).read_bytes()).hexdigest()
+    assert store.manifest("r1") == body["files"]
 
 
 def test_exclude_globs_skip_files(outputs: Path, tmp_path: Path) -> None:
@@ -101,6 +115,9 @@ def test_an_empty_output_folder_keeps_nothing(tmp_path: Path) -> None:
 def test_fetch_checks_each_file_against_the_manifest(outputs: Path, tmp_path: Path) -> None:
     store = ArtifactStore((tmp_path / "store").as_uri())
     out = store.upload("r6", outputs)
+    digests.finish(None, "r6", outputs, out)
+    out["files"] = store.manifest("r6")
+    assert all(f.get("sha256") for f in out["files"])
     got = fetch(store, "r6", out["files"], tmp_path / "dest")
     assert sorted(p.relative_to(tmp_path / "dest").as_posix() for p in got) == sorted(
         f["path"] for f in out["files"]

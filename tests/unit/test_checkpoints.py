@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_agent import artifacts
+from celery_agent import artifacts, digests
 from celery_agent.artifacts import ArtifactStore
 from celery_agent.checkpoints import CheckpointSync, describe, partial, restore, resume, scan
 from celery_agent.errors import AgentError
@@ -265,7 +265,8 @@ def test_the_ends_upload_copies_no_checkpoint_the_sync_kept_unless_it_changed(
     monkeypatch.setattr(store.fs, "put_file", lambda s, d, **kw: (copied.append(d), real_put(s, d)))
     out = store.upload("r1", output, synced=artifacts.synced_files(run_dir))
     assert sorted(Path(d).name for d in copied) == ["b.pt", "model.pt"], copied
-    assert {f["path"]: f["sha256"] for f in out["files"]} == {
+    assert digests.finish(None, "r1", output, out) == "complete"
+    assert {f["path"]: f["sha256"] for f in store.manifest("r1")} == {
         rel: hashlib.sha256((output / rel).read_bytes()).hexdigest()
         for rel in ("checkpoints/a.pt", "checkpoints/b.pt", "model.pt")
     }, "the manifest has every file, hashed"

@@ -11,6 +11,7 @@ from celery_agent.gpus import (
     STATIC,
     UNBOUND,
     WorkerGpus,
+    asked,
     fake_uuid,
     gpu_ids,
     inventory,
@@ -103,3 +104,12 @@ def test_worker_set_survives_the_environment_round_trip():
     w = WorkerGpus(DYNAMIC, FOUR[:2])
     assert WorkerGpus.from_env({"CELERY_AGENT_WORKER_GPUS": w.to_json()}) == w
     assert WorkerGpus.from_env({}).mode == UNBOUND
+
+
+@pytest.mark.parametrize(
+    ("wanted", "read"),
+    [(None, ""), (0, "0"), (2, "2"), ("3", "3"), ("all", "all"), ("0,2", "=2"), ("0-3,2", "=4"),
+     ("1-0", "")],
+)  # fmt: skip
+def test_the_gate_reads_a_runs_gpus_without_knowing_devices(wanted, read):
+    assert asked(wanted) == read
