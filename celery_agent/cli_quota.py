@@ -45,7 +45,8 @@ def set_quota(
 ) -> int:
     """Set NAME's quota: `celery-agent quota set alice --runs 8 --gpus 4 [--queue gpu0]`.
 
-    Runs over it wait off the queue (without a worker slot) and start as the user's runs end."""
+    Runs over it wait off the queue (without a worker slot) and start as the user's runs end.
+    A limit not given is left as it was (`quota rm` drops the quota, both limits)."""
     from .cli import console
 
     where = _scope(name, is_project, queue)
@@ -64,6 +65,10 @@ def list_quotas(as_json: bool) -> int:
     rows = [row | {"kind": kind} for kind in KINDS for row in quotas.report(kind)]
     if as_json:
         console.print_json(json.dumps(rows))
+        return 0
+    if not rows:
+        console.print("no quotas: every user may use every slot (celery-agent quota set USER "
+                      "--runs N --gpus N)", markup=False)  # fmt: skip
         return 0
     console.print(quota_table(rows))
     return 0

@@ -72,14 +72,17 @@ class Quotas:
         self.settings_limits = settings_limits or {}
 
     def set(self, where: str, runs: int | None = None, gpus: int | None = None) -> dict[str, int]:
-        """Set the limits of scope ``where`` (None: no limit of that kind); returns them."""
-        limits = {k: v for k, v in (("runs", runs), ("gpus", gpus)) if v is not None}
-        if not limits:
+        """Set the limits given of scope ``where`` (None: that kind is left as it is, so raising
+        one limit never lifts the other); returns the scope's limits now."""
+        given = {k: v for k, v in (("runs", runs), ("gpus", gpus)) if v is not None}
+        if not given:
             raise ConfigError(f"quota {where}: no limit given", "give --runs N, --gpus N or both")
-        if any(v < 0 for v in limits.values()):
+        if any(v < 0 for v in given.values()):
             raise ConfigError(f"quota {where}: limits are counts >= 0", "give --runs 8, --gpus 4")
+        kept = self.r.hget(self.keys.quotas(), where)
+        limits = (json.loads(kept) if kept else {}) | given
         self.r.hset(self.keys.quotas(), where, json.dumps(limits))
-        return limits
+        return dict(limits)
 
     def remove(self, where: str) -> bool:
         """Drop the Redis quota of scope ``where``; False when there was none."""

@@ -182,7 +182,7 @@ class RunStore:
         wanted = {name: value for name, value in match.items() if value is not None}
         scan = max(limit * 5, 200) * (10 if wanted else 1)  # (a filter keeps fewer of them)
         with _errors(self):
-            ids = self.r.zrevrange(self.keys.runs(), 0, scan - 1)
+            ids = self._newest(scan, wanted.get("user"))
             pipe = self.r.pipeline()
             for run_id in ids:
                 pipe.hgetall(self.keys.run(run_id))
@@ -192,6 +192,15 @@ class RunStore:
         for name, value in wanted.items():
             rows = [row for row in rows if row.get(name) == value]
         return rows[:limit]
+
+    def _newest(self, n: int, user: str | None) -> list[str]:
+        """The ids of the newest ``n`` runs, newest first; with ``user`` also that user's newest
+        ``n`` from its own index (the user's runs behind ``n`` of others' are found too)."""
+        ids = self.r.zrevrange(self.keys.runs(), 0, n - 1, withscores=True)
+        if user:
+            ids += self.r.zrevrange(self.keys.runs_by("user", user), 0, n - 1, withscores=True)
+            ids = sorted(dict(ids).items(), key=lambda kv: -kv[1])
+        return [run_id for run_id, _ in ids]
 
     # -- logs -----------------------------------------------------------------------------------
     def append_log(

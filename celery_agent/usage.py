@@ -50,10 +50,30 @@ def current(
     by: str = "user",
     user: str | None = None,
     project: str | None = None,
-    scan: int = 2000,
+    scan: int = 50_000,
 ) -> list[dict[str, Any]]:
     """Runs waiting and active now, grouped ``by`` user or project (of the newest ``scan`` runs,
-    only those of ``user`` and ``project`` when given)."""
-    rows = store.list_runs(scan, user=user, project=project)
-    live = [row for row in rows if row.get("state") in state.ACTIVE | {state.QUEUED}]
-    return group_runs(live, by)
+    only those of ``user`` and ``project`` when given). Only the fields it groups by are read,
+    never whole records (a spec with its diff can be large), a batch per round trip."""
+    live = [row for row in _owners(store, scan) if row["state"] in LIVE]
+    return group_runs([row for row in live if matches(row, user, project)], by)
+
+
+#: the states of runs that wait or run now
+LIVE = state.ACTIVE | {state.QUEUED}
+_BATCH = 2000
+
+
+def _owners(store: RunStore, scan: int) -> Iterable[dict[str, Any]]:
+    """State, user and project of the newest ``scan`` runs, newest first."""
+    fields = ("state", "user", "project")
+    for start in range(0, scan, _BATCH):
+        ids = store.r.zrevrange(store.keys.runs(), start, min(start + _BATCH, scan) - 1)
+        pipe = store.r.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hmget(store.keys.run(run_id), fields)
+        for values in pipe.execute():
+            if values[0] is not None:
+                yield dict(zip(fields, values, strict=True))
+        if len(ids) < _BATCH:
+            return

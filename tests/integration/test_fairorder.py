@@ -176,3 +176,30 @@ def test_the_riding_gate_leaves_what_it_does_not_decide_to_the_gate_alone(users,
         asking.verdict() is None
         and q.fair.gate(fresh, q.name, "h", "", 0, 0, f"tok-{fresh}").admitted
     )
+
+
+def test_the_turn_passes_over_a_user_whose_next_run_is_over_a_gpu_quota(users, store):
+    from celery_agent.gpus import STATIC, WorkerGpus, fake_uuid
+    from celery_agent.monitoring.gpu import GpuDevice
+
+    two = WorkerGpus(STATIC, [GpuDevice(i, fake_uuid(i)) for i in range(2)])
+    q = users(limits={"user:k": {"gpus": 2}}, gpus=two)  # (a static worker: a run holds both)
+    k, m = q.submit("k", 2), q.submit("m", 3)
+    assert q.deliver(k[0], "k").admitted  # (deliver asks for 1 GPU: k holds 1 of 2)
+    assert q.deliver(m[0], "m").admitted and q.deliver(m[1], "m").admitted
+    assert q.deliver(m[2], "m").admitted, "k is behind in the round but its next run needs 2 more"
+    q.end(k[0])  # (k holds none now: its next run, 2 GPUs on this worker, can start)
+    (later,) = q.submit("m")
+    assert q.deliver(later, "m").reason == "user k goes first"
+
+
+def test_setting_one_limit_of_a_quota_keeps_the_other(store, capsys):
+    from celery_agent.cli import main
+
+    who = f"lena-{uuid.uuid4().hex[:6]}"
+    assert main(["quota", "set", who, "--runs", "2", "--gpus", "4"]) == 0
+    assert main(["quota", "set", who, "--gpus", "8"]) == 0
+    assert f"quota user:{who}: 2 runs, 8 gpus" in capsys.readouterr().out
+    assert Quotas(store).table()[f"user:{who}"] == ({"runs": 2, "gpus": 8}, "redis")
+    assert main(["quota", "rm", who]) == 0
+    assert f"user:{who}" not in Quotas(store).table()

@@ -10,6 +10,7 @@ import pytest
 
 from celery_agent import TaskSpec, submit
 from celery_agent.cli import main
+from celery_agent.retention import delete_run
 from celery_agent.serving import NoWorkerWarning
 
 pytestmark = pytest.mark.integration
@@ -60,3 +61,25 @@ def test_runs_record_their_user_and_project_and_the_cli_filters_by_them(
     users = json.loads(capsys.readouterr().out)["users"]
     assert [row["user"] for row in users] == [carol] and users[0]["queued"] == 1
     blocker.cancel()
+
+
+def test_ls_and_status_find_a_users_runs_behind_thousands_of_others(store, capsys):
+    """dora's 3 runs, then 2,100 of erik's: `ls --user dora` still lists hers, and `status` counts
+    every queued run of both (it read only the newest 2,000 whole records before)."""
+    dora, erik = (f"{name}-{uuid.uuid4().hex[:6]}" for name in ("dora", "erik"))
+    queue = f"nobody-{uuid.uuid4().hex[:6]}"
+    hers, his = [uuid.uuid4().hex for _ in range(3)], [uuid.uuid4().hex for _ in range(2100)]
+    for run_id, user in [(i, dora) for i in hers] + [(i, erik) for i in his]:
+        assert store.create_run(run_id, {"repo": "/r", "entry": "t.py"}, queue, user=user)
+    try:
+        capsys.readouterr()
+        assert main(["ls", "--user", dora, "-n", "10"]) == 0
+        listed = capsys.readouterr().out
+        assert all(run_id[:8] in listed for run_id in hers), listed
+        assert main(["status", "--json"]) == 0
+        users = {row["user"]: row for row in json.loads(capsys.readouterr().out)["users"]}
+        assert users[dora]["queued"] == 3 and users[erik]["queued"] == 2100
+    finally:  # (no other test of the session's Redis should meet 2,103 queued runs)
+        for run_id in hers + his:
+            store.transition(run_id, "aborted")
+            delete_run(store, run_id)
