@@ -64,7 +64,9 @@ def test_outputs_of_succeeded_and_failed_runs_reach_the_store(
     assert out["artifacts"]["status"] == "uploaded", "a failed run's outputs are kept too"
     for run, tag in ((ok.id, b"ok"), (bad.id, b"bad")):
         # the sha256 follow the run's end, computed by its worker from the files it still has
-        kept = wait_for(lambda run=run: hashed(store.get(run)["artifacts"]), 30)
+        kept = wait_for(
+            "the sha256 of the kept files", lambda run=run: hashed(store.get(run)["artifacts"]), 30
+        )
         assert kept["status"] == "uploaded" and kept["url"] == f"{root.as_uri()}/runs/{run}"
         manifest = json.loads((root / "runs" / run / "manifest.json").read_text())
         assert manifest == {"hashes": "complete", "files": kept["files"]}

@@ -217,7 +217,11 @@ def test_an_input_whose_run_still_uploads_waits_for_the_upload(setup, store):
 def test_an_input_of_a_run_whose_hashes_never_came_is_read_once_they_are_overdue(setup, store):
     w, repo, first = setup
     key = store.keys.run(first.id)
-    kept = wait_for(lambda: (a := first.info()["artifacts"]).get("hashes") == "complete" and a, 30)
+    kept = wait_for(
+        "the kept files hashed",
+        lambda: (a := first.info()["artifacts"]).get("hashes") == "complete" and a,
+        30,
+    )
     unhashed = kept | {"hashes": "pending", "hashed_by": time.time() + 3,
                        "files": [{k: v for k, v in f.items() if k != "sha256"}
                                  for f in kept["files"]]}  # fmt: skip

@@ -199,11 +199,13 @@ def test_a_dynamic_worker_restores_the_checkpoints_before_it_leases_the_gpu(
     assert first.get(timeout=60)["status"] == "succeeded"
     flag = tmp_path / "flag"
     holder = submit_task.delay(spec.with_changes(entry="hold.py", gpus=1, env={"FLAG": str(flag)}))
-    wait_for(lambda: store.get(holder.id)["state"] == "running", 60)  # (it holds the one GPU)
+    # (it holds the one GPU)
+    wait_for("the holder running", lambda: store.get(holder.id)["state"] == "running", 60)
     resumed = submit_task.delay(spec.with_changes(gpus=1, resume_from=first.id))
     restored = w.home / "runs" / resumed.id / "output" / "checkpoints" / "last.json"
     try:
-        wait_for(restored.exists, 60)  # restored while it waits for the GPU, not after
+        # restored while it waits for the GPU, not after
+        wait_for("the checkpoint restored", restored.exists, 60)
         assert store.get(holder.id)["state"] == "running", "the GPU was still taken meanwhile"
     finally:
         flag.touch()
