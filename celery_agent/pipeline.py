@@ -245,9 +245,8 @@ class Job(JobState):
     ) -> dict[str, Any]:
         """Keep the run's outputs (:mod:`.artifacts`), write the terminal state, return the summary."""
         self._stop_if_superseded()
-        going = None  # an upload that takes longer than artifact_wait goes on in the background
+        going, s = None, self.ctx.settings  # (an upload longer than artifact_wait goes on)
         if self.output_dir.is_dir():  # every run that began keeps its outputs, however it ended
-            s = self.ctx.settings
             kept, going = uploads.keep(s, self.run_id, self.run_dir, self.exclude, self.store)
             self.summary["artifacts"] = kept
             if line := artifacts.describe(kept):
@@ -271,7 +270,7 @@ class Job(JobState):
                 retry = self.ctx.settings.record_retry
                 uploads.settle(self.store, self.run_id, self.log_file, going, retry)
         done = self.summary.get("artifacts")  # (hashed once the end is written; not waited for)
-        digests.DIGESTS.start(self.store, self.run_id, self.output_dir, done)
+        digests.DIGESTS.start(self.store, self.run_id, self.output_dir, done, s.claim_ttl)
         return self.summary
 
     def requeue(self, why: str) -> dict[str, Any]:
