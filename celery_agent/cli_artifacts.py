@@ -130,13 +130,17 @@ def _when(stamp: Any) -> str:
 
 
 def artifacts_line(kept: dict[str, Any]) -> str:
-    """One line for `show`: 'uploaded: 3 file(s), 1234 bytes at URL' or 'failed (reason)'."""
+    """One line for `show`: 'uploaded: 3 file(s), 1234 bytes at URL' (saying so while their
+    sha256 are still to come), or 'failed (reason)'."""
     if kept.get("status") == "failed":
         return f"failed ({kept.get('error')})"
     if kept.get("status") == "uploading":
         return f"uploading to {kept.get('url')} (in the background; pull waits for it)"
     count, size = kept.get("count", 0), kept.get("bytes", 0)
-    return f"{kept.get('status')}: {count} file(s), {size} bytes at {kept.get('url')}"
+    hashes = {"pending": " (sha256 still being computed by its worker)",
+              "partial": " (sha256 of some files missing: they changed after the upload)"}  # fmt: skip
+    line = f"{kept.get('status')}: {count} file(s), {size} bytes at {kept.get('url')}"
+    return line + hashes.get(str(kept.get("hashes")), "")
 
 
 def checkpoints_line(synced: dict[str, Any], now: float) -> str:
