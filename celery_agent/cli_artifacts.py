@@ -30,8 +30,8 @@ def artifacts(run: str, dest: Path | None, root: str | None, wait: float) -> int
     from .cli import console, err_console
     from .handle import get_run
 
-    if dest is not None:
-        return _pull(run, (), dest, None, root, wait)
+    if dest is not None:  # (pull's own defaults for the rest: every file, a bar on a terminal)
+        return click.get_current_context().invoke(pull, run=run, dest=dest, root=root, wait=wait)
     record = get_run(run).info()
     if (record.get("artifacts") or {}).get("status") == "uploading":
         console.print(f"artifacts: {artifacts_line(record['artifacts'])}", markup=False)
@@ -75,17 +75,6 @@ def pull(
     celery-agent pull 3f2a model.pt -o models/
     celery-agent pull train-resnet plots/ --progress
     """
-    return _pull(run, paths, dest, progress, root, wait)
-
-
-def _pull(
-    run: str,
-    paths: tuple[str, ...],
-    dest: Path,
-    progress: bool | None,
-    root: str | None,
-    wait: float,
-) -> int:
     from .cli import console, err_console
     from .handle import get_run
     from .pull import pull as pull_files

@@ -68,7 +68,7 @@ def test_hashing_runs_beside_its_caller_and_nothing_is_hashed_twice(
     assert not hashing.start(None, "r2", outputs, kept | {"hashes": "complete"})
     assert not hashing.start(None, "r2", outputs, None)
     assert not hashing.start(None, "r2", outputs.parent / "gone", kept)
-    assert hashing.wait(10) == 0 and hashing.busy() == 0
+    assert hashing.wait(10) == 0 and hashing.busy() == 0, "hashed in the background"
     manifest = json.loads(Path(store.path("r2", "manifest.json")).read_text())
     assert manifest["hashes"] == "complete", "hashed in the background"
 
