@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from celery_agent.pipeline import TAG
+from celery_agent.jobstate import TAG
 
 from . import baseline_app
 from .context import AGENT_QUEUE, BASELINE_QUEUE, Context

@@ -12,16 +12,12 @@ whole records), and one ``HGETALL`` of one run record. Median of N requests each
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from celery_agent.embedded import free_port
+from celery_agent.testing import FlowerProcess, wait_for
 
 from .context import Context
 from .report import Row, median
@@ -35,7 +31,8 @@ def run(ctx: Context) -> list[Row]:
     """The endpoint rows and their baselines."""
     runs = ctx.n(10_000, 1_000)
     ids = _record(ctx, runs)
-    url = _flower(ctx)
+    flower = FlowerProcess(ctx.cluster.url, ctx.root / "bench-flower.log", plain=True).start(60)
+    url = flower.url
     try:
         _indexes_complete(ctx)
         n = ctx.n(30, 5)
@@ -48,7 +45,7 @@ def run(ctx: Context) -> list[Row]:
         scanned = _timed(lambda: _get(api + "?limit=50&tag=rare"), n)
         by_duration = _timed(lambda: _get(api + "?limit=50&sort=-duration"), n)
     finally:
-        _stop(url)
+        flower.stop()
     store = ctx.store
     ls_read = _timed(lambda: store.list_runs(50), n)
     hgetall = _timed(lambda: store.r.hgetall(store.keys.run(ids[len(ids) // 2])), n)
@@ -96,47 +93,13 @@ def _record(ctx: Context, runs: int) -> list[str]:
 
 def _indexes_complete(ctx: Context, timeout: float = 120) -> None:
     """Wait for the Flower just started to complete the per-tag/user/queue indexes."""
-    store, deadline = ctx.store, time.monotonic() + timeout
-    while not store.r.exists(store.keys.runs_by_complete()):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the runs table's indexes were not completed")
-        time.sleep(0.1)
-
-
-def _flower(ctx: Context) -> str:
-    port = free_port()
-    env = dict(os.environ, CELERY_AGENT_REDIS_URL=ctx.cluster.url)
-    argv = [sys.executable, "-m", "celery", "-A", "celery_agent", "flower", f"--port={port}",
-            "--address=127.0.0.1"]  # fmt: skip
-    log = (ctx.root / "bench-flower.log").open("wb")
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    _procs[url] = proc
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if _get(url + "/healthcheck") == b"OK":
-                return url
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(url)
-            raise RuntimeError(f"flower did not start: see {ctx.root / 'bench-flower.log'}")
-        time.sleep(0.2)
-
-
-_procs: dict[str, subprocess.Popen[bytes]] = {}
-
-
-def _stop(url: str) -> None:
-    proc = _procs.pop(url)
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    store = ctx.store
+    wait_for(
+        "the runs table's indexes completed",
+        lambda: store.r.exists(store.keys.runs_by_complete()),
+        timeout,
+        every=0.1,
+    )
 
 
 def _get(url: str) -> bytes:

@@ -11,13 +11,12 @@ from the files still on the worker (:mod:`.digests`): the run's end does not wai
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -232,7 +231,7 @@ class ArtifactStore:
         self.fs.rm(path, recursive=True)
         return True
 
-    # -- download -------------------------------------------------------------------------------
+    # -- reading --------------------------------------------------------------------------------
     def manifest(self, run_id: str) -> list[dict[str, Any]]:
         """The run's manifest as the store has it (its files: a file's ``sha256`` is there once
         it was hashed)."""
@@ -243,35 +242,6 @@ class ArtifactStore:
     def open_file(self, run_id: str, rel: str) -> Any:
         """One of the run's files (a path from its manifest), opened for reading in binary."""
         return self.fs.open(self._path(run_id, rel), "rb")
-
-    def download(
-        self,
-        run_id: str,
-        dest: Path,
-        files: Iterable[dict[str, Any]],
-        progress: Callable[[str], None] = lambda _: None,
-    ) -> list[Path]:
-        """Fetch the manifest's ``files`` into ``dest``, checking each one's sha256."""
-        out = []
-        for entry in files:
-            rel = str(entry["path"])
-            target = (dest / rel).resolve()
-            if dest.resolve() not in target.parents:
-                raise ConfigError(f"artifact path {rel!r} leaves {dest}", "check the manifest")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256()
-            with self.fs.open(self._path(run_id, rel), "rb") as src, target.open("wb") as dst:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    dst.write(chunk)
-            if entry.get("sha256") and digest.hexdigest() != entry["sha256"]:
-                raise ConfigError(
-                    f"artifact {rel} of run {run_id} does not match its manifest's sha256",
-                    "upload it again (rerun) or check the store for changes",
-                )
-            progress(rel)
-            out.append(target)
-        return out
 
 
 def of_run(

@@ -30,8 +30,8 @@ def artifacts(run: str, dest: Path | None, root: str | None, wait: float) -> int
     from .cli import console, err_console
     from .handle import get_run
 
-    if dest is not None:
-        return _pull(run, (), dest, None, root, wait)
+    if dest is not None:  # (pull's own defaults for the rest: every file, a bar on a terminal)
+        return click.get_current_context().invoke(pull, run=run, dest=dest, root=root, wait=wait)
     record = get_run(run).info()
     if (record.get("artifacts") or {}).get("status") == "uploading":
         console.print(f"artifacts: {artifacts_line(record['artifacts'])}", markup=False)
@@ -75,17 +75,6 @@ def pull(
     celery-agent pull 3f2a model.pt -o models/
     celery-agent pull train-resnet plots/ --progress
     """
-    return _pull(run, paths, dest, progress, root, wait)
-
-
-def _pull(
-    run: str,
-    paths: tuple[str, ...],
-    dest: Path,
-    progress: bool | None,
-    root: str | None,
-    wait: float,
-) -> int:
     from .cli import console, err_console
     from .handle import get_run
     from .pull import pull as pull_files
@@ -141,13 +130,17 @@ def _when(stamp: Any) -> str:
 
 
 def artifacts_line(kept: dict[str, Any]) -> str:
-    """One line for `show`: 'uploaded: 3 file(s), 1234 bytes at URL' or 'failed (reason)'."""
+    """One line for `show`: 'uploaded: 3 file(s), 1234 bytes at URL' (saying so while their
+    sha256 are still to come), or 'failed (reason)'."""
     if kept.get("status") == "failed":
         return f"failed ({kept.get('error')})"
     if kept.get("status") == "uploading":
         return f"uploading to {kept.get('url')} (in the background; pull waits for it)"
     count, size = kept.get("count", 0), kept.get("bytes", 0)
-    return f"{kept.get('status')}: {count} file(s), {size} bytes at {kept.get('url')}"
+    hashes = {"pending": " (sha256 still being computed by its worker)",
+              "partial": " (sha256 of some files missing: they changed after the upload)"}  # fmt: skip
+    line = f"{kept.get('status')}: {count} file(s), {size} bytes at {kept.get('url')}"
+    return line + hashes.get(str(kept.get("hashes")), "")
 
 
 def checkpoints_line(synced: dict[str, Any], now: float) -> str:

@@ -9,11 +9,14 @@ still on the worker, and adds each file's sha256 to ``manifest.json`` and the ru
 ``hashes: "complete"`` (or ``"partial"`` when a file changed or went away meanwhile: that one
 gets none).
 
-Who needs the hashes (pull's check, ``run://`` inputs and the input cache keyed by content)
-waits for them while they are pending, never past ``hashed_by`` (:func:`wait_left`), then uses
-those there and falls back, for a file without one, to what a store without hashes gives (its
-size; the store's ETag, or size and mtime, for an input's key). A worker that dies before it
-hashed leaves ``pending`` with a ``hashed_by`` that passes: never a wrong file, never a hang.
+The process that will hash marks it in Redis (``run:{id}:digest``, set before the run's end is
+written, renewed every quarter of ``claim_ttl``, deleted once the hashes are recorded). Who
+needs the hashes (pull's check, ``run://`` inputs and the input cache keyed by content) waits
+for them while they are pending and the mark is there, never past ``hashed_by``
+(:func:`wait_left`), then uses those there and falls back, for a file without one, to what a
+store without hashes gives (its size; the store's ETag, or size and mtime, for an input's key).
+A worker that dies before it hashed leaves ``pending`` and a mark that expires: never a wrong
+file, never a hang.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,13 +48,30 @@ def pending(kept: Mapping[str, Any] | None) -> bool:
     return bool(kept) and kept.get("hashes") == PENDING  # type: ignore[union-attr]
 
 
-def wait_left(record: Mapping[str, Any]) -> float:
+def wait_left(record: Mapping[str, Any], store: RunStore | None = None) -> float:
     """Seconds worth waiting for the hashes of the run ``record`` describes: 0 when they are
-    there, were never to come, or ``hashed_by`` passed (the worker hashing them died)."""
+    there, were never to come, no process hashes them (no mark in ``store``: its worker died),
+    or ``hashed_by`` passed."""
     kept = record.get("artifacts") or {}
     if not pending(kept):
         return 0.0
-    return max(0.0, float(kept.get("hashed_by") or 0.0) - time.time())
+    left = max(0.0, float(kept.get("hashed_by") or 0.0) - time.time())
+    try:
+        if left and store is not None and not store.r.exists(store.keys.digest(record["run_id"])):
+            return 0.0
+    except Exception as err:  # (Redis away: hashed_by bounds the wait)
+        logger.debug("the digest mark of %s cannot be read: %s", record.get("run_id"), err)
+    return left
+
+
+def mark(store: RunStore | None, run_id: str, kept: Mapping[str, Any] | None, ttl: float) -> None:
+    """Say in Redis that this process will hash the files ``kept`` names (when they are to be
+    hashed), for ``ttl`` seconds; call it before the record saying ``pending`` is written, and
+    :meth:`Digests.start` after. Never raises."""
+    if store is None or kept is None or not pending(kept):
+        return
+    holder = f"{socket.gethostname()}|{os.getpid()}"
+    _write(store, run_id, "set", lambda r, key: r.set(key, holder, px=_ms(ttl)))
 
 
 def file_digest(path: Path, size: int, mtime: float) -> str | None:
@@ -130,28 +151,54 @@ def _on_record(
     return True
 
 
+def _ms(ttl: float) -> int:
+    return max(1, int(ttl * 1000))
+
+
+def _write(store: RunStore, run_id: str, doing: str, what: Callable[[Any, str], object]) -> None:
+    """``what(redis, key of the run's mark)``, a failure logged."""
+    try:
+        what(store.r, store.keys.digest(run_id))
+    except Exception as err:  # (a mark that is not there: consumers stop waiting sooner)
+        logger.warning("could not %s the digest mark of %s: %s", doing, run_id, err)
+
+
 class Digests:
-    """This process's hashing of kept files: one thread, one run at a time, oldest first."""
+    """This process's hashing of kept files: one thread, one run at a time, oldest first, and
+    one that renews the marks of the runs it has yet to finish."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self._pid = 0  #: the process the thread belongs to (a forked child starts its own)
+        self._pid = 0  #: the process the threads belong to (a forked child starts its own)
+        self._marks: dict[str, tuple[RunStore, float]] = {}  #: run id -> (store, ttl)
         self._busy = 0
 
     def start(
-        self, store: RunStore | None, run_id: str, folder: Path, kept: Mapping[str, Any] | None
+        self,
+        store: RunStore | None,
+        run_id: str,
+        folder: Path,
+        kept: Mapping[str, Any] | None,
+        ttl: float = 12.0,
     ) -> bool:
         """Hash, in the background, the files of ``folder`` the upload ``kept`` names (see
-        :func:`finish`); False when there is nothing to hash. Never raises, never waits."""
-        if kept is None or not pending(kept) or not folder.is_dir():
+        :func:`finish`), renewing the run's :func:`mark` every ``ttl / 4`` seconds until the
+        hashes are recorded; False when there is nothing to hash. Never raises, never waits."""
+        if kept is None or not pending(kept):
+            return False
+        if not folder.is_dir():
+            self._unmark(store, run_id)
             return False
         with self._lock:
-            if self._pid != os.getpid():  # (a daemon thread: a process exits without waiting)
-                self._pid, self._queue, self._busy = os.getpid(), queue.Queue(), 0
-                threading.Thread(target=self._serve, args=(self._queue,), name="ca-digest",
-                                 daemon=True).start()  # fmt: skip
+            if self._pid != os.getpid():  # (daemon threads: a process exits without waiting)
+                self._pid, self._queue, self._busy, self._marks = os.getpid(), queue.Queue(), 0, {}
+                for target in (self._serve, self._renew):
+                    threading.Thread(target=target, args=(self._queue,), name="ca-digest",
+                                     daemon=True).start()  # fmt: skip
             self._busy += 1
+            if store is not None:
+                self._marks[run_id] = (store, ttl)
             self._queue.put((store, run_id, folder, dict(kept)))
         return True
 
@@ -159,6 +206,15 @@ class Digests:
         """Runs whose kept files are being hashed or wait for it, in this process."""
         with self._lock:
             return self._busy if self._pid == os.getpid() else 0
+
+    def wait(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the runs being hashed here; returns how many are
+        left (their marks expire: who waits for their hashes stops waiting)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self.busy() and (left := deadline - time.monotonic()) > 0:
+                self._lock.wait(left)
+            return self.busy()
 
     def _serve(self, work: queue.Queue[tuple[Any, ...]]) -> None:
         while True:
@@ -168,6 +224,23 @@ class Digests:
             finally:
                 with self._lock:
                     self._busy -= 1
+                    self._marks.pop(run_id, None)
+                    self._lock.notify_all()
+                self._unmark(store, run_id)
+
+    def _renew(self, _work: queue.Queue[tuple[Any, ...]]) -> None:
+        while True:
+            with self._lock:
+                marks = dict(self._marks)
+            for run_id, (store, ttl) in marks.items():
+                ms = _ms(ttl)
+                _write(store, run_id, "renew", lambda r, key: r.pexpire(key, ms))  # noqa: B023
+            time.sleep(min([ttl / 4 for _, ttl in marks.values()], default=1.0))
+
+    @staticmethod
+    def _unmark(store: RunStore | None, run_id: str) -> None:
+        if store is not None:
+            _write(store, run_id, "remove", lambda r, key: r.delete(key))
 
 
 DIGESTS = Digests()  #: this process's hashing

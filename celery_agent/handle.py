@@ -75,7 +75,7 @@ class RunHandle:
         (whichever comes first)."""
         deadline = time.monotonic() + wait
         record = self.info()
-        while (_uploading(record) or wait_left(record)) and time.monotonic() < deadline:
+        while (_uploading(record) or wait_left(record, self.store)) and time.monotonic() < deadline:
             time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
             record = self.info()
         return record

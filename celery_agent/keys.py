@@ -120,6 +120,10 @@ class Keys:
         """The background upload of the run's outputs (TTL, renewed while it goes on)."""
         return self._join("run", run_id, "upload")
 
+    def digest(self, run_id: str) -> str:
+        """The worker hashing the ended run's kept files (TTL, renewed while it does)."""
+        return self._join("run", run_id, "digest")
+
     def uploads(self) -> str:
         """Set of the run ids whose outputs upload in the background."""
         return self._join("uploads")

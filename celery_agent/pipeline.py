@@ -14,14 +14,12 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 from . import (
     artifacts,
     attempts,
     digests,
-    envstats,
     fairgate,
     launch,
     paramusage,
@@ -36,9 +34,7 @@ from .errors import AgentError, Cancelled, RunLost, SpecError, StageTimeout, Unk
 from .executors import get_executor
 from .executors.base import PreparedEnv
 from .fairgate import Parked
-from .keeper import Held
-from .monitoring.gpu import GpuDevice
-from .notes import RunNotes
+from .jobstate import Drained, JobState
 from .runner import ProcessOutcome
 from .source import Checkout
 from .spec import TaskSpec
@@ -46,17 +42,12 @@ from .stages import StageClock, entry_head, record_end, stage_hint, stage_timeou
 from .stopwatch import StopWatch
 
 logger = logging.getLogger(__name__)
-TAG = "[celery-agent]"
 
 __all__ = ["DuplicateRun", "Job", "Parked", "Requeued", "WorkerContext", "entry_head", "execute"]
 
 
 class Requeued(Exception):
     """The run went back to its queue (and was sent again): this delivery ends without a result."""
-
-
-class Drained(Exception):
-    """The worker drains: the run stops and goes back to its queue."""
 
 
 def execute(
@@ -66,39 +57,8 @@ def execute(
     return Job(run_id, ctx, results).run(raw_spec)
 
 
-class Job:
-    """The life of one run on this worker."""
-
-    def __init__(
-        self, run_id: str, ctx: WorkerContext, results: ResultWrites | None = None
-    ) -> None:
-        self.run_id, self.ctx, self.store = run_id, ctx, ctx.store
-        #: the Celery task's results, carried by the run's start and end writes when its result
-        #: backend is the state store's Redis (see :mod:`.tasks`)
-        self.results = results
-        self.run_dir = ctx.settings.runs_dir / run_id
-        self.output_dir = self.run_dir / "output"
-        self.log_file = self.run_dir / "log.txt"
-        self.started = time.time()
-        self.clock = StageClock()
-        self.checkout: Checkout | None = None
-        self.want: list[GpuDevice] | int = []
-        self.gpu_usage: dict[str, Any] = {}
-        self.summary: dict[str, Any] = {  # (the status leads in every short view of it)
-            "run_id": run_id,
-            "status": None,
-            "worker": ctx.worker,
-            "timings": {},
-        }
-        self.token = attempts.holder_token(ctx.worker)
-        self.held: Held | None = None  #: set once the run is claimed
-        self.stops: Callable[[], bool] = lambda: False
-        self.stop_reason: Callable[[], str | None] = lambda: None
-        self.notes = RunNotes(self.log_file)  #: the agent's lines in the run's log file
-        self.exclude: list[str] = []  #: output files not kept (the spec's output_exclude)
-        self.input_env: dict[str, str] = {}  #: the run's variables naming its inputs
-        self.attempt = 1  #: this delivery's attempt at the run (1, 2, ...), set by begin
-        self._cleaned = False
+class Job(JobState):
+    """The life of one run on this worker: the algorithm over its :class:`.jobstate.JobState`."""
 
     # -- the algorithm --------------------------------------------------------------------------
     def run(self, raw_spec: Any) -> dict[str, Any]:
@@ -285,9 +245,8 @@ class Job:
     ) -> dict[str, Any]:
         """Keep the run's outputs (:mod:`.artifacts`), write the terminal state, return the summary."""
         self._stop_if_superseded()
-        going = None  # an upload that takes longer than artifact_wait goes on in the background
+        going, s = None, self.ctx.settings  # (an upload longer than artifact_wait goes on)
         if self.output_dir.is_dir():  # every run that began keeps its outputs, however it ended
-            s = self.ctx.settings
             kept, going = uploads.keep(s, self.run_id, self.run_dir, self.exclude, self.store)
             self.summary["artifacts"] = kept
             if line := artifacts.describe(kept):
@@ -311,7 +270,7 @@ class Job:
                 retry = self.ctx.settings.record_retry
                 uploads.settle(self.store, self.run_id, self.log_file, going, retry)
         done = self.summary.get("artifacts")  # (hashed once the end is written; not waited for)
-        digests.DIGESTS.start(self.store, self.run_id, self.output_dir, done)
+        digests.DIGESTS.start(self.store, self.run_id, self.output_dir, done, s.claim_ttl)
         return self.summary
 
     def requeue(self, why: str) -> dict[str, Any]:
@@ -385,41 +344,3 @@ class Job:
                 logger.warning("could not remove the worktree of %s: %s", self.run_id, err)
         elif self.checkout is None:
             shutil.rmtree(self.run_dir / "src", ignore_errors=True)
-
-    # -- helpers --------------------------------------------------------------------------------
-    def note(self, text: str) -> None:
-        """A line from the agent itself, for the run's log file (:mod:`.notes`) and its log
-        stream with the next write (:mod:`.keeper`). The worker's own log has it at DEBUG."""
-        line = f"{TAG} {text}"
-        logger.debug("%s: %s", self.run_id, text)
-        if self.held is not None:
-            self.held.defer([line])
-        else:
-            try:
-                self.store.append_log(self.run_id, [line])
-            except Exception as err:
-                logger.warning("could not write to the log of %s: %s", self.run_id, err)
-        self.notes.write(line)
-
-    def _defer(self, **fields: Any) -> None:
-        """Record fields that go out with the run's next write (only while the run is held)."""
-        assert self.held is not None
-        self.held.defer(**fields)
-
-    def count_env(self, kind: str, outcome: str, seconds: float) -> None:
-        """Count an env cache outcome (:mod:`.envstats`) with the run's next write."""
-        if self.held is not None:
-            keys = self.store.keys
-            self.held.defer_write(lambda pipe: envstats.count(pipe, keys, kind, outcome, seconds))
-
-    def timing(self, stage: str, t0: float) -> None:
-        """Record how long a stage took."""
-        self.summary["timings"][stage] = round(time.time() - t0, 3)
-
-    def check_abort(self) -> None:
-        """Raise Cancelled when someone asked to cancel the run, Drained when its worker drains."""
-        if self.stops():
-            attempts.stop_if_lost(self.run_id, self.stop_reason())
-            if self.stop_reason() == "drain":
-                raise Drained()
-            raise Cancelled("cancelled while preparing")

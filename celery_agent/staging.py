@@ -91,10 +91,10 @@ def _settled(job: Job, name: str, ref: str, t0: float) -> Mapping[str, Any]:
     record = job.store.get(run_id)
     if uploading(record):
         job.note(f"input {name}: waiting for the outputs of run {run_id} to finish uploading")
-    elif wait_left(record):
+    elif wait_left(record, job.store):
         job.note(f"input {name}: waiting for the sha256 of the outputs of run {run_id}")
     limit = min(UPLOAD_WAIT, job.clock.remaining("inputs") or UPLOAD_WAIT)
-    while uploading(record) or wait_left(record):
+    while uploading(record) or wait_left(record, job.store):
         job.check_abort()
         if time.time() - t0 > limit:
             if not uploading(record):  # (the hashes: go on without them)

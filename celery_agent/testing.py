@@ -1,5 +1,6 @@
-"""Helpers the project's tests and benchmarks share: git repositories, local wheels, and real
-``celery -A <app> worker`` processes with their own home and log file.
+"""Helpers the project's tests and benchmarks share: git repositories, local wheels, the one
+wait for a condition, and real ``celery -A <app> worker`` and Flower processes with their own log
+file.
 
 Nothing in the agent imports this module; it is here so that ``tests/`` and ``benchmarks/`` use
 one copy of each helper.
@@ -15,9 +16,21 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+from .embedded import free_port
+
+T = TypeVar("T")
+
+#: ``celery-agent flower`` as a ``python -c`` program (no console script needed)
+START_FLOWER = (
+    "import sys; from celery_agent.cli_services import flower; "
+    "sys.exit(flower.main(args=sys.argv[1:], standalone_mode=False))"
+)
 
 #: author and committer of the commits these helpers make
 GIT_ENV = {
@@ -67,6 +80,37 @@ def write_wheel(folder: Path, name: str, version: str, code: str) -> Path:
         record.append(f"{dist}/RECORD,,")
         zf.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
     return path
+
+
+def wait_for(
+    what: str,
+    probe: Callable[[], T],
+    timeout: float,
+    every: float = 0.05,
+    retry_on: tuple[type[Exception], ...] = (),
+    detail: Callable[[], object] | None = None,
+) -> T:
+    """Call ``probe`` every ``every`` seconds until it returns something truthy; return that.
+
+    An exception of a type in ``retry_on`` counts as "not yet" (a service still starting); any
+    other propagates (a probe that asserts checks something at every look). At the deadline it
+    raises AssertionError naming ``what`` was waited for, the probe's last answer or error, and
+    what ``detail()`` says then (a log's tail).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+        except retry_on as exc:
+            last: object = exc
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() >= deadline:
+            told = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"waited {timeout:g} s for {what}; last answer: {last!r}{told}")
+        time.sleep(every)
 
 
 class WorkerProcess:
@@ -143,3 +187,69 @@ class WorkerProcess:
     def tail(self, chars: int = 3000) -> str:
         """The end of the worker's log."""
         return self.output()[-chars:]
+
+
+class FlowerProcess:
+    """A Flower process on a free loopback port with its own log file, on the Redis at
+    ``redis_url``: ``celery-agent flower``, or with ``plain`` the Celery way (``celery -A
+    celery_agent flower``). ``args`` are Flower's; ``url`` is its base URL (with the
+    ``--url_prefix`` if one is given)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        log: Path,
+        args: Sequence[str] = (),
+        plain: bool = False,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        port = free_port()
+        self.log, self.cwd = log, cwd
+        self.env = dict(os.environ if env is None else env, CELERY_AGENT_REDIS_URL=redis_url)
+        head = ["-m", "celery", "-A", "celery_agent", "flower"] if plain else ["-c", START_FLOWER]
+        self.argv = [sys.executable, *head, f"--port={port}", "--address=127.0.0.1", *args]
+        prefix = next(
+            (a.split("=", 1)[1].strip("/") for a in args if a.startswith("--url_prefix=")), ""
+        )
+        self.url = f"http://127.0.0.1:{port}" + (f"/{prefix}" if prefix else "")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> FlowerProcess:
+        """Start Flower in a session of its own and wait until its health check answers OK;
+        stop it and raise (naming its log's tail) if it exits or does not answer in time."""
+        with self.log.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=fh, stderr=subprocess.STDOUT, cwd=self.cwd,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        try:
+            wait_for("Flower to answer its health check", self._healthy, timeout, every=0.2,
+                     retry_on=(OSError,), detail=self.tail)  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"flower exited with {self.proc.returncode}:\n{self.tail()}")
+        with urllib.request.urlopen(self.url + "/healthcheck", timeout=5) as answer:
+            return bytes(answer.read()) == b"OK"
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM to its group, then SIGKILL after ``timeout``."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def tail(self, chars: int = 3000) -> str:
+        """The end of Flower's log."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""

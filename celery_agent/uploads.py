@@ -98,6 +98,7 @@ class Going:
 
     future: Future[dict[str, Any]]
     unmark: Callable[[], None]
+    ttl: float = 12.0  #: of the marks in Redis (``claim_ttl``)
 
 
 def keep(
@@ -111,10 +112,12 @@ def keep(
     Never raises."""
     future = uploads.start(lambda: artifacts.upload_run(settings, run_dir, exclude))
     try:
-        return future.result(timeout=max(settings.artifact_wait, 0.0)), None
+        kept = future.result(timeout=max(settings.artifact_wait, 0.0))
     except TimeoutError:
         unmark = _mark(store, run_id, settings.claim_ttl) if store is not None else _nothing
-        return artifacts.uploading(settings, run_id), Going(future, unmark)
+        return artifacts.uploading(settings, run_id), Going(future, unmark, settings.claim_ttl)
+    digests.mark(store, run_id, kept, settings.claim_ttl)  # (hashed once the end is written)
+    return kept, None
 
 
 def settle(
@@ -138,9 +141,10 @@ def settle(
                 store.append_log(run_id, [f"{TAG} {line}"])
         except Exception as err:  # the record says it all; the log line is a courtesy
             logger.warning("could not log the upload of %s: %s", run_id, err)
+        digests.mark(store, run_id, kept, going.ttl)  # (before the record says "pending")
         with_retry(lambda: store.update(run_id, artifacts=kept), run_id, retry_for)
         unmark()
-        digests.DIGESTS.start(store, run_id, log_file.parent / "output", kept)
+        digests.DIGESTS.start(store, run_id, log_file.parent / "output", kept, going.ttl)
         logger.info("run %s: %s", run_id, line)
 
     def given_up(reason: str) -> None:

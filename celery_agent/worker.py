@@ -29,7 +29,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from . import attempts, orphan, retention, uploads
+from . import attempts, digests, orphan, retention, uploads
 from .artifact_store import default_url, probe, safe_url
 from .drain import Drain
 from .drain import install as install_drain
@@ -224,11 +224,14 @@ def _watch_worker(**_: Any) -> None:
 @worker_process_shutdown.connect
 @worker_shutdown.connect
 def _finish_uploads(**_: Any) -> None:
-    """As a process that ran runs exits: let their background uploads end (see :mod:`.uploads`)."""
-    if uploads.UPLOADS.pending():
+    """As a process that ran runs exits: let their background uploads end (see :mod:`.uploads`),
+    then the hashing of their files (:mod:`.digests`), within ``drain_grace`` in all."""
+    if uploads.UPLOADS.pending() or digests.DIGESTS.busy():
         from .app import get_settings
 
+        deadline = time.monotonic() + get_settings().drain_grace
         uploads.UPLOADS.wait(get_settings().drain_grace)
+        digests.DIGESTS.wait(max(0.0, deadline - time.monotonic()))
 
 
 @dataclass

@@ -17,11 +17,12 @@ import signal
 import socket
 import struct
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from celery_agent.testing import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -155,20 +156,17 @@ class Browser:
         return got.get("result", {}).get("value")
 
     def wait(self, expression: str, timeout: float = 10, every: float = 0.02) -> Any:
-        """Evaluate ``expression`` until it is truthy; its value. BrowserError at the deadline."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """Evaluate ``expression`` until it is truthy; its value. AssertionError at the deadline."""
+
+        def value() -> Any:
             try:
-                value = self.eval(expression)
+                return self.eval(expression)
             except BrowserError as err:  # a click's navigation under way: ask the next page
-                if not any(what in str(err) for what in NAVIGATING) or time.monotonic() > deadline:
+                if not any(what in str(err) for what in NAVIGATING):
                     raise
-                value = None
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise BrowserError(f"after {timeout} s, still false: {expression}")
-            time.sleep(every)
+                return None
+
+        return wait_for(f"{expression} to be true", value, timeout, every)
 
     def text(self, selector: str) -> str:
         """The text of the first element matching a CSS selector ('' when none does)."""
@@ -202,15 +200,15 @@ class Browser:
 
 def _port(marker: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
     """The DevTools port Chromium writes into its profile once it listens."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def written() -> int | None:
         with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
             return int(marker.read_text().splitlines()[0])
         if proc.poll() is not None:
             raise BrowserError(f"chromium exited with {proc.returncode} before it listened")
-        if time.monotonic() > deadline:
-            raise BrowserError(f"chromium did not write {marker} in {timeout} s")
-        time.sleep(0.05)
+        return None
+
+    return wait_for(f"chromium to write {marker}", written, timeout)
 
 
 def _page_socket(port: int) -> str:

@@ -11,18 +11,14 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 FILES = (DEPLOY / "docker-compose.yml", DEPLOY / "docker-compose.noregistry.yml")
 PROJECT_LABEL = "com.docker.compose.project"
-T = TypeVar("T")
 
 
 def compose_cli() -> list[str] | None:
@@ -40,23 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:
-    """Call ``probe`` until it returns something other than None (or False); fail at the deadline
-    naming ``what`` and the last exception the probe raised."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = probe()
-            if value is not None and value is not False:
-                return value
-        except Exception as exc:  # the service is not up yet: try again
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s (last error: {last!r})")
-        time.sleep(every)
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:

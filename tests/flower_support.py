@@ -5,9 +5,6 @@ DevTools (see :mod:`browser_support`)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,15 +13,11 @@ from pathlib import Path
 import pytest
 from browser_support import CHROMIUM, Browser
 
-from celery_agent.embedded import free_port
+from celery_agent.testing import FlowerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 #: where the browser tests save their screenshots
 ARTIFACTS = ROOT / "tests" / "artifacts"
-START_FLOWER = (
-    "import sys; from celery_agent.cli_services import flower; "
-    "sys.exit(flower.main(args=sys.argv[1:], standalone_mode=False))"
-)
 
 
 def get(url: str, timeout: float = 5, headers: dict[str, str] | None = None) -> bytes:
@@ -39,42 +32,25 @@ class Flowers:
 
     def __init__(self, redis_url: str, logs: Path) -> None:
         self.redis_url, self.logs = redis_url, logs
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.started: list[FlowerProcess] = []
 
     def start(self, *args: str, plain: bool = False, api: bool = True) -> str:
-        """Start Flower on a free port with these Flower arguments; returns its base URL (with
-        the ``--url_prefix`` if given). ``plain=True`` starts it the Celery way (``celery -A
-        celery_agent flower``), else as ``celery-agent flower``; ``api`` sets
-        FLOWER_UNAUTHENTICATED_API."""
-        port = free_port()
-        env = dict(os.environ, CELERY_AGENT_REDIS_URL=self.redis_url)
+        """Start Flower on a free port with these Flower arguments; returns its base URL (see
+        :class:`~celery_agent.testing.FlowerProcess`). ``api`` sets FLOWER_UNAUTHENTICATED_API."""
+        env = dict(os.environ)
         env.pop("FLOWER_UNAUTHENTICATED_API", None)
         if api:
             env["FLOWER_UNAUTHENTICATED_API"] = "true"
-        head = ["-m", "celery", "-A", "celery_agent", "flower"] if plain else ["-c", START_FLOWER]
-        argv = [sys.executable, *head, f"--port={port}", "--address=127.0.0.1", *args]
-        log_path = self.logs / f"flower-{port}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        self.procs.append(proc)
-        prefix = next(
-            (a.split("=", 1)[1].strip("/") for a in args if a.startswith("--url_prefix=")), ""
-        )
-        url = f"http://127.0.0.1:{port}" + (f"/{prefix}" if prefix else "")
-        _wait_healthy(url, proc, log_path)
-        return url
+        log = self.logs / f"flower-{len(self.started)}.log"
+        flower = FlowerProcess(self.redis_url, log, args, plain=plain, env=env, cwd=ROOT)
+        self.started.append(flower)
+        return flower.start().url
 
     def stop(self) -> None:
         """Stop every Flower started (TERM, then KILL after 15 s)."""
-        for proc in self.procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.procs.clear()
+        for flower in self.started:
+            flower.stop()
+        self.started.clear()
 
 
 @pytest.fixture()
@@ -101,19 +77,6 @@ def plain_flower(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     flowers = Flowers(redis_url, tmp_path_factory.mktemp("flower"))
     yield flowers.start(plain=True)
     flowers.stop()
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if get(url + "/healthcheck", 1) == b"OK":
-                return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"flower did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
 
 
 @pytest.fixture()

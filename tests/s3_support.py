@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import secrets
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from celery_agent.testing import wait_for
 
 MOTO = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1"]
 
@@ -30,15 +31,15 @@ class S3Server:
 
     def wait_ready(self, timeout: float = 60) -> S3Server:
         """Wait until the server answers HTTP."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(self.endpoint, timeout=2).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"no S3 server answered at {self.endpoint}") from None
-                time.sleep(0.1)
+
+        def answers() -> bool:
+            urllib.request.urlopen(self.endpoint, timeout=2).close()
+            return True
+
+        wait_for(
+            f"an S3 server at {self.endpoint}", answers, timeout, every=0.1, retry_on=(OSError,)
+        )
+        return self
 
     def env(self, endpoint: str | None = None) -> dict[str, str]:
         """The environment a worker gets to reach the store (the usual variables of boto)."""

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 from s3_support import read_only, read_tree
-from test_reliability_recovery import wait_for
 
 from celery_agent import get_run, submit, submit_task
 from celery_agent.cli import main
 from celery_agent.embedded import free_port
 from celery_agent.serving import ArtifactStoreWarning
 from celery_agent.spec import TaskSpec
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +153,9 @@ def test_a_missing_bucket_is_reported_on_the_run_in_status_and_nothing_is_lost(
     assert Path(store.get(run_id)["output_dir"], "model.pt").is_file(), "nothing lost locally"
     assert not s3.fs().exists(root.removeprefix("s3://").split("/")[0]), "no bucket was made"
     # the worker says so in its heartbeat, `celery-agent status` and its log, and stays healthy
-    heartbeat = wait_for(lambda: _store_check(store, w.name), 60)
+    heartbeat = wait_for(
+        "the store check in the heartbeat", lambda: _store_check(store, w.name), 60
+    )
     assert heartbeat["ok"] is False and "does not exist" in heartbeat["error"], heartbeat
     assert "artifact store: runs' outputs cannot be kept" in w.output()
     capsys.readouterr()
@@ -205,7 +207,7 @@ def test_no_permission_to_write_is_reported_naming_the_setting(
     assert kept["status"] == "failed" and "no permission to write" in kept["error"], kept
     assert "artifact_root" in kept["error"] and "write access" in kept["error"]
     assert Path(store.get(out["run_id"])["output_dir"], "model.pt").is_file()
-    check = wait_for(lambda: _store_check(store, w.name), 60)
+    check = wait_for("the store check in the heartbeat", lambda: _store_check(store, w.name), 60)
     assert check["ok"] is False and "no permission to write" in check["error"], check
 
 
@@ -234,6 +236,6 @@ def test_an_upload_cut_short_by_a_killed_worker_is_recorded_failed_by_the_sweep(
         kept = store.get(out["run_id"])["artifacts"]
         return kept if kept["status"] != "uploading" else None
 
-    kept = wait_for(swept, 60, every=0.5)
+    kept = wait_for("a sweep to end the upload", swept, 60, every=0.5)
     assert kept["status"] == "failed" and "stopped with the worker process" in kept["error"], kept
     assert store.get(out["run_id"])["output_dir"] in kept["error"], "it says where the files are"

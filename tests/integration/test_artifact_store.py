@@ -12,11 +12,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_reliability_recovery import wait_for
 
 from celery_agent import get_run, submit_task
 from celery_agent.cli import main
 from celery_agent.spec import TaskSpec
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,9 @@ def test_outputs_of_succeeded_and_failed_runs_reach_the_store(
     assert out["artifacts"]["status"] == "uploaded", "a failed run's outputs are kept too"
     for run, tag in ((ok.id, b"ok"), (bad.id, b"bad")):
         # the sha256 follow the run's end, computed by its worker from the files it still has
-        kept = wait_for(lambda run=run: hashed(store.get(run)["artifacts"]), 30)
+        kept = wait_for(
+            "the sha256 of the kept files", lambda run=run: hashed(store.get(run)["artifacts"]), 30
+        )
         assert kept["status"] == "uploaded" and kept["url"] == f"{root.as_uri()}/runs/{run}"
         manifest = json.loads((root / "runs" / run / "manifest.json").read_text())
         assert manifest == {"hashes": "complete", "files": kept["files"]}
@@ -116,7 +118,7 @@ def test_a_cancelled_runs_outputs_are_kept(make_worker, make_repo, store, tmp_pa
     w = make_worker(f"art-{uuid.uuid4().hex[:6]}", CELERY_AGENT_ARTIFACT_ROOT=root.as_uri())
     job = JOB.replace("sys.exit(", "import time; time.sleep(600); sys.exit(")
     r = submit_task.delay(spec(make_repo({"job.py": job}), w.queues, "c", EXIT="0"))
-    wait_for(lambda: "wrote outputs" in store.read_log(r.id)[1], 60)
+    wait_for("the outputs written", lambda: "wrote outputs" in store.read_log(r.id)[1], 60)
     get_run(r.id).cancel()
     out = r.get(timeout=60)
     assert out["status"] == "aborted", out

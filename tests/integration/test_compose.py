@@ -30,11 +30,10 @@ from compose_support import (
     free_port,
     http_get,
     reap_stale,
-    wait_for,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from celery_agent.testing import init_repo
+from celery_agent.testing import init_repo, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.compose, pytest.mark.timeout(1800)]
 
@@ -133,8 +132,14 @@ def metrics(d: Deployed) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @pytest.fixture(scope="module")
 def finished_run(deployed: Deployed) -> dict[str, object]:
     """A run submitted from here to queue default, waited for; its record."""
-    wait_for("two CPU workers online", lambda: metrics(deployed).get(
-        ("celery_agent_queue_workers", (("queue", "default"),))) == 2, timeout=120)  # fmt: skip
+    workers = ("celery_agent_queue_workers", (("queue", "default"),))
+    wait_for(
+        "two CPU workers online",
+        lambda: metrics(deployed).get(workers) == 2,
+        timeout=120,
+        every=1.0,
+        retry_on=(Exception,),
+    )
     done = agent(deployed, "submit", "train.py", "--queue", "default", "-p", "lr=0.5", "--wait",
                  "--wait-timeout", "150", "--", "--epochs", "2")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -160,7 +165,9 @@ def test_the_exporter_counts_the_workers_and_the_run(deployed, finished_run):
         ended = samples.get(("celery_agent_runs_ended_total", (("state", "succeeded"),)), 0)
         return samples if ended >= 1 else None
 
-    samples = wait_for("the run counted by the exporter", counted, timeout=60)
+    samples = wait_for(
+        "the run counted by the exporter", counted, timeout=60, every=1.0, retry_on=(Exception,)
+    )
     assert samples[("celery_agent_up", ())] == 1
     assert samples[("celery_agent_queue_workers", (("queue", "default"),))] == 2
     assert samples[("celery_agent_queue_workers", (("queue", "services"),))] == 1
@@ -177,12 +184,23 @@ def test_the_health_probe_passes_for_a_live_worker_and_fails_for_an_unknown_one(
     assert "gpu7@" in unknown.stderr and "no current heartbeat" in unknown.stderr
     # the compose file's own health check is that probe (its first one 30 s after the start):
     # both workers turn healthy
-    wait_for("both cpu workers healthy",
-             lambda: deployed.stack.health("cpu") == ["healthy", "healthy"], timeout=150)  # fmt: skip
+    wait_for(
+        "both cpu workers healthy",
+        lambda: deployed.stack.health("cpu") == ["healthy", "healthy"],
+        timeout=150,
+        every=1.0,
+        retry_on=(Exception,),
+    )
 
 
 def test_flower_answers_with_the_agent_pages(deployed):
-    status, body = wait_for("Flower", lambda: http_get(deployed.flower + "/"), timeout=60)
+    status, body = wait_for(
+        "Flower",
+        lambda: http_get(deployed.flower + "/"),
+        timeout=60,
+        every=1.0,
+        retry_on=(Exception,),
+    )
     assert status == 200 and "Flower" in body
     status, body = http_get(deployed.flower + "/celery-agent/hardware")
     assert status == 200

@@ -48,33 +48,38 @@ def test_the_hashes_reach_the_record_and_a_replaced_record_keeps_its_own(store, 
     assert store.get(run_id)["artifacts"] == failed, "the newer record was kept"
 
 
-def test_a_pull_of_a_run_whose_hashes_never_came_waits_until_hashed_by(
+def test_a_pull_of_a_run_whose_hashes_never_came_waits_only_while_their_mark_lives(
     store, kept_run, tmp_path: Path
 ):
     run_id, _folder, kept = kept_run  # (its worker died before it hashed: "pending" stays)
-    store.update(run_id, artifacts=kept | {"hashed_by": time.time() + 1.5})
+    assert kept["hashed_by"] > time.time() + 30
     t0 = time.monotonic()
     got = get_run(run_id).pull(tmp_path / "dest", wait=60)
-    waited = time.monotonic() - t0
-    assert 1.0 <= waited < 30, f"waited {waited:.1f}s for hashes due in 1.5s"
+    assert time.monotonic() - t0 < 5, "no process hashes them (no mark): no wait"
     assert (tmp_path / "dest" / "model.pt").read_bytes() == b"weights" * 5000
     assert sorted(p.name for p in got) == ["model.pt", "notes.txt"]
+    digests.mark(store, run_id, kept, ttl=1.5)  # (a worker that dies now: its mark expires)
+    t0 = time.monotonic()
+    get_run(run_id).pull(tmp_path / "again", wait=60)
+    waited = time.monotonic() - t0
+    assert 1.0 <= waited < 10, f"waited {waited:.1f}s for a mark that expires in 1.5s"
 
 
 def test_a_pull_waits_for_hashes_on_their_way_and_checks_them(store, kept_run, tmp_path: Path):
     run_id, folder, kept = kept_run
     handle = get_run(run_id)
+    digests.mark(store, run_id, kept, ttl=2.0)  # (as its worker does before the run's end)
     assert handle.settled(0)["artifacts"]["hashes"] == "pending"
+    hashing = digests.Digests()
 
     def later() -> None:  # (the hashes arrive after the pull began to wait: it must wait)
         time.sleep(0.5)
-        digests.finish(store, run_id, folder, kept)
+        hashing.start(store, run_id, folder, kept, ttl=2.0)
 
-    hashing = threading.Thread(target=later)
-    hashing.start()
+    threading.Thread(target=later).start()
     record = handle.settled(60)
-    hashing.join(10)
     assert record["artifacts"]["hashes"] == "complete", record["artifacts"]
+    assert hashing.wait(10) == 0 and not store.r.exists(store.keys.digest(run_id))
     copy = Path(ArtifactStore(kept["root"]).path(run_id, "model.pt"))
     copy.write_bytes(b"W" * copy.stat().st_size)  # (the store's copy changed since)
     with pytest.raises(Exception, match="sha256"):

@@ -33,6 +33,7 @@ from celery_agent.executors.docker_options import (
     NETWORK_ROLE,
     ROLE_LABEL,
 )
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,22 +87,24 @@ def containers_of(client: Any, run_id: str) -> list[Any]:
 
 
 def removed(client: Any, run_id: str, timeout: float = 30) -> bool:
-    """Whether the run's container is gone within ``timeout`` (it is removed in the background)."""
-    deadline = time.monotonic() + timeout
-    while containers_of(client, run_id):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
+    """True once the run's container is gone (it is removed in the background); fails naming
+    it after ``timeout``."""
+    return wait_for(
+        f"the container of {run_id} removed",
+        lambda: not containers_of(client, run_id),
+        timeout,
+        every=0.1,
+    )
 
 
 def wait_for_line(store: Any, run_id: str, text: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(text in line for line in store.read_log(run_id)[1]):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} never appeared in the log of {run_id}: {store.get(run_id)}")
+    wait_for(
+        f"{text!r} in the log of {run_id}",
+        lambda: any(text in line for line in store.read_log(run_id)[1]),
+        timeout,
+        every=0.2,
+        detail=lambda: store.get(run_id),
+    )
 
 
 def test_run_in_a_container_gets_params_output_dir_and_its_own_env(
@@ -409,12 +412,12 @@ def test_a_worker_that_starts_removes_what_its_crashed_predecessor_left(docker_c
     orphan.start()
     try:
         make_worker(f"q-{name}", args=("-n", f"{name}@%h"))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and docker_client.containers.list(
-            all=True, filters={"id": orphan.id}
-        ):
-            time.sleep(0.2)
-        assert not docker_client.containers.list(all=True, filters={"id": orphan.id})
+        wait_for(
+            "the orphan container removed",
+            lambda: not docker_client.containers.list(all=True, filters={"id": orphan.id}),
+            30,
+            every=0.2,
+        )
     finally:
         with contextlib.suppress(Exception):
             orphan.remove(force=True)

@@ -4,7 +4,6 @@ with real uv and pip installs from a local wheel."""
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from conftest import write_wheel
 from celery_agent.errors import EnvBuildError
 from celery_agent.executors import ExecutorSettings, get_executor
 from celery_agent.spec import TaskSpec
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,9 +55,7 @@ def test_build_mode_compiles_everything_before_the_run(tmp_path: Path, wheels: P
 
 def test_background_mode_compiles_after_the_build_returns(tmp_path: Path, wheels: Path) -> None:
     env = prepare(tmp_path, wheels, "uv", "background")
-    deadline = time.monotonic() + 30
-    while not compiled(env) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for("the background compile", lambda: compiled(env), 30)
     assert len(compiled(env)) == 1
 
 

@@ -4,7 +4,6 @@ worker's heartbeat (``celery-agent status``) carries the cache's size."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from celery_agent.cli_status import env_cache_text
 from celery_agent.rerun import respec
 from celery_agent.spec import TaskSpec
 from celery_agent.tasks import submit_task
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,16 +45,6 @@ def spec_for(repo: Path, queue: str, wheels: Path, req: str, **kw: object) -> Ta
     return TaskSpec.parse(fields | {"find_links": [str(wheels)], "no_index": True} | kw)
 
 
-def wait_for(what: str, check, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_rerun_with_the_frozen_set_reuses_the_original_environment(
     worker, make_repo, wheels: Path, store
 ) -> None:
@@ -81,7 +71,7 @@ def test_an_environment_in_use_is_not_evicted_and_status_shows_the_cache(
     repo = make_repo({"hold.py": HOLDER, "other.py": "print('other done')\n"})
     flag = tmp_path / "release"
     holder = submit(spec_for(repo, queue, wheels, "cademo", args=[str(flag)]))
-    wait_for("the holder to run", lambda: "holding" in "\n".join(store.read_log(holder.id)[1]))
+    wait_for("the holder to run", lambda: "holding" in "\n".join(store.read_log(holder.id)[1]), 60)
     held_env = Path(store.get(holder.id)["run_dir"]).parents[1] / "cache" / "envs" / "venv"
     held_env = held_env / store.get(holder.id)["env_key"]
 

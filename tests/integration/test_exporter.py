@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from celery_agent import RunHandle, TaskSpec, submit
 from celery_agent.embedded import free_port
 from celery_agent.exporter import FleetCollector, queue_lists
-from celery_agent.testing import write_wheel
+from celery_agent.testing import wait_for, write_wheel
 
 pytestmark = pytest.mark.integration
 
@@ -78,26 +78,26 @@ def exporter(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., str]]:
         log = tmp_path / f"exporter-{len(started)}.log"
         proc, url = _start_exporter(dict(os.environ, **env), log, *args)
         started.append(proc)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _scrape(url)
-                return url
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the exporter did not start:\n{log.read_text()}") from None
-                time.sleep(0.2)
+
+        def answers() -> bool:  # (alive at every look)
+            if proc.poll() is not None:
+                raise RuntimeError(f"the exporter did not start:\n{log.read_text()}")
+            _scrape(url)
+            return True
+
+        wait_for(
+            "the exporter to answer",
+            answers,
+            30,
+            every=0.2,
+            retry_on=(OSError,),
+            detail=log.read_text,
+        )
+        return url
 
     yield factory
     for proc in started:
         assert _stop(proc) == 0  # SIGTERM ends it cleanly
-
-
-def _until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_scrape_shows_queue_depth_workers_and_runs_of_a_live_fleet(
@@ -110,13 +110,17 @@ def test_scrape_shows_queue_depth_workers_and_runs_of_a_live_fleet(
     spec = TaskSpec(repo=str(repo), entry="nap.py", executor="local", queue=queue)
     before = _scrape(url)
     running = submit(spec)
-    _until("the first run to start", lambda: running.state == "running")
+    wait_for("the first run to start", lambda: running.state == "running", 30, every=0.2)
     waiting = [submit(spec) for _ in range(3)]
     runs: list[RunHandle] = [running, *waiting]
     try:
         assert [store.get(r.id)["state"] for r in waiting] == ["queued"] * 3
-        _until("the exporter to see the queued runs",
-               lambda: _value(_scrape(url), "celery_agent_queue_depth", queue=queue) == 3)  # fmt: skip
+        wait_for(
+            "the exporter to see the queued runs",
+            lambda: _value(_scrape(url), "celery_agent_queue_depth", queue=queue) == 3,
+            30,
+            every=0.2,
+        )
         got = _scrape(url)
         assert _value(got, "celery_agent_up") == 1
         # the depth is the messages in the broker's lists, all priority levels together
@@ -135,12 +139,21 @@ def test_scrape_shows_queue_depth_workers_and_runs_of_a_live_fleet(
     finally:
         for r in runs:
             r.cancel()
-    _until("all four runs to end aborted", lambda: all(r.state == "aborted" for r in runs))
+    wait_for(
+        "all four runs to end aborted",
+        lambda: all(r.state == "aborted" for r in runs),
+        30,
+        every=0.2,
+    )
     after = _scrape(url)
     aborted = _value(after, "celery_agent_runs_ended_total", state="aborted")
     assert aborted == (_value(before, "celery_agent_runs_ended_total", state="aborted") or 0) + 4
-    _until("the queue to empty",
-           lambda: _value(_scrape(url), "celery_agent_queue_depth", queue=queue) == 0)  # fmt: skip
+    wait_for(
+        "the queue to empty",
+        lambda: _value(_scrape(url), "celery_agent_queue_depth", queue=queue) == 0,
+        30,
+        every=0.2,
+    )
     assert _value(_scrape(url), "celery_agent_runs_active", state="running", queue=queue) is None
 
 
@@ -201,8 +214,12 @@ def test_a_malformed_heartbeat_is_skipped_and_the_rest_served(store, worker):
     try:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(FleetCollector(store.r, store.keys, store.r))
-        _until("the session worker's heartbeat", lambda: store.r.exists(
-            store.keys.worker(_full_name(store, worker.name))) == 1)  # fmt: skip
+        wait_for(
+            "the session worker's heartbeat",
+            lambda: store.r.exists(store.keys.worker(_full_name(store, worker.name))) == 1,
+            30,
+            every=0.2,
+        )
         got = _parse(generate_latest(registry).decode())
         assert _value(got, "celery_agent_up") == 1
         assert _value(got, "celery_agent_queue_workers", queue=worker.queues) == 1
@@ -240,8 +257,14 @@ def test_every_metric_the_grafana_dashboard_queries_is_served(store):
 
 
 def test_health_exits_0_for_a_live_worker_and_1_naming_the_problem_otherwise(store, worker):
-    _until("the session worker's heartbeat", lambda: any(
-        n.startswith(worker.name + "@") for n in store.r.zrange(store.keys.workers(), 0, -1)))  # fmt: skip
+    wait_for(
+        "the session worker's heartbeat",
+        lambda: any(
+            n.startswith(worker.name + "@") for n in store.r.zrange(store.keys.workers(), 0, -1)
+        ),
+        30,
+        every=0.2,
+    )
     full = _full_name(store, worker.name)
     alive = subprocess.run(
         [CELERY_AGENT, "health", "--worker", full], capture_output=True, text=True, timeout=60

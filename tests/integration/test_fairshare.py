@@ -5,13 +5,13 @@ the quota leaves free serve the others; a parked run is listed as waiting and ca
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
 
 from celery_agent import submit_task
 from celery_agent.cli import main
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +28,23 @@ def _send(spec: dict, n: int) -> list[str]:
 
 
 def _ended(store, ids: list[str], timeout: float) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def ended() -> dict[str, dict] | None:
         records = {i: store.get(i) for i in ids}
-        if all(r.get("state") in ("succeeded", "failed", "aborted") for r in records.values()):
-            return records
-        assert time.monotonic() < deadline, [r.get("state") for r in records.values()]
-        time.sleep(0.2)
+        done = all(r.get("state") in ("succeeded", "failed", "aborted") for r in records.values())
+        return records if done else None
+
+    return wait_for(
+        "every run to end",
+        ended,
+        timeout,
+        every=0.2,
+        detail=lambda: [store.get(i).get("state") for i in ids],
+    )
+
+
+def _parked(store, ids: list[str], reason: str) -> list[str]:
+    """The runs of ``ids`` that wait saying ``reason``."""
+    return [i for i in ids if reason in str(store.get(i).get("waiting") or "")]
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +62,13 @@ def test_a_second_user_goes_before_the_first_users_backlog_is_through(shared, ma
     repo = make_repo({"job.py": JOB})
     a_ids = _send(_spec(repo, shared.queues, "alice", 0.2), 100)
     b_ids = _send(_spec(repo, shared.queues, "bob", 0.2), 5)
-    deadline = time.monotonic() + 120
-    while not all(store.get(i).get("preparing_at") for i in b_ids):
-        assert time.monotonic() < deadline, [store.get(i)["state"] for i in b_ids]
-        time.sleep(0.1)
+    wait_for(
+        "bob's runs to start",
+        lambda: all(store.get(i).get("preparing_at") for i in b_ids),
+        120,
+        every=0.1,
+        detail=lambda: [store.get(i)["state"] for i in b_ids],
+    )
     started = [i for i in a_ids if store.get(i).get("preparing_at")]
     assert len(started) <= 50, f"{len(started)} of alice's 100 runs started before bob's 5 did"
     for run_id in set(a_ids) - set(started):  # (the rest of the backlog is not needed)
@@ -74,13 +87,13 @@ def test_a_quota_of_two_runs_holds_on_four_slots_and_the_free_slots_serve_others
     assert main(["quota", "set", "carol", "--runs", "2"]) == 0
     try:
         c_ids = _send(_spec(repo, queue, "carol", 0.6), 8)
-        deadline = time.monotonic() + 60  # a parked run says why it waits
-        reasons: set[str] = set()
-        while not any("at quota (2/2 runs)" in r for r in reasons):
-            reasons = {str(store.get(i).get("waiting") or "") for i in c_ids}
-            assert time.monotonic() < deadline, reasons
-            time.sleep(0.05)
-        parked = next(i for i in c_ids if "at quota" in str(store.get(i).get("waiting") or ""))
+        # a parked run says why it waits
+        parked = wait_for(
+            "a run of carol's parked at quota",
+            lambda: _parked(store, c_ids, "at quota (2/2 runs)"),
+            60,
+            detail=lambda: {str(store.get(i).get("waiting")) for i in c_ids},
+        )[0]
         capsys.readouterr()
         assert main(["show", parked]) == 0
         shown = capsys.readouterr().out
@@ -108,13 +121,13 @@ def test_a_parked_run_can_be_cancelled(shared, make_repo, store):
     assert main(["quota", "set", "erin", "--runs", "1", "--queue", queue]) == 0
     try:
         both = _send(_spec(repo, queue, "erin", 5), 2)
-        deadline = time.monotonic() + 60
-        waiting = [i for i in both if "at quota" in str(store.get(i).get("waiting") or "")]
-        while not waiting:  # (either may be the one the worker took first)
-            assert time.monotonic() < deadline, [store.get(i) for i in both]
-            time.sleep(0.05)
-            waiting = [i for i in both if "at quota" in str(store.get(i).get("waiting") or "")]
-        (parked,) = waiting
+        # (either may be the one the worker took first)
+        (parked,) = wait_for(
+            "one of erin's runs parked at quota",
+            lambda: _parked(store, both, "at quota"),
+            60,
+            detail=lambda: [store.get(i) for i in both],
+        )
         (first,) = set(both) - {parked}
         assert "(1/1 runs on " + queue + ")" in store.get(parked)["waiting"]
         assert get_run(parked).cancel() == "queued"
@@ -137,10 +150,12 @@ def test_a_user_at_gpu_quota_does_not_hold_the_turn_of_a_user_who_can_start(
     assert main(["quota", "set", "gina", "--gpus", "1", "--queue", queue]) == 0
     try:
         g_ids = _send(_spec(repo, queue, "gina", 8) | {"gpus": 1}, 3)
-        deadline = time.monotonic() + 60
-        while sum("at quota (1/1 GPUs" in str(store.get(i).get("waiting")) for i in g_ids) < 2:
-            assert time.monotonic() < deadline, [store.get(i) for i in g_ids]
-            time.sleep(0.05)
+        wait_for(
+            "two of gina's runs parked at her GPU quota",
+            lambda: len(_parked(store, g_ids, "at quota (1/1 GPUs")) >= 2,
+            60,
+            detail=lambda: [store.get(i) for i in g_ids],
+        )
         (first,) = [i for i in g_ids if store.get(i).get("preparing_at")]
         h_ids = _send(_spec(repo, queue, "hank", 0.2) | {"gpus": 1}, 4)
         h = _ended(store, h_ids, timeout=30)

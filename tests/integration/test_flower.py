@@ -17,6 +17,7 @@ import pytest
 
 from celery_agent import RunHandle, TaskSpec, submit, submit_task
 from celery_agent.dispatch import args_repr, display_name
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +51,16 @@ def chromium(tmp_path: Path, *args: str, timeout: float = 60) -> str:
 
 
 def test_hardware_api_lists_the_live_worker_with_its_history(flower_url, worker):
-    deadline = time.monotonic() + 20
-    while True:
+    def listed() -> dict | None:
         data = json.loads(_get(flower_url + "/celery-agent/api/hardware"))
         rows = {w["name"]: w for w in data["workers"]}
         row = rows.get(f"{worker.name}@{os.uname().nodename}") or next(
             (w for n, w in rows.items() if n.startswith(worker.name + "@")), None
         )
-        if row and len(row["history"]) >= 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert row is not None and row["state"] == "online"
+        return row if row and len(row["history"]) >= 2 else None
+
+    row = wait_for("the worker listed with two heartbeats", listed, 20, every=0.5)
+    assert row["state"] == "online"
     assert worker.queues in row["queues"]
     assert len(row["history"]) >= 2 and row["history"][-1]["cpu"] is not None
 
@@ -68,17 +68,15 @@ def test_hardware_api_lists_the_live_worker_with_its_history(flower_url, worker)
 def test_flower_metrics_carry_the_fleet_metrics(flower_url, worker):
     from prometheus_client.parser import text_string_to_metric_families
 
-    deadline = time.monotonic() + 20
-    while True:
+    def served() -> tuple[str, dict] | None:  # the session worker, online for its queue
         text = _get(flower_url + "/metrics").decode()
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
-        served = samples.get(("celery_agent_queue_workers", (("queue", worker.queues),)))
-        if served == 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+        workers = samples.get(("celery_agent_queue_workers", (("queue", worker.queues),)))
+        return (text, samples) if workers == 1 else None
+
+    text, samples = wait_for("one worker counted on the queue", served, 20, every=0.5)
     assert samples.get(("celery_agent_up", ())) == 1
-    assert served == 1  # the session worker, online for its queue
     assert "# HELP flower_events_total" in text  # Flower's own metrics are still served
 
 
@@ -113,20 +111,21 @@ def _screenshot(tmp_path: Path, page: str) -> None:
 
 
 def _wait_listed(url: str, run_id: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def listed() -> bool:
         data = json.loads(_get(url + "/celery-agent/api/hardware"))
-        if any(r["id"] == run_id for w in data["workers"] for r in w["current"]):
-            return
-        assert time.monotonic() < deadline, f"run {run_id} never showed on the hardware page"
-        time.sleep(0.5)
+        return any(r["id"] == run_id for w in data["workers"] for r in w["current"])
+
+    wait_for(f"run {run_id} on the hardware page", listed, timeout, every=0.5)
 
 
 def _wait_state(run: RunHandle, wanted: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while run.state != wanted:
-        assert time.monotonic() < deadline, f"run {run.id} is {run.state}, not {wanted}"
-        time.sleep(0.2)
+    wait_for(
+        f"run {run.id} {wanted}",
+        lambda: run.state == wanted,
+        timeout,
+        every=0.2,
+        detail=lambda: f"it is {run.state}",
+    )
 
 
 def test_flower_lists_a_run_by_its_display_name_without_secrets(flower_url, make_worker, make_repo):
@@ -143,11 +142,8 @@ def test_flower_lists_a_run_by_its_display_name_without_secrets(flower_url, make
 
 
 def _flower_task(url: str, task_id: str) -> dict[str, object]:
-    deadline = time.monotonic() + 30
-    while True:
-        tasks = json.loads(_get(url + "/api/tasks"))
-        task = tasks.get(task_id)
-        if task and task.get("state") == "SUCCESS" or time.monotonic() > deadline:
-            assert task, f"flower never saw task {task_id}"
-            return dict(task)
-        time.sleep(0.5)
+    def succeeded() -> dict[str, object] | None:
+        task = json.loads(_get(url + "/api/tasks")).get(task_id)
+        return dict(task) if task and task.get("state") == "SUCCESS" else None
+
+    return wait_for(f"Flower to see task {task_id} succeed", succeeded, 30, every=0.5)

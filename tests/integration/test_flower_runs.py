@@ -15,6 +15,7 @@ import pytest
 from flower_support import ARTIFACTS, get
 
 from celery_agent import RunHandle, TaskSpec, submit
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +34,13 @@ WAITER = textwrap.dedent(
 
 
 def _wait_state(run: RunHandle, wanted: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while run.state != wanted:
-        assert time.monotonic() < deadline, f"run {run.id} is {run.state}, not {wanted}"
-        time.sleep(0.1)
+    wait_for(
+        f"run {run.id} {wanted}",
+        lambda: run.state == wanted,
+        timeout,
+        every=0.1,
+        detail=lambda: f"it is {run.state}",
+    )
 
 
 def _status(url: str, method: str = "GET", headers: dict[str, str] | None = None,

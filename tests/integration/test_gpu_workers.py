@@ -17,6 +17,7 @@ from celery_agent import TaskSpec, submit
 from celery_agent.app import get_registry
 from celery_agent.cli import main
 from celery_agent.gpus import fake_uuid
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,14 +53,19 @@ def output(record: dict, key: str) -> str:
 
 
 def heartbeat_of(worker: Worker, timeout: float = 10) -> dict:
-    registry, deadline = get_registry(), time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    registry = get_registry()
+
+    def beat() -> dict | None:
         name = next((n for n in registry.names() if n.startswith(worker.name + "@")), None)
-        record = registry.get(name) if name else None
-        if record:
-            return record
-        time.sleep(0.1)
-    raise AssertionError(f"no heartbeat from {worker.name}:\n{worker.output()[-2000:]}")
+        return registry.get(name) if name else None
+
+    return wait_for(
+        f"a heartbeat from {worker.name}",
+        beat,
+        timeout,
+        every=0.1,
+        detail=lambda: worker.output()[-2000:],
+    )
 
 
 def test_static_worker_pins_every_run_to_its_gpus_by_uuid(static_worker, make_repo):
@@ -90,20 +96,26 @@ def test_a_run_asking_more_gpus_than_the_worker_owns_fails_at_once(static_worker
 def test_heartbeats_keep_flowing_while_the_only_pool_slot_runs_a_long_job(static_worker, make_repo):
     run = submit(spec(make_repo({"show.py": SHOW_GPUS}), static_worker.queues, "10"))
     beats, current = set(), set()
-    deadline = time.monotonic() + 60
-    while run.state not in ("succeeded", "failed") and time.monotonic() < deadline:
+
+    def ended() -> bool:  # (a heartbeat seen at every look)
         hb = heartbeat_of(static_worker)
         if run.state == "running":
             beats.add(hb["at"])
             current.update(hb["runs"])
-        time.sleep(0.25)
+        return run.state in ("succeeded", "failed")
+
+    wait_for("the run to end", ended, 60, every=0.25)
     assert run.state == "succeeded"
     assert len(beats) >= 10, f"only {len(beats)} heartbeats during a 10 s job at 0.5 s"
     assert current == {run.id}, "the heartbeat names the run the pool is running"
-    deadline = time.monotonic() + 10  # the next heartbeats no longer name it
-    while heartbeat_of(static_worker)["runs"] != []:
-        assert time.monotonic() < deadline, heartbeat_of(static_worker)["runs"]
-        time.sleep(0.1)
+    # the next heartbeats no longer name it
+    wait_for(
+        "a heartbeat naming no run",
+        lambda: heartbeat_of(static_worker)["runs"] == [],
+        10,
+        every=0.1,
+        detail=lambda: heartbeat_of(static_worker)["runs"],
+    )
 
 
 def test_status_lists_the_worker_with_its_gpus(static_worker, capsys):

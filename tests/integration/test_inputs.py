@@ -17,13 +17,12 @@ from typing import Any
 import pytest
 import test_docker_executor
 from conftest import Worker
-from test_reliability_recovery import wait_for
 
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.cli import main
 from celery_agent.errors import SpecError
 from celery_agent.inputcache import InputCache
-from celery_agent.testing import init_repo
+from celery_agent.testing import init_repo, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -199,7 +198,11 @@ def test_an_input_whose_run_still_uploads_waits_for_the_upload(setup, store):
         assert run.info()["spec"]["inputs"]["later"] == f"run://{first.id}/model.pt"
         cancelled = submit(spec)
         for r in (run, cancelled):
-            wait_for(lambda r=r: any("finish uploading" in x for x in r.logs()), 60)
+            wait_for(
+                "the run to wait for the upload",
+                lambda r=r: any("finish uploading" in x for x in r.logs()),
+                60,
+            )
         assert run.state == cancelled.state == "preparing"
         cancelled.cancel()  # while its inputs stage waits
         ended = cancelled.wait(30)
@@ -214,7 +217,11 @@ def test_an_input_whose_run_still_uploads_waits_for_the_upload(setup, store):
 def test_an_input_of_a_run_whose_hashes_never_came_is_read_once_they_are_overdue(setup, store):
     w, repo, first = setup
     key = store.keys.run(first.id)
-    kept = wait_for(lambda: (a := first.info()["artifacts"]).get("hashes") == "complete" and a, 30)
+    kept = wait_for(
+        "the kept files hashed",
+        lambda: (a := first.info()["artifacts"]).get("hashes") == "complete" and a,
+        30,
+    )
     unhashed = kept | {"hashes": "pending", "hashed_by": time.time() + 3,
                        "files": [{k: v for k, v in f.items() if k != "sha256"}
                                  for f in kept["files"]]}  # fmt: skip

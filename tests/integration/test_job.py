@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -23,6 +22,7 @@ from celery_agent.runner import ProcessOutcome, Usage
 from celery_agent.settings import Settings
 from celery_agent.source import Checkout
 from celery_agent.spec import TaskSpec
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -128,10 +128,8 @@ def test_a_run_cancelled_while_preparing_ends_aborted_without_running(ctx, execu
 
     def cancel_and_wait_until_heard() -> None:
         assert store.request_abort(run_id) == state.PREPARING
-        deadline = time.monotonic() + 10
-        while not job.stops():  # (the cancel reaches the run through pub/sub or its poll)
-            assert time.monotonic() < deadline, "the run never heard of the cancel"
-            time.sleep(0.01)
+        # (the cancel reaches the run through pub/sub or its poll)
+        wait_for("the run to hear of the cancel", job.stops, 10, every=0.01)
 
     executor.on_prepare = cancel_and_wait_until_heard
     summary = job.run(spec)
@@ -207,10 +205,12 @@ def test_an_attempt_whose_claim_went_to_another_runner_writes_nothing(ctx, execu
     def taken_over() -> None:
         store.r.set(store.keys.claim(run_id), other, px=30_000)
         store.transition(run_id, state.RUNNING, attempt=2, worker="other@h")
-        deadline = time.monotonic() + 10
-        while job.held is not None and job.held.lost_to is None:  # the keeper's next renewal
-            assert time.monotonic() < deadline, "the keeper never saw the claim taken"
-            time.sleep(0.02)
+        wait_for(
+            "the keeper's next renewal to see the claim taken",
+            lambda: job.held is None or job.held.lost_to is not None,
+            10,
+            every=0.02,
+        )
 
     executor.on_run = taken_over
     executor.outcome = ProcessOutcome(state.FAILED, -9, 0.01, 1, 1, [], Usage())

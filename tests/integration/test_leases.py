@@ -13,6 +13,7 @@ from celery_agent.errors import Cancelled, StageTimeout
 from celery_agent.gpus import fake_uuid
 from celery_agent.leases import GpuLeases, LeaseKeeper, held, lease_gpus
 from celery_agent.monitoring.gpu import GpuDevice
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 EIGHT = [GpuDevice(i, fake_uuid(i)) for i in range(8)]
@@ -37,17 +38,15 @@ def test_only_the_owner_renews_or_releases(leases):
     assert set(leases.holders(UUIDS[:2]).values()) == {None}
 
 
-def until(check, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_a_crashed_owners_lease_expires(leases):
     assert leases.acquire(UUIDS[:1], 1, "dead", 1.0) == UUIDS[:1]
     assert leases.acquire(UUIDS[:1], 1, "next", 10) == [], "held until it expires"
-    until(lambda: leases.acquire(UUIDS[:1], 1, "next", 10) == UUIDS[:1])
+    wait_for(
+        "the lease to expire",
+        lambda: leases.acquire(UUIDS[:1], 1, "next", 10) == UUIDS[:1],
+        10,
+        every=0.02,
+    )
     assert leases.holders(UUIDS[:1]) == {UUIDS[0]: "next"}
 
 

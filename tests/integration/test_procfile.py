@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from celery_agent.embedded import EmbeddedRedis, free_port
 from celery_agent.gpus import fake_uuid
 from celery_agent.monitoring.gpu import devices
 from celery_agent.state import RunStore
+from celery_agent.testing import wait_for
 from celery_agent.workers import WorkerRegistry
 
 pytestmark = pytest.mark.integration
@@ -39,13 +39,6 @@ EXPERIMENT = {
     "hi.py": "import os\nprint('hello from', os.environ.get('CUDA_VISIBLE_DEVICES', '-'))\n",
     "long.py": "import time\nprint('started', flush=True)\ntime.sleep(300)\n",
 }
-
-
-def until(check: Callable[[], object], timeout: float, why: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, why()
-        time.sleep(0.3)
 
 
 @dataclass
@@ -198,7 +191,7 @@ def test_honcho_start_brings_the_stack_up_here_and_sigterm_drains_it(tmp_path):
         for stack in stacks:
             stack.start(clone)
         for stack in stacks:
-            until(stack.up, 120, stack.tail)
+            wait_for("the stack up", stack.up, 120, every=0.3, detail=stack.tail)
             stack.watch()
         observed_from = time.monotonic()
 
@@ -209,7 +202,13 @@ def test_honcho_start_brings_the_stack_up_here_and_sigterm_drains_it(tmp_path):
         assert f"hello from {fake_uuid(1)}" in out, out
         long_id, _ = fake.submit(experiment, "long.py", "gpu0", wait=False)
         store = RunStore.from_url(fake.url)
-        until(lambda: store.get(long_id).get("state") == "running", 60, fake.tail)
+        wait_for(
+            "the long run running",
+            lambda: store.get(long_id).get("state") == "running",
+            60,
+            every=0.3,
+            detail=fake.tail,
+        )
         store.r.close()
 
         # every process stays up (no line stopped, no worker started again)
@@ -226,10 +225,12 @@ def test_honcho_start_brings_the_stack_up_here_and_sigterm_drains_it(tmp_path):
         for stack in stacks:
             assert stack.proc is not None
             stack.proc.wait(60)
-        until(
+        wait_for(
+            "every process of the stacks gone",
             lambda: not any(_running(p.pid) for ps in family.values() for p in ps),
             30,
-            lambda: str([p.cmdline() for ps in family.values() for p in ps if _running(p.pid)]),
+            every=0.3,
+            detail=lambda: [p.cmdline() for ps in family.values() for p in ps if _running(p.pid)],
         )
     finally:
         _kill_left(family or _stop(stacks))

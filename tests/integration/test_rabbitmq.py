@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_reliability_recovery import SCRIPT, pids, spec, wait_for
+from test_reliability_recovery import SCRIPT, pids, spec
 
 from celery_agent import submit_task
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,7 @@ def test_cancel_on_rabbitmq(broker, make_worker, make_repo, tmp_path, store):
     queue = queue_name("cancel")
     make_worker(queue, concurrency=1, CELERY_BROKER_URL=broker)
     r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=60, grace=0))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     store.request_abort(r.id)
     assert r.get(timeout=30)["status"] == "aborted"
 
@@ -79,7 +80,7 @@ def test_a_killed_workers_run_comes_back_on_rabbitmq(
     queue = queue_name("kill")
     workers = [make_worker(queue, concurrency=1, CELERY_BROKER_URL=broker) for _ in range(2)]
     r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=3))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     name = store.get(r.id)["worker"]
     victim = next(w for w in workers if name == f"{w.name}@{socket.gethostname()}")
     os.killpg(victim.proc.pid, signal.SIGKILL)
@@ -98,7 +99,7 @@ def test_a_drained_run_goes_back_through_rabbitmq(broker, make_worker, make_repo
     env = {"CELERY_BROKER_URL": broker}
     first = make_worker(queue, concurrency=1, CELERY_AGENT_DRAIN_GRACE="1", **env)
     r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=3))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     first.proc.send_signal(signal.SIGTERM)
     first.proc.wait(15)
     record = store.get(r.id)
@@ -150,7 +151,7 @@ def test_celery_agent_up_takes_rabbitmq_as_its_broker(broker, make_repo, tmp_pat
     up = _spawn(argv, env, tmp_path / "up.log", tmp_path)
     try:
         log = tmp_path / "up.log"
-        wait_for(lambda: b" ready." in log.read_bytes(), 60)
+        wait_for("the worker ready", lambda: b" ready." in log.read_bytes(), 60)
         assert b"set CELERY_BROKER_URL to it as well" in log.read_bytes()
         queue = argv[-1]
         repo = make_repo({"job.py": "print('through rabbitmq')\n"})
@@ -208,7 +209,12 @@ def test_the_exporter_reads_queue_depth_from_rabbitmq(broker, redis_url, make_re
               "queue": queue, "executor": "local"}  # fmt: skip
     for _ in range(3):
         submit_task.delay(fields)
-    wait_for(lambda: scrape(broker, queue).get(("celery_agent_queue_depth", queue)) == 3, 30, 0.5)
+    wait_for(
+        "a queue depth of 3",
+        lambda: scrape(broker, queue).get(("celery_agent_queue_depth", queue)) == 3,
+        30,
+        0.5,
+    )
     got = scrape(broker, queue, nowhere)
     assert got[("celery_agent_broker_up", "")] == 1 and got[("celery_agent_up", "")] == 1
     assert got[("celery_agent_queue_depth", nowhere)] == 0

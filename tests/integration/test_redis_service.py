@@ -6,25 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
 
 from celery_agent.embedded import free_port
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-
-
-def until(check: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def answers(client: redis.Redis) -> bool:
@@ -44,10 +36,14 @@ def test_redis_stops_once_its_last_client_leaves_not_at_sigterm(tmp_path):
     port = free_port()
     proc = start(tmp_path, port, "--linger", "30")
     client = redis.Redis(port=port, socket_timeout=2)
-    until(lambda: answers(client))
+    wait_for("Redis to answer", lambda: answers(client), 30)
     client.set("kept", "1")
     os.killpg(proc.pid, signal.SIGTERM)  # as honcho sends it: to the whole group
-    until(lambda: "other client(s) have left" in (tmp_path / "out.log").read_text())
+    wait_for(
+        "the wait for clients to leave",
+        lambda: "other client(s) have left" in (tmp_path / "out.log").read_text(),
+        30,
+    )
     assert proc.poll() is None and client.get("kept") == b"1"  # still serving its client
     client.close()
     assert proc.wait(20) == 0
@@ -58,9 +54,13 @@ def test_a_second_signal_stops_redis_at_once(tmp_path):
     port = free_port()
     proc = start(tmp_path, port, "--linger", "60")
     client = redis.Redis(port=port, socket_timeout=2)
-    until(lambda: answers(client))
+    wait_for("Redis to answer", lambda: answers(client), 30)
     proc.send_signal(signal.SIGTERM)
-    until(lambda: "other client(s) have left" in (tmp_path / "out.log").read_text())
+    wait_for(
+        "the wait for clients to leave",
+        lambda: "other client(s) have left" in (tmp_path / "out.log").read_text(),
+        30,
+    )
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
     assert not answers(client)
@@ -69,7 +69,9 @@ def test_a_second_signal_stops_redis_at_once(tmp_path):
 def test_a_redis_that_already_answers_is_used(tmp_path, redis_url):
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     proc = start(tmp_path, port)
-    until(lambda: "already answers" in (tmp_path / "out.log").read_text())
+    wait_for(
+        "'already answers'", lambda: "already answers" in (tmp_path / "out.log").read_text(), 30
+    )
     assert proc.poll() is None  # it waits, as a Procfile line must, instead of failing
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0

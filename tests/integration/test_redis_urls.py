@@ -12,7 +12,6 @@ import ipaddress
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from celery_agent.app import create_app
 from celery_agent.embedded import free_port, redis_server_binary
 from celery_agent.errors import StateError
 from celery_agent.state import TERMINAL, RunStore
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +51,17 @@ def start_redis(tmp_path: Path) -> Iterator[Start]:
         argv += ["--sentinel"] if sentinel else ["--save", ""]
         with (folder / "stderr").open("wb") as err:
             procs.append(subprocess.Popen(argv, stdout=err, stderr=subprocess.STDOUT))
-        deadline, ready = time.monotonic() + 15, b"+monitor" if sentinel else b"eady to accept"
-        while ready not in _read(folder / "log"):
-            if procs[-1].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((_read(folder / "stderr") + _read(folder / "log")).decode())
-            time.sleep(0.05)
+        ready = b"+monitor" if sentinel else b"eady to accept"
+
+        def said() -> str:
+            return (_read(folder / "stderr") + _read(folder / "log")).decode()
+
+        def up() -> bool:  # (alive at every look)
+            if procs[-1].poll() is not None:
+                raise RuntimeError(said())
+            return ready in _read(folder / "log")
+
+        wait_for(f"redis on port {port} ready", up, 15, detail=said)
         return port
 
     yield start
@@ -83,10 +89,13 @@ def run_job(url: str, make_repo, tmp_path: Path) -> tuple[dict, dict, list[str]]
         sent = sender.send_task("celery_agent.run", args=[spec.to_json()], task_id=run_id,
                                 queue=queue)  # fmt: skip
         result = sent.get(timeout=60)  # through the result backend on the same URL
-        deadline = time.monotonic() + 30
-        while (record := store.get(run_id))["state"] not in TERMINAL:
-            assert time.monotonic() < deadline, record
-            time.sleep(0.1)
+        record = wait_for(
+            "the run to end",
+            lambda: (r := store.get(run_id))["state"] in TERMINAL and r,
+            30,
+            every=0.1,
+            detail=lambda: store.get(run_id),
+        )
         return record, result, store.read_log(run_id)[1]
     except BaseException:
         print(worker.output()[-3000:])
@@ -222,10 +231,22 @@ def test_the_store_follows_a_sentinel_failover(start_redis):
         p: RunStore.from_url(f"redis://:{PASSWORD}@127.0.0.1:{p}/0") for p in (primary, replica)
     }
     watcher = RunStore.from_url(f"redis://127.0.0.1:{sentinel}/0").r
-    wait_until(lambda: direct[replica].r.exists(direct[replica].keys.run("before")))
-    wait_until(lambda: watcher.execute_command("SENTINEL", "REPLICAS", MASTER))
+    wait_for(
+        "the replica to copy the run",
+        lambda: direct[replica].r.exists(direct[replica].keys.run("before")),
+        30,
+        every=0.1,
+    )
+    wait_for(
+        "the sentinel to know the replica",
+        lambda: watcher.execute_command("SENTINEL", "REPLICAS", MASTER),
+        30,
+        every=0.1,
+    )
     direct[primary].r.shutdown(nosave=True)  # the primary dies; the sentinel promotes the replica
-    wait_until(lambda: promoted(watcher.sentinel_master(MASTER), replica))
+    wait_for(
+        "the failover", lambda: promoted(watcher.sentinel_master(MASTER), replica), 30, every=0.1
+    )
     store.create_run("after", {"entry": "x.py"}, "q")  # asks the sentinel for the new primary
     assert store.get("before")["state"] == store.get("after")["state"] == "queued"
     assert direct[replica].get("after")["state"] == "queued"
@@ -235,10 +256,3 @@ def test_the_store_follows_a_sentinel_failover(start_redis):
 def promoted(master: dict, port: int) -> bool:
     """Whether the sentinel's failover put ``port`` in charge (and the failover ended)."""
     return int(master["port"]) == port and master["is_master"] and not master["is_sdown"]
-
-
-def wait_until(check: Callable[[], object], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"still not true after {timeout}s"
-        time.sleep(0.1)

@@ -11,11 +11,12 @@ import uuid
 
 import psutil
 import pytest
-from test_reliability_recovery import SCRIPT, gone, pids, spec, wait_for
+from test_reliability_recovery import SCRIPT, gone, pids, spec
 
 from celery_agent import submit_task
 from celery_agent.keeper import RENEWALS
 from celery_agent.settings import Settings
+from celery_agent.testing import wait_for
 from celery_agent.workers import LOST
 
 pytestmark = pytest.mark.integration
@@ -43,12 +44,12 @@ def test_a_killed_worker_run_is_back_within_seconds_on_default_settings(
 ):
     queue, workers = two_workers(make_worker, "dflt-kill")
     r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=60))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     victim, _ = holder(workers, store, r.id)
     os.killpg(victim.proc.pid, signal.SIGKILL)  # the whole worker: a dead machine
     killed_at = time.monotonic()
     victim.proc.wait()
-    wait_for(lambda: len(pids(tmp_path)) == 2, RECOVERY_GOAL + 5)
+    wait_for("attempt 2 to start", lambda: len(pids(tmp_path)) == 2, RECOVERY_GOAL + 5)
     back = time.monotonic() - killed_at
     record = store.get(r.id)
     assert record["attempt"] == 2 and record["lost_attempts"] == 1, record
@@ -68,7 +69,7 @@ def test_a_paused_worker_past_its_heartbeat_ttl_keeps_its_run(
     assert pause < DEFAULTS.claim_ttl * (1 - 1 / RENEWALS), "the claim must outlive the pause"
     queue, workers = two_workers(make_worker, "dflt-pause")
     r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=pause + 4))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     paused, _ = holder(workers, store, r.id)
     name = store.get(r.id)["worker"]
     from celery_agent.app import get_registry
@@ -77,11 +78,12 @@ def test_a_paused_worker_past_its_heartbeat_ttl_keeps_its_run(
     stopped_at = time.monotonic()
     try:
         row = lambda: next(w for w in get_registry().overview() if w["name"] == name)  # noqa: E731
-        wait_for(lambda: row()["state"] == LOST, pause)  # the other worker's sweep saw it
+        # the other worker's sweep saw it
+        wait_for("the worker marked lost", lambda: row()["state"] == LOST, pause)
         time.sleep(max(0.0, pause - (time.monotonic() - stopped_at)))  # the pause itself
     finally:
         os.killpg(paused.proc.pid, signal.SIGCONT)
-    wait_for(lambda: row()["state"] == "online", 10)  # beating again
+    wait_for("the worker online again", lambda: row()["state"] == "online", 10)  # beating again
     out = r.get(timeout=60)
     assert out["status"] == "succeeded", out
     record = store.get(r.id)
@@ -103,7 +105,8 @@ def test_a_message_whose_worker_died_before_claiming_it_goes_to_another_worker(
     r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=0.5))
     name = f"{taker.name}@{socket.gethostname()}"
     reserved = store.keys.worker_reserved(name)
-    wait_for(lambda: store.r.hget(reserved, r.id), 15)  # the main process took the message
+    # the main process took the message
+    wait_for("the message reserved", lambda: store.r.hget(reserved, r.id), 15)
     os.killpg(taker.proc.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     taker.proc.wait()
@@ -124,20 +127,23 @@ def test_a_worker_paused_past_its_claim_stops_its_attempt_once_it_resumes(
     resumes, its runner finds the claim taken, kills its attempt and writes nothing more."""
     queue, workers = two_workers(make_worker, "dflt-stall")
     r = submit_task.delay(spec(make_repo({"job.py": SCRIPT}), queue, tmp_path, work=60, grace=0))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     ((old_run, old_child),) = pids(tmp_path)
     paused, other = holder(workers, store, r.id)
     os.killpg(paused.proc.pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: len(pids(tmp_path)) == 2, RECOVERY_GOAL + 5)  # attempt 2, elsewhere
+        # attempt 2, elsewhere
+        wait_for("attempt 2 to start", lambda: len(pids(tmp_path)) == 2, RECOVERY_GOAL + 5)
     finally:
         os.killpg(paused.proc.pid, signal.SIGCONT)
-    wait_for(lambda: gone(old_run) and gone(old_child), 10)
+    wait_for("the old attempt gone", lambda: gone(old_run) and gone(old_child), 10)
     record = store.get(r.id)
     assert record["attempt"] == 2 and record["worker"] == f"{other.name}@{socket.gethostname()}"
     assert record["state"] == "running", record
     assert "runs it now; stopping this attempt" in wait_for(
-        lambda: "runs it now" in paused.output() and paused.output(), 10
+        "the paused worker to stop its attempt",
+        lambda: "runs it now" in paused.output() and paused.output(),
+        10,
     )
     store.request_abort(r.id)
     assert r.get(timeout=30)["status"] == "aborted"

@@ -10,9 +10,10 @@ import time
 
 import psutil
 import pytest
-from test_reliability_recovery import FAST, gone, pids, start_run, wait_for
+from test_reliability_recovery import FAST, gone, pids, start_run
 
 from celery_agent.state import ACTIVE
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,11 @@ def test_a_killed_worker_main_process_stops_its_runs_and_they_finish_elsewhere(
     os.kill(first.proc.pid, signal.SIGKILL)  # the main process only; its pool process lives on
     first.proc.wait()
     killed_at = time.monotonic()
-    wait_for(lambda: gone(run_pid) and gone(grandchild) and gone(pool_pid), 5)
+    wait_for(
+        "the run, its child and the pool process gone",
+        lambda: gone(run_pid) and gone(grandchild) and gone(pool_pid),
+        5,
+    )
     stopped = time.monotonic() - killed_at
     assert f"worker process {first.proc.pid} is gone" in first.output()
     assert store.get(r.id)["state"] in ACTIVE, "the pool process recorded no outcome"

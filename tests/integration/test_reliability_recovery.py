@@ -9,10 +9,11 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
+from proc_support import gone
 
 from celery_agent import TaskSpec, submit_task
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +45,6 @@ def spec(repo: Path, queue: str, pid_dir: Path, work: float, **kw: object) -> Ta
     return TaskSpec.parse(fields | kw)
 
 
-def wait_for(check, timeout: float, every: float = 0.05):
-    """Poll ``check`` until it returns something truthy; return it (or fail after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"still not true after {timeout}s: {check}")
-
-
 def pids(pid_dir: Path) -> list[tuple[int, int]]:
     """(run process, grandchild) of every attempt that started, in no order."""
     out = []
@@ -65,13 +55,6 @@ def pids(pid_dir: Path) -> list[tuple[int, int]]:
     return out
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def start_run(make_worker, make_repo, tmp_path: Path, tag: str, script: str, work: float,
               concurrency: int = 1, **kw: object):  # fmt: skip
     """A worker on a queue of its own, and a run of ``script`` on it once its process and that
@@ -80,7 +63,7 @@ def start_run(make_worker, make_repo, tmp_path: Path, tag: str, script: str, wor
     worker = make_worker(queue, concurrency=concurrency, **FAST)
     repo = make_repo({"job.py": script})
     r = submit_task.delay(spec(repo, queue, tmp_path, work=work, **kw))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     run_pid, grandchild = pids(tmp_path)[0]
     return worker, queue, r, run_pid, grandchild
 
@@ -103,7 +86,9 @@ def test_a_run_longer_than_the_visibility_timeout_runs_once(
     assert len(pids(tmp_path)) == 1, "the run started once"
     assert store.get(r.id)["attempt"] == 1
     assert "dropping a second delivery" in wait_for(
-        lambda: "dropping a second delivery" in w.output() and w.output(), 10
+        "the second delivery dropped",
+        lambda: "dropping a second delivery" in w.output() and w.output(),
+        10,
     )
 
 
@@ -119,9 +104,9 @@ def test_a_killed_worker_run_is_requeued_and_finishes_elsewhere(
     first.proc.wait()
     killed_at = time.monotonic()
     # the run's process group (its child too) dies with its pool process: the guard kills it
-    wait_for(lambda: gone(run_pid) and gone(grandchild), 5)
+    wait_for("the run and its child gone", lambda: gone(run_pid) and gone(grandchild), 5)
     make_worker(queue, concurrency=1, **FAST)
-    record = wait_for(lambda: (rec := store.get(r.id)).get("attempt") == 2 and rec, 30)
+    record = wait_for("attempt 2", lambda: (rec := store.get(r.id)).get("attempt") == 2 and rec, 30)
     recovered = time.monotonic() - killed_at
     out = r.get(timeout=60)
     assert out["status"] == "succeeded", out
@@ -139,7 +124,7 @@ def test_a_killed_pool_process_is_taken_over_and_its_processes_die(
         make_worker, make_repo, tmp_path, "pool", SCRIPT, work=3, concurrency=2
     )
     os.kill(int(store.get(r.id)["pid"]), signal.SIGKILL)
-    wait_for(lambda: gone(run_pid) and gone(grandchild), 10)
+    wait_for("the run and its child gone", lambda: gone(run_pid) and gone(grandchild), 10)
     out = r.get(timeout=60)
     assert out["status"] == "succeeded", out
     record = store.get(r.id)
@@ -151,7 +136,7 @@ def test_a_run_out_of_attempts_ends_lost(make_worker, make_repo, tmp_path, store
     make_worker(queue, concurrency=2, **FAST)
     repo = make_repo({"job.py": SCRIPT})
     r = submit_task.delay(spec(repo, queue, tmp_path, work=30, max_attempts=1))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     os.kill(int(store.get(r.id)["pid"]), signal.SIGKILL)
     out = r.get(timeout=30)
     assert out["status"] == "lost" and "max_attempts is 1" in out["error"], out

@@ -13,10 +13,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_reliability_recovery import wait_for
 
 from celery_agent.app import app
 from celery_agent.spec import TaskSpec
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -142,10 +142,11 @@ def test_an_unsigned_message_is_refused_by_a_signing_worker(
     store.create_run(run_id, spec.to_json(), queue)
     assert app.conf.task_serializer == "json"  # this test process signs nothing
     app.send_task("celery_agent.run", args=[spec.to_json()], task_id=run_id, queue=queue)
-    wait_for(lambda: REFUSED in w.output(), 30)
+    wait_for("the refusal in the worker log", lambda: REFUSED in w.output(), 30)
     assert "Received invalid task message" in w.output()
     assert "application/json" in w.output()
-    wait_for(lambda: not in_broker(store, queue, run_id), 30)  # discarded: none can start it
+    # discarded: none can start it
+    wait_for("the message gone from the broker", lambda: not in_broker(store, queue, run_id), 30)
     assert store.get(run_id)["state"] == "queued"
     assert not mark.exists(), "the unsigned run must never start"
     # the worker is still fine: a signed run on the same queue goes through
@@ -162,7 +163,11 @@ def test_a_message_signed_with_an_unknown_key_is_refused(
     stranger = signing_env(tmp_path / "stranger")  # its own key; the worker does not trust it
     mark = tmp_path / "ran.txt"
     sent = submit_signed(job_spec(make_repo, queue, mark), stranger, wait=False)
-    wait_for(lambda: "Can't decode message body" in w.output(), 30)
-    wait_for(lambda: not in_broker(store, queue, str(sent["id"])), 30)
+    wait_for(
+        "the decode error in the worker log", lambda: "Can't decode message body" in w.output(), 30
+    )
+    wait_for(
+        "the message gone from the broker", lambda: not in_broker(store, queue, str(sent["id"])), 30
+    )
     assert store.get(str(sent["id"]))["state"] == "queued"
     assert not mark.exists(), "a run signed by an untrusted key must never start"

@@ -7,9 +7,10 @@ import signal
 import time
 
 import pytest
-from test_reliability_recovery import FAST, SCRIPT, gone, pids, spec, wait_for
+from test_reliability_recovery import FAST, SCRIPT, gone, pids, spec
 
 from celery_agent import submit_task
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,11 +22,13 @@ def queue_name(tag: str) -> str:
 def test_cancel_kills_the_run_tree_within_a_second(worker, make_repo, tmp_path, store):
     repo = make_repo({"job.py": SCRIPT})
     r = submit_task.delay(spec(repo, worker.queues, tmp_path, work=60, grace=0))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     run_pid, grandchild = pids(tmp_path)[0]
     t0 = time.monotonic()
     store.request_abort(r.id)
-    wait_for(lambda: gone(run_pid) and gone(grandchild), 5, every=0.005)
+    wait_for(
+        "the run and its child gone", lambda: gone(run_pid) and gone(grandchild), 5, every=0.005
+    )
     took = time.monotonic() - t0
     out = r.get(timeout=30)
     assert out["status"] == "aborted", out
@@ -49,7 +52,7 @@ def test_a_drained_run_goes_back_to_its_queue_and_finishes_elsewhere(
     first = make_worker(queue, concurrency=1, CELERY_AGENT_DRAIN_GRACE="1", **FAST)
     repo = make_repo({"job.py": SCRIPT})
     r = submit_task.delay(spec(repo, queue, tmp_path, work=5))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     assert first.proc is not None
     counts = store.r.hgetall(store.keys.run_counts())
     first.proc.send_signal(signal.SIGTERM)
@@ -71,10 +74,10 @@ def test_a_second_sigterm_stops_the_runs_at_once(make_worker, make_repo, tmp_pat
     w = make_worker(queue, concurrency=1, CELERY_AGENT_DRAIN_GRACE="300", **FAST)
     repo = make_repo({"job.py": SCRIPT})
     r = submit_task.delay(spec(repo, queue, tmp_path, work=60))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     assert w.proc is not None
     w.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: "draining: runs get 300s to finish" in w.output(), 30)
+    wait_for("the worker to drain", lambda: "draining: runs get 300s to finish" in w.output(), 30)
     assert w.proc.poll() is None and store.get(r.id)["state"] == "running", "the grace holds"
     w.proc.send_signal(signal.SIGTERM)
     w.proc.wait(10)
@@ -90,10 +93,14 @@ def test_revoke_terminate_kills_the_tree_and_ends_the_run_aborted(
     make_beat(**FAST)
     repo = make_repo({"job.py": SCRIPT})
     r = submit_task.delay(spec(repo, queue, tmp_path, work=60))
-    wait_for(lambda: pids(tmp_path), 30)
+    wait_for("the run to start", lambda: pids(tmp_path), 30)
     run_pid, grandchild = pids(tmp_path)[0]
     r.revoke(terminate=True)
-    wait_for(lambda: gone(run_pid) and gone(grandchild), 15)
-    record = wait_for(lambda: (rec := store.get(r.id))["state"] != "running" and rec, 20)
+    wait_for("the run and its child gone", lambda: gone(run_pid) and gone(grandchild), 15)
+    record = wait_for(
+        "the run to stop running",
+        lambda: (rec := store.get(r.id))["state"] != "running" and rec,
+        20,
+    )
     assert record["state"] == "aborted" and "revoked" in record["error"], record
     assert len(pids(tmp_path)) == 1, "a revoked run is not started again"

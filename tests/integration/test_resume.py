@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 from test_docker_executor import docker_client, docker_spec  # noqa: F401 (a fixture)
-from test_reliability_recovery import FAST, wait_for
+from test_reliability_recovery import FAST
 
 from celery_agent import submit_task
 from celery_agent.cli import main
 from celery_agent.spec import TaskSpec
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,7 @@ def test_a_killed_workers_run_resumes_from_its_checkpoint_on_another_worker(
     spec = TaskSpec(repo=str(make_repo({"train.py": TRAIN})), entry="train.py", queue=queue,
                     executor="local", checkpoint_sync=0.2)  # fmt: skip
     r = submit_task.delay(spec)
-    wait_for(lambda: synced_step(root, r.id) >= 5, 30)
+    wait_for("step 5 synced", lambda: synced_step(root, r.id) >= 5, 30)
     assert first.proc is not None
     os.killpg(first.proc.pid, signal.SIGKILL)  # the whole worker, pool included
     first.proc.wait()
@@ -108,7 +109,7 @@ def test_a_drained_run_syncs_its_checkpoints_as_it_stops_and_resumes_from_them(
     spec = TaskSpec(repo=str(repo), entry="train.py", queue=queue, executor="local",
                     checkpoint_sync=0)  # fmt: skip
     r = submit_task.delay(spec)
-    wait_for(lambda: "step 4" in store.read_log(r.id)[1], 30)
+    wait_for("step 4 in the log", lambda: "step 4" in store.read_log(r.id)[1], 30)
     assert synced_step(root, r.id) == 0, "no periodic round"
     assert first.proc is not None
     first.proc.send_signal(signal.SIGTERM)
@@ -198,11 +199,13 @@ def test_a_dynamic_worker_restores_the_checkpoints_before_it_leases_the_gpu(
     assert first.get(timeout=60)["status"] == "succeeded"
     flag = tmp_path / "flag"
     holder = submit_task.delay(spec.with_changes(entry="hold.py", gpus=1, env={"FLAG": str(flag)}))
-    wait_for(lambda: store.get(holder.id)["state"] == "running", 60)  # (it holds the one GPU)
+    # (it holds the one GPU)
+    wait_for("the holder running", lambda: store.get(holder.id)["state"] == "running", 60)
     resumed = submit_task.delay(spec.with_changes(gpus=1, resume_from=first.id))
     restored = w.home / "runs" / resumed.id / "output" / "checkpoints" / "last.json"
     try:
-        wait_for(restored.exists, 60)  # restored while it waits for the GPU, not after
+        # restored while it waits for the GPU, not after
+        wait_for("the checkpoint restored", restored.exists, 60)
         assert store.get(holder.id)["state"] == "running", "the GPU was still taken meanwhile"
     finally:
         flag.touch()

@@ -13,6 +13,7 @@ from conftest import git, write_wheel
 from celery_agent import TaskSpec, get_run, submit, submit_task
 from celery_agent.errors import SpecError, StateError
 from celery_agent.serving import NoWorkerWarning
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -145,23 +146,25 @@ time.sleep(600)
 
 
 def _pids(store, run_id: str, timeout: float = 60) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rec = store.get(run_id)
-        path = Path(rec.get("output_dir") or "/nonexistent", "pids")
-        if path.exists() and path.read_text():
-            return [int(p) for p in path.read_text().split()]
-        time.sleep(0.1)
-    raise AssertionError(f"run never started: {store.get(run_id)}")
+    def written() -> list[int]:
+        path = Path(store.get(run_id).get("output_dir") or "/nonexistent", "pids")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+    return wait_for(
+        f"run {run_id} to write its pids",
+        written,
+        timeout,
+        every=0.1,
+        detail=lambda: store.get(run_id),
+    )
 
 
 def test_cancel_running_run_kills_the_whole_tree(worker, make_repo, store):
     repo = make_repo({"train.py": SLEEPER})
     run = submit(spec_for(repo, worker, executor="local", grace=0))
     pids = _pids(store, run.id)
-    deadline = time.monotonic() + 5  # the running state goes out with the first output batch
-    while store.get(run.id)["state"] != "running" and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # the running state goes out with the first output batch
+    wait_for("the run running", lambda: store.get(run.id)["state"] == "running", 5, every=0.01)
     t0 = time.monotonic()
     assert run.cancel() == "running"
     out = run.result.get(timeout=30)

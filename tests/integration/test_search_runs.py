@@ -14,6 +14,7 @@ from celery_agent import TaskSpec
 from celery_agent import metrics as metrics_mod
 from celery_agent.cli_search import search as search_command
 from celery_agent.search import cancel_search, load_search, run_search
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -74,9 +75,7 @@ def test_cancelling_a_search_cancels_its_running_trials(worker, make_repo, store
         spec, ["code=choice:0,1"], "acc", trials=4, parallel=2, sampler="grid",
         out_dir=tmp_path, poll=0.1, search_id=sid)))  # fmt: skip
     thread.start()
-    deadline = time.monotonic() + 60
-    while not _running(store, sid) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for("two trials running", lambda: _running(store, sid), 60, every=0.2)
     t0 = time.monotonic()
     cancel_search(sid, store)
     thread.join(30)
@@ -97,7 +96,10 @@ def _running(store, sid):
 
 
 def _wait_terminal(store, run_id, timeout=30):
-    deadline = time.monotonic() + timeout
-    while store.get(run_id)["state"] not in ("aborted", "failed", "succeeded") and time.monotonic() < deadline:  # fmt: skip
-        time.sleep(0.2)
-    return store.get(run_id)
+    ended = ("aborted", "failed", "succeeded")
+    return wait_for(
+        f"run {run_id} to end",
+        lambda: (r := store.get(run_id))["state"] in ended and r,
+        timeout,
+        every=0.2,
+    )

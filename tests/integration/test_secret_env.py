@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from celery.signals import before_task_publish
-from test_reliability_recovery import wait_for
 
 from celery_agent import runenv, submit_task
 from celery_agent.app import app
@@ -20,6 +19,7 @@ from celery_agent.cli import main
 from celery_agent.requeue import celery_resend
 from celery_agent.spec import TaskSpec
 from celery_agent.state import TERMINAL
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,9 @@ def test_a_run_sent_again_from_its_masked_record_gets_its_secret_back(worker, ma
     assert out["status"] == "succeeded", out
     assert f"sha {sha(secret)}" in store.read_log(run_id)[1]
     # (the result goes out with the run's end write; the task drops the kept values just after)
-    assert wait_for(lambda: not store.r.exists(store.keys.secrets(run_id)), 10), "dropped"
+    assert wait_for(
+        "the secrets dropped", lambda: not store.r.exists(store.keys.secrets(run_id)), 10
+    )
     assert secret not in redis_text(store)
 
 
@@ -148,7 +150,9 @@ def test_a_run_sent_again_without_its_kept_secret_fails_naming_it(worker, make_r
     run_id = str(uuid.uuid4())
     store.create_run(run_id, spec.to_json(), worker.queues)
     celery_resend(app)(run_id, store.get(run_id)["spec"], worker.queues)
-    record = wait_for(lambda: (rec := store.get(run_id))["state"] in TERMINAL and rec, 60)
+    record = wait_for(
+        "the run to end", lambda: (rec := store.get(run_id))["state"] in TERMINAL and rec, 60
+    )
     assert record["state"] == "failed"
     assert "API_KEY" in record["error"] and "--env" in record["error"], record["error"]
     assert not any(line.startswith("sha ") for line in store.read_log(run_id)[1])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import psutil
@@ -10,6 +9,7 @@ import pytest
 
 from celery_agent import RunHandle, TaskSpec, submit
 from celery_agent.services import POOL_ARGS, services_argv
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +21,17 @@ time.sleep(120)
 
 
 def _wait_all(runs: list[RunHandle], states: set[str], timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def reached() -> list[str] | None:
         now = [r.state for r in runs]
-        if all(s in states for s in now) or time.monotonic() > deadline:
-            return now
-        time.sleep(0.2)
+        return now if all(s in states for s in now) else None
+
+    return wait_for(
+        f"every run {' or '.join(sorted(states))}",
+        reached,
+        timeout,
+        every=0.2,
+        detail=lambda: [r.state for r in runs],
+    )
 
 
 def _pid(run: RunHandle) -> int:
@@ -47,10 +52,12 @@ def test_services_worker_runs_ten_runs_at_once_each_its_own_cancellable_process(
         for _ in range(10)
     ]
     assert _wait_all(runs, {"running"}, 30) == ["running"] * 10  # all ten overlap
-    deadline = time.monotonic() + 10
-    while not all(any(x.startswith("run ") for x in r.logs()) for r in runs):
-        assert time.monotonic() < deadline, "a run never logged its first line"
-        time.sleep(0.2)
+    wait_for(
+        "every run's first line",
+        lambda: all(any(x.startswith("run ") for x in r.logs()) for r in runs),
+        10,
+        every=0.2,
+    )
     pids = [_pid(r) for r in runs]
     assert len(set(pids)) == 10 and all(psutil.pid_exists(p) for p in pids)
     for r in runs:

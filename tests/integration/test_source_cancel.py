@@ -14,6 +14,7 @@ import pytest
 
 from celery_agent import submit
 from celery_agent.source import _Repo
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,21 +30,25 @@ def stalled_remote() -> Iterator[str]:
 
 
 def wait_state(store, run_id: str, states: set[str], timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while (record := store.get(run_id))["state"] not in states:
-        assert time.monotonic() < deadline, f"{run_id} still {record['state']}"
-        time.sleep(0.02)
-    return record
+    return wait_for(
+        f"{run_id} to be {' or '.join(sorted(states))}",
+        lambda: (r := store.get(run_id))["state"] in states and r,
+        timeout,
+        every=0.02,
+        detail=lambda: f"it is {store.get(run_id)['state']}",
+    )
 
 
 def process_using(url: str, timeout: float = 30) -> None:
     """Wait until a process (git, an installer) has ``url`` on its command line."""
-    deadline = time.monotonic() + timeout
-    while not any(
-        url in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
-    ):
-        assert time.monotonic() < deadline, f"no process uses {url}"
-        time.sleep(0.02)
+    wait_for(
+        f"a process using {url}",
+        lambda: any(
+            url in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
+        ),
+        timeout,
+        every=0.02,
+    )
 
 
 def cancel_takes(run, store, url: str | None = None) -> float:

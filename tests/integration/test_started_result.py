@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import redis
 
 from celery_agent import TaskSpec, submit_task
 from celery_agent.app import app
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,22 +29,14 @@ def spec(repo: Path, queue: str) -> TaskSpec:
 def started_meta(client: redis.Redis, run_id: str, timeout: float = 60) -> dict:
     """The result meta once it reads STARTED (fails when the run ends first or time runs out)."""
     key = f"celery-task-meta-{run_id}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def started() -> dict | None:
         raw = client.get(key)
         meta = json.loads(raw) if raw else {}
-        if meta.get("status") == "STARTED":
-            return meta
-        assert meta.get("status") in (None, "PENDING"), meta
-        time.sleep(0.02)
-    raise AssertionError(f"no STARTED result for {run_id} within {timeout}s")
+        assert meta.get("status") in (None, "PENDING", "STARTED"), meta
+        return meta if meta.get("status") == "STARTED" else None
 
-
-def until(check, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+    return wait_for(f"a STARTED result for {run_id}", started, timeout, every=0.02)
 
 
 def task_done(worker, task_id: str) -> bool:
@@ -80,10 +72,7 @@ def test_another_result_backend_gets_celerys_own_started_write(make_worker, make
     meta = started_meta(redis.Redis.from_url(other), r.id)
     assert set(meta) == EXTENDED and meta["task_id"] == r.id
     assert store.r.get(f"celery-task-meta-{r.id}") is None, "nothing in the state store's db"
-    deadline = time.monotonic() + 60
-    while store.get(r.id)["state"] != "succeeded" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert store.get(r.id)["state"] == "succeeded"
+    wait_for("the run to succeed", lambda: store.get(r.id)["state"] == "succeeded", 60)
     assert "results go with" not in w.output(), "Celery writes them itself"
 
 
@@ -91,13 +80,11 @@ QUICK = "print('up')\n"
 
 
 def wait_ended(store, run_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ended() -> dict | None:
         record = store.get(run_id)
-        if record["state"] in ("succeeded", "failed"):
-            return record
-        time.sleep(0.02)
-    raise AssertionError(f"run {run_id} did not end within {timeout}s")
+        return record if record["state"] in ("succeeded", "failed") else None
+
+    return wait_for(f"run {run_id} to end", ended, timeout, every=0.02)
 
 
 def test_the_runs_own_writes_are_the_only_writes_of_its_result(worker, make_repo, store):
@@ -116,11 +103,16 @@ def test_the_runs_own_writes_are_the_only_writes_of_its_result(worker, make_repo
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    until(lambda: store.r.echo("monitor-ready") and any("monitor-ready" in " ".join(c)
-                                                        for c in seen))  # fmt: skip
+    wait_for(
+        "the monitor to see a command",
+        lambda: store.r.echo("monitor-ready") and any("monitor-ready" in " ".join(c) for c in seen),
+        60,
+        every=0.02,
+    )
     r = submit_task.apply_async([spec(make_repo({"job.py": QUICK}), worker.queues)])
     assert wait_ended(store, r.id)["state"] == "succeeded"
-    until(lambda: task_done(worker, r.id))  # (anything Celery writes comes before this line)
+    # (anything Celery writes comes before this line)
+    wait_for("the worker to log the task's end", lambda: task_done(worker, r.id), 60, every=0.02)
     stop.set()
     store.r.ping()  # (one more command: the watcher sees stop)
     watcher.join(10)
@@ -137,7 +129,8 @@ def test_a_sender_that_asks_for_no_result_gets_none(worker, make_repo, store):
     r = submit_task.apply_async([spec(make_repo({"job.py": QUICK}), worker.queues)],
                                 ignore_result=True)  # fmt: skip
     assert wait_ended(store, r.id)["state"] == "succeeded"
-    until(lambda: task_done(worker, r.id))  # Celery is done with it: it wrote no result
+    # Celery is done with it: it wrote no result
+    wait_for("the worker to log the task's end", lambda: task_done(worker, r.id), 60, every=0.02)
     assert store.r.get(f"celery-task-meta-{r.id}") is None
 
 

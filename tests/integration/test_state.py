@@ -9,6 +9,7 @@ import redis
 from celery_agent.errors import StateError, UnknownRunError
 from celery_agent.keeper import Held, Keeper
 from celery_agent.state import START_FIELDS, RunStore
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -124,15 +125,10 @@ def test_the_keeper_keeps_a_short_claim_alive_and_hears_a_cancel(store: RunStore
     store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
     store.transition(rid, "running")
     store.request_abort(rid)
-    deadline = time.monotonic() + 2
-    while not held.cancel_heard and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert held.cancel_heard
+    wait_for("the keeper to hear the cancel", lambda: held.cancel_heard, 2, every=0.01)
     keeper.drop(held)
-    deadline = time.monotonic() + 5
-    while store.claim(rid, "w2", 0.6) is not None:  # no longer renewed: it expires
-        assert time.monotonic() < deadline, "the dropped claim was still renewed"
-        time.sleep(0.05)
+    # no longer renewed: it expires
+    wait_for("the dropped claim to expire", lambda: store.claim(rid, "w2", 0.6) is None, 5)
 
 
 def test_deferred_writes_go_out_with_the_next_write_or_soon(store: RunStore):
@@ -154,10 +150,9 @@ def test_deferred_writes_go_out_with_the_next_write_or_soon(store: RunStore):
     held.write()
     assert store.get(rid)["state"] == "aborted", "a deferred change never undoes an end"
     held.defer(["two"])  # nothing else written: the keeper sends it within FLUSH_AFTER
-    deadline = time.monotonic() + 2
-    while store.read_log(rid)[1] != ["one", "two"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert store.read_log(rid)[1] == ["one", "two"]
+    wait_for(
+        "the deferred line sent", lambda: store.read_log(rid)[1] == ["one", "two"], 2, every=0.01
+    )
     keeper.drop(held)
 
 

@@ -13,16 +13,19 @@ from celery_agent.app import get_registry
 from celery_agent.cli import EXIT_ABORTED, EXIT_ERROR, main
 from celery_agent.errors import StateError
 from celery_agent.serving import NoWorkerError, NoWorkerWarning, queue_cover
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def served(queue: str, timeout: float = 30) -> None:
     """Wait until a worker's heartbeat lists ``queue``."""
-    deadline = time.monotonic() + timeout
-    while not queue_cover(get_registry(), queue).covered:
-        assert time.monotonic() < deadline, f"no heartbeat for queue {queue} within {timeout}s"
-        time.sleep(0.1)
+    wait_for(
+        f"a heartbeat listing queue {queue}",
+        lambda: queue_cover(get_registry(), queue).covered,
+        timeout,
+        every=0.1,
+    )
 
 
 def last_run_id(store) -> str:

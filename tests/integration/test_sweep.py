@@ -10,6 +10,7 @@ import pytest
 from celery_agent import state
 from celery_agent.state import RunStore
 from celery_agent.sweep import sweep
+from celery_agent.testing import wait_for
 from celery_agent.workers import LOST, STOPPED, WorkerRegistry
 
 pytestmark = pytest.mark.integration
@@ -42,17 +43,11 @@ def dead_worker_with_a_run(store, registry, ttl: float = 0.2) -> tuple[str, str]
     return name, run_id
 
 
-def until(check, timeout: float = 30.0, why=lambda: "condition not met in time") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, why()
-        time.sleep(0.05)
-
-
 def test_sweep_marks_an_expired_worker_and_its_run_lost_once(own):
     store, registry = own
     name, run_id = dead_worker_with_a_run(store, registry)
-    until(lambda: not registry.is_alive(name))  # its heartbeat expired
+    # its heartbeat expired
+    wait_for("the heartbeat to expire", lambda: not registry.is_alive(name), 30)
     first = sweep_now(store, registry, lock_ttl=0.05)
     assert name in first["lost_workers"] and run_id in first["lost_runs"]
     record = store.get(run_id)
@@ -88,14 +83,18 @@ def test_beat_schedules_the_sweep_that_a_worker_runs(own, make_worker, make_beat
     # sweeps are an hour apart); beat's sweep goes to a queue of this test's own
     env = {"CELERY_AGENT_PREFIX": store.prefix, "CELERY_AGENT_SWEEP_QUEUE": f"{store.prefix}-q"}
     make_worker(f"{store.prefix}-runs", concurrency=1, CELERY_AGENT_SWEEP_INTERVAL="3600", **env)
-    until(lambda: store.r.exists(store.keys.sweep_lock()))  # its first sweep: the lock of an
-    store.r.delete(store.keys.sweep_lock())  # hour-long interval, which would skip beat's too
+    wait_for("the worker's first sweep", lambda: store.r.exists(store.keys.sweep_lock()), 30)
+    # that sweep's lock lasts the hour-long interval, which would skip beat's sweeps too
+    store.r.delete(store.keys.sweep_lock())
     name, run_id = dead_worker_with_a_run(store, registry)
-    until(lambda: not registry.is_alive(name))
+    wait_for("the heartbeat to expire", lambda: not registry.is_alive(name), 30)
     assert store.get(run_id)["state"] == state.RUNNING  # nothing swept it yet
     beat = make_beat(CELERY_AGENT_SWEEP_INTERVAL="1", **env)
-    until(
-        lambda: store.get(run_id)["state"] == state.LOST, 30, lambda: beat.log.read_text()[-2000:]
+    wait_for(
+        "beat's sweep to mark the run lost",
+        lambda: store.get(run_id)["state"] == state.LOST,
+        30,
+        detail=lambda: beat.log.read_text()[-2000:],
     )
     assert next(r for r in registry.overview() if r["name"] == name)["state"] == LOST
 
@@ -133,7 +132,7 @@ def test_a_run_the_sweep_ends_gets_its_outcome_as_the_celery_result(own):
 
     store, registry = own
     name, run_id = dead_worker_with_a_run(store, registry)
-    until(lambda: not registry.is_alive(name))
+    wait_for("the heartbeat to expire", lambda: not registry.is_alive(name), 30)
     sweep_now(store, registry, lock_ttl=0.05, finished=celery_finished(app, store))
     out = app.AsyncResult(run_id).get(timeout=10)
     assert out["status"] == state.LOST and out["run_id"] == run_id and name in out["error"]
@@ -155,7 +154,7 @@ def test_a_dead_workers_messages_of_queued_unclaimed_runs_are_handed_back_once(s
     own.claim(started, name, 30)
     own.claim(claimed, "other|h|1", 30)
     Reservations(own.r, own.keys).replace(name, {waiting: "w", claimed: "c", started: "s"})
-    until(lambda: not registry.is_alive(name))
+    wait_for("the heartbeat to expire", lambda: not registry.is_alive(name), 30)
     restored: list[str] = []
     result = sweep_now(own, registry, lock_ttl=0.05, restore=restored.append)
     assert restored == ["w"] and result["restored_runs"] == [waiting]
@@ -177,7 +176,7 @@ def test_the_one_sweep_runner_ends_a_cancelled_run_aborted_and_logs_it(own, capl
     store, registry = own
     name, run_id = dead_worker_with_a_run(store, registry)
     assert store.request_abort(run_id) == state.RUNNING
-    until(lambda: not registry.is_alive(name))
+    wait_for("the heartbeat to expire", lambda: not registry.is_alive(name), 30)
     settings = Settings(sweep_interval=0.1, run_retention_days=0)
     with caplog.at_level("WARNING", logger="celery_agent.sweep"):
         result = sweeper(app, settings, store, registry)()

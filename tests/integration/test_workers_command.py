@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +27,12 @@ def test_a_worker_that_cannot_start_says_why_and_is_started_again(tmp_path, redi
         proc = subprocess.Popen([str(BIN / "celery-agent"), "workers"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while log.read_text().count("starting gpu0@") < 2:  # failed once, started again
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+
+        def started_again() -> bool:  # failed once, started again; alive at every look
+            assert proc.poll() is None, log.read_text()
+            return log.read_text().count("starting gpu0@") >= 2
+
+        wait_for("gpu0 started a second time", started_again, 90, every=0.2, detail=log.read_text)
         text = log.read_text()
         assert "ModuleNotFoundError: No module named 'no_such_celery_config'" in text, text
         host = socket.gethostname()

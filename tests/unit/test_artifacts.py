@@ -14,6 +14,7 @@ from celery_agent import artifacts, digests
 from celery_agent.artifact_store import safe_url
 from celery_agent.artifacts import ArtifactStore, excluded, output_files, upload_run
 from celery_agent.errors import ConfigError
+from celery_agent.pull import fetch
 from celery_agent.settings import Settings
 
 
@@ -111,13 +112,13 @@ def test_an_empty_output_folder_keeps_nothing(tmp_path: Path) -> None:
     assert out["status"] == "empty" and out["count"] == 0
 
 
-def test_download_checks_each_file_against_the_manifest(outputs: Path, tmp_path: Path) -> None:
+def test_fetch_checks_each_file_against_the_manifest(outputs: Path, tmp_path: Path) -> None:
     store = ArtifactStore((tmp_path / "store").as_uri())
     out = store.upload("r6", outputs)
     digests.finish(None, "r6", outputs, out)
     out["files"] = store.manifest("r6")
     assert all(f.get("sha256") for f in out["files"])
-    got = store.download("r6", tmp_path / "dest", out["files"])
+    got = fetch(store, "r6", out["files"], tmp_path / "dest")
     assert sorted(p.relative_to(tmp_path / "dest").as_posix() for p in got) == sorted(
         f["path"] for f in out["files"]
     )
@@ -125,9 +126,9 @@ def test_download_checks_each_file_against_the_manifest(outputs: Path, tmp_path:
     assert store.manifest("r6") == out["files"]
     (tmp_path / "store" / "runs" / "r6" / "model.pt").write_bytes(b"changed")
     with pytest.raises(ConfigError, match="sha256"):
-        store.download("r6", tmp_path / "dest2", out["files"])
+        fetch(store, "r6", out["files"], tmp_path / "dest2")
     with pytest.raises(ConfigError, match="leaves"):
-        store.download("r6", tmp_path / "dest3", [{"path": "../escape", "size": 1}])
+        fetch(store, "r6", [{"path": "../escape", "size": 1}], tmp_path / "dest3")
 
 
 def test_of_run_reads_the_store_manifest_when_the_record_holds_part_of_it(

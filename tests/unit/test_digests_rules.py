@@ -68,10 +68,7 @@ def test_hashing_runs_beside_its_caller_and_nothing_is_hashed_twice(
     assert not hashing.start(None, "r2", outputs, kept | {"hashes": "complete"})
     assert not hashing.start(None, "r2", outputs, None)
     assert not hashing.start(None, "r2", outputs.parent / "gone", kept)
-    deadline = time.monotonic() + 10
-    while hashing.busy() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert hashing.busy() == 0
+    assert hashing.wait(10) == 0 and hashing.busy() == 0, "hashed in the background"
     manifest = json.loads(Path(store.path("r2", "manifest.json")).read_text())
     assert manifest["hashes"] == "complete", "hashed in the background"
 
@@ -116,3 +113,13 @@ def test_a_run_input_without_hashes_is_keyed_by_the_store_and_checked_by_size(
     assert after.entries[0].sha256 == sha(outputs / "model.pt") and after.key != before.key
     with pytest.raises(Exception, match="sha256"):  # (the store's copy was overwritten above)
         fetch(store, "r5", hashed["files"], tmp_path / "pulled-again")
+
+
+def test_show_says_while_the_hashes_are_still_to_come():
+    from celery_agent.cli_artifacts import artifacts_line
+
+    kept = {"status": "uploaded", "count": 2, "bytes": 10, "url": "file:///s/runs/r"}
+    assert artifacts_line(kept) == "uploaded: 2 file(s), 10 bytes at file:///s/runs/r"
+    assert "sha256 still being computed" in artifacts_line(kept | {"hashes": "pending"})
+    assert "changed after the upload" in artifacts_line(kept | {"hashes": "partial"})
+    assert artifacts_line(kept | {"hashes": "complete"}) == artifacts_line(kept)

@@ -16,6 +16,7 @@ from filelock import FileLock
 
 from celery_agent.envcache import CachedEnv, EnvCache
 from celery_agent.errors import EnvBuildError
+from celery_agent.testing import wait_for
 
 
 class Builder:
@@ -136,14 +137,18 @@ def test_cached_failure_expires_after_the_ttl(tmp_path: Path) -> None:
     cache = EnvCache(tmp_path, failure_ttl=0.2)
     with pytest.raises(EnvBuildError):
         cache.get_or_build("k1", Builder(fail=EnvBuildError("bad")))
-    retry, deadline = Builder(), time.monotonic() + 10
-    while True:
+    retry = Builder()
+
+    def rebuilt() -> bool:
         try:
-            assert not cache.get_or_build("k1", retry).hit
-            break
+            entry = cache.get_or_build("k1", retry)
         except EnvBuildError as err:  # still the cached failure, until its TTL runs out
-            assert err.message.startswith("cached failure") and time.monotonic() < deadline
-            time.sleep(0.02)
+            assert err.message.startswith("cached failure")
+            return False
+        assert not entry.hit
+        return True
+
+    wait_for("the cached failure to expire", rebuilt, 10, every=0.02)
     assert len(retry.calls) == 1
 
 

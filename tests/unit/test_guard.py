@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 from proc_support import gone
 
 from celery_agent.guard import Guard
+from celery_agent.testing import wait_for
 
 # A stand-in for a pool process: starts runs (each a group of two sleepers, as a run with a child
 # of its own), hands the groups listed in argv to its guard, waits until each run says its child
@@ -72,10 +72,7 @@ def test_kill_9_of_the_owner_kills_every_guarded_group_and_only_those() -> None:
         assert len(group(guarded)) == 2 and len(group(released)) == 2
         owner.kill()
         owner.wait()
-        deadline = time.monotonic() + 3
-        while group(guarded) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert group(guarded) == [], "the run and its child died with their owner"
+        wait_for("the run and its child to die with their owner", lambda: group(guarded) == [], 3)
         assert len(group(released)) == 2, "a group taken off the guard is left alone"
     finally:
         for pgid in (guarded, released):
@@ -99,7 +96,9 @@ def test_a_guard_that_died_is_started_again_with_every_group_held(tmp_path: Path
         assert second is not None and second.pid != first.pid
         assert second.stdin is not None
         second.stdin.close()  # as if this process died: the guard kills what it holds
-        assert gone(sleeper.pid, 3) and gone(other.pid, 3)
+        wait_for(
+            "both held groups killed", lambda: gone(sleeper.pid) and gone(other.pid), 3, every=0.01
+        )
         second.wait(3)
     finally:
         for proc in (sleeper,):

@@ -19,6 +19,7 @@ import pytest
 from proc_support import gone
 
 from celery_agent import orphan
+from celery_agent.testing import wait_for
 
 #: a run: a grandchild in its group, one in its own session, one that left the tree (reparented)
 RUN = textwrap.dedent(
@@ -64,10 +65,7 @@ WORKER = textwrap.dedent(
 
 
 def wait_file(path: Path, timeout: float = 20) -> str:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
+    wait_for(f"{path} to appear", path.exists, timeout)
     return path.read_text()
 
 
@@ -84,11 +82,17 @@ def test_a_killed_parent_takes_down_the_pool_process_and_every_process_of_its_ru
         pids = [info["pool"], info["run"], *map(int, wait_file(Path(f"{out}.run")).split())]
         assert info["pool_watched"] and not info["main_watched"]
         assert info["deathsig"] == 0, "the pool process outlives its parent to stop the run"
-        assert not any(gone(pid, within=0) for pid in pids)
+        assert not any(gone(pid) for pid in pids)
         worker.send_signal(signal.SIGKILL)  # the parent only: the pool process lives on
         worker.wait()
         started = time.monotonic()
-        assert all(gone(pid, within=5) for pid in pids), [p for p in pids if not gone(p, 0)]
+        wait_for(
+            "every process of the run gone",
+            lambda: all(gone(pid) for pid in pids),
+            5,
+            every=0.01,
+            detail=lambda: [p for p in pids if not gone(p)],
+        )
         assert time.monotonic() - started < 3
     finally:  # whatever failed, leave nothing of this test running
         for pid in pids + [p.pid for p in psutil.process_iter() if _run_of(p) == run_id]:
@@ -112,10 +116,12 @@ def test_the_watchdog_stays_quiet_while_the_parent_lives(monkeypatch: pytest.Mon
     real = os.getppid
     monkeypatch.setattr(orphan.os, "getppid", lambda: looks.append(1) or real())
     dog = orphan.Watchdog(real(), interval=0.02, exit=exits.append).start()
-    deadline = time.monotonic() + 10
-    while len(looks) < 10:  # ten looks at the parent, each finding it alive
-        assert time.monotonic() < deadline and dog._thread.is_alive(), len(looks)
-        time.sleep(0.01)
+
+    def looked_ten_times() -> bool:  # ten looks at the parent, each finding it alive
+        assert dog._thread.is_alive(), len(looks)
+        return len(looks) >= 10
+
+    wait_for("ten looks at the parent", looked_ten_times, 10, every=0.01)
     dog.stop()
     assert exits == [] and not dog.fired.is_set()
 

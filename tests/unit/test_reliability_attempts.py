@@ -8,12 +8,13 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
+from proc_support import gone
 
 from celery_agent.attempts import holder_dead, holder_token
+from celery_agent.testing import wait_for
 
 SUPERVISOR = textwrap.dedent(
     """\
@@ -47,22 +48,12 @@ def test_the_run_process_dies_when_its_supervisor_is_killed(tmp_path: Path):
     pid_file = tmp_path / "child.pid"
     sup = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(pid_file)])
     try:
-        deadline = time.monotonic() + 20
-        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for("the child's pid", lambda: pid_file.exists() and pid_file.read_text(), 20)
         child = int(pid_file.read_text())
         assert psutil.pid_exists(child)
         os.kill(sup.pid, signal.SIGKILL)
         sup.wait()
-        deadline = time.monotonic() + 5
-        while psutil.pid_exists(child) and time.monotonic() < deadline:
-            try:
-                if psutil.Process(child).status() == psutil.STATUS_ZOMBIE:
-                    break
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.02)
-        assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
+        wait_for("the run process gone", lambda: gone(child), 5, every=0.02)
     finally:
         if sup.poll() is None:
             sup.kill()

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import filelock
-import psutil
 import pytest
+from proc_support import gone
 
 from celery_agent.errors import SourceError, StageTimeout
 from celery_agent.source import SourceCache, _Repo
+from celery_agent.testing import wait_for
 
 TOKEN = "ghp_unit-test-TOKEN"
 
@@ -112,17 +113,8 @@ def test_hanging_git_times_out_as_source_stage_and_is_killed(tmp_path):
     assert time.monotonic() - started < 5
     assert info.value.message.startswith("source stage timed out after 0.5 s")
     assert info.value.stage == "source" and info.value.hint
-    helper, deadline = int(pid_file.read_text()), time.monotonic() + 3
-    while not _gone(helper):
-        assert time.monotonic() < deadline, "git's helper process survived the timeout"
-        time.sleep(0.02)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    helper = int(pid_file.read_text())
+    wait_for("git's helper process to end with the timeout", lambda: gone(helper), 3, every=0.02)
 
 
 def test_waiting_for_a_busy_repository_lock_times_out(tmp_path):

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import psutil
 import pytest
 
 from celery_agent.supervisor import Child, Supervisor, backoff
+from celery_agent.testing import wait_for
 
 # A stand-in worker: notes its start and each SIGTERM in its file, exits 0.3 s after the first
 # SIGTERM (time enough for a duplicate to arrive and be noted), or with code 3 when told to fail.
@@ -42,13 +42,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def until(check: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def lines(path: Path) -> list[str]:
@@ -123,7 +116,7 @@ def _supervisor(tmp_path: Path, argvs: list[list[str]]) -> subprocess.Popen[byte
 
 def test_sigterm_to_the_group_reaches_each_worker_once_and_all_stop(worker, tmp_path):
     sup = _supervisor(tmp_path, [worker("a"), worker("b")])
-    until(lambda: lines(tmp_path / "a") and lines(tmp_path / "b"))
+    wait_for("both workers up", lambda: lines(tmp_path / "a") and lines(tmp_path / "b"), 20)
     os.killpg(sup.pid, signal.SIGTERM)  # what honcho does
     assert sup.wait(20) == 0, (tmp_path / "supervisor.log").read_text()
     assert lines(tmp_path / "a")[1:] == ["TERM"] and lines(tmp_path / "b")[1:] == ["TERM"]
@@ -133,10 +126,10 @@ def test_sigterm_to_the_group_reaches_each_worker_once_and_all_stop(worker, tmp_
 
 def test_a_killed_worker_is_started_again_under_a_live_supervisor(worker, tmp_path):
     sup = _supervisor(tmp_path, [worker("a")])
-    until(lambda: lines(tmp_path / "a"))
+    wait_for("worker a up", lambda: lines(tmp_path / "a"), 20)
     first = int(lines(tmp_path / "a")[0].split()[1])
     os.kill(first, signal.SIGKILL)
-    until(lambda: len(lines(tmp_path / "a")) == 2)
+    wait_for("worker a started again", lambda: len(lines(tmp_path / "a")) == 2, 20)
     second = int(lines(tmp_path / "a")[1].split()[1])
     assert second != first and psutil.Process(second).ppid() == sup.pid
     os.kill(sup.pid, signal.SIGINT)
@@ -147,9 +140,13 @@ def test_a_killed_worker_is_started_again_under_a_live_supervisor(worker, tmp_pa
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the death signal is Linux's")
 def test_workers_get_sigterm_when_the_supervisor_is_killed(worker, tmp_path):
     sup = _supervisor(tmp_path, [worker("a")])
-    until(lambda: lines(tmp_path / "a"))
+    wait_for("worker a up", lambda: lines(tmp_path / "a"), 20)
     pid = int(lines(tmp_path / "a")[0].split()[1])
     sup.kill()
     sup.wait(20)
-    until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
+    wait_for(
+        "worker a gone",
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
+        20,
+    )
     assert lines(tmp_path / "a")[1:] == ["TERM"]
