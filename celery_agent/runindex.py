@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import SpecError
-from .state import TERMINAL, RunStore
+from .state import QUEUED, TERMINAL, RunStore
 
 #: the record fields a table row reads (never the spec)
 ROW_FIELDS = (
-    "state", "name", "queue", "worker", "user", "tags", "attempt", "exit_code", "error",
+    "state", "name", "queue", "worker", "user", "tags", "attempt", "exit_code", "error", "waiting",
     "submitted_at", "preparing_at", "running_at", "gpus",
     *(f"{s}_at" for s in sorted(TERMINAL)),
 )  # fmt: skip
@@ -235,6 +235,7 @@ def row(run_id: str, raw: Mapping[str, str | None], now: float) -> dict[str, Any
         "error": raw.get("error") or "", "submitted_at": _num(raw.get("submitted_at")),
         "started_at": started, "ended_at": ended, "duration": duration,
         "gpus": _json_list(raw.get("gpus")),
+        "waiting": (raw.get("waiting") or "") if state == QUEUED else "",
     }  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .gitcmd import redact
-from .state import TERMINAL
+from .state import QUEUED, TERMINAL
 
 #: spec fields the page lists as they are
 SPEC_FIELDS = (
@@ -20,7 +20,8 @@ SPEC_FIELDS = (
 )  # fmt: skip
 #: record fields copied as they are
 RECORD_FIELDS = (
-    "run_id", "name", "state", "queue", "worker", "host", "user", "attempt", "exit_code", "error",
+    "run_id", "name", "state", "queue", "worker", "host", "user", "project", "attempt", "exit_code",
+    "error",
     "error_stage", "last_error", "commit", "submitted_at", "preparing_at", "running_at", "timings",
     "usage", "gpus", "env_key", "env_source", "output_dir", "unused_params",
 )  # fmt: skip
@@ -34,6 +35,7 @@ def run_view(record: dict[str, Any], now: float) -> dict[str, Any]:
     state = record.get("state")
     out["ended_at"] = record.get(f"{state}_at") if state in TERMINAL else None
     out["finished"] = state in TERMINAL
+    out["waiting"] = record.get("waiting") if state == QUEUED else None  # (a parked run: why)
     started = record.get("running_at") or record.get("preparing_at")
     out["duration"] = None if not started else max(0.0, (out["ended_at"] or now) - started)
     out["params"] = {"given": spec.get("params") or {}, "resolved": record.get("params") or {}}

@@ -41,6 +41,10 @@ def test_a_row_has_the_duration_from_start_to_end_and_none_for_a_gone_record():
     running = row("r2", {"state": "running", "running_at": "100"}, now=160)
     assert running is not None and running["duration"] == 60 and running["ended_at"] is None
     assert row("r3", {"state": None}, now=1) is None
+    parked = row("r4", {"state": "queued", "waiting": "user a at quota (2/2 runs)"}, now=1)
+    assert parked is not None and parked["waiting"] == "user a at quota (2/2 runs)"
+    gone = row("r5", {"state": "running", "waiting": "user a at quota (2/2 runs)"}, now=1)
+    assert gone is not None and gone["waiting"] == "", "a run that started waits for nothing"
 
 
 def test_filters_match_exactly_except_name_by_part_and_tag_among_tags():
@@ -135,3 +139,13 @@ def test_flowers_navigation_bar_gets_the_links_under_its_url_prefix():
     assert 'href="/flower/celery-agent/hardware">Hardware<' in html
     assert 'href="/flower/celery-agent/searches">Searches<' in html
     assert with_links("<div>no list here</div>") == "<div>no list here</div>"
+
+
+def test_the_run_page_says_whose_run_it_is_and_what_a_parked_run_waits_for():
+    from celery_agent.runview import run_view
+
+    record = {"run_id": "r", "state": "queued", "user": "a", "project": "cv",
+              "waiting": "fair order: user b goes first"}  # fmt: skip
+    view = run_view(record, now=1)
+    assert (view["project"], view["waiting"]) == ("cv", "fair order: user b goes first")
+    assert run_view(record | {"state": "running"}, now=1)["waiting"] is None

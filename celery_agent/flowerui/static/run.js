@@ -23,10 +23,10 @@ function show(data) {
   document.getElementById("name").textContent = data.name || data.run_id;
   document.getElementById("state").replaceChildren(CA.pill(data.state));
   document.getElementById("cancel").disabled = data.finished;
-  grid("outcome", [["run id", data.run_id], ["state", data.state], ["exit code", data.exit_code],
+  grid("outcome", [["run id", data.run_id], ["state", data.state], ["waiting", data.waiting], ["exit code", data.exit_code],
     ["error", data.error ? CA.el("span", {class: "error", text: data.error}) : null], ["error stage", data.error_stage],
     ["last error", data.last_error], ["attempt", data.attempt], ["queue", data.queue], ["worker", data.worker],
-    ["host", data.host], ["user", data.user], ["submitted", CA.time(data.submitted_at)],
+    ["host", data.host], ["user", data.user], ["project", data.project], ["submitted", CA.time(data.submitted_at)],
     ["started", CA.time(data.running_at || data.preparing_at)], ["ended", CA.time(data.ended_at)],
     ["duration", CA.duration(data.duration)], ["output", data.output_dir]]);
   const timings = Object.entries(data.timings || {});

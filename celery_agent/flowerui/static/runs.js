@@ -34,7 +34,7 @@ function line(run) {
   const cells = [CA.pill(run.state), link, run.queue, run.worker, run.user,
     run.attempt === null ? "" : String(run.attempt), CA.duration(run.duration),
     (run.gpus || []).join(","), CA.time(run.submitted_at), (run.tags || []).join(", ")];
-  const row = CA.el("tr", {"data-run": run.run_id, title: run.error || null});
+  const row = CA.el("tr", {"data-run": run.run_id, title: run.error || run.waiting || null});
   cells.forEach((c, i) => row.append(CA.el("td", {class: i === 5 || i === 6 ? "num" : null}, c)));
   for (const name of metricNames()) row.append(CA.el("td", {class: "num", text: CA.number((run.metrics || {})[name])}));
   return row;
