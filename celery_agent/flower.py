@@ -23,8 +23,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from .quotas import KINDS, Quotas
 from .state import RunStore
 from .status import cluster_status
+from .usage import current
 from .workers import ONLINE, WorkerRegistry
 
 logger = logging.getLogger(__name__)
@@ -104,15 +106,21 @@ def install_links(settings: dict[str, Any] | None = None) -> bool:
 
 
 def hardware_data(
-    registry: WorkerRegistry, store: RunStore, points: int = 60, now: float | None = None
-) -> dict[str, Any]:
+    registry: WorkerRegistry, store: RunStore, points: int = 60, now: float | None = None,
+    quotas: Quotas | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The cluster status (see :func:`.status.cluster_status`), each online worker with its
-    current runs (id, name, state) and its last ``points`` history snapshots."""
+    current runs (id, name, state) and its last ``points`` history snapshots; the runs waiting
+    and running per user, and each of ``quotas`` against what its user or project holds (as
+    `celery-agent status` shows them)."""
     data = cluster_status(registry, now)
     for row in data["workers"]:
         online = row["state"] == ONLINE
         row["history"] = registry.history(row["name"], points) if online else []
         row["current"] = [run_summary(store, run_id) for run_id in row["runs"]]
+    data["users"] = current(store, "user")
+    held = quotas or Quotas(store)
+    data["quotas"] = [row | {"kind": kind} for kind in KINDS for row in held.report(kind)]
     return data
 
 

@@ -19,10 +19,12 @@ POINTS = 60
 
 async def collect(points: int = POINTS) -> dict[str, Any]:
     """The hardware data, read from Redis on the executor (Redis calls block)."""
-    from ..app import get_registry, get_store
+    from ..app import get_registry, get_settings, get_store
+    from ..quotas import Quotas, parse_settings
 
     def read() -> dict[str, Any]:
-        return hardware_data(get_registry(), get_store(), points)
+        quotas = Quotas(get_store(), parse_settings(get_settings().quotas))
+        return hardware_data(get_registry(), get_store(), points, quotas=quotas)
 
     return await IOLoop.current().run_in_executor(None, read)
 

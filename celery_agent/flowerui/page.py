@@ -35,6 +35,7 @@ def render_page(data: dict[str, Any], url_prefix: str = "") -> str:
     base = "/" + url_prefix.strip("/") if url_prefix.strip("/") else ""
     body = [_gpu_section(data["gpus"])] if data["gpus"] else []
     body += [_worker_section(w) for w in data["workers"]] or ["<p>No worker has reported.</p>"]
+    body.append(_users_section(data.get("users") or [], data.get("quotas") or []))
     at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["at"]))
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -58,6 +59,31 @@ def _worker_section(w: dict[str, Any]) -> str:
         f" &middot; memory {_num(w['memory_percent'])} %</p>"
     )
     return f"<section>{head}{_runs_table(w.get('current') or [])}{history_chart(w)}</section>"
+
+
+def _users_section(users: list[dict[str, Any]], quotas: list[dict[str, Any]]) -> str:
+    """Runs waiting and running per user, and each quota against what it holds now (as
+    `celery-agent status` shows them)."""
+    if not users and not quotas:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(str(u['user']))}</td><td>{u['queued']}</td><td>{u['active']}</td></tr>"
+        for u in users
+    )
+    out = "<section><h2>Users</h2>"
+    if users:
+        out += f"<table><tr><th>user</th><th>waiting</th><th>running</th></tr>{rows}</table>"
+    if quotas:
+        out += "<table><tr><th>quota</th><th>queue</th><th>runs</th><th>GPUs</th></tr>"
+        out += "".join(_quota_row(q) for q in quotas) + "</table>"
+    return out + "</section>"
+
+
+def _quota_row(q: dict[str, Any]) -> str:
+    who, limits = f"{q['kind']} {q[q['kind']]}", q["limits"]
+    used = [f"{q[k]}" + (f"/{limits[k]}" if k in limits else "") for k in ("runs", "gpus")]
+    return (f"<tr><td>{escape(who)}</td><td>{escape(str(q['queue'] or '(all)'))}</td>"
+            f"<td>{used[0]}</td><td>{used[1]}</td></tr>")  # fmt: skip
 
 
 def _runs_table(runs: list[dict[str, Any]]) -> str:

@@ -65,6 +65,19 @@ def test_hardware_api_lists_the_live_worker_with_its_history(flower_url, worker)
     assert len(row["history"]) >= 2 and row["history"][-1]["cpu"] is not None
 
 
+def test_hardware_api_shows_each_quota_against_what_it_holds(flower_url, store):
+    from celery_agent.quotas import Quotas
+
+    who = f"mia-{uuid.uuid4().hex[:6]}"
+    Quotas(store).set(f"user:{who}", runs=3)
+    try:
+        data = json.loads(_get(flower_url + "/celery-agent/api/hardware"))
+        (row,) = [q for q in data["quotas"] if q.get("user") == who]
+        assert row["limits"] == {"runs": 3} and row["runs"] == 0 and isinstance(data["users"], list)
+    finally:
+        Quotas(store).remove(f"user:{who}")
+
+
 def test_flower_metrics_carry_the_fleet_metrics(flower_url, worker):
     from prometheus_client.parser import text_string_to_metric_families
 

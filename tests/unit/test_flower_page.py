@@ -37,3 +37,16 @@ def test_page_escapes_names_and_draws_one_line_per_series():
 
 def test_chart_waits_for_two_points():
     assert "<svg" not in history_chart(_worker(history=[{"cpu": 1}]))
+
+
+def test_page_shows_each_users_runs_and_each_quota_against_what_it_holds():
+    users = [{"user": "<al>", "queued": 5, "active": 2, "ended": {}}]
+    quotas = [{"kind": "user", "user": "<al>", "queue": None, "limits": {"runs": 2},
+               "runs": 2, "gpus": 3, "source": "redis"},
+              {"kind": "project", "project": "cv", "queue": "gpu0", "limits": {"gpus": 8},
+               "runs": 1, "gpus": 4, "source": "settings"}]  # fmt: skip
+    html = render_page({"at": 0, "workers": [], "gpus": [], "users": users, "quotas": quotas})
+    assert "<td>&lt;al&gt;</td><td>5</td><td>2</td>" in html
+    assert "<td>user &lt;al&gt;</td><td>(all)</td><td>2/2</td><td>3</td>" in html
+    assert "<td>project cv</td><td>gpu0</td><td>1</td><td>4/8</td>" in html
+    assert "Users" not in render_page({"at": 0, "workers": [], "gpus": []})
