@@ -235,10 +235,12 @@ def wait_all(store, ids: list[str], timeout: float, chaos: Chaos) -> dict[str, s
                 if s != "succeeded":  # (what a person needs to see why)
                     record = store.get(rid)
                     keys = ("state", "attempt", "worker", "lost_attempts", "requeued_at",
-                            "last_error", "error", "preparing_at")  # fmt: skip
+                            "last_error", "error", "preparing_at", "waiting")  # fmt: skip
+                    parked = [k for k in store.r.scan_iter(store.keys.fair_parked("*", "*"))
+                              if store.r.zscore(k, rid) is not None]  # fmt: skip
                     logger.warning("%s %s: %s", "unfinished" if s not in (
                         "failed", "lost", "aborted", "timed_out") else s, rid,
-                        {k: record.get(k) for k in keys})  # fmt: skip
+                        {k: record.get(k) for k in keys} | {"parked in": parked})  # fmt: skip
             return states
         if sum(s == "succeeded" for s in states.values()) > len(ids) * 0.8:
             chaos.stop.set()  # let the tail finish in peace

@@ -169,8 +169,9 @@ class AgentStep(bootsteps.StartStopStep):
         hb.add_chore("cluster sweep", settings.sweep_interval,
                      sweeper(parent.app, settings, store, registry,
                              fair_order(store, settings) if settings.fair_share else None))  # fmt: skip
-        if kombu_restore(parent.app) is not None:  # (RabbitMQ gives a dead worker's messages back)
-            self._note_reserved(parent.hostname, Reservations(store.r, store.keys))
+        restore = kombu_restore(parent.app)
+        if restore is not None:  # (RabbitMQ gives a dead worker's messages back)
+            self._note_reserved(parent.hostname, Reservations(store.r, store.keys), restore)
         self.drain = Drain(store, parent.hostname, settings.drain_grace)
         self.drain.reset()
         install_drain(self.drain)
@@ -183,9 +184,16 @@ class AgentStep(bootsteps.StartStopStep):
             daemon=True,
         ).start()
 
-    def _note_reserved(self, name: str, reservations: Reservations) -> None:
+    def _note_reserved(self, name: str, reservations: Reservations, restore: Any) -> None:
         """Note each run message this worker takes at once, and its whole list with each beat,
-        so that the sweep can hand them back should it die before it claims them."""
+        so that the sweep can hand them back should it die before it claims them. First, hand
+        back what an earlier process of this name died holding: restarted before the sweep saw
+        it dead, its first beat would otherwise forget them (they would wait out the broker's
+        visibility timeout)."""
+        try:
+            reservations.hand_back(name, restore)
+        except Exception as err:  # the sweep's turn, should this worker die again
+            logger.warning("could not hand back the run messages of %s: %s", name, err)
 
         def received(request: Any = None, **_: Any) -> None:
             tag = getattr(getattr(request, "message", None), "delivery_tag", None)

@@ -142,3 +142,29 @@ def test_a_run_out_of_attempts_ends_lost(make_worker, make_repo, tmp_path, store
     assert out["status"] == "lost" and "max_attempts is 1" in out["error"], out
     assert store.get(r.id)["state"] == "lost"
     assert all(gone(p) for pair in pids(tmp_path) for p in pair)
+
+
+def test_a_worker_restarted_under_its_name_hands_back_what_its_dead_process_held(
+    redis_url, tmp_path, store
+):
+    """Its first beat rewrites the list of messages it holds: what the dead process took and
+    never claimed must go back to the queue first, not wait out the visibility timeout."""
+    import socket
+
+    from conftest import Worker
+
+    w = Worker(tmp_path / "home", redis_url, f"back-{uuid.uuid4().hex[:6]}")
+    run_id = uuid.uuid4().hex
+    assert store.create_run(run_id, {"repo": "/r", "entry": "t.py"}, w.queues)
+    held = store.keys.worker_reserved(f"{w.name}@{socket.gethostname()}")
+    store.r.hset(held, run_id, "tag-of-the-dead-process")
+    w.start()
+    try:
+        deadline = time.monotonic() + 30
+        while f"run {run_id}: worker {w.name}" not in w.output():
+            assert time.monotonic() < deadline, w.output()[-3000:]
+            time.sleep(0.1)
+        assert "died holding its message; sent on" in w.output()
+    finally:
+        w.stop()
+        store.request_abort(run_id)
