@@ -160,10 +160,12 @@ def test_a_worker_restarted_under_its_name_hands_back_what_its_dead_process_held
     store.r.hset(held, run_id, "tag-of-the-dead-process")
     w.start()
     try:
-        deadline = time.monotonic() + 30
-        while f"run {run_id}: worker {w.name}" not in w.output():
-            assert time.monotonic() < deadline, w.output()[-3000:]
-            time.sleep(0.1)
+        wait_for(
+            "the restarted worker to hand the message back",
+            lambda: f"run {run_id}: worker {w.name}" in w.output(),
+            30,
+            detail=lambda: w.output()[-3000:],
+        )
         assert "died holding its message; sent on" in w.output()
     finally:
         w.stop()
