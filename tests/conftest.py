@@ -108,7 +108,7 @@ def _s3_server(home: Path, **env: str) -> Iterator[object]:
     from celery_agent.embedded import free_port
 
     server = S3Server(free_port())
-    proc = _spawn(server.argv(), dict(os.environ, **env), home / "s3.log", home)
+    proc = server.proc = _spawn(server.argv(), dict(os.environ, **env), home / "s3.log", home)
     try:
         yield server.wait_ready()
     finally:

@@ -3,9 +3,13 @@ with credentials of its own that the tests hand to workers through their environ
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import signal
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,17 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{port}"
         self.key = "AKIA" + secrets.token_hex(8).upper()  #: unlikely to appear by chance
         self.secret = secrets.token_urlsafe(30)
+        self.proc: Any = None  #: the server's process, once started
+
+    @contextlib.contextmanager
+    def stalled(self) -> Iterator[None]:
+        """The server stops answering (its process is stopped; connections are still accepted
+        and wait) until the block ends: a store that hangs mid-transfer."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def argv(self) -> list[str]:
         """The command that serves S3 on ``port``."""

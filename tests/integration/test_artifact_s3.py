@@ -114,14 +114,20 @@ def test_outputs_land_in_the_bucket_and_credentials_stay_out(
     assert "secret-looking vars the run sees: []" in lines, "the run gets no credentials"
     assert any(line.startswith("[celery-agent] artifacts: 2 file(s)") for line in lines), lines
     # a run whose upload still goes on when its worker is told to stop: the worker waits for it
-    big = submit_task.delay(TaskSpec(repo=str(repo), entry="big.py", queue=w.queues,
-                                     executor="local")).get(timeout=120)  # fmt: skip
-    assert big["status"] == "succeeded" and big["artifacts"]["status"] == "uploading", big
     assert w.proc is not None
-    w.proc.terminate()  # a warm shutdown while the upload goes on
+    with s3.stalled():  # (the store hangs: the upload is surely still going at the stop)
+        big = submit_task.delay(TaskSpec(repo=str(repo), entry="big.py", queue=w.queues,
+                                         executor="local")).get(timeout=120)  # fmt: skip
+        assert big["status"] == "succeeded" and big["artifacts"]["status"] == "uploading", big
+        w.proc.terminate()  # a warm shutdown while the upload goes on
+        wait_for(
+            "the stopping worker to wait for the upload",
+            lambda: "upload(s) of outputs" in w.output(),
+            60,
+            detail=lambda: w.output()[-3000:],
+        )
     w.proc.wait(120)
     assert store.get(big["run_id"])["artifacts"]["status"] == "uploaded"
-    assert "upload(s) of outputs" in w.output(), "the stopping worker waited for it"
     assert sorted(
         Path(p).name for p in s3.fs().find(f"{bucket}/team/artifacts/runs/{big['run_id']}")
     ) == ["manifest.json", *(f"shard-{i}.bin" for i in range(4))]
