@@ -104,8 +104,9 @@ class Keys:
         return self._join("run", run_id, "log")
 
     def log_sent(self, run_id: str) -> str:
-        """Hash of how many lines each writer of the run's log has appended (writer -> count):
-        a batch sent again after its reply was lost appends only the lines not in the log yet."""
+        """Hash of how many lines (or metrics) each writer of the run's log (or metrics stream)
+        has appended, writer -> count: a batch sent again after its reply was lost appends only
+        what is not there yet."""
         return self._join("run", run_id, "logsent")
 
     def metrics(self, run_id: str) -> str:

@@ -18,9 +18,12 @@ import json
 import logging
 import math
 import sys
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from . import runscripts
 
 if TYPE_CHECKING:
     from .logpump import LineSink
@@ -41,6 +44,9 @@ MAX_ENTRIES = 200_000
 
 #: metrics held for a retry while Redis refuses them; beyond this the oldest are dropped
 MAX_PENDING = 100_000
+
+#: metrics one script call appends (a batch is split into calls of this size, one round trip)
+_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -103,13 +109,16 @@ class MetricTap:
 
     A batch the log sink refuses raises as before (the log pump keeps and retries it) and is not
     parsed, so a retried batch never stores its metrics twice. Metrics Redis refuses are kept, in
-    order, and sent with the next batch (or :meth:`flush`).
+    order, and sent with the next batch (or :meth:`flush`); each is numbered, so a batch Redis
+    applied but whose reply was lost is not stored twice when it is sent again.
     """
 
     def __init__(self, sink: LineSink, store: RunStore, run_id: str) -> None:
         self.sink, self.store, self.run_id = sink, store, run_id
         self.pending: list[Metric] = []
         self.sent = 0
+        self._seen = 0  #: metrics parsed so far (the number after the last of ``pending``)
+        self._writer = f"{uuid.uuid4().hex}.metrics"
 
     def __call__(self, lines: list[str]) -> None:
         self.sink(lines)
@@ -128,6 +137,7 @@ class MetricTap:
         found = [m for m in map(parse_line, lines) if m is not None]
         if found or self.pending:
             self.pending.extend(found)
+            self._seen += len(found)
             del self.pending[:-MAX_PENDING]
             self.flush()
 
@@ -135,8 +145,9 @@ class MetricTap:
         """Send the held metrics; returns whether nothing is left held."""
         if not self.pending:
             return True
+        first = self._seen - len(self.pending)
         try:
-            append(self.store, self.run_id, self.pending)
+            append(self.store, self.run_id, self.pending, writer=self._writer, first=first)
         except Exception as exc:  # Redis down: keep them, the log still flows
             logger.warning(
                 "could not store %d metrics of %s: %s", len(self.pending), self.run_id, exc
@@ -152,14 +163,32 @@ def tap(sink: LineSink, store: RunStore, run_id: str) -> MetricTap:
     return MetricTap(sink, store, run_id)
 
 
-def append(store: RunStore, run_id: str, metrics: Iterable[Metric]) -> None:
-    """Append metrics to the run's stream in one round trip."""
+def append(
+    store: RunStore,
+    run_id: str,
+    metrics: Iterable[Metric],
+    *,
+    writer: str | None = None,
+    first: int = 0,
+) -> None:
+    """Append metrics to the run's stream in one round trip. A ``writer`` (unique to one
+    attempt's metrics) that may send a batch again gives its ``first`` number (how many it sent
+    before): metrics already in the stream are not appended twice."""
     key = store.keys.metrics(run_id)
     pipe = store.r.pipeline(transaction=False)
-    for m in metrics:
-        fields = {"n": m.name, "v": repr(m.value), "s": "" if m.step is None else str(m.step)}
-        pipe.xadd(key, fields, maxlen=MAX_ENTRIES, approximate=True)
+    if writer is None:
+        for m in metrics:
+            pipe.xadd(key, _fields(m), maxlen=MAX_ENTRIES, approximate=True)
+    else:
+        keys, batch = [key, store.keys.log_sent(run_id)], list(metrics)
+        for at in range(0, len(batch), _CHUNK):
+            flat = [v for m in batch[at : at + _CHUNK] for v in _fields(m).values()]
+            pipe.eval(runscripts.APPEND_METRICS, 2, *keys, writer, first + at, MAX_ENTRIES, *flat)
     pipe.execute()
+
+
+def _fields(m: Metric) -> dict[str, str]:
+    return {"n": m.name, "v": repr(m.value), "s": "" if m.step is None else str(m.step)}
 
 
 def _entries(store: RunStore, run_id: str) -> list[tuple[str, dict[str, str]]]:

@@ -109,3 +109,19 @@ redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'l', text)
 redis.call('HSET', KEYS[2], ARGV[1], first + count)
 return count - math.max(skip, 0)
 """
+
+# Append a batch of metrics once, as APPEND_LOG appends lines: ARGV[1] the writer (one attempt's
+# metric tap), ARGV[2] how many metrics it appended before this batch, ARGV[3] the stream's
+# MAXLEN, then name, value, step for each metric. KEYS[2] is the same counts hash as the log's.
+APPEND_METRICS = """
+local first, count = tonumber(ARGV[2]), (#ARGV - 3) / 3
+local done = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local skip = math.max(done - first, 0)
+for i = skip, count - 1 do
+  local at = 4 + i * 3
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+             'n', ARGV[at], 'v', ARGV[at + 1], 's', ARGV[at + 2])
+end
+if first + count > done then redis.call('HSET', KEYS[2], ARGV[1], first + count) end
+return math.max(count - skip, 0)
+"""

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from click.testing import CliRunner
+from redis_support import lose_next_reply
 
 from celery_agent import metrics
 from celery_agent.cli_search import metrics as metrics_command
@@ -57,3 +58,18 @@ def test_metrics_command_prints_each_series(store, tmp_path):
     assert [p["value"] for p in data["loss"]] == [1.0, 0.5, 1 / 3]
     text = CliRunner().invoke(metrics_command, [run_id[:10], "--name", "val_acc"]).output
     assert "0.93" in text and "loss" not in text
+
+
+def test_metrics_sent_again_after_a_lost_reply_are_stored_once(store, tmp_path, monkeypatch):
+    run_id = uuid.uuid4().hex
+    store.create_run(run_id, {"repo": ".", "entry": "x.py"}, "q")
+    tap = metrics.tap(lambda lines: None, store, run_id)
+    lost = lose_next_reply(store.r, monkeypatch)
+    tap([metrics.format_line("loss", 1.0, 0), metrics.format_line("loss", 0.5, 1)])
+    assert lost[0] and len(tap.pending) == 2, "Redis applied the batch, its reply was lost"
+    tap([metrics.format_line("loss", 0.25, 2)])  # the kept two go again, with the next
+    other = metrics.tap(lambda lines: None, store, run_id)  # a later attempt counts anew
+    other([metrics.format_line("loss", 2.0, 0)])
+    points = [(p.step, p.value) for p in metrics.series(store, run_id, "loss")]
+    assert points == [(0, 1.0), (1, 0.5), (2, 0.25), (0, 2.0)]
+    assert tap.pending == [] and tap.sent == 3

@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 import redis
+from redis_support import lose_next_reply
 
 from celery_agent.errors import StateError, UnknownRunError
 from celery_agent.keeper import Held, Keeper
@@ -182,33 +183,11 @@ def test_the_last_write_folds_the_deferred_fields_and_state_into_the_end(store: 
     keeper.drop(held)
 
 
-class _ReplyLost:
-    """A pipeline whose first ``execute`` is applied by Redis, then fails as if Redis went away
-    before its reply came back."""
-
-    def __init__(self, pipe, lost: list[bool]) -> None:
-        self._pipe, self._lost = pipe, lost
-
-    def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-    def __len__(self) -> int:
-        return len(self._pipe)
-
-    def execute(self):
-        results = self._pipe.execute()
-        if not self._lost[0]:
-            self._lost[0] = True
-            raise redis.ConnectionError("Connection closed by server.")
-        return results
-
-
 def test_a_batch_sent_again_after_its_reply_was_lost_is_in_the_log_once(store, monkeypatch):
     rid = new_id()  # (no keeper thread: it would send the deferred note itself)
     store.create_run(rid, {"repo": "/r", "entry": "t.py"}, "q")
     held = Held(store, rid, "w1", ttl=5)
-    real, lost = store.r.pipeline, [False]
-    monkeypatch.setattr(store.r, "pipeline", lambda **kw: _ReplyLost(real(**kw), lost))
+    lost = lose_next_reply(store.r, monkeypatch)
     with pytest.raises(StateError):
         held.send(["line 0", "line 1"])
     assert store.read_log(rid)[1] == ["line 0", "line 1"], "Redis applied the lost write"
