@@ -20,7 +20,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .embedded import free_port
 
@@ -80,6 +80,23 @@ def write_wheel(folder: Path, name: str, version: str, code: str) -> Path:
         record.append(f"{dist}/RECORD,,")
         zf.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
     return path
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float, group: bool = False) -> None:
+    """SIGTERM to ``proc`` (to its whole process group with ``group``), then, after ``timeout``
+    seconds, SIGKILL to its group; nothing when it has ended."""
+    if proc is None or proc.poll() is not None:
+        return
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def wait_for(
@@ -170,15 +187,7 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 30) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL to the whole group."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc, timeout)
 
     def output(self) -> str:
         """The worker's log so far."""
@@ -240,15 +249,7 @@ class FlowerProcess:
 
     def stop(self, timeout: float = 15) -> None:
         """SIGTERM to its group, then SIGKILL after ``timeout``."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc, timeout, group=True)
 
     def tail(self, chars: int = 3000) -> str:
         """The end of Flower's log."""

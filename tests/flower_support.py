@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from browser_support import CHROMIUM, Browser
 
-from celery_agent.testing import FlowerProcess
+from celery_agent import RunHandle
+from celery_agent.testing import FlowerProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 #: where the browser tests save their screenshots
@@ -89,3 +90,14 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         yield chromium
     finally:
         chromium.close()
+
+
+def wait_state(run: RunHandle, wanted: str, timeout: float = 60) -> None:
+    """Wait until ``run`` is in state ``wanted``."""
+    wait_for(
+        f"run {run.id} {wanted}",
+        lambda: run.state == wanted,
+        timeout,
+        every=0.1,
+        detail=lambda: f"it is {run.state}",
+    )

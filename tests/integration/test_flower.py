@@ -14,8 +14,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from flower_support import wait_state
 
-from celery_agent import RunHandle, TaskSpec, submit, submit_task
+from celery_agent import TaskSpec, submit, submit_task
 from celery_agent.dispatch import args_repr, display_name
 from celery_agent.testing import wait_for
 
@@ -103,7 +104,7 @@ def test_hardware_page_renders_the_worker_and_its_run_in_chromium(
                     name="long-nap")  # fmt: skip
     run = submit(spec)
     try:
-        _wait_state(run, "running")
+        wait_state(run, "running")
         _wait_listed(flower_url, run.id)  # the next heartbeat carries it
         page = flower_url + "/celery-agent/hardware"
         dom = chromium(tmp_path, "--dump-dom", page)
@@ -129,16 +130,6 @@ def _wait_listed(url: str, run_id: str, timeout: float = 20) -> None:
         return any(r["id"] == run_id for w in data["workers"] for r in w["current"])
 
     wait_for(f"run {run_id} on the hardware page", listed, timeout, every=0.5)
-
-
-def _wait_state(run: RunHandle, wanted: str, timeout: float = 30) -> None:
-    wait_for(
-        f"run {run.id} {wanted}",
-        lambda: run.state == wanted,
-        timeout,
-        every=0.2,
-        detail=lambda: f"it is {run.state}",
-    )
 
 
 def test_flower_lists_a_run_by_its_display_name_without_secrets(flower_url, make_worker, make_repo):

@@ -12,10 +12,9 @@ import urllib.request
 import uuid
 
 import pytest
-from flower_support import ARTIFACTS, get
+from flower_support import ARTIFACTS, get, wait_state
 
 from celery_agent import RunHandle, TaskSpec, submit
-from celery_agent.testing import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +30,6 @@ WAITER = textwrap.dedent(
     time.sleep(120)
     """
 )
-
-
-def _wait_state(run: RunHandle, wanted: str, timeout: float = 60) -> None:
-    wait_for(
-        f"run {run.id} {wanted}",
-        lambda: run.state == wanted,
-        timeout,
-        every=0.1,
-        detail=lambda: f"it is {run.state}",
-    )
 
 
 def _status(url: str, method: str = "GET", headers: dict[str, str] | None = None,
@@ -80,7 +69,7 @@ def test_a_running_runs_page_shows_a_printed_line_within_a_second_and_cancel_sto
                           executor="local", queue=w.queues, name="live-log",
                           env={"TRIGGER": str(trigger), "MARK": mark}, grace=2))  # fmt: skip
     try:
-        _wait_state(run, "running")
+        wait_state(run, "running")
         browser.open(f"{plain_flower}/celery-agent/runs/{run.id}")
         browser.wait("document.getElementById('log').dataset.live === 'on' && "
                      "document.getElementById('log').textContent.includes('started')", 30)  # fmt: skip
