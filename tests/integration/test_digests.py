@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from celery_agent import digests, get_run
+from celery_agent import handle as handle_module
 from celery_agent.artifacts import ArtifactStore
 
 pytestmark = pytest.mark.integration
@@ -65,16 +66,26 @@ def test_a_pull_of_a_run_whose_hashes_never_came_waits_only_while_their_mark_liv
     assert 1.0 <= waited < 10, f"waited {waited:.1f}s for a mark that expires in 1.5s"
 
 
-def test_a_pull_waits_for_hashes_on_their_way_and_checks_them(store, kept_run, tmp_path: Path):
+def test_a_pull_waits_for_hashes_on_their_way_and_checks_them(
+    store, kept_run, tmp_path: Path, monkeypatch
+):
     run_id, folder, kept = kept_run
     handle = get_run(run_id)
     digests.mark(store, run_id, kept, ttl=2.0)  # (as its worker does before the run's end)
     assert handle.settled(0)["artifacts"]["hashes"] == "pending"
-    hashing = digests.Digests()
+    hashing, waiting = digests.Digests(), threading.Event()
+
+    def wait_left(record, store_=None) -> float:  # (says when the pull decided to wait)
+        left = digests.wait_left(record, store_)
+        if left:
+            waiting.set()
+        return left
+
+    monkeypatch.setattr(handle_module, "wait_left", wait_left)
 
     def later() -> None:  # (the hashes arrive after the pull began to wait: it must wait)
-        time.sleep(0.5)
-        hashing.start(store, run_id, folder, kept, ttl=2.0)
+        if waiting.wait(30):
+            hashing.start(store, run_id, folder, kept, ttl=2.0)
 
     threading.Thread(target=later).start()
     record = handle.settled(60)
